@@ -1,0 +1,66 @@
+//! husk-agent: the guest side of husk. The kernel runs it as `/init` from the
+//! initrd; it does PID 1's duties (mounts, console, reaping orphans) and then
+//! serves the agent API (`husk-proto`) over vsock to the shim on the host.
+//!
+//! It is linked statically so the initrd needs nothing else. Run outside a VM
+//! (not as PID 1) it skips the init duties and serves on the given vsock
+//! port, which is how its RPCs can be exercised on a host with vsock.
+
+mod guest;
+mod init;
+mod reaper;
+mod service;
+
+use anyhow::Context;
+use husk_proto::agent::agent_server::AgentServer;
+use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
+
+fn main() {
+    let is_init = std::process::id() == 1;
+    let started_ms = guest::boottime_ms();
+    if is_init {
+        // Before anything logs: the console is only reachable after /dev is mounted.
+        init::early_setup();
+    }
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    if let Err(err) = run(is_init, started_ms) {
+        tracing::error!("agent failed: {err:#}");
+        // PID 1 exiting panics the kernel; with `panic=-1` on the command
+        // line the guest then resets and the VMM exits, which is what the
+        // host watches for. Give the console a moment to drain first.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::process::exit(1);
+    }
+}
+
+fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
+    let shared_dir = if is_init {
+        init::mount_shared_dir()
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(async move {
+        if is_init {
+            reaper::spawn().context("installing the SIGCHLD reaper")?;
+        }
+        let port = husk_proto::AGENT_VSOCK_PORT;
+        let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
+            .with_context(|| format!("binding vsock port {port}"))?;
+        let service = service::AgentService::new(is_init, started_ms, shared_dir);
+        tracing::info!(port, version = env!("CARGO_PKG_VERSION"), "agent serving");
+        tonic::transport::Server::builder()
+            .add_service(AgentServer::new(service))
+            .serve_with_incoming(listener.incoming())
+            .await
+            .context("serving gRPC")
+    })
+}

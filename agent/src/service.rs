@@ -1,0 +1,194 @@
+//! The agent API served to the host. Every request comes from the shim; the
+//! answers are small and bounded.
+
+use crate::guest;
+use husk_proto::agent::agent_server::Agent;
+use husk_proto::agent::*;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use tonic::{Request, Response, Status};
+
+const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub struct AgentService {
+    is_init: bool,
+    started_ms: u64,
+    serving_ms: u64,
+    shared_dir: Option<PathBuf>,
+}
+
+impl AgentService {
+    pub fn new(is_init: bool, started_ms: u64, shared_dir: Option<PathBuf>) -> Self {
+        Self {
+            is_init,
+            started_ms,
+            serving_ms: guest::boottime_ms(),
+            shared_dir,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(HealthResponse {
+            agent_version: AGENT_VERSION.into(),
+        }))
+    }
+
+    async fn guest_info(
+        &self,
+        _: Request<GuestInfoRequest>,
+    ) -> Result<Response<GuestInfoResponse>, Status> {
+        let (memory_total_kib, memory_available_kib) = guest::memory_kib()
+            .map_err(|e| Status::internal(format!("reading /proc/meminfo: {e}")))?;
+        Ok(Response::new(GuestInfoResponse {
+            agent_version: AGENT_VERSION.into(),
+            kernel_release: guest::kernel_release(),
+            boot_id: guest::boot_id(),
+            uptime_ms: guest::boottime_ms(),
+            agent_started_ms: self.started_ms,
+            agent_serving_ms: self.serving_ms,
+            memory_total_kib,
+            memory_available_kib,
+            online_cpus: guest::online_cpus(),
+            shared_dir: self
+                .shared_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn read_shared_file(
+        &self,
+        request: Request<ReadSharedFileRequest>,
+    ) -> Result<Response<ReadSharedFileResponse>, Status> {
+        let req = request.into_inner();
+        let root = self
+            .shared_dir
+            .as_deref()
+            .ok_or_else(|| Status::failed_precondition("no shared directory is mounted"))?;
+        let path = resolve_below(root, &req.path)?;
+        let limit = match req.max_bytes {
+            0 => husk_proto::MAX_READ_BYTES,
+            n => n.min(husk_proto::MAX_READ_BYTES),
+        };
+        let (content, truncated) = tokio::task::spawn_blocking(move || read_bounded(&path, limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(ReadSharedFileResponse { content, truncated }))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        if !self.is_init {
+            return Err(Status::failed_precondition(
+                "the agent is not PID 1 of a VM: refusing to reboot this machine",
+            ));
+        }
+        tracing::info!("shutdown requested");
+        tokio::spawn(async {
+            // Let the reply leave before the guest goes away.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            power_off();
+        });
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
+
+/// Ends the VM. The kernel runs with `reboot=t` and the VMM with
+/// `-no-reboot`, so a reboot request triple-faults the vCPU and the VMM
+/// exits; RB_POWER_OFF would only halt, since the micro-VM has no ACPI.
+fn power_off() {
+    nix::unistd::sync();
+    // reboot() returns only on failure.
+    let Err(err) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    tracing::error!(%err, "reboot failed");
+}
+
+/// Joins a client-supplied relative path to `root`, refusing anything that
+/// could leave it: absolute paths, `..`, and symlinks resolving outside.
+fn resolve_below(root: &Path, rel: &str) -> Result<PathBuf, Status> {
+    let rel_path = Path::new(rel);
+    if rel.is_empty()
+        || !rel_path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(Status::invalid_argument(format!(
+            "path {rel:?} must be relative to the shared directory, without '..'"
+        )));
+    }
+    let joined = root.join(rel_path);
+    let real = joined
+        .canonicalize()
+        .map_err(|e| Status::not_found(format!("{rel}: {e}")))?;
+    let real_root = root
+        .canonicalize()
+        .map_err(|e| Status::internal(format!("{}: {e}", root.display())))?;
+    if !real.starts_with(&real_root) {
+        return Err(Status::permission_denied(format!(
+            "{rel} resolves outside the shared directory"
+        )));
+    }
+    Ok(real)
+}
+
+fn read_bounded(path: &Path, limit: u64) -> Result<(Vec<u8>, bool), Status> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Status::not_found(format!("{}: {e}", path.display())))?;
+    let mut content = Vec::new();
+    // One byte past the limit tells whether the file was longer.
+    file.take(limit + 1)
+        .read_to_end(&mut content)
+        .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+    let truncated = content.len() as u64 > limit;
+    content.truncate(limit as usize);
+    Ok((content, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("a/f"), b"x").unwrap();
+        let got = resolve_below(dir.path(), "a/f").unwrap();
+        assert_eq!(got, dir.path().canonicalize().unwrap().join("a/f"));
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "."] {
+            let err = resolve_below(dir.path(), bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn symlink_out_of_the_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
+        let err = resolve_below(dir.path(), "out/hostname").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn reads_are_bounded_and_report_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"0123456789").unwrap();
+        assert_eq!(read_bounded(&f, 4).unwrap(), (b"0123".to_vec(), true));
+        assert_eq!(
+            read_bounded(&f, 10).unwrap(),
+            (b"0123456789".to_vec(), false)
+        );
+    }
+}

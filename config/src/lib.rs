@@ -1,0 +1,302 @@
+//! husk-config: the one configuration file of husk (`configuration.toml`).
+//!
+//! `config/configuration.toml` in the repository documents every key with its
+//! default; [`Config::default`] holds the same values (a test keeps them
+//! equal). Loading rejects unknown keys and out-of-range values with an error
+//! that names the key, before anything is spawned.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where the shim looks for its configuration unless `HUSK_CONFIG` is set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/configuration.toml";
+/// Environment variable naming another configuration file.
+pub const CONFIG_ENV: &str = "HUSK_CONFIG";
+
+/// Bounds on the guest size. The lower memory bound is what the guest kernel
+/// and agent need to boot; the upper bounds are KVM's and QEMU's limits.
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+pub const MAX_VCPUS: u32 = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub hypervisor: HypervisorConfig,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceleratorChoice {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HypervisorConfig {
+    pub backend: Backend,
+    pub accelerator: AcceleratorChoice,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_params: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub qemu_path: PathBuf,
+    pub virtiofsd_path: PathBuf,
+    pub vsock_backend_path: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Qemu,
+            accelerator: AcceleratorChoice::Auto,
+            kernel: "/usr/local/share/husk/vmlinux".into(),
+            initrd: "/usr/local/share/husk/husk-initrd.cpio".into(),
+            kernel_params: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            qemu_path: "/usr/bin/qemu-system-x86_64".into(),
+            virtiofsd_path: "/usr/local/bin/virtiofsd".into(),
+            vsock_backend_path: "/usr/local/bin/vhost-device-vsock".into(),
+            runtime_dir: "/run/husk".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    pub kvm: AccelTimeouts,
+    pub tcg: AccelTimeouts,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            kvm: AccelTimeouts {
+                agent_ready_secs: 10,
+                shutdown_secs: 5,
+            },
+            tcg: AccelTimeouts {
+                agent_ready_secs: 120,
+                shutdown_secs: 30,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccelTimeouts {
+    pub agent_ready_secs: u64,
+    pub shutdown_secs: u64,
+}
+
+impl Config {
+    /// Loads the file named by `HUSK_CONFIG`, else [`DEFAULT_CONFIG_PATH`];
+    /// a missing default file means the built-in defaults.
+    pub fn load_default() -> Result<Self, ConfigError> {
+        match std::env::var_os(CONFIG_ENV) {
+            Some(path) => Self::load(Path::new(&path)),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::load(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            None => {
+                let config = Self::default();
+                config.validate()?;
+                Ok(config)
+            }
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Range checks that serde cannot express. File existence is checked
+    /// where the files are used (the hypervisor's preflight), so that a
+    /// config can be validated on a machine without guest artifacts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.hypervisor;
+        if h.memory_mib < MIN_MEMORY_MIB || h.memory_mib > MAX_MEMORY_MIB {
+            return Err(invalid(
+                "hypervisor.memory_mib",
+                format!(
+                    "must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, got {}",
+                    h.memory_mib
+                ),
+            ));
+        }
+        if h.vcpus == 0 || h.vcpus > MAX_VCPUS {
+            return Err(invalid(
+                "hypervisor.vcpus",
+                format!("must be between 1 and {MAX_VCPUS}, got {}", h.vcpus),
+            ));
+        }
+        for (key, path) in [
+            ("hypervisor.kernel", &h.kernel),
+            ("hypervisor.initrd", &h.initrd),
+            ("hypervisor.qemu_path", &h.qemu_path),
+            ("hypervisor.virtiofsd_path", &h.virtiofsd_path),
+            ("hypervisor.vsock_backend_path", &h.vsock_backend_path),
+            ("hypervisor.runtime_dir", &h.runtime_dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("must be an absolute path, got {:?}", path),
+                ));
+            }
+        }
+        // The kernel command line is one line; a newline or NUL would split
+        // or cut it where QEMU and the kernel parse it.
+        if h.kernel_params.contains(['\n', '\0']) {
+            return Err(invalid(
+                "hypervisor.kernel_params",
+                "must not contain a newline or NUL".into(),
+            ));
+        }
+        for (key, t) in [
+            ("timeouts.kvm", &self.timeouts.kvm),
+            ("timeouts.tcg", &self.timeouts.tcg),
+        ] {
+            if t.agent_ready_secs == 0 || t.shutdown_secs == 0 {
+                return Err(invalid(key, "timeouts must be at least 1 second".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { key, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../configuration.toml");
+
+    #[test]
+    fn shipped_file_documents_the_builtin_defaults() {
+        assert_eq!(Config::parse(SHIPPED).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn zero_memory_names_the_key() {
+        let err = Config::parse("[hypervisor]\nmemory_mib = 0\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("hypervisor.memory_mib"), "{msg}");
+        assert!(msg.contains("got 0"), "{msg}");
+    }
+
+    #[test]
+    fn zero_vcpus_names_the_key() {
+        let err = Config::parse("[hypervisor]\nvcpus = 0\n").unwrap_err();
+        assert!(err.to_string().contains("hypervisor.vcpus"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[hypervisor]\nmemory_mb = 128\n").unwrap_err();
+        assert!(err.to_string().contains("memory_mb"), "{err}");
+    }
+
+    #[test]
+    fn unknown_accelerator_lists_the_choices() {
+        let err = Config::parse("[hypervisor]\naccelerator = \"hvf\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("hvf") && msg.contains("tcg"), "{msg}");
+    }
+
+    #[test]
+    fn relative_kernel_path_is_refused() {
+        let err = Config::parse("[hypervisor]\nkernel = \"vmlinux\"\n").unwrap_err();
+        assert!(err.to_string().contains("hypervisor.kernel"), "{err}");
+    }
+
+    #[test]
+    fn newline_in_kernel_params_is_refused() {
+        let err = Config::parse("[hypervisor]\nkernel_params = \"a\\nb\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("hypervisor.kernel_params"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_timeout_is_refused() {
+        let err =
+            Config::parse("[timeouts.tcg]\nagent_ready_secs = 0\nshutdown_secs = 3\n").unwrap_err();
+        assert!(err.to_string().contains("timeouts.tcg"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let err = Config::load(&path).unwrap_err();
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn parse_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[hypervisor\n").unwrap();
+        let err = Config::load(&path).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+}

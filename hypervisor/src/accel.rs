@@ -1,0 +1,165 @@
+//! Choosing the accelerator. A `/dev/kvm` that opens is not enough: on PVM
+//! hosts (module kvm_pvm) it exists, but without vmx/svm in the CPU it only
+//! runs PVM-enlightened kernels and a normal guest dies early in boot. So
+//! KVM is used only when the device answers *and* the CPU has vmx or svm.
+
+use husk_config::AcceleratorChoice;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    Kvm,
+    Tcg,
+}
+
+impl Accelerator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The accelerator chosen and why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceleratorDecision {
+    pub accelerator: Accelerator,
+    pub reason: String,
+}
+
+/// Applies the configured choice; `auto` probes the host.
+pub fn resolve_accelerator(choice: AcceleratorChoice) -> AcceleratorDecision {
+    match choice {
+        AcceleratorChoice::Kvm => AcceleratorDecision {
+            accelerator: Accelerator::Kvm,
+            reason: "hypervisor.accelerator = \"kvm\" in the configuration".into(),
+        },
+        AcceleratorChoice::Tcg => AcceleratorDecision {
+            accelerator: Accelerator::Tcg,
+            reason: "hypervisor.accelerator = \"tcg\" in the configuration".into(),
+        },
+        AcceleratorChoice::Auto => detect_accelerator(),
+    }
+}
+
+/// Probes `/dev/kvm` and the CPU flags.
+pub fn detect_accelerator() -> AcceleratorDecision {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    decide(kvm_api_version(), &cpuinfo)
+}
+
+fn kvm_api_version() -> Result<i32, String> {
+    kvm_ioctls::Kvm::new()
+        .map(|kvm| kvm.get_api_version())
+        .map_err(|e| format!("/dev/kvm: {e}"))
+}
+
+fn decide(kvm: Result<i32, String>, cpuinfo: &str) -> AcceleratorDecision {
+    let tcg = |reason: String| AcceleratorDecision {
+        accelerator: Accelerator::Tcg,
+        reason,
+    };
+    let version = match kvm {
+        Ok(v) => v,
+        Err(e) => return tcg(format!("KVM unusable ({e})")),
+    };
+    if version != KVM_API_VERSION {
+        return tcg(format!(
+            "/dev/kvm reports API version {version}, expected 12"
+        ));
+    }
+    match hardware_virtualization(cpuinfo) {
+        Some(flag) => AcceleratorDecision {
+            accelerator: Accelerator::Kvm,
+            reason: format!("/dev/kvm works and the CPU has {flag}"),
+        },
+        None => tcg(
+            "/dev/kvm opens but the CPU has neither vmx nor svm (a PVM or nested-less KVM \
+             cannot boot a normal guest)"
+                .into(),
+        ),
+    }
+}
+
+/// KVM_API_VERSION has been 12 since Linux 2.6.22 and is frozen.
+const KVM_API_VERSION: i32 = 12;
+
+fn hardware_virtualization(cpuinfo: &str) -> Option<&'static str> {
+    let flags = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("flags")
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']))
+    })?;
+    let mut words = flags.split_whitespace();
+    if words.clone().any(|w| w == "vmx") {
+        Some("vmx")
+    } else if words.any(|w| w == "svm") {
+        Some("svm")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PVM_HOST: &str = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr hypervisor lahf_lm\n";
+    const VMX_HOST: &str = "processor\t: 0\nflags\t\t: fpu vme vmx ept tsc\n";
+    const SVM_HOST: &str = "processor\t: 0\nflags\t\t: fpu svm npt tsc\n";
+
+    #[test]
+    fn pvm_kvm_without_vmx_falls_back_to_tcg() {
+        let d = decide(Ok(12), PVM_HOST);
+        assert_eq!(d.accelerator, Accelerator::Tcg);
+        assert!(d.reason.contains("neither vmx nor svm"), "{}", d.reason);
+    }
+
+    #[test]
+    fn kvm_with_vmx_or_svm_uses_kvm() {
+        assert_eq!(decide(Ok(12), VMX_HOST).accelerator, Accelerator::Kvm);
+        let d = decide(Ok(12), SVM_HOST);
+        assert_eq!(d.accelerator, Accelerator::Kvm);
+        assert!(d.reason.contains("svm"));
+    }
+
+    #[test]
+    fn missing_kvm_falls_back_to_tcg() {
+        let d = decide(Err("/dev/kvm: No such file or directory".into()), VMX_HOST);
+        assert_eq!(d.accelerator, Accelerator::Tcg);
+        assert!(d.reason.contains("No such file"));
+    }
+
+    #[test]
+    fn wrong_api_version_falls_back_to_tcg() {
+        assert_eq!(decide(Ok(11), VMX_HOST).accelerator, Accelerator::Tcg);
+    }
+
+    #[test]
+    fn explicit_choice_overrides_detection() {
+        assert_eq!(
+            resolve_accelerator(AcceleratorChoice::Kvm).accelerator,
+            Accelerator::Kvm
+        );
+        assert_eq!(
+            resolve_accelerator(AcceleratorChoice::Tcg).accelerator,
+            Accelerator::Tcg
+        );
+    }
+
+    #[test]
+    fn detection_on_this_host_matches_its_cpu_flags() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let d = detect_accelerator();
+        if hardware_virtualization(&cpuinfo).is_none() {
+            assert_eq!(d.accelerator, Accelerator::Tcg, "{}", d.reason);
+        }
+        println!("this host: {} ({})", d.accelerator, d.reason);
+    }
+}

@@ -1,0 +1,69 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong bringing a VM up or down.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] husk_config::ConfigError),
+    #[error("invalid VM spec: {field}: {message}")]
+    InvalidSpec {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{key}: {path}: {reason}")]
+    Artifact {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{daemon} exited before its socket {socket} appeared ({status}); its log ends with:\n{log_tail}")]
+    DaemonExited {
+        daemon: &'static str,
+        socket: PathBuf,
+        status: String,
+        log_tail: String,
+    },
+    #[error("{daemon} did not create {socket} within {secs} s")]
+    DaemonTimeout {
+        daemon: &'static str,
+        socket: PathBuf,
+        secs: u64,
+    },
+    #[error(
+        "the VMM ({vmm}) exited during boot ({status}); console and VMM log end with:\n{log_tail}"
+    )]
+    VmmExited {
+        vmm: &'static str,
+        status: String,
+        log_tail: String,
+    },
+    #[error("the agent did not answer within {secs} s (last error: {last_error}); console ends with:\n{log_tail}")]
+    AgentTimeout {
+        secs: u64,
+        last_error: String,
+        log_tail: String,
+    },
+    #[error("hybrid vsock {socket}: {reason}")]
+    Vsock { socket: PathBuf, reason: String },
+    #[error("agent RPC failed: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

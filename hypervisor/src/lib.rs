@@ -1,0 +1,61 @@
+//! husk-hypervisor: everything that turns a configuration into a running
+//! micro-VM whose agent answers, and back into nothing.
+//!
+//! - [`MicroVm`] owns one VM's lifecycle: preflight checks, the per-VM run
+//!   directory, the device daemons (virtiofsd, vhost-device-vsock), the VMM
+//!   process, boot until the agent answers, graceful stop and cleanup.
+//! - [`Hypervisor`] is the part that differs between VMMs: how to launch the
+//!   VMM process for a VM. `qemu` is here; the built-in rust-vmm VMM will be
+//!   a second implementation speaking to the same vhost-user daemons.
+//! - [`agent_channel`] is the host end of hybrid vsock: a Unix socket,
+//!   `CONNECT <port>\n`, `OK <port>\n`, then gRPC to the agent.
+
+mod accel;
+mod daemon;
+mod error;
+mod preflight;
+mod qemu;
+mod vm;
+mod vsock;
+
+pub use accel::{detect_accelerator, resolve_accelerator, Accelerator, AcceleratorDecision};
+pub use error::Error;
+pub use qemu::Qemu;
+pub use vm::{BootTimings, MicroVm, VmPids, VmSpec};
+pub use vsock::{agent_channel, hybrid_vsock_connect};
+
+use std::path::PathBuf;
+use tokio::process::Command;
+
+/// Guest CID of every VM. Each VM has its own vsock backend process, so the
+/// CIDs never meet; 3 is the first CID that is not reserved.
+pub const GUEST_CID: u32 = 3;
+
+/// What a VMM needs to know to launch one VM; built by [`MicroVm`].
+#[derive(Debug, Clone)]
+pub struct VmLaunch {
+    pub id: String,
+    pub accelerator: Accelerator,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    /// Where the serial console is written.
+    pub console_log: PathBuf,
+    /// vhost-user socket of the vsock backend (vhost-device-vsock).
+    pub vsock_vhost_socket: PathBuf,
+    /// vhost-user socket of the virtio-fs backend (virtiofsd).
+    pub fs_vhost_socket: PathBuf,
+    /// The virtio-fs tag the guest mounts.
+    pub fs_tag: String,
+}
+
+/// A VMM that husk can run guests with.
+pub trait Hypervisor: Send + Sync {
+    /// Short name for logs and errors, e.g. "qemu".
+    fn name(&self) -> &'static str;
+    /// The VMM process for `launch`. It must exit when the guest resets
+    /// (the guest kernel runs with `reboot=t`).
+    fn command(&self, launch: &VmLaunch) -> Command;
+}

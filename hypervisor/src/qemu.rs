@@ -1,0 +1,138 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm`. Guest RAM is a shared
+//! memfd so the vhost-user daemons can map it; without ACPI, QEMU appends
+//! `virtio_mmio.device=` entries for the devices to the kernel command line.
+
+use crate::{Accelerator, Hypervisor, VmLaunch};
+use std::path::PathBuf;
+use tokio::process::Command;
+
+pub struct Qemu {
+    pub binary: PathBuf,
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn command(&self, l: &VmLaunch) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(qemu_args(l));
+        cmd
+    }
+}
+
+fn qemu_args(l: &VmLaunch) -> Vec<String> {
+    let mem = format!("{}M", l.memory_mib);
+    // -cpu host needs KVM; under TCG, max gives the guest every feature
+    // QEMU can emulate.
+    let cpu = match l.accelerator {
+        Accelerator::Kvm => "host",
+        Accelerator::Tcg => "max",
+    };
+    vec![
+        "-name".into(),
+        format!("husk-{},debug-threads=on", l.id),
+        "-M".into(),
+        "microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem".into(),
+        "-accel".into(),
+        l.accelerator.as_str().into(),
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        l.vcpus.to_string(),
+        "-m".into(),
+        mem.clone(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        // The guest's reboot (reboot=t) ends QEMU instead of restarting it.
+        "-no-reboot".into(),
+        "-serial".into(),
+        format!("file:{}", l.console_log.display()),
+        "-kernel".into(),
+        l.kernel.display().to_string(),
+        "-initrd".into(),
+        l.initrd.display().to_string(),
+        "-append".into(),
+        l.cmdline.clone(),
+        "-chardev".into(),
+        format!("socket,id=vsock0,path={}", l.vsock_vhost_socket.display()),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock0".into(),
+        "-chardev".into(),
+        format!("socket,id=fs0,path={}", l.fs_vhost_socket.display()),
+        "-device".into(),
+        format!("vhost-user-fs-device,chardev=fs0,tag={}", l.fs_tag),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(accelerator: Accelerator) -> VmLaunch {
+        VmLaunch {
+            id: "t1".into(),
+            accelerator,
+            vcpus: 2,
+            memory_mib: 128,
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            cmdline: "console=ttyS0 reboot=t".into(),
+            console_log: "/run/x/console.log".into(),
+            vsock_vhost_socket: "/run/x/vhost-vsock.sock".into(),
+            fs_vhost_socket: "/run/x/vhost-fs.sock".into(),
+            fs_tag: "husk-shared".into(),
+        }
+    }
+
+    fn value_after(args: &[String], flag: &str) -> String {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} missing"));
+        args[i + 1].clone()
+    }
+
+    #[test]
+    fn tcg_uses_cpu_max_and_kvm_uses_cpu_host() {
+        let tcg = qemu_args(&launch(Accelerator::Tcg));
+        assert_eq!(value_after(&tcg, "-accel"), "tcg");
+        assert_eq!(value_after(&tcg, "-cpu"), "max");
+        let kvm = qemu_args(&launch(Accelerator::Kvm));
+        assert_eq!(value_after(&kvm, "-accel"), "kvm");
+        assert_eq!(value_after(&kvm, "-cpu"), "host");
+    }
+
+    #[test]
+    fn guest_ram_is_a_shared_memfd_of_the_configured_size() {
+        let args = qemu_args(&launch(Accelerator::Tcg));
+        assert_eq!(value_after(&args, "-m"), "128M");
+        assert_eq!(
+            value_after(&args, "-object"),
+            "memory-backend-memfd,id=mem,size=128M,share=on"
+        );
+        assert!(value_after(&args, "-M").contains("memory-backend=mem"));
+        assert!(value_after(&args, "-M").contains("acpi=off"));
+    }
+
+    #[test]
+    fn devices_point_at_the_vhost_user_sockets() {
+        let args = qemu_args(&launch(Accelerator::Tcg)).join(" ");
+        assert!(
+            args.contains("socket,id=vsock0,path=/run/x/vhost-vsock.sock"),
+            "{args}"
+        );
+        assert!(
+            args.contains("vhost-user-fs-device,chardev=fs0,tag=husk-shared"),
+            "{args}"
+        );
+        assert!(args.contains("-serial file:/run/x/console.log"), "{args}");
+        assert!(args.contains("-no-reboot"), "{args}");
+        assert!(args.contains("-smp 2"), "{args}");
+    }
+}

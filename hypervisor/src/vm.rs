@@ -1,0 +1,417 @@
+//! One micro-VM from start to nothing: preflight, run directory, device
+//! daemons, VMM, boot until the agent answers, stop, cleanup.
+
+use crate::daemon::{log_tail, Daemon};
+use crate::{preflight, Accelerator, Error, Hypervisor, Qemu, VmLaunch};
+use husk_config::{AccelTimeouts, Backend, Config};
+use husk_proto::agent::agent_client::AgentClient;
+use husk_proto::agent::{HealthRequest, ShutdownRequest};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+use tonic::transport::Channel;
+
+/// Daemons make their sockets in milliseconds; this only bounds a hang.
+const DAEMON_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a daemon gets between SIGTERM and SIGKILL.
+const DAEMON_GRACE: Duration = Duration::from_secs(2);
+/// Pause between two agent health probes during boot.
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// A Unix socket path must fit `sun_path` (108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+const CONSOLE_LOG: &str = "console.log";
+const VMM_LOG: &str = "vmm.log";
+const FS_SOCKET: &str = "vhost-fs.sock";
+const VSOCK_VHOST_SOCKET: &str = "vhost-vsock.sock";
+const AGENT_SOCKET: &str = "agent.vsock";
+
+/// What the caller decides per VM; the rest comes from the configuration.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Names the run directory and the VMM process; [A-Za-z0-9_.-], 1-64.
+    pub id: String,
+    /// Host directory shared with the guest through virtio-fs.
+    pub shared_dir: PathBuf,
+}
+
+/// Where boot time went, measured on the host.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootTimings {
+    /// Spawning virtiofsd and the vsock backend until both sockets exist.
+    pub helpers: Duration,
+    /// Spawning the VMM process (fork + exec).
+    pub vmm_spawn: Duration,
+    /// From VMM spawn until the agent answered Health.
+    pub agent_ready: Duration,
+    /// From the call to `start` until the agent answered.
+    pub total: Duration,
+}
+
+/// Host processes of a VM.
+#[derive(Debug, Clone, Copy)]
+pub struct VmPids {
+    pub vmm: u32,
+    pub virtiofsd: u32,
+    pub vsock_backend: u32,
+}
+
+pub struct MicroVm {
+    id: String,
+    dir: PathBuf,
+    accelerator: Accelerator,
+    vmm_name: &'static str,
+    timeouts: AccelTimeouts,
+    timings: BootTimings,
+    fs: Option<Daemon>,
+    vsock: Option<Daemon>,
+    vmm: Option<Daemon>,
+}
+
+impl MicroVm {
+    /// Boots a VM and returns once its agent answers Health. On error every
+    /// process and file made so far is gone again.
+    pub async fn start(config: &Config, spec: VmSpec) -> Result<Self, Error> {
+        let started = Instant::now();
+        config.validate()?;
+        let h = &config.hypervisor;
+        preflight::check_vm_id(&spec.id)?;
+        preflight::check_kernel(&h.kernel)?;
+        preflight::check_initrd(&h.initrd)?;
+        preflight::check_shared_dir(&spec.shared_dir)?;
+        preflight::check_executable("hypervisor.qemu_path", &h.qemu_path)?;
+        preflight::check_executable("hypervisor.virtiofsd_path", &h.virtiofsd_path)?;
+        preflight::check_executable("hypervisor.vsock_backend_path", &h.vsock_backend_path)?;
+        let dir = h.runtime_dir.join("vms").join(&spec.id);
+        let longest = dir.join(VSOCK_VHOST_SOCKET);
+        if longest.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::InvalidSpec {
+                field: "hypervisor.runtime_dir",
+                message: format!("{} is too long for a Unix socket path", longest.display()),
+            });
+        }
+
+        let decision = crate::resolve_accelerator(h.accelerator);
+        let timeouts = match decision.accelerator {
+            Accelerator::Kvm => config.timeouts.kvm,
+            Accelerator::Tcg => config.timeouts.tcg,
+        };
+        let hypervisor: Box<dyn Hypervisor> = match h.backend {
+            Backend::Qemu => Box::new(Qemu {
+                binary: h.qemu_path.clone(),
+            }),
+        };
+        tracing::info!(
+            vm_id = %spec.id,
+            backend = hypervisor.name(),
+            accelerator = %decision.accelerator,
+            reason = %decision.reason,
+            "starting VM"
+        );
+
+        create_run_dir(&dir)?;
+        let mut vm = MicroVm {
+            id: spec.id.clone(),
+            dir,
+            accelerator: decision.accelerator,
+            vmm_name: hypervisor.name(),
+            timeouts,
+            timings: BootTimings::default(),
+            fs: None,
+            vsock: None,
+            vmm: None,
+        };
+        match vm.boot(config, &spec, hypervisor.as_ref(), started).await {
+            Ok(()) => Ok(vm),
+            Err(err) => {
+                tracing::warn!(vm_id = %vm.id, %err, "VM start failed, cleaning up");
+                vm.teardown().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn boot(
+        &mut self,
+        config: &Config,
+        spec: &VmSpec,
+        hypervisor: &dyn Hypervisor,
+        started: Instant,
+    ) -> Result<(), Error> {
+        let h = &config.hypervisor;
+        let helpers_started = Instant::now();
+        let fs_socket = self.dir.join(FS_SOCKET);
+        let mut fs_cmd = Command::new(&h.virtiofsd_path);
+        fs_cmd
+            .arg("--socket-path")
+            .arg(&fs_socket)
+            .arg("--shared-dir")
+            .arg(&spec.shared_dir)
+            .args(["--cache", "auto", "--sandbox", "chroot"]);
+        let fs = self.fs.insert(Daemon::spawn(
+            "virtiofsd",
+            fs_cmd,
+            &self.dir.join("virtiofsd.log"),
+        )?);
+        fs.wait_for_socket(&fs_socket, DAEMON_SOCKET_TIMEOUT)
+            .await?;
+
+        let vsock_socket = self.dir.join(VSOCK_VHOST_SOCKET);
+        let mut vsock_cmd = Command::new(&h.vsock_backend_path);
+        vsock_cmd.arg("--vm").arg(format!(
+            "guest-cid={},socket={},uds-path={}",
+            crate::GUEST_CID,
+            vsock_socket.display(),
+            self.agent_socket().display()
+        ));
+        let vsock = self.vsock.insert(Daemon::spawn(
+            "vhost-device-vsock",
+            vsock_cmd,
+            &self.dir.join("vhost-device-vsock.log"),
+        )?);
+        vsock
+            .wait_for_socket(&vsock_socket, DAEMON_SOCKET_TIMEOUT)
+            .await?;
+        self.timings.helpers = helpers_started.elapsed();
+
+        let launch = VmLaunch {
+            id: self.id.clone(),
+            accelerator: self.accelerator,
+            vcpus: h.vcpus,
+            memory_mib: h.memory_mib,
+            kernel: h.kernel.clone(),
+            initrd: h.initrd.clone(),
+            cmdline: kernel_cmdline(&h.kernel_params),
+            console_log: self.console_log(),
+            vsock_vhost_socket: vsock_socket,
+            fs_vhost_socket: fs_socket,
+            fs_tag: husk_proto::SHARED_FS_TAG.into(),
+        };
+        let vmm_started = Instant::now();
+        self.vmm = Some(Daemon::spawn(
+            self.vmm_name,
+            hypervisor.command(&launch),
+            &self.dir.join(VMM_LOG),
+        )?);
+        self.timings.vmm_spawn = vmm_started.elapsed();
+
+        self.wait_for_agent().await?;
+        self.timings.agent_ready = vmm_started.elapsed();
+        self.timings.total = started.elapsed();
+        tracing::info!(
+            vm_id = %self.id,
+            total_ms = self.timings.total.as_millis() as u64,
+            agent_ready_ms = self.timings.agent_ready.as_millis() as u64,
+            "VM ready"
+        );
+        Ok(())
+    }
+
+    /// Probes Health until it answers, the VMM exits, or the timeout ends.
+    async fn wait_for_agent(&mut self) -> Result<(), Error> {
+        let timeout = Duration::from_secs(self.timeouts.agent_ready_secs);
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::from("no attempt made");
+        loop {
+            if let Some(status) = self.vmm.as_mut().and_then(Daemon::try_exit) {
+                return Err(Error::VmmExited {
+                    vmm: self.vmm_name,
+                    status: status.to_string(),
+                    log_tail: self.logs_tail(),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::AgentTimeout {
+                    secs: timeout.as_secs(),
+                    last_error,
+                    log_tail: self.logs_tail(),
+                });
+            }
+            match self.health(left.min(Duration::from_secs(2))).await {
+                Ok(()) => return Ok(()),
+                Err(err) => last_error = err.to_string(),
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    async fn health(&self, timeout: Duration) -> Result<(), Error> {
+        let mut agent = AgentClient::new(self.channel(timeout).await?);
+        agent.health(HealthRequest {}).await?;
+        Ok(())
+    }
+
+    async fn channel(&self, timeout: Duration) -> Result<Channel, Error> {
+        crate::agent_channel(&self.agent_socket(), husk_proto::AGENT_VSOCK_PORT, timeout).await
+    }
+
+    /// A client for the agent, with RPC deadlines suited to the accelerator.
+    pub async fn agent(&self) -> Result<AgentClient<Channel>, Error> {
+        let timeout = Duration::from_secs(self.timeouts.shutdown_secs);
+        Ok(AgentClient::new(self.channel(timeout).await?))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn accelerator(&self) -> Accelerator {
+        self.accelerator
+    }
+
+    pub fn timings(&self) -> BootTimings {
+        self.timings
+    }
+
+    /// The per-VM directory holding sockets and logs; gone after stop.
+    pub fn run_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The hybrid vsock socket: `CONNECT <port>` reaches a guest port.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join(AGENT_SOCKET)
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join(CONSOLE_LOG)
+    }
+
+    pub fn pids(&self) -> VmPids {
+        let pid = |d: &Option<Daemon>| d.as_ref().map_or(0, Daemon::pid);
+        VmPids {
+            vmm: pid(&self.vmm),
+            virtiofsd: pid(&self.fs),
+            vsock_backend: pid(&self.vsock),
+        }
+    }
+
+    /// Waits until the VMM process exits (guest shutdown, crash or kill).
+    pub async fn wait(&mut self) -> Result<ExitStatus, Error> {
+        match self.vmm.as_mut() {
+            Some(vmm) => vmm.wait().await,
+            None => Err(Error::InvalidSpec {
+                field: "vm",
+                message: "the VM was never started".into(),
+            }),
+        }
+    }
+
+    /// Stops the guest (Shutdown RPC, then SIGTERM, then SIGKILL to the VMM),
+    /// ends the daemons and removes the run directory. Safe to call again.
+    /// Returns how the VMM ended (None if it never started).
+    pub async fn stop(&mut self) -> Option<ExitStatus> {
+        let grace = Duration::from_secs(self.timeouts.shutdown_secs);
+        let running = self.vmm.as_mut().is_some_and(|v| v.try_exit().is_none());
+        if running {
+            match tokio::time::timeout(grace, self.request_shutdown(grace)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(vm_id = %self.id, %err, "Shutdown RPC failed"),
+                Err(_) => tracing::warn!(vm_id = %self.id, "Shutdown RPC timed out"),
+            }
+        }
+        self.teardown().await;
+        let status = self.vmm.as_mut().and_then(Daemon::try_exit);
+        tracing::info!(vm_id = %self.id, ?status, "VM stopped");
+        status
+    }
+
+    async fn request_shutdown(&mut self, grace: Duration) -> Result<(), Error> {
+        let mut agent = AgentClient::new(self.channel(grace).await?);
+        agent.shutdown(ShutdownRequest {}).await?;
+        if let Some(vmm) = self.vmm.as_mut() {
+            vmm.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends every process still running and removes the run directory.
+    async fn teardown(&mut self) {
+        let grace = Duration::from_secs(self.timeouts.shutdown_secs);
+        if let Some(vmm) = self.vmm.as_mut() {
+            vmm.terminate(grace).await;
+        }
+        for daemon in [self.vsock.as_mut(), self.fs.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            daemon.terminate(DAEMON_GRACE).await;
+        }
+        if let Err(err) = std::fs::remove_dir_all(&self.dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(vm_id = %self.id, dir = %self.dir.display(), %err, "cannot remove run directory");
+            }
+        }
+    }
+
+    fn logs_tail(&self) -> String {
+        format!(
+            "--- console ---\n{}\n--- {} ---\n{}",
+            log_tail(&self.console_log()),
+            self.vmm_name,
+            log_tail(&self.dir.join(VMM_LOG))
+        )
+    }
+}
+
+impl Drop for MicroVm {
+    /// Last resort when `stop` was not awaited: the daemons are SIGKILLed by
+    /// `kill_on_drop`; the directory goes here.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn create_run_dir(dir: &Path) -> Result<(), Error> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::InvalidSpec {
+                field: "id",
+                message: format!("a VM with this id already runs ({} exists)", dir.display()),
+            },
+            _ => Error::io(format!("creating {}", dir.display()), e),
+        })
+}
+
+/// `reboot=t` + the VMM's no-reboot turn a guest reboot into VMM exit;
+/// `panic=-1` makes an agent crash (PID 1 exit) end the VM at once.
+fn kernel_cmdline(extra: &str) -> String {
+    let base = "console=ttyS0 reboot=t panic=-1 quiet";
+    if extra.trim().is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base} {}", extra.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_appends_configured_params() {
+        assert_eq!(kernel_cmdline(""), "console=ttyS0 reboot=t panic=-1 quiet");
+        assert_eq!(
+            kernel_cmdline(" loglevel=7 "),
+            "console=ttyS0 reboot=t panic=-1 quiet loglevel=7"
+        );
+    }
+
+    #[test]
+    fn existing_run_dir_is_refused_as_id_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm_dir = dir.path().join("vms/a");
+        create_run_dir(&vm_dir).unwrap();
+        let err = create_run_dir(&vm_dir).unwrap_err().to_string();
+        assert!(err.contains("already runs"), "{err}");
+    }
+}

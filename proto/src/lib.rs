@@ -1,0 +1,22 @@
+//! husk-proto: the agent API shared by the host (shim, hypervisor crate) and
+//! the guest agent. The `.proto` file is the contract; this crate only
+//! generates the tonic/prost code and names the constants both sides agree on.
+
+#![allow(clippy::derive_partial_eq_without_eq)]
+
+/// Generated messages, client and server for `husk.agent.v1`.
+pub mod agent {
+    tonic::include_proto!("husk.agent.v1");
+}
+
+/// The guest vsock port the agent's gRPC server listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The virtio-fs tag of the directory the host shares with the guest.
+pub const SHARED_FS_TAG: &str = "husk-shared";
+
+/// Where the agent mounts the shared directory inside the guest.
+pub const GUEST_SHARED_DIR: &str = "/run/husk/shared";
+
+/// Upper bound on what `ReadSharedFile` returns, whatever the caller asks.
+pub const MAX_READ_BYTES: u64 = 1 << 20;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the guest initrd: the statically linked husk-agent as /init in a
+# cpio (newc) archive, owned by root, with fixed mtimes and no host paths.
+# Usage: scripts/build-initrd.sh [OUTPUT]   (default target/husk/husk-initrd.cpio)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$repo/target/husk/husk-initrd.cpio}
+target=x86_64-unknown-linux-gnu
+
+# --target keeps crt-static off the build scripts and proc-macros, which
+# must stay dynamic; glibc's static libc.a comes with libc6-dev.
+(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked -p husk-agent --target "$target")
+agent=$repo/target/$target/release/husk-agent
+if readelf -l "$agent" | grep -q 'Requesting program interpreter'; then
+    echo "build-initrd: $agent is dynamically linked; the initrd has no libc" >&2
+    exit 1
+fi
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+install -m 0755 "$agent" "$stage/init"
+touch -d @0 "$stage/init" "$stage"
+mkdir -p "$(dirname "$out")"
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible) > "$out.tmp"
+mv "$out.tmp" "$out"
+echo "initrd: $out ($(stat -c %s "$out") bytes; agent $(stat -c %s "$agent") bytes)"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Sets up a Debian 12 host to run husk and its tests, idempotently:
+#   1. Debian packages (QEMU, kernel source and build tools, protoc, ...)
+#   2. virtiofsd and vhost-device-vsock from crates.io, cached by version
+#   3. the guest kernel (cached by its inputs) and the agent initrd
+#   4. the husk workspace
+# Artifacts are cached under $HUSK_CACHE (default /var/cache/husk) and
+# installed where configuration.toml's defaults point. Needs root.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export HUSK_CACHE=${HUSK_CACHE:-/var/cache/husk}
+VIRTIOFSD_VERSION=1.14.0
+VSOCK_VERSION=0.3.0
+SHARE=/usr/local/share/husk
+
+log() { printf '\n== setup: %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root (it installs packages and writes $SHARE)" >&2
+    exit 1
+fi
+
+packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev
+    cpio xz-utils libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
+    busybox-static containerd runc iproute2 procps binutils)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A crate binary, built once per version into the cache, linked onto PATH.
+cargo_tool() {
+    local crate=$1 version=$2 root="$HUSK_CACHE/tools/$1-$2"
+    if [ ! -x "$root/bin/$crate" ]; then
+        log "building $crate $version (cached in $root)"
+        rm -rf "$root.tmp"
+        cargo install --quiet --locked --root "$root.tmp" "$crate" --version "$version"
+        rm -rf "$root" && mv "$root.tmp" "$root"
+    fi
+    ln -sfn "$root/bin/$crate" "/usr/local/bin/$crate"
+}
+cargo_tool virtiofsd "$VIRTIOFSD_VERSION"
+cargo_tool vhost-device-vsock "$VSOCK_VERSION"
+
+log "guest kernel"
+bash "$repo/scripts/build-guest-kernel.sh"
+mkdir -p "$SHARE"
+install -m 0644 "$HUSK_CACHE/kernel/current/vmlinux" "$SHARE/vmlinux.tmp"
+mv "$SHARE/vmlinux.tmp" "$SHARE/vmlinux"
+
+log "agent initrd"
+bash "$repo/scripts/build-initrd.sh" "$SHARE/husk-initrd.cpio"
+
+log "husk workspace"
+(cd "$repo" && cargo build --locked --workspace --all-targets)
+log "done"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: sets the host up (scripts/setup.sh), then runs the
+# format and lint checks and every test of the workspace, VM tests included.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bash "$repo/scripts/setup.sh"
+cd "$repo"
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked --workspace

@@ -1,0 +1,124 @@
+//! Helpers shared by husk's integration tests and benchmarks: the
+//! configuration they run with, where the guest artifacts are, and process
+//! and file checks for "nothing leaks" assertions.
+
+use husk_config::Config;
+use std::path::{Path, PathBuf};
+
+/// The configuration for a test: `HUSK_CONFIG` or the defaults (which point
+/// at what scripts/setup.sh installs), with a private runtime directory so
+/// that a test can check it is empty afterwards.
+pub fn test_config(runtime_dir: &Path) -> Config {
+    let mut config = Config::load_default().expect("loading the husk configuration");
+    config.hypervisor.runtime_dir = runtime_dir.to_owned();
+    config
+}
+
+/// Fails the test with the fix when the guest artifacts are missing: they are
+/// built here, so their absence is a setup error, not a reason to skip.
+pub fn require_guest_artifacts(config: &Config) {
+    for (key, path) in [
+        ("hypervisor.kernel", &config.hypervisor.kernel),
+        ("hypervisor.initrd", &config.hypervisor.initrd),
+        ("hypervisor.qemu_path", &config.hypervisor.qemu_path),
+        (
+            "hypervisor.virtiofsd_path",
+            &config.hypervisor.virtiofsd_path,
+        ),
+        (
+            "hypervisor.vsock_backend_path",
+            &config.hypervisor.vsock_backend_path,
+        ),
+    ] {
+        assert!(
+            path.exists(),
+            "{key} = {} does not exist: run `sudo bash scripts/setup.sh` first",
+            path.display()
+        );
+    }
+}
+
+/// The kernel release baked into a vmlinux or bzImage, read from its
+/// `Linux version <release> (` banner.
+pub fn kernel_release_of(image: &Path) -> Option<String> {
+    let bytes = std::fs::read(image).ok()?;
+    let needle = b"Linux version ";
+    let start = bytes.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let rest = &bytes[start..];
+    let end = rest.iter().position(|&b| b == b' ')?;
+    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+}
+
+pub fn host_kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("reading /proc/sys/kernel/osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// True while `pid` is a live process (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Entries directly below `dir` (empty when it does not exist).
+pub fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Resident memory of a process from /proc/<pid>/status, in KiB:
+/// (VmRSS, RssShmem). Guest RAM is a shared memfd, so it shows up in the
+/// VMM's RssShmem; VmRSS minus RssShmem is the VMM's own footprint.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("RssShmem:").unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_release_is_extracted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vmlinux");
+        std::fs::write(
+            &f,
+            b"\x7fELF...\0Linux version 6.1.99-husk (root@x) #1 SMP\0",
+        )
+        .unwrap();
+        assert_eq!(kernel_release_of(&f).as_deref(), Some("6.1.99-husk"));
+        std::fs::write(&f, b"no banner").unwrap();
+        assert_eq!(kernel_release_of(&f), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_bogus_pid_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn rss_of_this_process_is_positive() {
+        let (rss, _) = rss_kib(std::process::id()).unwrap();
+        assert!(rss > 0);
+    }
+}
