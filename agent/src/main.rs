@@ -6,6 +6,10 @@
 //! (not as PID 1) it skips the init duties and serves on the given vsock
 //! port, which is how its RPCs can be exercised on a host with vsock.
 
+// Helpers of RPC handlers return tonic::Status, the type the handlers must
+// return; boxing it only to unbox it at the boundary would buy nothing.
+#![allow(clippy::result_large_err)]
+
 mod guest;
 mod init;
 mod reaper;

@@ -55,8 +55,15 @@ pub enum Error {
     },
     #[error("hybrid vsock {socket}: {reason}")]
     Vsock { socket: PathBuf, reason: String },
+    /// Boxed: a Status is large and would bloat every Result here.
     #[error("agent RPC failed: {0}")]
-    Rpc(#[from] tonic::Status),
+    Rpc(Box<tonic::Status>),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Rpc(Box::new(status))
+    }
 }
 
 impl Error {

@@ -1,0 +1,160 @@
+//! A real micro-VM per test: real QEMU, guest kernel, agent, virtiofsd and
+//! vhost-device-vsock. Under TCG each boot takes seconds, so each test does
+//! as much as it can with one VM.
+
+use husk_hypervisor::{MicroVm, VmSpec};
+use husk_proto::agent::{GuestInfoRequest, ReadSharedFileRequest};
+use husk_tests::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::process::ExitStatusExt;
+
+fn spec(id: &str, shared: &std::path::Path) -> VmSpec {
+    VmSpec {
+        id: id.into(),
+        shared_dir: shared.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
+    let runtime = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let config = test_config(runtime.path());
+    require_guest_artifacts(&config);
+    let built_release = kernel_release_of(&config.hypervisor.kernel)
+        .expect("the guest kernel image has no 'Linux version' banner");
+
+    std::fs::write(
+        shared.path().join("before-boot.txt"),
+        b"written before boot\n",
+    )
+    .unwrap();
+    let mut vm = MicroVm::start(&config, spec("info", shared.path()))
+        .await
+        .expect("VM start");
+    let pids = vm.pids();
+    let mut agent = vm.agent().await.unwrap();
+
+    let info = agent
+        .guest_info(GuestInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.kernel_release, built_release);
+    assert_ne!(info.kernel_release, host_kernel_release());
+    assert_eq!(info.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.online_cpus, config.hypervisor.vcpus);
+    let configured_kib = u64::from(config.hypervisor.memory_mib) * 1024;
+    assert!(
+        info.memory_total_kib <= configured_kib && info.memory_total_kib > configured_kib / 2,
+        "guest sees {} KiB of {} KiB",
+        info.memory_total_kib,
+        configured_kib
+    );
+    assert!(info.agent_started_ms <= info.agent_serving_ms);
+    assert!(info.agent_serving_ms <= info.uptime_ms);
+    assert_eq!(info.boot_id.len(), 36, "boot id {:?}", info.boot_id);
+    assert_eq!(info.shared_dir, husk_proto::GUEST_SHARED_DIR);
+
+    // A file written before boot and one written while the guest runs.
+    let read = |path: &str| ReadSharedFileRequest {
+        path: path.into(),
+        max_bytes: 0,
+    };
+    let before = agent
+        .read_shared_file(read("before-boot.txt"))
+        .await
+        .unwrap();
+    assert_eq!(before.into_inner().content, b"written before boot\n");
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir(shared.path().join("sub")).unwrap();
+    std::fs::write(shared.path().join("sub/live.bin"), &payload).unwrap();
+    let live = agent
+        .read_shared_file(read("sub/live.bin"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!live.truncated);
+    assert_eq!(live.content, payload);
+
+    // The agent refuses to read outside the shared directory.
+    let escape = agent.read_shared_file(read("../../etc/hostname")).await;
+    assert_eq!(escape.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // Graceful stop: the guest powers itself off and QEMU exits 0.
+    let status = vm.stop().await.expect("the VMM had started");
+    assert!(status.success(), "QEMU ended with {status}");
+    for (name, pid) in [
+        ("qemu", pids.vmm),
+        ("virtiofsd", pids.virtiofsd),
+        ("vhost-device-vsock", pids.vsock_backend),
+    ] {
+        assert!(!process_alive(pid), "{name} (pid {pid}) still runs");
+    }
+    assert!(
+        !vm.run_dir().exists(),
+        "{} left behind",
+        vm.run_dir().display()
+    );
+    assert_eq!(
+        entries(&runtime.path().join("vms")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    // The host's files are untouched by the VM's lifecycle.
+    assert_eq!(
+        std::fs::read(shared.path().join("sub/live.bin")).unwrap(),
+        payload
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_qemu_leaves_no_process_socket_or_directory() {
+    let runtime = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let config = test_config(runtime.path());
+    require_guest_artifacts(&config);
+
+    let mut vm = MicroVm::start(&config, spec("killed", shared.path()))
+        .await
+        .expect("VM start");
+    let pids = vm.pids();
+    let run_dir = vm.run_dir().to_owned();
+    let agent_socket = vm.agent_socket();
+    assert!(
+        agent_socket.exists(),
+        "hybrid vsock socket missing while running"
+    );
+    for pid in [pids.vmm, pids.virtiofsd, pids.vsock_backend] {
+        assert!(process_alive(pid));
+    }
+
+    kill(Pid::from_raw(pids.vmm as i32), Signal::SIGKILL).unwrap();
+    let status = vm.wait().await.unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc_sigkill()),
+        "QEMU ended with {status}"
+    );
+
+    let stopped = vm.stop().await.unwrap();
+    assert_eq!(stopped.signal(), Some(libc_sigkill()));
+    for (name, pid) in [
+        ("qemu", pids.vmm),
+        ("virtiofsd", pids.virtiofsd),
+        ("vhost-device-vsock", pids.vsock_backend),
+    ] {
+        assert!(!process_alive(pid), "{name} (pid {pid}) survived");
+    }
+    assert!(
+        !agent_socket.exists(),
+        "socket {} left behind",
+        agent_socket.display()
+    );
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
+    assert!(entries(&runtime.path().join("vms")).is_empty());
+}
+
+fn libc_sigkill() -> i32 {
+    Signal::SIGKILL as i32
+}
