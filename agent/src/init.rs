@@ -76,6 +76,40 @@ const PSEUDO_FS: &[PseudoFs] = &[
     },
 ];
 
+/// Argument the agent passes to itself after moving to a tmpfs root.
+pub const SWITCHED_ROOT_ARG: &str = "--switched-root";
+
+/// The kernel starts /init on the initramfs ("rootfs"), and pivot_root(2)
+/// refuses to move that mount, so containers could not pivot into their
+/// rootfs. Like switch_root, move to a tmpfs root first: copy the agent
+/// there, make it `/`, and exec it again. Returns only on failure.
+pub fn switch_to_tmpfs_root() -> nix::Result<std::convert::Infallible> {
+    use std::ffi::CString;
+    let new_root = "/husk-root";
+    std::fs::create_dir_all(new_root).map_err(io_errno)?;
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )?;
+    std::fs::copy("/init", "/husk-root/init").map_err(io_errno)?;
+    // The initramfs copy is only memory now; free it.
+    let _ = std::fs::remove_file("/init");
+    nix::unistd::chdir(new_root)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")?;
+    let init = CString::new("/init").expect("no NUL");
+    let arg = CString::new(SWITCHED_ROOT_ARG).expect("no NUL");
+    nix::unistd::execv(&init, &[init.clone(), arg])
+}
+
+fn io_errno(e: std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO))
+}
+
 /// Mounts the pseudo file systems and makes the console stdin/out/err.
 /// Failures are printed and skipped: a guest without one of them can still
 /// answer GuestInfo, and that is how the host learns what went wrong.

@@ -10,6 +10,7 @@
 // return; boxing it only to unbox it at the boundary would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod container;
 mod guest;
 mod init;
 mod reaper;
@@ -22,7 +23,13 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 fn main() {
     let is_init = std::process::id() == 1;
     let started_ms = guest::boottime_ms();
+    let mut switch_error = None;
     if is_init {
+        if std::env::args().nth(1).as_deref() != Some(init::SWITCHED_ROOT_ARG) {
+            // Returns only on failure; the agent then runs on, without
+            // containers able to pivot_root, and says why below.
+            switch_error = init::switch_to_tmpfs_root().err();
+        }
         // Before anything logs: the console is only reachable after /dev is mounted.
         init::early_setup();
     }
@@ -31,6 +38,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    if let Some(err) = switch_error {
+        tracing::error!(%err, "cannot move to a tmpfs root; containers will fail to pivot_root");
+    }
     if let Err(err) = run(is_init, started_ms) {
         tracing::error!("agent failed: {err:#}");
         // PID 1 exiting panics the kernel; with `panic=-1` on the command
@@ -53,13 +63,13 @@ fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
         .build()
         .context("building the tokio runtime")?;
     runtime.block_on(async move {
-        if is_init {
-            reaper::spawn().context("installing the SIGCHLD reaper")?;
-        }
+        // Every child of the agent is reaped here, container or orphan.
+        let reaper = reaper::Reaper::start().context("installing the SIGCHLD reaper")?;
+        let containers = container::Containers::new(reaper);
         let port = husk_proto::AGENT_VSOCK_PORT;
         let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
             .with_context(|| format!("binding vsock port {port}"))?;
-        let service = service::AgentService::new(is_init, started_ms, shared_dir);
+        let service = service::AgentService::new(is_init, started_ms, shared_dir, containers);
         tracing::info!(port, version = env!("CARGO_PKG_VERSION"), "agent serving");
         tonic::transport::Server::builder()
             .add_service(AgentServer::new(service))

@@ -1,12 +1,15 @@
 //! The agent API served to the host. Every request comes from the shim; the
 //! answers are small and bounded.
 
+use crate::container::{Containers, Output};
 use crate::guest;
 use husk_proto::agent::agent_server::Agent;
 use husk_proto::agent::*;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use tonic::{Request, Response, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -15,21 +18,151 @@ pub struct AgentService {
     started_ms: u64,
     serving_ms: u64,
     shared_dir: Option<PathBuf>,
+    containers: Containers,
 }
 
 impl AgentService {
-    pub fn new(is_init: bool, started_ms: u64, shared_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        is_init: bool,
+        started_ms: u64,
+        shared_dir: Option<PathBuf>,
+        containers: Containers,
+    ) -> Self {
         Self {
             is_init,
             started_ms,
             serving_ms: guest::boottime_ms(),
             shared_dir,
+            containers,
         }
     }
 }
 
 #[tonic::async_trait]
 impl Agent for AgentService {
+    type ReadOutputStream = ReceiverStream<Result<OutputChunk, Status>>;
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.container_id.clone();
+        let pid = self
+            .containers
+            .create(req.container_id, &req.oci_spec_json, req.stdin)
+            .await
+            .inspect_err(|e| tracing::warn!(container_id = %id, %e, "create failed"))?;
+        tracing::info!(container_id = %id, pid, "container created");
+        Ok(Response::new(CreateContainerResponse { pid }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let pid = self.containers.start(&id).await?;
+        tracing::info!(container_id = %id, pid, "container started");
+        Ok(Response::new(StartContainerResponse { pid }))
+    }
+
+    async fn wait_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<WaitContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let exit_status = self.containers.wait(&id).await?;
+        tracing::info!(container_id = %id, exit_status, "container exited");
+        Ok(Response::new(WaitContainerResponse { exit_status }))
+    }
+
+    async fn signal_container(
+        &self,
+        request: Request<SignalContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let signal = i32::try_from(req.signal)
+            .map_err(|_| Status::invalid_argument(format!("invalid signal {}", req.signal)))?;
+        self.containers.signal(&req.container_id, signal, req.all)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let id = request.into_inner().container_id;
+        self.containers.remove(&id)?;
+        tracing::info!(container_id = %id, "container removed");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<ListProcessesResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let pids = self.containers.pids(&id)?;
+        Ok(Response::new(ListProcessesResponse { pids }))
+    }
+
+    async fn read_output(
+        &self,
+        request: Request<ReadOutputRequest>,
+    ) -> Result<Response<Self::ReadOutputStream>, Status> {
+        let req = request.into_inner();
+        let which = match req.stream() {
+            OutputStream::Stdout => Output::Stdout,
+            OutputStream::Stderr => Output::Stderr,
+        };
+        let mut pipe = self.containers.take_output(&req.container_id, which)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; husk_proto::IO_CHUNK_BYTES];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk = OutputChunk {
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn write_stdin(
+        &self,
+        request: Request<Streaming<StdinChunk>>,
+    ) -> Result<Response<Empty>, Status> {
+        let mut stream = request.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Ok(Response::new(Empty {}));
+        };
+        let mut pipe = self.containers.take_stdin(&first.container_id)?;
+        let mut chunk = Some(first);
+        while let Some(c) = chunk {
+            if let Err(e) = pipe.write_all(&c.data).await {
+                // The process closed its stdin or exited: not the client's error.
+                tracing::debug!(container_id = %c.container_id, %e, "stdin closed by the process");
+                break;
+            }
+            chunk = stream.message().await?;
+        }
+        // Dropping the pipe is the EOF the process sees.
+        Ok(Response::new(Empty {}))
+    }
+
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         Ok(Response::new(HealthResponse {
             agent_version: AGENT_VERSION.into(),

@@ -63,13 +63,12 @@ fn parse_ok(reply: &[u8]) -> Option<u32> {
 }
 
 /// A gRPC channel to the agent over hybrid vsock. Each (re)connect of the
-/// channel does its own handshake.
+/// channel does its own handshake. `timeout` bounds connecting only: some
+/// RPCs (WaitContainer, ReadOutput) rightly last as long as a container.
 pub async fn agent_channel(socket: &Path, port: u32, timeout: Duration) -> Result<Channel, Error> {
     let path: PathBuf = socket.to_owned();
     // The URI is required by tonic but unused: the connector decides where to go.
-    let endpoint = Endpoint::from_static("http://husk-agent.vsock")
-        .connect_timeout(timeout)
-        .timeout(timeout);
+    let endpoint = Endpoint::from_static("http://husk-agent.vsock").connect_timeout(timeout);
     endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();

@@ -20,3 +20,6 @@ pub const GUEST_SHARED_DIR: &str = "/run/husk/shared";
 
 /// Upper bound on what `ReadSharedFile` returns, whatever the caller asks.
 pub const MAX_READ_BYTES: u64 = 1 << 20;
+
+/// Largest chunk of container output or input carried in one message.
+pub const IO_CHUNK_BYTES: usize = 32 * 1024;

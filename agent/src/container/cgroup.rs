@@ -1,0 +1,51 @@
+//! One cgroup v2 directory per container below /sys/fs/cgroup/husk.
+
+use std::io;
+use std::path::PathBuf;
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CONTROLLERS: &str = "+cpu +memory +pids";
+
+/// Delegates the controllers to the husk subtree; best effort, as a guest
+/// kernel without one of them can still run containers.
+pub fn enable_controllers() {
+    let husk = PathBuf::from(ROOT).join("husk");
+    let _ = std::fs::write(
+        PathBuf::from(ROOT).join("cgroup.subtree_control"),
+        CONTROLLERS,
+    );
+    if std::fs::create_dir_all(&husk).is_ok() {
+        let _ = std::fs::write(husk.join("cgroup.subtree_control"), CONTROLLERS);
+    }
+}
+
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn create(id: &str) -> io::Result<Self> {
+        let path = PathBuf::from(ROOT).join("husk").join(id);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    pub fn add(&self, pid: i32) -> io::Result<()> {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// rmdir succeeds only once the cgroup is empty; a leftover is logged.
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_dir(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), %e, "cannot remove cgroup");
+            }
+        }
+    }
+}

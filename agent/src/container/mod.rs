@@ -1,0 +1,429 @@
+//! Containers inside the guest: created from an OCI spec by cloning a child
+//! into new namespaces (see `launch`), started by releasing it to exec,
+//! watched through the reaper, and cleaned up on remove.
+
+mod cgroup;
+mod launch;
+mod plan;
+mod rootfs;
+
+use crate::reaper::{ExitWatch, Reaper};
+use launch::{ChildFds, Step, REPORT_LEN};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plan::LaunchPlan;
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use tokio::net::unix::pipe;
+
+/// Stack for the cloned child until it execs; it runs only syscalls.
+const CHILD_STACK_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid container id {0:?}: use 1-128 characters of [A-Za-z0-9_.-]")]
+    BadId(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("invalid OCI spec: {0}")]
+    Spec(String),
+    #[error("container {id}: {message}")]
+    State { id: String, message: String },
+    #[error("container {id}: {message}")]
+    Launch { id: String, message: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<ContainerError> for tonic::Status {
+    fn from(e: ContainerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ContainerError::BadId(_) | ContainerError::Spec(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
+            ContainerError::Exists(_) => tonic::Status::already_exists(msg),
+            ContainerError::NotFound(_) => tonic::Status::not_found(msg),
+            ContainerError::State { .. } => tonic::Status::failed_precondition(msg),
+            ContainerError::Launch { .. } | ContainerError::Io(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+struct Container {
+    pid: i32,
+    plan: Arc<LaunchPlan>,
+    exit: ExitWatch,
+    started: bool,
+    status_r: Option<OwnedFd>,
+    start_w: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    cgroup: cgroup::Cgroup,
+}
+
+#[derive(Clone)]
+pub struct Containers {
+    reaper: Reaper,
+    map: Arc<Mutex<HashMap<String, Container>>>,
+}
+
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+impl Containers {
+    pub fn new(reaper: Reaper) -> Self {
+        cgroup::enable_controllers();
+        Self {
+            reaper,
+            map: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub async fn create(
+        &self,
+        id: String,
+        spec_json: &[u8],
+        stdin: bool,
+    ) -> Result<u32, ContainerError> {
+        check_id(&id)?;
+        if self.lock().contains_key(&id) {
+            return Err(ContainerError::Exists(id));
+        }
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_slice(spec_json).map_err(|e| ContainerError::Spec(e.to_string()))?;
+        let plan = Arc::new(
+            LaunchPlan::from_spec(&spec).map_err(|e| ContainerError::Spec(e.to_string()))?,
+        );
+        let reaper = self.reaper.clone();
+        let id2 = id.clone();
+        let container =
+            tokio::task::spawn_blocking(move || spawn_container(&id2, plan, stdin, &reaper))
+                .await
+                .map_err(|e| ContainerError::Io(e.to_string()))??;
+        let pid = container.pid as u32;
+        let mut map = self.lock();
+        if map.contains_key(&id) {
+            // Lost a race with a concurrent create of the same id.
+            let _ = kill(Pid::from_raw(container.pid), Signal::SIGKILL);
+            return Err(ContainerError::Exists(id));
+        }
+        map.insert(id, container);
+        Ok(pid)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<u32, ContainerError> {
+        let (pid, start_w, status_r, plan) = {
+            let mut map = self.lock();
+            let c = map
+                .get_mut(id)
+                .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+            if c.started {
+                return Err(state(id, "already started"));
+            }
+            c.started = true;
+            (c.pid, c.start_w.take(), c.status_r.take(), c.plan.clone())
+        };
+        let (Some(start_w), Some(status_r)) = (start_w, status_r) else {
+            return Err(state(id, "cannot be started"));
+        };
+        let id2 = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            nix::unistd::write(&start_w, &[1])
+                .map_err(|e| launch_err(&id2, format!("releasing the process: {e}")))?;
+            drop(start_w);
+            match read_report(status_r) {
+                None => Ok(()),
+                Some(report) => Err(launch_err(&id2, describe(&plan, report))),
+            }
+        })
+        .await
+        .map_err(|e| ContainerError::Io(e.to_string()))??;
+        Ok(pid as u32)
+    }
+
+    pub async fn wait(&self, id: &str) -> Result<u32, ContainerError> {
+        let mut exit = self
+            .lock()
+            .get(id)
+            .map(|c| c.exit.clone())
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        let status = exit
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ContainerError::Io("reaper stopped".into()))?;
+        Ok(status.unwrap_or(255))
+    }
+
+    pub fn signal(&self, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {
+        let sig =
+            Signal::try_from(signal).map_err(|_| state(id, format!("invalid signal {signal}")))?;
+        let map = self.lock();
+        let c = map
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        if c.exit.borrow().is_some() {
+            return Err(state(id, "process already finished"));
+        }
+        let pids = if all { c.cgroup.pids() } else { vec![c.pid] };
+        for pid in pids {
+            match kill(Pid::from_raw(pid), sig) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(state(id, format!("kill {pid}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        let mut map = self.lock();
+        let c = map
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        if c.started && c.exit.borrow().is_none() {
+            return Err(state(id, "still running; kill it first"));
+        }
+        let c = map.remove(id).expect("checked above");
+        if !c.started {
+            // Closing start_w makes the waiting child exit on its own.
+            let _ = kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+        }
+        c.cgroup.remove();
+        Ok(())
+    }
+
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>, ContainerError> {
+        let map = self.lock();
+        let c = map
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        Ok(c.cgroup.pids().into_iter().map(|p| p as u32).collect())
+    }
+
+    /// Takes the read end of stdout or stderr; only one reader each.
+    pub fn take_output(&self, id: &str, which: Output) -> Result<pipe::Receiver, ContainerError> {
+        let mut map = self.lock();
+        let c = map
+            .get_mut(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        let slot = match which {
+            Output::Stdout => &mut c.stdout,
+            Output::Stderr => &mut c.stderr,
+        };
+        let fd = slot
+            .take()
+            .ok_or_else(|| state(id, "output already attached"))?;
+        pipe::Receiver::from_owned_fd(fd).map_err(|e| ContainerError::Io(e.to_string()))
+    }
+
+    pub fn take_stdin(&self, id: &str) -> Result<pipe::Sender, ContainerError> {
+        let mut map = self.lock();
+        let c = map
+            .get_mut(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        let fd = c
+            .stdin
+            .take()
+            .ok_or_else(|| state(id, "no stdin, or already attached"))?;
+        pipe::Sender::from_owned_fd(fd).map_err(|e| ContainerError::Io(e.to_string()))
+    }
+}
+
+fn state(id: &str, message: impl Into<String>) -> ContainerError {
+    ContainerError::State {
+        id: id.into(),
+        message: message.into(),
+    }
+}
+
+fn launch_err(id: &str, message: String) -> ContainerError {
+    ContainerError::Launch {
+        id: id.into(),
+        message,
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ContainerError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::BadId(id.into()))
+    }
+}
+
+/// (parent end, child end) of a pipe; the parent end is non-blocking for
+/// tokio, the child end blocking as a process expects.
+fn pipe_pair(parent_reads: bool) -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| ContainerError::Io(format!("pipe: {e}")))?;
+    let (parent, child) = if parent_reads { (r, w) } else { (w, r) };
+    let flags = nix::fcntl::fcntl(parent.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| ContainerError::Io(e.to_string()))?;
+    nix::fcntl::fcntl(
+        parent.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| ContainerError::Io(e.to_string()))?;
+    Ok((parent, child))
+}
+
+fn spawn_container(
+    id: &str,
+    plan: Arc<LaunchPlan>,
+    stdin: bool,
+    reaper: &Reaper,
+) -> Result<Container, ContainerError> {
+    let io = |e: Errno| ContainerError::Io(e.to_string());
+    let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io)?;
+    let (start_r, start_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io)?;
+    let (stdout_parent, stdout_child) = pipe_pair(true)?;
+    let (stderr_parent, stderr_child) = pipe_pair(true)?;
+    let (stdin_parent, stdin_child) = if stdin {
+        let (p, c) = pipe_pair(false)?;
+        (Some(p), c)
+    } else {
+        let null = nix::fcntl::open(
+            c"/dev/null",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(io)?;
+        // SAFETY: open just returned this fd and nothing else owns it.
+        (None, unsafe {
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(null)
+        })
+    };
+    let cgroup =
+        cgroup::Cgroup::create(id).map_err(|e| ContainerError::Io(format!("cgroup: {e}")))?;
+
+    let fds = ChildFds {
+        stdin: stdin_child.as_raw_fd(),
+        stdout: stdout_child.as_raw_fd(),
+        stderr: stderr_child.as_raw_fd(),
+        status: status_w.as_raw_fd(),
+        start: start_r.as_raw_fd(),
+    };
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    let child_plan = plan.clone();
+    // SAFETY: the child runs `child_main`, which only makes system calls on
+    // memory prepared before the clone, and ends in execve or _exit.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(move || launch::child_main(&child_plan, &fds)),
+            &mut stack,
+            plan.clone_flags,
+            Some(Signal::SIGCHLD as i32),
+        )
+    };
+    let pid = match pid {
+        Ok(pid) => pid.as_raw(),
+        Err(e) => {
+            cgroup.remove();
+            return Err(launch_err(id, format!("clone: {e}")));
+        }
+    };
+    let exit = reaper.register(pid);
+    drop((status_w, start_r, stdout_child, stderr_child, stdin_child));
+    if let Err(e) = cgroup.add(pid) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        cgroup.remove();
+        return Err(ContainerError::Io(format!("joining cgroup: {e}")));
+    }
+    let status_r = match read_report(status_r) {
+        Some(report) if report.0 == Some(Step::Created) => report.3,
+        Some(report) => {
+            cgroup.remove();
+            return Err(launch_err(id, describe(&plan, report)));
+        }
+        None => {
+            cgroup.remove();
+            return Err(launch_err(
+                id,
+                "the container process died during setup".into(),
+            ));
+        }
+    };
+    Ok(Container {
+        pid,
+        plan,
+        exit,
+        started: false,
+        status_r,
+        start_w: Some(start_w),
+        stdin: stdin_parent,
+        stdout: Some(stdout_parent),
+        stderr: Some(stderr_parent),
+        cgroup,
+    })
+}
+
+/// (step, index, errno, the pipe for further reports)
+type Report = (Option<Step>, u16, Errno, Option<OwnedFd>);
+
+/// Reads one report from the child; None at EOF (exec succeeded or died).
+fn read_report(status_r: OwnedFd) -> Option<Report> {
+    let mut file = std::fs::File::from(status_r);
+    let mut buf = [0u8; REPORT_LEN];
+    match file.read_exact(&mut buf) {
+        Ok(()) => {
+            let (step, index, errno) = launch::decode(&buf);
+            Some((step, index, errno, Some(OwnedFd::from(file))))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Turns a child's report into the message a user sees, in runc's words
+/// where runc has words for it.
+fn describe(plan: &LaunchPlan, (step, index, errno, _): Report) -> String {
+    let i = index as usize;
+    let mount = |m: &plan::MountOp| {
+        format!(
+            "mounting {} on {}",
+            m.fstype
+                .as_ref()
+                .map_or("bind".into(), |t| t.to_string_lossy().into_owned()),
+            m.destination
+        )
+    };
+    let what = match step {
+        Some(Step::Lookup) if plan.program.contains('/') => {
+            return format!(
+                "exec: \"{}\": stat {}: no such file or directory",
+                plan.program, plan.program
+            )
+        }
+        Some(Step::Lookup) => {
+            return format!(
+                "exec: \"{}\": executable file not found in $PATH",
+                plan.program
+            )
+        }
+        Some(Step::Mount) => plan.mounts.get(i).map_or("mounting".into(), mount),
+        Some(Step::Cwd) => format!("chdir to cwd ({})", plan.cwd.to_string_lossy()),
+        Some(Step::Exec) => format!("exec {}", plan.program),
+        Some(Step::Device) => "creating device nodes".into(),
+        Some(step) => format!("{step:?}"),
+        None => "unknown step".into(),
+    };
+    format!("{what}: {}", errno.desc())
+}

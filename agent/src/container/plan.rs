@@ -1,0 +1,490 @@
+//! Turns an OCI runtime spec into a `LaunchPlan`: everything the cloned
+//! child needs, computed in advance as C strings and flags, because the
+//! child of a multi-threaded process may only make system calls (no
+//! allocation, no locks) until it execs.
+//!
+//! What the guest cannot honour yet is refused here with the field named.
+
+use super::rootfs::resolve_in_root;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// runc's default when the spec's env has no PATH.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug)]
+pub struct MountOp {
+    /// Destination as written in the spec, for error messages.
+    pub destination: String,
+    /// Absolute guest path below the rootfs (symlinks resolved inside it).
+    pub target: CString,
+    pub source: Option<CString>,
+    pub fstype: Option<CString>,
+    pub flags: MsFlags,
+    pub data: Option<CString>,
+    /// Bind mounts take ro/nosuid/... only on a remount.
+    pub remount_flags: Option<MsFlags>,
+    /// Propagation to set after mounting (MS_PRIVATE, MS_SLAVE, ...).
+    pub propagation: Option<MsFlags>,
+    /// Make the target as a file (bind of a file) rather than a directory.
+    pub target_is_file: bool,
+}
+
+#[derive(Debug)]
+pub struct Rlimit {
+    pub resource: nix::sys::resource::Resource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug)]
+pub struct LaunchPlan {
+    pub clone_flags: CloneFlags,
+    pub rootfs: CString,
+    pub readonly_rootfs: bool,
+    pub hostname: Option<CString>,
+    pub mounts: Vec<MountOp>,
+    /// Device nodes bind-mounted from the agent's /dev: (source, target
+    /// below the rootfs).
+    pub devices: Vec<(CString, CString)>,
+    /// /dev symlinks: (link target, link path relative to the new root).
+    pub dev_links: Vec<(CString, CString)>,
+    pub masked_paths: Vec<CString>,
+    pub readonly_paths: Vec<CString>,
+    pub rlimits: Vec<Rlimit>,
+    pub cwd: CString,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub no_new_privileges: bool,
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    /// Paths to try for args[0], in order (PATH lookup done ahead of time).
+    pub exec_candidates: Vec<CString>,
+    /// args[0] as given, for the "not found" message.
+    pub program: String,
+}
+
+const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),
+];
+
+impl LaunchPlan {
+    pub fn from_spec(spec: &Spec) -> Result<Self, SpecError> {
+        let root = spec.root().as_ref().ok_or_else(|| bad("root", "missing"))?;
+        let rootfs = root.path().clone();
+        if !rootfs.is_absolute() || !rootfs.is_dir() {
+            return Err(bad(
+                "root.path",
+                format!("{} is not a directory in the guest", rootfs.display()),
+            ));
+        }
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| bad("process", "missing"))?;
+        if process.terminal().unwrap_or(false) {
+            return Err(bad("process.terminal", "terminals are not supported yet"));
+        }
+        let args = process.args().clone().unwrap_or_default();
+        let program = args
+            .first()
+            .cloned()
+            .ok_or_else(|| bad("process.args", "must name a program"))?;
+        let env = process.env().clone().unwrap_or_default();
+        let cwd = process.cwd();
+        if !cwd.is_absolute() {
+            return Err(bad(
+                "process.cwd",
+                format!("{} is not absolute", cwd.display()),
+            ));
+        }
+        let user = process.user();
+
+        let linux = spec.linux().as_ref();
+        let mut clone_flags = CloneFlags::empty();
+        for ns in linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if ns.path().is_some() {
+                return Err(bad(
+                    "linux.namespaces.path",
+                    format!(
+                        "joining an existing {:?} namespace is not supported yet",
+                        ns.typ()
+                    ),
+                ));
+            }
+            clone_flags |= match ns.typ() {
+                LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+                LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+                LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+                LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+                LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+                LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+                other => {
+                    return Err(bad(
+                        "linux.namespaces",
+                        format!("{other:?} namespaces are not supported in the guest"),
+                    ))
+                }
+            };
+        }
+        if !clone_flags.contains(CloneFlags::CLONE_NEWNS) {
+            return Err(bad("linux.namespaces", "a mount namespace is required"));
+        }
+
+        let mut mounts = Vec::new();
+        for (i, m) in spec.mounts().iter().flatten().enumerate() {
+            mounts.push(mount_op(&rootfs, i, m)?);
+        }
+
+        let mut rlimits = Vec::new();
+        for (i, r) in process.rlimits().iter().flatten().enumerate() {
+            rlimits.push(Rlimit {
+                resource: rlimit_resource(r.typ()).ok_or_else(|| {
+                    bad(
+                        format!("process.rlimits[{i}].type"),
+                        format!("{:?} is unknown", r.typ()),
+                    )
+                })?,
+                soft: r.soft(),
+                hard: r.hard(),
+            });
+        }
+
+        let path_var = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        let exec_candidates = if program.contains('/') {
+            vec![cstring("process.args[0]", &program)?]
+        } else {
+            path_var
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstring("process.env PATH", &format!("{d}/{program}")))
+                .collect::<Result<_, _>>()?
+        };
+
+        let paths = |field: &str, list: Option<&Vec<String>>| -> Result<Vec<CString>, SpecError> {
+            list.into_iter()
+                .flatten()
+                .map(|p| cstring(field, p))
+                .collect()
+        };
+
+        Ok(LaunchPlan {
+            clone_flags,
+            rootfs: path_cstring("root.path", &rootfs)?,
+            readonly_rootfs: root.readonly().unwrap_or(false),
+            hostname: match spec.hostname() {
+                Some(h) if !h.is_empty() => Some(cstring("hostname", h)?),
+                _ => None,
+            },
+            mounts,
+            devices: DEFAULT_DEVICES
+                .iter()
+                .map(|d| {
+                    let dev = format!("/dev/{d}");
+                    let target = resolve_in_root(&rootfs, Path::new(&dev))
+                        .map_err(|e| bad("devices", e.to_string()))?;
+                    Ok((cstring("devices", &dev)?, path_cstring("devices", &target)?))
+                })
+                .collect::<Result<_, SpecError>>()?,
+            dev_links: DEV_LINKS
+                .iter()
+                .map(|(t, l)| Ok((cstring("devices", t)?, cstring("devices", l)?)))
+                .collect::<Result<_, SpecError>>()?,
+            masked_paths: paths(
+                "linux.maskedPaths",
+                linux.and_then(|l| l.masked_paths().as_ref()),
+            )?,
+            readonly_paths: paths(
+                "linux.readonlyPaths",
+                linux.and_then(|l| l.readonly_paths().as_ref()),
+            )?,
+            rlimits,
+            cwd: path_cstring("process.cwd", cwd)?,
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: user.umask(),
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            args: args
+                .iter()
+                .map(|a| cstring("process.args", a))
+                .collect::<Result<_, _>>()?,
+            env: env
+                .iter()
+                .map(|e| cstring("process.env", e))
+                .collect::<Result<_, _>>()?,
+            exec_candidates,
+            program,
+        })
+    }
+}
+
+fn mount_op(rootfs: &Path, i: usize, m: &oci_spec::runtime::Mount) -> Result<MountOp, SpecError> {
+    let field = format!("mounts[{i}]");
+    let destination = m.destination();
+    if !destination.is_absolute() {
+        return Err(bad(
+            format!("{field}.destination"),
+            format!("{} is not absolute", destination.display()),
+        ));
+    }
+    let target: PathBuf = resolve_in_root(rootfs, destination)
+        .map_err(|e| bad(format!("{field}.destination"), e.to_string()))?;
+    let mut fstype = m.typ().clone().filter(|t| !t.is_empty());
+    // The guest runs cgroup v2 only, as runc does on a v2 host.
+    if fstype.as_deref() == Some("cgroup") {
+        fstype = Some("cgroup2".into());
+    }
+    let mut flags = MsFlags::empty();
+    let mut clear = MsFlags::empty();
+    let mut propagation = None;
+    let mut data = Vec::new();
+    for opt in m.options().iter().flatten() {
+        match opt.as_str() {
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => clear |= MsFlags::MS_RDONLY,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "suid" => clear |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "dev" => clear |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "exec" => clear |= MsFlags::MS_NOEXEC,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "async" => clear |= MsFlags::MS_SYNCHRONOUS,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "atime" => clear |= MsFlags::MS_NOATIME,
+            "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "private" => propagation = Some(MsFlags::MS_PRIVATE),
+            "rprivate" => propagation = Some(MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "slave" => propagation = Some(MsFlags::MS_SLAVE),
+            "rslave" => propagation = Some(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "shared" => propagation = Some(MsFlags::MS_SHARED),
+            "rshared" => propagation = Some(MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "unbindable" => propagation = Some(MsFlags::MS_UNBINDABLE),
+            "runbindable" => propagation = Some(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            other => data.push(other.to_owned()),
+        }
+    }
+    flags &= !clear;
+    let is_bind = flags.contains(MsFlags::MS_BIND);
+    let source = m.source().as_ref();
+    let target_is_file = is_bind && source.is_some_and(|s| s.is_file());
+    if is_bind {
+        let s =
+            source.ok_or_else(|| bad(format!("{field}.source"), "a bind mount needs a source"))?;
+        if !s.exists() {
+            return Err(bad(
+                format!("{field}.source"),
+                format!("{} does not exist in the guest", s.display()),
+            ));
+        }
+    }
+    // A bind mount ignores these flags on the first mount(2); they need a remount.
+    let remount_bits =
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let remount_flags = (is_bind && flags.intersects(remount_bits)).then_some(flags & remount_bits);
+    Ok(MountOp {
+        destination: destination.display().to_string(),
+        target: path_cstring(&format!("{field}.destination"), &target)?,
+        source: source
+            .map(|s| path_cstring(&format!("{field}.source"), s))
+            .transpose()?,
+        fstype: fstype
+            .map(|t| cstring(&format!("{field}.type"), &t))
+            .transpose()?,
+        flags,
+        data: (!data.is_empty())
+            .then(|| cstring(&format!("{field}.options"), &data.join(",")))
+            .transpose()?,
+        remount_flags,
+        propagation,
+        target_is_file,
+    })
+}
+
+fn rlimit_resource(
+    typ: oci_spec::runtime::PosixRlimitType,
+) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    use oci_spec::runtime::PosixRlimitType as T;
+    Some(match typ {
+        T::RlimitCpu => R::RLIMIT_CPU,
+        T::RlimitFsize => R::RLIMIT_FSIZE,
+        T::RlimitData => R::RLIMIT_DATA,
+        T::RlimitStack => R::RLIMIT_STACK,
+        T::RlimitCore => R::RLIMIT_CORE,
+        T::RlimitRss => R::RLIMIT_RSS,
+        T::RlimitNproc => R::RLIMIT_NPROC,
+        T::RlimitNofile => R::RLIMIT_NOFILE,
+        T::RlimitMemlock => R::RLIMIT_MEMLOCK,
+        T::RlimitAs => R::RLIMIT_AS,
+        T::RlimitLocks => R::RLIMIT_LOCKS,
+        T::RlimitSigpending => R::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => R::RLIMIT_MSGQUEUE,
+        T::RlimitNice => R::RLIMIT_NICE,
+        T::RlimitRtprio => R::RLIMIT_RTPRIO,
+        T::RlimitRttime => R::RLIMIT_RTTIME,
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    })
+}
+
+fn cstring(field: &str, s: &str) -> Result<CString, SpecError> {
+    CString::new(s).map_err(|_| bad(field, format!("{s:?} contains a NUL byte")))
+}
+
+fn path_cstring(field: &str, p: &Path) -> Result<CString, SpecError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| bad(field, format!("{} contains a NUL byte", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(root: &Path, extra: serde_json::Value) -> Spec {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.1.0",
+            "root": {"path": root},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 1000, "gid": 1000, "additionalGids": [10]},
+                        "env": ["PATH=/bin:/usr/bin"]},
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]}
+        });
+        merge(&mut v, extra);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn err(root: &Path, extra: serde_json::Value) -> String {
+        LaunchPlan::from_spec(&spec(root, extra))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn plan_carries_user_path_lookup_and_namespaces() {
+        let root = tempfile::tempdir().unwrap();
+        let plan = LaunchPlan::from_spec(&spec(root.path(), serde_json::json!({}))).unwrap();
+        assert_eq!(
+            (plan.uid, plan.gid, plan.additional_gids.clone()),
+            (1000, 1000, vec![10])
+        );
+        assert_eq!(
+            plan.exec_candidates,
+            vec![c"/bin/sh".to_owned(), c"/usr/bin/sh".to_owned()]
+        );
+        assert!(plan
+            .clone_flags
+            .contains(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS));
+        assert!(!plan.clone_flags.contains(CloneFlags::CLONE_NEWNET));
+    }
+
+    #[test]
+    fn cgroup_mounts_become_cgroup2_and_options_split_into_flags_and_data() {
+        let root = tempfile::tempdir().unwrap();
+        let plan = LaunchPlan::from_spec(&spec(
+            root.path(),
+            serde_json::json!({"mounts": [
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=65536k"]}
+            ]}),
+        ))
+        .unwrap();
+        assert_eq!(plan.mounts[0].fstype.as_deref(), Some(c"cgroup2"));
+        assert!(plan.mounts[0]
+            .flags
+            .contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+        assert_eq!(
+            plan.mounts[1].data.as_deref(),
+            Some(c"mode=755,size=65536k")
+        );
+        assert_eq!(plan.mounts[1].remount_flags, None);
+    }
+
+    #[test]
+    fn read_only_bind_mounts_need_a_remount() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let plan = LaunchPlan::from_spec(&spec(
+            root.path(),
+            serde_json::json!({"mounts": [{"destination": "/data", "type": "bind", "source": src.path(), "options": ["rbind", "ro"]}]}),
+        ))
+        .unwrap();
+        assert_eq!(plan.mounts[0].remount_flags, Some(MsFlags::MS_RDONLY));
+        assert!(!plan.mounts[0].target_is_file);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert!(err(r, serde_json::json!({"process": {"cwd": "rel"}})).starts_with("process.cwd"));
+        assert!(err(r, serde_json::json!({"process": {"args": []}})).starts_with("process.args"));
+        assert!(err(
+            r,
+            serde_json::json!({"root": {"path": "/nonexistent/rootfs"}})
+        )
+        .starts_with("root.path"));
+        let user_ns =
+            serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}});
+        assert!(err(r, user_ns).starts_with("linux.namespaces"));
+        let joined = serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}]}});
+        assert!(err(r, joined).starts_with("linux.namespaces.path"));
+        let missing = serde_json::json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/nonexistent/src", "options": ["bind"]}]});
+        let e = err(r, missing);
+        assert!(
+            e.starts_with("mounts[0].source") && e.contains("/nonexistent/src"),
+            "{e}"
+        );
+        assert!(err(r, serde_json::json!({"process": {"terminal": true}}))
+            .starts_with("process.terminal"));
+    }
+}
