@@ -2,8 +2,9 @@
 # Sets up a Debian 12 host to run husk and its tests, idempotently:
 #   1. Debian packages (QEMU, kernel source and build tools, protoc, ...)
 #   2. virtiofsd and vhost-device-vsock from crates.io, cached by version
-#   3. the guest kernel (cached by its inputs) and the agent initrd
-#   4. the husk workspace
+#   3. the guest kernel (cached by its inputs), the agent initrd and the
+#      busybox test image (an OCI archive for `ctr images import`)
+#   4. the husk workspace, and containerd-shim-husk-v2 on containerd's PATH
 # Artifacts are cached under $HUSK_CACHE (default /var/cache/husk) and
 # installed where configuration.toml's defaults point. Needs root.
 set -euo pipefail
@@ -57,6 +58,11 @@ mv "$SHARE/vmlinux.tmp" "$SHARE/vmlinux"
 log "agent initrd"
 bash "$repo/scripts/build-initrd.sh" "$SHARE/husk-initrd.cpio"
 
+log "test image"
+bash "$repo/scripts/build-test-image.sh" "$SHARE/busybox-oci.tar"
+
 log "husk workspace"
 (cd "$repo" && cargo build --locked --workspace --all-targets)
+# containerd finds runtime v2 shims on its PATH.
+install -m 0755 "$repo/target/debug/containerd-shim-husk-v2" /usr/local/bin/containerd-shim-husk-v2
 log "done"

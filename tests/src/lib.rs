@@ -180,3 +180,4 @@ mod tests {
         assert!(rss > 0);
     }
 }
+pub mod containerd;

@@ -1,0 +1,281 @@
+//! End to end through a real containerd: `ctr run` with the husk runtime
+//! against the same command under runc, the oracle. Each test starts its own
+//! containerd (own root, state and sockets) and checks that nothing of the
+//! VM is left afterwards.
+
+use husk_tests::containerd::{mounts_under, processes_mentioning, Containerd};
+use husk_tests::*;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "docker.io/husk/busybox:test";
+const HUSK: &str = "io.containerd.husk.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+
+/// The test image archive built by scripts/setup.sh.
+fn image_archive() -> PathBuf {
+    let path = std::env::var_os("HUSK_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/share/husk/busybox-oci.tar"));
+    assert!(
+        path.exists(),
+        "{} missing: run `sudo bash scripts/setup.sh`",
+        path.display()
+    );
+    path
+}
+
+fn setup() -> Containerd {
+    let runtime = tempfile::tempdir().unwrap();
+    require_guest_artifacts(&test_config(runtime.path()));
+    let ctrd = Containerd::start();
+    ctrd.import(&image_archive());
+    ctrd
+}
+
+fn run(ctrd: &Containerd, runtime: &str, id: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Output {
+    // ctr 1.6 always attaches its stdin (it has no -i flag).
+    let mut args = vec!["run", "--rm", "--runtime", runtime, IMAGE, id];
+    args.extend(cmd);
+    ctrd.ctr_with_stdin(&args, stdin)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Nothing of any husk VM remains: no processes, mounts or directories.
+fn assert_nothing_left(ctrd: &Containerd) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let procs = processes_mentioning(&ctrd.husk_runtime.display().to_string());
+        let shims: Vec<u32> = processes_mentioning("containerd-shim-husk-v2")
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| text(&c).contains(&ctrd.socket.display().to_string()))
+                    .unwrap_or(false)
+            })
+            .collect();
+        let mounts = mounts_under(&ctrd.husk_runtime);
+        if procs.is_empty() && shims.is_empty() && mounts.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: VM processes {procs:?}, shims {shims:?}, mounts {mounts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for sub in ["vms", "shared"] {
+        let left = entries(&ctrd.husk_runtime.join(sub));
+        assert!(left.is_empty(), "{sub}/ still holds {left:?}");
+    }
+    let bundle_mounts: Vec<_> = mounts_under(ctrd.dir.path())
+        .into_iter()
+        .filter(|m| m.ends_with("rootfs"))
+        .collect();
+    assert!(
+        bundle_mounts.is_empty(),
+        "rootfs mounts left: {bundle_mounts:?}"
+    );
+}
+
+#[test]
+fn stdout_stderr_and_exit_status_match_runc() {
+    let ctrd = setup();
+    let script = ["sh", "-c", "uname -r; echo out; echo err >&2; exit 3"];
+    let husk = run(&ctrd, HUSK, "diff-husk", &script, None);
+    let runc = run(&ctrd, RUNC, "diff-runc", &script, None);
+    let guest_release = kernel_release_of(&test_config(ctrd.dir.path()).hypervisor.kernel).unwrap();
+
+    let husk_out = text(&husk.stdout);
+    let runc_out = text(&runc.stdout);
+    let (husk_kernel, husk_rest) = husk_out.split_once('\n').expect("a kernel line");
+    let (runc_kernel, runc_rest) = runc_out.split_once('\n').expect("a kernel line");
+    assert_eq!(husk_kernel, guest_release, "stderr: {}", text(&husk.stderr));
+    assert_eq!(runc_kernel, host_kernel_release());
+    assert_ne!(husk_kernel, runc_kernel);
+    assert_eq!(husk_rest, "out\n");
+    assert_eq!(husk_rest, runc_rest);
+    assert_eq!(text(&husk.stderr), "err\n");
+    assert_eq!(husk.stderr, runc.stderr);
+    assert_eq!(husk.status.code(), Some(3));
+    assert_eq!(husk.status.code(), runc.status.code());
+    assert_nothing_left(&ctrd);
+}
+
+#[test]
+fn stdin_reaches_the_process_and_ten_mib_of_stdout_arrive_whole() {
+    let ctrd = setup();
+    let out = run(&ctrd, HUSK, "stdin", &["cat"], Some(b"hello\n"));
+    assert_eq!(
+        text(&out.stdout),
+        "hello\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    // 10 MiB of random bytes, the container's own checksum on stderr.
+    let script = "dd if=/dev/urandom of=/tmp/d bs=1048576 count=10 2>/dev/null; \
+                  sha256sum /tmp/d | cut -d' ' -f1 >&2; cat /tmp/d";
+    let out = run(&ctrd, HUSK, "bulk", &["sh", "-c", script], None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 10 << 20);
+    let mut sha = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(sha.stdin.as_mut().unwrap(), &out.stdout).unwrap();
+    let host_sum = text(&sha.wait_with_output().unwrap().stdout);
+    assert_eq!(
+        host_sum.split_whitespace().next(),
+        Some(text(&out.stderr).trim())
+    );
+    assert_nothing_left(&ctrd);
+}
+
+/// Runs `sleep 1000` in the foreground (like a user's `ctr run`), sends
+/// SIGTERM and then SIGKILL with `ctr task kill`; returns whether SIGTERM
+/// ended it and the final exit status.
+fn kill_sequence(ctrd: &Containerd, runtime: &str, id: &str) -> (bool, Option<i32>) {
+    let mut child = Command::new("ctr")
+        .args([
+            "--address",
+            ctrd.socket.to_str().unwrap(),
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ls = text(&ctrd.ctr(&["task", "ls"]).stdout);
+        if ls
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("RUNNING"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{id} never ran: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ctrd.ctr(&["task", "kill", id]).status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let ended_by_term = child.try_wait().unwrap().is_some();
+    if !ended_by_term {
+        assert!(ctrd
+            .ctr(&["task", "kill", "-s", "SIGKILL", id])
+            .status
+            .success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ctr run did not return after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (ended_by_term, status.code())
+}
+
+#[test]
+fn task_kill_behaves_as_under_runc() {
+    let ctrd = setup();
+    let husk = kill_sequence(&ctrd, HUSK, "kill-husk");
+    let runc = kill_sequence(&ctrd, RUNC, "kill-runc");
+    println!("SIGTERM ended it / exit status: husk {husk:?}, runc {runc:?}");
+    assert_eq!(husk, runc);
+    assert_eq!(husk.1, Some(137));
+    assert_nothing_left(&ctrd);
+}
+
+#[test]
+fn missing_entrypoint_fails_like_runc_and_leaves_nothing() {
+    let ctrd = setup();
+    let husk = run(&ctrd, HUSK, "noent-husk", &["/nonexistent"], None);
+    let runc = run(&ctrd, RUNC, "noent-runc", &["/nonexistent"], None);
+    println!("husk: {}\nrunc: {}", text(&husk.stderr), text(&runc.stderr));
+    assert!(!husk.status.success());
+    assert_eq!(husk.status.code(), runc.status.code());
+    for out in [&husk, &runc] {
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("/nonexistent") && err.contains("no such file or directory"),
+            "{err}"
+        );
+    }
+    assert_nothing_left(&ctrd);
+}
+
+#[test]
+fn vm_killed_mid_run_fails_the_task_without_hanging() {
+    let ctrd = setup();
+    let mut child = Command::new("ctr")
+        .args([
+            "--address",
+            ctrd.socket.to_str().unwrap(),
+            "run",
+            "--rm",
+            "--runtime",
+            HUSK,
+            IMAGE,
+            "crash",
+            "sleep",
+            "1000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let qemu = loop {
+        let ls = text(&ctrd.ctr(&["task", "ls"]).stdout);
+        let running = ls
+            .lines()
+            .any(|l| l.starts_with("crash") && l.contains("RUNNING"));
+        let qemu: Vec<u32> =
+            processes_mentioning(&ctrd.husk_runtime.join("vms/crash").display().to_string())
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.starts_with("qemu"))
+                })
+                .collect();
+        if running && qemu.len() == 1 {
+            break qemu[0];
+        }
+        assert!(Instant::now() < deadline, "container never ran: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ctr run hangs after the VM died");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "the task should fail when its VM dies");
+    assert_nothing_left(&ctrd);
+}
