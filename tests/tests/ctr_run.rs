@@ -35,8 +35,21 @@ fn setup() -> Containerd {
 }
 
 fn run(ctrd: &Containerd, runtime: &str, id: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Output {
+    run_with(ctrd, runtime, &[], id, cmd, stdin)
+}
+
+fn run_with(
+    ctrd: &Containerd,
+    runtime: &str,
+    flags: &[&str],
+    id: &str,
+    cmd: &[&str],
+    stdin: Option<&[u8]>,
+) -> Output {
     // ctr 1.6 always attaches its stdin (it has no -i flag).
-    let mut args = vec!["run", "--rm", "--runtime", runtime, IMAGE, id];
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    args.extend(flags);
+    args.extend([IMAGE, id]);
     args.extend(cmd);
     ctrd.ctr_with_stdin(&args, stdin)
 }
@@ -277,5 +290,29 @@ fn vm_killed_mid_run_fails_the_task_without_hanging() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!status.success(), "the task should fail when its VM dies");
+    assert_nothing_left(&ctrd);
+}
+
+#[test]
+fn capabilities_rlimits_and_user_match_runc() {
+    let ctrd = setup();
+    let scenarios: &[(&str, &[&str], &[&str])] = &[
+        ("chown-denied", &["--cap-drop", "CAP_CHOWN"], &["sh", "-c", "chown 1 /tmp; echo status=$?"]),
+        (
+            "caps-and-limits",
+            &[],
+            &["sh", "-c", "ulimit -n; id; grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs)' /proc/self/status"],
+        ),
+        ("env-cwd", &["--env", "GREETING=hi", "--cwd", "/tmp"], &["sh", "-c", "echo $GREETING; pwd"]),
+    ];
+    for (name, flags, cmd) in scenarios {
+        let husk = run_with(&ctrd, HUSK, flags, &format!("{name}-husk"), cmd, None);
+        let runc = run_with(&ctrd, RUNC, flags, &format!("{name}-runc"), cmd, None);
+        println!("{name}: husk {:?} / runc {:?}", text(&husk.stdout), text(&runc.stdout));
+        assert_eq!(text(&husk.stdout), text(&runc.stdout), "{name} stdout");
+        assert_eq!(text(&husk.stderr), text(&runc.stderr), "{name} stderr");
+        assert_eq!(husk.status.code(), runc.status.code(), "{name} exit status");
+        assert!(!husk.stdout.is_empty(), "{name}: no output");
+    }
     assert_nothing_left(&ctrd);
 }

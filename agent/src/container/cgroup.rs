@@ -30,6 +30,15 @@ impl Cgroup {
         Ok(Self { path })
     }
 
+    /// Writes (file, value) pairs such as ("memory.max", "67108864").
+    pub fn apply(&self, limits: &[(&str, String)]) -> io::Result<()> {
+        for (file, value) in limits {
+            std::fs::write(self.path.join(file), value)
+                .map_err(|e| io::Error::new(e.kind(), format!("{file} = {value}: {e}")))?;
+        }
+        Ok(())
+    }
+
     pub fn add(&self, pid: i32) -> io::Result<()> {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
     }

@@ -39,6 +39,7 @@ pub enum Step {
     Lookup,
     WaitStart,
     User,
+    Capabilities,
     NoNewPrivs,
     Exec,
 }
@@ -335,6 +336,36 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
         Err(e) => fail(Step::WaitStart, 0, e),
     }
 
+    // Capabilities, in runc's order: shrink the bounding set while still
+    // privileged, keep the permitted set across the uid change, then set
+    // the sets and raise the ambient ones.
+    if let Some(c) = &plan.capabilities {
+        for cap in 0..=c.last_cap {
+            if c.bounding & (1u64 << cap) == 0 {
+                step!(
+                    Step::Capabilities,
+                    cap as usize,
+                    raw_syscall(unsafe {
+                        nix::libc::prctl(
+                            nix::libc::PR_CAPBSET_DROP,
+                            cap as nix::libc::c_ulong,
+                            0,
+                            0,
+                            0,
+                        )
+                    } as nix::libc::c_long)
+                );
+            }
+        }
+        step!(
+            Step::Capabilities,
+            0,
+            raw_syscall(
+                unsafe { nix::libc::prctl(nix::libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) }
+                    as nix::libc::c_long
+            )
+        );
+    }
     // Raw system calls: glibc's set*id wrappers broadcast the change to
     // every thread it knows of, and in this clone those threads are gone,
     // so the wrappers would wait for them forever.
@@ -357,6 +388,62 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
         2,
         raw_syscall(unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, uid, uid, uid) })
     );
+    if let Some(c) = &plan.capabilities {
+        step!(
+            Step::Capabilities,
+            0,
+            raw_syscall(
+                unsafe { nix::libc::prctl(nix::libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) }
+                    as nix::libc::c_long
+            )
+        );
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let split = |m: u64| (m as u32, (m >> 32) as u32);
+        let (e0, e1) = split(c.effective);
+        let (p0, p1) = split(c.permitted);
+        let (i0, i1) = split(c.inheritable);
+        let data = [
+            CapData {
+                effective: e0,
+                permitted: p0,
+                inheritable: i0,
+            },
+            CapData {
+                effective: e1,
+                permitted: p1,
+                inheritable: i1,
+            },
+        ];
+        step!(
+            Step::Capabilities,
+            0,
+            raw_syscall(unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_capset,
+                    &header as *const CapHeader,
+                    data.as_ptr(),
+                )
+            })
+        );
+        for &cap in &c.ambient {
+            step!(
+                Step::Capabilities,
+                cap as usize,
+                raw_syscall(unsafe {
+                    nix::libc::prctl(
+                        nix::libc::PR_CAP_AMBIENT,
+                        nix::libc::PR_CAP_AMBIENT_RAISE as nix::libc::c_ulong,
+                        cap as nix::libc::c_ulong,
+                        0,
+                        0,
+                    )
+                } as nix::libc::c_long)
+            );
+        }
+    }
     if plan.no_new_privileges {
         step!(Step::NoNewPrivs, 0, nix::sys::prctl::set_no_new_privs());
     }
@@ -405,6 +492,23 @@ fn make_target(path: &CStr, is_file: bool) -> Result<(), Errno> {
 
 fn is_regular(path: &CStr) -> bool {
     nix::sys::stat::stat(path).is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG)
+}
+
+/// capset(2)'s header and data for _LINUX_CAPABILITY_VERSION_3 (64-bit sets
+/// as two 32-bit halves).
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 fn raw_syscall(ret: nix::libc::c_long) -> Result<(), Errno> {

@@ -2,6 +2,7 @@
 //! into new namespaces (see `launch`), started by releasing it to exec,
 //! watched through the reaper, and cleaned up on remove.
 
+mod caps;
 mod cgroup;
 mod launch;
 mod plan;
@@ -314,6 +315,10 @@ fn spawn_container(
     };
     let cgroup =
         cgroup::Cgroup::create(id).map_err(|e| ContainerError::Io(format!("cgroup: {e}")))?;
+    if let Err(e) = cgroup.apply(&plan.cgroup_limits) {
+        cgroup.remove();
+        return Err(launch_err(id, format!("applying linux.resources: {e}")));
+    }
 
     let fds = ChildFds {
         stdin: stdin_child.as_raw_fd(),

@@ -76,6 +76,10 @@ pub struct LaunchPlan {
     pub additional_gids: Vec<u32>,
     pub umask: Option<u32>,
     pub no_new_privileges: bool,
+    /// cgroup v2 files and values from linux.resources.
+    pub cgroup_limits: Vec<(&'static str, String)>,
+    /// None: the spec sets no capabilities and the process keeps its own.
+    pub capabilities: Option<super::caps::CapSets>,
     pub args: Vec<CString>,
     pub env: Vec<CString>,
     /// Paths to try for args[0], in order (PATH lookup done ahead of time).
@@ -110,6 +114,36 @@ impl LaunchPlan {
         if process.terminal().unwrap_or(false) {
             return Err(bad("process.terminal", "terminals are not supported yet"));
         }
+        if spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()) {
+            return Err(bad(
+                "linux.seccomp",
+                "seccomp profiles are not supported yet",
+            ));
+        }
+        let capabilities = match process.capabilities() {
+            None => None,
+            Some(c) => {
+                let names = |set: &Option<oci_spec::runtime::Capabilities>| {
+                    set.as_ref().map(|s| {
+                        s.iter()
+                            .filter_map(|cap| {
+                                serde_json::to_value(cap).ok()?.as_str().map(str::to_owned)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                };
+                Some(super::caps::CapSets::from_names(
+                    [
+                        names(c.bounding()),
+                        names(c.effective()),
+                        names(c.permitted()),
+                        names(c.inheritable()),
+                        names(c.ambient()),
+                    ],
+                    super::caps::kernel_last_cap(),
+                )?)
+            }
+        };
         let args = process.args().clone().unwrap_or_default();
         let program = args
             .first()
@@ -237,6 +271,8 @@ impl LaunchPlan {
             additional_gids: user.additional_gids().clone().unwrap_or_default(),
             umask: user.umask(),
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            capabilities,
+            cgroup_limits: cgroup_limits(linux.and_then(|l| l.resources().as_ref()))?,
             args: args
                 .iter()
                 .map(|a| cstring("process.args", a))
@@ -336,6 +372,56 @@ fn mount_op(rootfs: &Path, i: usize, m: &oci_spec::runtime::Mount) -> Result<Mou
         propagation,
         target_is_file,
     })
+}
+
+/// linux.resources as cgroup v2 writes, converted as runc converts them.
+/// Device rules are not applied: the VM is the device boundary, and the
+/// guest has no devices beyond the defaults.
+fn cgroup_limits(
+    res: Option<&oci_spec::runtime::LinuxResources>,
+) -> Result<Vec<(&'static str, String)>, SpecError> {
+    let mut out = Vec::new();
+    let Some(res) = res else { return Ok(out) };
+    if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
+        match limit {
+            -1 => out.push(("memory.max", "max".to_owned())),
+            l if l > 0 => out.push(("memory.max", l.to_string())),
+            l => {
+                return Err(bad(
+                    "linux.resources.memory.limit",
+                    format!("must be positive or -1 (unlimited), got {l}"),
+                ))
+            }
+        }
+    }
+    if let Some(cpu) = res.cpu() {
+        if let Some(shares) = cpu.shares().filter(|&s| s > 0) {
+            let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+            out.push(("cpu.weight", weight.to_string()));
+        }
+        let period = cpu.period().unwrap_or(100_000);
+        match cpu.quota() {
+            Some(q) if q > 0 => out.push(("cpu.max", format!("{q} {period}"))),
+            Some(q) if q != -1 && q != 0 => {
+                return Err(bad(
+                    "linux.resources.cpu.quota",
+                    format!("must be positive or -1, got {q}"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(limit) = res.pids().as_ref().map(|p| p.limit()) {
+        out.push((
+            "pids.max",
+            if limit > 0 {
+                limit.to_string()
+            } else {
+                "max".to_owned()
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn rlimit_resource(

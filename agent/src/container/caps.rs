@@ -1,0 +1,171 @@
+//! Linux capabilities of a container process, as the OCI spec lists them:
+//! names to bit numbers here, applied by the child with raw prctl/capset
+//! (see `launch`).
+
+use super::plan::SpecError;
+
+/// Capability names in kernel bit order (linux/capability.h).
+const NAMES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The five sets as bit masks, limited to what the guest kernel knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapSets {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: Vec<u32>,
+    pub last_cap: u32,
+}
+
+fn bit(field: &str, name: &str) -> Result<u32, SpecError> {
+    NAMES
+        .iter()
+        .position(|n| *n == name)
+        .map(|p| p as u32)
+        .ok_or_else(|| SpecError {
+            field: field.into(),
+            message: format!("unknown capability {name:?}"),
+        })
+}
+
+fn mask<'a>(
+    field: &str,
+    names: impl IntoIterator<Item = &'a str>,
+    known: u64,
+) -> Result<u64, SpecError> {
+    let mut m = 0u64;
+    for n in names {
+        m |= 1 << bit(field, n)?;
+    }
+    Ok(m & known)
+}
+
+impl CapSets {
+    /// From the spec's lists of names (each None = empty set).
+    pub fn from_names(sets: [Option<Vec<String>>; 5], last_cap: u32) -> Result<Self, SpecError> {
+        let known = if last_cap >= 63 {
+            u64::MAX
+        } else {
+            (1u64 << (last_cap + 1)) - 1
+        };
+        let [bounding, effective, permitted, inheritable, ambient] = sets;
+        let names = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+        let m = |field: &str, v: &Option<Vec<String>>| {
+            let list = names(v);
+            mask(field, list.iter().map(String::as_str), known)
+        };
+        let ambient_mask = m("process.capabilities.ambient", &ambient)?;
+        Ok(CapSets {
+            bounding: m("process.capabilities.bounding", &bounding)?,
+            effective: m("process.capabilities.effective", &effective)?,
+            permitted: m("process.capabilities.permitted", &permitted)?,
+            inheritable: m("process.capabilities.inheritable", &inheritable)?,
+            ambient: (0..=last_cap.min(63))
+                .filter(|b| ambient_mask & (1 << b) != 0)
+                .collect(),
+            last_cap,
+        })
+    }
+}
+
+/// The highest capability the running kernel knows.
+pub fn kernel_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(NAMES.len() as u32 - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(names: &[&str]) -> Option<Vec<String>> {
+        Some(names.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn names_become_kernel_bits() {
+        let c = CapSets::from_names(
+            [
+                v(&["CAP_CHOWN", "CAP_KILL"]),
+                v(&["CAP_KILL"]),
+                v(&["CAP_KILL"]),
+                None,
+                v(&["CAP_NET_RAW"]),
+            ],
+            40,
+        )
+        .unwrap();
+        assert_eq!(c.bounding, (1 << 0) | (1 << 5));
+        assert_eq!(c.effective, 1 << 5);
+        assert_eq!(c.inheritable, 0);
+        assert_eq!(c.ambient, vec![13]);
+    }
+
+    #[test]
+    fn caps_the_kernel_lacks_are_dropped_from_the_masks() {
+        let c = CapSets::from_names(
+            [
+                v(&["CAP_CHECKPOINT_RESTORE", "CAP_CHOWN"]),
+                None,
+                None,
+                None,
+                None,
+            ],
+            39,
+        )
+        .unwrap();
+        assert_eq!(c.bounding, 1);
+    }
+
+    #[test]
+    fn unknown_names_name_the_field() {
+        let e = CapSets::from_names([None, v(&["CAP_FLY"]), None, None, None], 40).unwrap_err();
+        assert_eq!(e.field, "process.capabilities.effective");
+        assert!(e.message.contains("CAP_FLY"));
+    }
+}

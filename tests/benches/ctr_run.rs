@@ -1,0 +1,111 @@
+//! `ctr run` benchmark: from `ctr run` to the container's first output
+//! byte, husk beside runc through the same private containerd, with husk's
+//! time split into VM boot, the agent's create and start, and the rest
+//! (shim + containerd + ctr). Not a test: it measures.
+//!
+//!   cargo bench -p husk-tests --bench ctr_run      (HUSK_BENCH_RUNS=N, default 5)
+
+use husk_tests::containerd::Containerd;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const IMAGE: &str = "docker.io/husk/busybox:test";
+
+/// (ms to first output byte, ms to exit)
+fn time_run(ctrd: &Containerd, runtime: &str, id: &str) -> (f64, f64) {
+    let started = Instant::now();
+    let mut child = Command::new("ctr")
+        .args([
+            "--address",
+            ctrd.socket.to_str().unwrap(),
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            IMAGE,
+            id,
+            "echo",
+            "hi",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("ctr");
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .expect("no output");
+    let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ctr run {id} failed");
+    (first_ms, started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// A `key=value` number from the shim's log line `msg` for container `id`.
+fn logged(log: &str, id: &str, msg: &str, key: &str) -> f64 {
+    log.lines()
+        .filter(|l| l.contains(&format!(": {msg} ")) && l.contains(&format!("container_id={id} ")))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() {
+    let runs: usize = std::env::var("HUSK_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5);
+    let ctrd = Containerd::start();
+    ctrd.import(std::path::Path::new(
+        "/usr/local/share/husk/busybox-oci.tar",
+    ));
+
+    let mut rows: Vec<(&str, Vec<f64>)> = [
+        "runc: ctr run to first output",
+        "husk: ctr run to first output",
+        "  VM boot (agent ready)",
+        "  agent create + start",
+        "  shim + containerd + ctr",
+        "husk: ctr run to exit (incl. VM stop)",
+    ]
+    .into_iter()
+    .map(|n| (n, Vec::new()))
+    .collect();
+    for i in 0..runs {
+        let (runc_first, _) = time_run(&ctrd, "io.containerd.runc.v2", &format!("bench-runc-{i}"));
+        let id = format!("bench-husk-{i}");
+        let (first, exit) = time_run(&ctrd, "io.containerd.husk.v2", &id);
+        let log =
+            std::fs::read_to_string(ctrd.dir.path().join("containerd.log")).unwrap_or_default();
+        let boot = logged(&log, &id, "created", "vm_boot_ms");
+        let guest = logged(&log, &id, "created", "agent_create_ms")
+            + logged(&log, &id, "started", "agent_start_ms");
+        for (row, v) in
+            rows.iter_mut()
+                .zip([runc_first, first, boot, guest, first - boot - guest, exit])
+        {
+            row.1.push(v);
+        }
+    }
+    println!("\nctr run benchmark: {runs} runs of `echo hi`, private containerd, same image\n");
+    println!("{:<40} {:>9} {:>9} {:>9}", "ms", "min", "median", "max");
+    for (name, v) in rows {
+        let (lo, mid, hi) = stats(v);
+        println!("{name:<40} {lo:>9.1} {mid:>9.1} {hi:>9.1}");
+    }
+    println!("(the shim's own share is inside the last husk component; runc's row is containerd + ctr + runc)");
+}
