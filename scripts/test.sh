@@ -10,4 +10,6 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked --workspace
+# Two tests at a time: each end-to-end test boots TCG VMs, and more than
+# two at once on a 2-core machine only makes every guest slower.
+cargo test --locked --workspace -- --test-threads=2
