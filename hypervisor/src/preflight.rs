@@ -56,13 +56,7 @@ pub fn check_shared_dir(path: &Path) -> Result<(), Error> {
 
 /// VM ids become directory and process names: keep them to a safe alphabet.
 pub fn check_vm_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if husk_proto::is_safe_id(id, 64) {
         Ok(())
     } else {
         Err(Error::InvalidSpec {

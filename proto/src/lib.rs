@@ -23,3 +23,30 @@ pub const MAX_READ_BYTES: u64 = 1 << 20;
 
 /// Largest chunk of container output or input carried in one message.
 pub const IO_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Ids (VMs, containers) become directory, cgroup and process names on
+/// both sides: 1 to `max_len` characters of [A-Za-z0-9_.-], not starting
+/// with '.' (so never "." or "..").
+pub fn is_safe_id(id: &str, max_len: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max_len
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_ids() {
+        assert!(is_safe_id("pod-1_a.b", 64));
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ä"] {
+            assert!(!is_safe_id(bad, 64), "{bad:?}");
+        }
+        assert!(is_safe_id(&"x".repeat(64), 64));
+        assert!(!is_safe_id(&"x".repeat(65), 64));
+    }
+}

@@ -155,10 +155,31 @@ fn stdin_reaches_the_process_and_ten_mib_of_stdout_arrive_whole() {
 /// SIGTERM and then SIGKILL with `ctr task kill`; returns whether SIGTERM
 /// ended it and the final exit status.
 fn kill_sequence(ctrd: &Containerd, runtime: &str, id: &str) -> (bool, Option<i32>) {
-    let mut child = Command::new("ctr")
+    let mut child = spawn_sleeper(ctrd, runtime, id);
+    wait_running(ctrd, id);
+    assert!(ctrd.ctr(&["task", "kill", id]).status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let ended_by_term = child.try_wait().unwrap().is_some();
+    if !ended_by_term {
+        assert!(ctrd
+            .ctr(&["task", "kill", "-s", "SIGKILL", id])
+            .status
+            .success());
+    }
+    (
+        ended_by_term,
+        wait_exit(&mut child, "ctr run did not return after SIGKILL").code(),
+    )
+}
+
+/// `ctr run --rm <image> <id> sleep 1000` in the background, as a user's
+/// foreground `ctr run` would be.
+fn spawn_sleeper(ctrd: &Containerd, runtime: &str, id: &str) -> std::process::Child {
+    let socket = ctrd.socket.to_str().unwrap();
+    Command::new("ctr")
         .args([
             "--address",
-            ctrd.socket.to_str().unwrap(),
+            socket,
             "run",
             "--rm",
             "--runtime",
@@ -171,7 +192,10 @@ fn kill_sequence(ctrd: &Containerd, runtime: &str, id: &str) -> (bool, Option<i3
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn wait_running(ctrd: &Containerd, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let ls = text(&ctrd.ctr(&["task", "ls"]).stdout);
@@ -179,32 +203,23 @@ fn kill_sequence(ctrd: &Containerd, runtime: &str, id: &str) -> (bool, Option<i3
             .lines()
             .any(|l| l.starts_with(id) && l.contains("RUNNING"))
         {
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "{id} never ran: {ls}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(ctrd.ctr(&["task", "kill", id]).status.success());
-    std::thread::sleep(Duration::from_secs(2));
-    let ended_by_term = child.try_wait().unwrap().is_some();
-    if !ended_by_term {
-        assert!(ctrd
-            .ctr(&["task", "kill", "-s", "SIGKILL", id])
-            .status
-            .success());
-    }
+}
+
+/// Waits up to a minute for `child` to exit; fails with `hang` otherwise.
+fn wait_exit(child: &mut std::process::Child, hang: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "ctr run did not return after SIGKILL"
-        );
+        assert!(Instant::now() < deadline, "{hang}");
         std::thread::sleep(Duration::from_millis(100));
-    };
-    (ended_by_term, status.code())
+    }
 }
 
 #[test]
@@ -239,56 +254,22 @@ fn missing_entrypoint_fails_like_runc_and_leaves_nothing() {
 #[test]
 fn vm_killed_mid_run_fails_the_task_without_hanging() {
     let ctrd = setup();
-    let mut child = Command::new("ctr")
-        .args([
-            "--address",
-            ctrd.socket.to_str().unwrap(),
-            "run",
-            "--rm",
-            "--runtime",
-            HUSK,
-            IMAGE,
-            "crash",
-            "sleep",
-            "1000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let qemu = loop {
-        let ls = text(&ctrd.ctr(&["task", "ls"]).stdout);
-        let running = ls
-            .lines()
-            .any(|l| l.starts_with("crash") && l.contains("RUNNING"));
-        let qemu: Vec<u32> =
-            processes_mentioning(&ctrd.husk_runtime.join("vms/crash").display().to_string())
-                .into_iter()
-                .filter(|p| {
-                    std::fs::read_to_string(format!("/proc/{p}/comm"))
-                        .is_ok_and(|c| c.starts_with("qemu"))
-                })
-                .collect();
-        if running && qemu.len() == 1 {
-            break qemu[0];
-        }
-        assert!(Instant::now() < deadline, "container never ran: {ls}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut child = spawn_sleeper(&ctrd, HUSK, "crash");
+    wait_running(&ctrd, "crash");
+    let vm_dir = ctrd.husk_runtime.join("vms/crash").display().to_string();
+    let qemu: Vec<u32> = processes_mentioning(&vm_dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .collect();
+    assert_eq!(qemu.len(), 1, "one QEMU per VM: {qemu:?}");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(qemu as i32),
+        nix::unistd::Pid::from_raw(qemu[0] as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "ctr run hangs after the VM died");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut child, "ctr run hangs after the VM died");
     assert!(!status.success(), "the task should fail when its VM dies");
     assert_nothing_left(&ctrd);
 }
@@ -297,18 +278,34 @@ fn vm_killed_mid_run_fails_the_task_without_hanging() {
 fn capabilities_rlimits_and_user_match_runc() {
     let ctrd = setup();
     let scenarios: &[(&str, &[&str], &[&str])] = &[
-        ("chown-denied", &["--cap-drop", "CAP_CHOWN"], &["sh", "-c", "chown 1 /tmp; echo status=$?"]),
+        (
+            "chown-denied",
+            &["--cap-drop", "CAP_CHOWN"],
+            &["sh", "-c", "chown 1 /tmp; echo status=$?"],
+        ),
         (
             "caps-and-limits",
             &[],
-            &["sh", "-c", "ulimit -n; id; grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs)' /proc/self/status"],
+            &[
+                "sh",
+                "-c",
+                "ulimit -n; id; grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs)' /proc/self/status",
+            ],
         ),
-        ("env-cwd", &["--env", "GREETING=hi", "--cwd", "/tmp"], &["sh", "-c", "echo $GREETING; pwd"]),
+        (
+            "env-cwd",
+            &["--env", "GREETING=hi", "--cwd", "/tmp"],
+            &["sh", "-c", "echo $GREETING; pwd"],
+        ),
     ];
     for (name, flags, cmd) in scenarios {
         let husk = run_with(&ctrd, HUSK, flags, &format!("{name}-husk"), cmd, None);
         let runc = run_with(&ctrd, RUNC, flags, &format!("{name}-runc"), cmd, None);
-        println!("{name}: husk {:?} / runc {:?}", text(&husk.stdout), text(&runc.stdout));
+        println!(
+            "{name}: husk {:?} / runc {:?}",
+            text(&husk.stdout),
+            text(&runc.stdout)
+        );
         assert_eq!(text(&husk.stdout), text(&runc.stdout), "{name} stdout");
         assert_eq!(text(&husk.stderr), text(&runc.stderr), "{name} stderr");
         assert_eq!(husk.status.code(), runc.status.code(), "{name} exit status");

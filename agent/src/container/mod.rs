@@ -258,13 +258,7 @@ fn launch_err(id: &str, message: String) -> ContainerError {
 }
 
 fn check_id(id: &str) -> Result<(), ContainerError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if husk_proto::is_safe_id(id, 128) {
         Ok(())
     } else {
         Err(ContainerError::BadId(id.into()))
