@@ -213,6 +213,11 @@ impl MicroVm {
     async fn wait_for_agent(&mut self) -> Result<(), Error> {
         let timeout = Duration::from_secs(self.timeouts.agent_ready_secs);
         let deadline = Instant::now() + timeout;
+        // A refused probe (guest not listening yet) fails at once; a slow
+        // one is a loaded guest making progress. Cutting slow probes short
+        // can livelock a starved TCG guest that never answers in time, so
+        // each probe gets a sixth of the boot budget (at least 2 s).
+        let probe_timeout = (timeout / 6).max(Duration::from_secs(2));
         let mut last_error = String::from("no attempt made");
         loop {
             if let Some(status) = self.vmm.as_mut().and_then(Daemon::try_exit) {
@@ -230,7 +235,7 @@ impl MicroVm {
                     log_tail: self.logs_tail(),
                 });
             }
-            match self.health(left.min(Duration::from_secs(2))).await {
+            match self.health(left.min(probe_timeout)).await {
                 Ok(()) => return Ok(()),
                 Err(err) => last_error = err.to_string(),
             }
