@@ -71,6 +71,8 @@ fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
             .with_context(|| format!("binding vsock port {port}"))?;
         let service = service::AgentService::new(is_init, started_ms, shared_dir, containers);
         tracing::info!(port, version = env!("CARGO_PKG_VERSION"), "agent serving");
+        // Plain text, not a log line: the host waits for exactly this.
+        eprintln!("{}", husk_proto::AGENT_LISTENING_MARKER);
         tonic::transport::Server::builder()
             .add_service(AgentServer::new(service))
             .serve_with_incoming(listener.incoming())

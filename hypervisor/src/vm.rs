@@ -209,16 +209,17 @@ impl MicroVm {
         Ok(())
     }
 
-    /// Probes Health until it answers, the VMM exits, or the timeout ends.
+    /// Waits for the agent's console marker, then probes Health until it
+    /// answers; fails when the VMM exits or the timeout ends.
     async fn wait_for_agent(&mut self) -> Result<(), Error> {
         let timeout = Duration::from_secs(self.timeouts.agent_ready_secs);
         let deadline = Instant::now() + timeout;
-        // A refused probe (guest not listening yet) fails at once; a slow
-        // one is a loaded guest making progress. Cutting slow probes short
-        // can livelock a starved TCG guest that never answers in time, so
-        // each probe gets a sixth of the boot budget (at least 2 s).
+        // A refused probe (guest not listening) fails at once; a slow one
+        // is a loaded guest making progress, so give it a sixth of the
+        // boot budget (at least 2 s) rather than cutting it short.
         let probe_timeout = (timeout / 6).max(Duration::from_secs(2));
-        let mut last_error = String::from("no attempt made");
+        let mut listening = false;
+        let mut last_error = String::from("the agent has not reported listening on the console");
         loop {
             if let Some(status) = self.vmm.as_mut().and_then(Daemon::try_exit) {
                 return Err(Error::VmmExited {
@@ -235,9 +236,12 @@ impl MicroVm {
                     log_tail: self.logs_tail(),
                 });
             }
-            match self.health(left.min(probe_timeout)).await {
-                Ok(()) => return Ok(()),
-                Err(err) => last_error = err.to_string(),
+            listening = listening || console_has_marker(&self.console_log());
+            if listening {
+                match self.health(left.min(probe_timeout)).await {
+                    Ok(()) => return Ok(()),
+                    Err(err) => last_error = err.to_string(),
+                }
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
@@ -370,6 +374,18 @@ impl Drop for MicroVm {
     }
 }
 
+/// Whether the console shows the agent's listening marker. The console is
+/// guest output: only a whole line equal to the marker counts, and it only
+/// gates when probing starts (readiness is the Health answer).
+fn console_has_marker(console: &Path) -> bool {
+    std::fs::read(console).is_ok_and(|bytes| {
+        bytes.split(|&b| b == b'\n').any(|line| {
+            line.strip_suffix(b"\r").unwrap_or(line)
+                == husk_proto::AGENT_LISTENING_MARKER.as_bytes()
+        })
+    })
+}
+
 fn create_run_dir(dir: &Path) -> Result<(), Error> {
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)
@@ -409,6 +425,25 @@ mod tests {
             kernel_cmdline(" loglevel=7 "),
             "console=ttyS0 reboot=t panic=-1 quiet loglevel=7"
         );
+    }
+
+    #[test]
+    fn only_a_whole_marker_line_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        assert!(!console_has_marker(&console));
+        std::fs::write(
+            &console,
+            format!("boot\nx {}\n", husk_proto::AGENT_LISTENING_MARKER),
+        )
+        .unwrap();
+        assert!(!console_has_marker(&console));
+        std::fs::write(
+            &console,
+            format!("boot\r\n{}\r\n", husk_proto::AGENT_LISTENING_MARKER),
+        )
+        .unwrap();
+        assert!(console_has_marker(&console));
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub const SHARED_FS_TAG: &str = "husk-shared";
 /// Where the agent mounts the shared directory inside the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/husk/shared";
 
+/// The line the agent writes to the serial console once it listens on
+/// vsock. The host connects only after seeing it: a hybrid-vsock CONNECT
+/// sent while the guest's vsock driver is still coming up can leave the
+/// vsock backend with a request the guest never answers.
+pub const AGENT_LISTENING_MARKER: &str = "husk-agent: listening on vsock";
+
 /// Upper bound on what `ReadSharedFile` returns, whatever the caller asks.
 pub const MAX_READ_BYTES: u64 = 1 << 20;
 
