@@ -57,13 +57,50 @@ impl Agent for AgentService {
         Ok(Response::new(CreateContainerResponse { pid }))
     }
 
+    async fn exec_process(
+        &self,
+        request: Request<ExecProcessRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let pid = self
+            .containers
+            .exec(&req.container_id, req.exec_id.clone(), &req.process_json, req.stdin)
+            .await
+            .inspect_err(|e| tracing::warn!(container_id = %req.container_id, exec_id = %req.exec_id, %e, "exec failed"))?;
+        tracing::info!(container_id = %req.container_id, exec_id = %req.exec_id, pid, "exec created");
+        Ok(Response::new(CreateContainerResponse { pid }))
+    }
+
+    async fn pause_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let id = request.into_inner().container_id;
+        self.containers.freeze(&id, true).await?;
+        tracing::info!(container_id = %id, "paused");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn resume_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let id = request.into_inner().container_id;
+        self.containers.freeze(&id, false).await?;
+        tracing::info!(container_id = %id, "resumed");
+        Ok(Response::new(Empty {}))
+    }
+
     async fn start_container(
         &self,
         request: Request<ContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        let id = request.into_inner().container_id;
-        let pid = self.containers.start(&id).await?;
-        tracing::info!(container_id = %id, pid, "container started");
+        let ContainerRequest {
+            container_id: id,
+            exec_id,
+        } = request.into_inner();
+        let pid = self.containers.start(&id, &exec_id).await?;
+        tracing::info!(container_id = %id, exec_id, pid, "started");
         Ok(Response::new(StartContainerResponse { pid }))
     }
 
@@ -71,9 +108,12 @@ impl Agent for AgentService {
         &self,
         request: Request<ContainerRequest>,
     ) -> Result<Response<WaitContainerResponse>, Status> {
-        let id = request.into_inner().container_id;
-        let exit_status = self.containers.wait(&id).await?;
-        tracing::info!(container_id = %id, exit_status, "container exited");
+        let ContainerRequest {
+            container_id: id,
+            exec_id,
+        } = request.into_inner();
+        let exit_status = self.containers.wait(&id, &exec_id).await?;
+        tracing::info!(container_id = %id, exec_id, exit_status, "exited");
         Ok(Response::new(WaitContainerResponse { exit_status }))
     }
 
@@ -84,7 +124,8 @@ impl Agent for AgentService {
         let req = request.into_inner();
         let signal = i32::try_from(req.signal)
             .map_err(|_| Status::invalid_argument(format!("invalid signal {}", req.signal)))?;
-        self.containers.signal(&req.container_id, signal, req.all)?;
+        self.containers
+            .signal(&req.container_id, &req.exec_id, signal, req.all)?;
         Ok(Response::new(Empty {}))
     }
 
@@ -92,9 +133,12 @@ impl Agent for AgentService {
         &self,
         request: Request<ContainerRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let id = request.into_inner().container_id;
-        self.containers.remove(&id)?;
-        tracing::info!(container_id = %id, "container removed");
+        let ContainerRequest {
+            container_id: id,
+            exec_id,
+        } = request.into_inner();
+        self.containers.remove(&id, &exec_id)?;
+        tracing::info!(container_id = %id, exec_id, "removed");
         Ok(Response::new(Empty {}))
     }
 
@@ -116,7 +160,9 @@ impl Agent for AgentService {
             OutputStream::Stdout => Output::Stdout,
             OutputStream::Stderr => Output::Stderr,
         };
-        let mut pipe = self.containers.take_output(&req.container_id, which)?;
+        let mut pipe = self
+            .containers
+            .take_output(&req.container_id, &req.exec_id, which)?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             let mut buf = vec![0u8; husk_proto::IO_CHUNK_BYTES];
@@ -149,7 +195,9 @@ impl Agent for AgentService {
         let Some(first) = stream.message().await? else {
             return Ok(Response::new(Empty {}));
         };
-        let mut pipe = self.containers.take_stdin(&first.container_id)?;
+        let mut pipe = self
+            .containers
+            .take_stdin(&first.container_id, &first.exec_id)?;
         let mut chunk = Some(first);
         while let Some(c) = chunk {
             if let Err(e) = pipe.write_all(&c.data).await {

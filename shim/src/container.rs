@@ -1,10 +1,12 @@
-//! What the shim knows of one container: its bundle and stdio, its state
-//! as containerd sees it, and the output relays to drain before its exit
-//! is reported.
+//! What the shim knows of one container: its bundle and rootfs share, its
+//! init process and its exec processes, each with its stdio, its state as
+//! containerd sees it, and the output relays to drain before its exit is
+//! reported.
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -12,49 +14,38 @@ use tokio::task::JoinHandle;
 pub enum State {
     Created,
     Running,
+    Paused,
     Stopped {
         exit_status: u32,
         exited_at: Timestamp,
     },
 }
 
-pub struct Container {
-    pub id: String,
-    pub bundle: PathBuf,
+/// A process of the container: the init (exec id "") or an exec.
+pub struct Proc {
+    pub exec_id: String,
     pub pid: u32,
     pub stdin: String,
     pub stdout: String,
     pub stderr: String,
-    /// The rootfs bind in the shared directory.
-    pub share_at: PathBuf,
-    /// Whether the shim mounted `<bundle>/rootfs` (and must unmount it).
-    pub mounted_bundle_rootfs: bool,
     state: watch::Sender<State>,
     outputs: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Container {
-    #[allow(clippy::too_many_arguments)]
+impl Proc {
     pub fn new(
-        id: String,
-        bundle: PathBuf,
+        exec_id: String,
         pid: u32,
-        stdin: String,
-        stdout: String,
-        stderr: String,
-        share_at: PathBuf,
-        mounted_bundle_rootfs: bool,
+        stdio: [String; 3],
         outputs: Vec<JoinHandle<()>>,
     ) -> Self {
+        let [stdin, stdout, stderr] = stdio;
         Self {
-            id,
-            bundle,
+            exec_id,
             pid,
             stdin,
             stdout,
             stderr,
-            share_at,
-            mounted_bundle_rootfs,
             state: watch::channel(State::Created).0,
             outputs: Mutex::new(outputs),
         }
@@ -68,7 +59,7 @@ impl Container {
         self.state.send_replace(state);
     }
 
-    /// Waits until the container has stopped; returns (status, time).
+    /// Waits until the process has stopped; returns (status, time).
     pub async fn wait_stopped(&self) -> (u32, Timestamp) {
         let mut rx = self.state.subscribe();
         let state = rx
@@ -93,7 +84,7 @@ impl Container {
         }
     }
 
-    /// Stops relays that are still running (the container is going away).
+    /// Stops relays that are still running (the process is going away).
     pub fn abort_outputs(&self) {
         crate::io::unblock_stdin(&self.stdin);
         for handle in self
@@ -104,5 +95,64 @@ impl Container {
         {
             handle.abort();
         }
+    }
+}
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The rootfs bind in the shared directory.
+    pub share_at: PathBuf,
+    /// Whether the shim mounted `<bundle>/rootfs` (and must unmount it).
+    pub mounted_bundle_rootfs: bool,
+    pub init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+}
+
+impl Container {
+    pub fn new(
+        id: String,
+        bundle: PathBuf,
+        share_at: PathBuf,
+        mounted_bundle_rootfs: bool,
+        init: Proc,
+    ) -> Self {
+        Self {
+            id,
+            bundle,
+            share_at,
+            mounted_bundle_rootfs,
+            init: Arc::new(init),
+            execs: Mutex::default(),
+        }
+    }
+
+    fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Proc>>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The init for an empty exec id, else that exec.
+    pub fn process(&self, exec_id: &str) -> Option<Arc<Proc>> {
+        if exec_id.is_empty() {
+            Some(self.init.clone())
+        } else {
+            self.execs().get(exec_id).cloned()
+        }
+    }
+
+    pub fn has_exec(&self, exec_id: &str) -> bool {
+        self.execs().contains_key(exec_id)
+    }
+
+    pub fn add_exec(&self, proc: Proc) {
+        self.execs().insert(proc.exec_id.clone(), Arc::new(proc));
+    }
+
+    pub fn remove_exec(&self, exec_id: &str) -> Option<Arc<Proc>> {
+        self.execs().remove(exec_id)
+    }
+
+    pub fn all_execs(&self) -> Vec<Arc<Proc>> {
+        self.execs().values().cloned().collect()
     }
 }

@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 pub async fn relay_output(
     mut agent: AgentClient<Channel>,
     container_id: String,
+    exec_id: String,
     stream: OutputStream,
     path: String,
 ) -> anyhow::Result<()> {
@@ -22,6 +23,7 @@ pub async fn relay_output(
     let mut chunks = agent
         .read_output(ReadOutputRequest {
             container_id,
+            exec_id,
             stream: stream as i32,
         })
         .await?
@@ -37,6 +39,7 @@ pub async fn relay_output(
 pub async fn relay_stdin(
     mut agent: AgentClient<Channel>,
     container_id: String,
+    exec_id: String,
     path: String,
 ) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel::<StdinChunk>(4);
@@ -51,8 +54,8 @@ pub async fn relay_stdin(
                 return Ok(());
             }
             let chunk = StdinChunk {
-                container_id: String::new(),
                 data: buf[..n].to_vec(),
+                ..Default::default()
             };
             if tx.blocking_send(chunk).is_err() {
                 return Ok(());
@@ -63,6 +66,7 @@ pub async fn relay_stdin(
     // empty input still sends one message naming it.
     let opening = tokio_stream::once(StdinChunk {
         container_id,
+        exec_id,
         data: Vec::new(),
     });
     let rest = tokio_stream::wrappers::ReceiverStream::new(rx);

@@ -1,8 +1,9 @@
-//! The Task service containerd calls: Create, Start, Wait, Kill, Delete,
-//! State, Pids, Connect, CloseIO, Shutdown. Each call becomes work on the
+//! The Task service containerd calls: Create, Start, Exec, Wait, Kill,
+//! Delete, State, Pids, Pause, Resume, Connect, CloseIO, Shutdown (and a
+//! clear refusal of Checkpoint). Each call becomes work on the
 //! host (mounts, FIFOs, the VM) and RPCs to the guest agent.
 
-use crate::container::{Container, State};
+use crate::container::{Container, Proc, State};
 use crate::rootfs;
 use crate::sandbox::Sandbox;
 use anyhow::{anyhow, bail, Context as _};
@@ -11,13 +12,17 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api;
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
+};
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::{self, context::Context, Code};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use husk_proto::agent::{
-    ContainerRequest, CreateContainerRequest, OutputStream, SignalContainerRequest,
+    ContainerRequest, CreateContainerRequest, ExecProcessRequest, OutputStream,
+    SignalContainerRequest,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -197,41 +202,14 @@ impl Inner {
             .pid;
         let agent_create_ms = create_started.elapsed().as_millis() as u64;
 
-        let mut outputs = Vec::new();
-        for (path, stream) in [
-            (&req.stdout, OutputStream::Stdout),
-            (&req.stderr, OutputStream::Stderr),
-        ] {
-            if path.is_empty() {
-                continue;
-            }
-            let relay = crate::io::relay_output(agent.clone(), id.clone(), stream, path.clone());
-            let cid = id.clone();
-            outputs.push(tokio::spawn(async move {
-                if let Err(e) = relay.await {
-                    tracing::warn!(container_id = %cid, ?stream, "output relay: {e:#}");
-                }
-            }));
-        }
-        if !req.stdin.is_empty() {
-            let relay = crate::io::relay_stdin(agent.clone(), id.clone(), req.stdin.clone());
-            let cid = id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = relay.await {
-                    tracing::debug!(container_id = %cid, "stdin relay: {e:#}");
-                }
-            });
-        }
+        let stdio = [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()];
+        let outputs = spawn_relays(&agent, &id, "", &stdio);
         let container = Arc::new(Container::new(
             id.clone(),
             PathBuf::from(&req.bundle),
-            pid,
-            req.stdin.clone(),
-            req.stdout.clone(),
-            req.stderr.clone(),
             share_at.to_owned(),
             mounted_bundle_rootfs,
-            outputs,
+            Proc::new(String::new(), pid, stdio, outputs),
         ));
         self.containers().insert(id.clone(), container);
         // The timings feed the ctr_run benchmark's breakdown.
@@ -261,68 +239,144 @@ impl Inner {
         })
     }
 
-    async fn start(
-        self: &Arc<Self>,
-        req: api::StartRequest,
-    ) -> Result<api::StartResponse, TaskError> {
-        if !req.exec_id.is_empty() {
-            return fail(Code::UNIMPLEMENTED, "exec processes are not supported yet");
+    /// The process `exec_id` ("" for the init) of container `id`.
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Proc>), TaskError> {
+        let container = self.container(id)?;
+        match container.process(exec_id) {
+            Some(p) => Ok((container, p)),
+            None => fail(
+                Code::NOT_FOUND,
+                format!("process {exec_id} of {id} not found"),
+            ),
         }
-        let container = self.container(&req.id)?;
-        if container.state() != State::Created {
+    }
+
+    async fn exec(&self, req: api::ExecProcessRequest) -> Result<(), TaskError> {
+        if req.terminal {
             return fail(
-                Code::FAILED_PRECONDITION,
-                format!("container {} is not in the created state", req.id),
+                Code::UNIMPLEMENTED,
+                "terminal (tty) exec is not supported yet",
             );
         }
+        let container = self.container(&req.id)?;
+        if container.has_exec(&req.exec_id) {
+            return fail(
+                Code::ALREADY_EXISTS,
+                format!("exec {} already exists", req.exec_id),
+            );
+        }
+        let process_json = req
+            .spec
+            .as_ref()
+            .map(|any| any.value.clone())
+            .ok_or_else(|| TaskError(Code::INVALID_ARGUMENT, anyhow!("exec: no process spec")))?;
         let mut agent = self.agent().await?;
-        let cid = req.id.clone();
-        let request = move || ContainerRequest {
-            container_id: cid.clone(),
-        };
-        let start_started = std::time::Instant::now();
-        agent
-            .start_container(request())
-            .await
-            .map_err(|s| agent_error("husk start failed", s))?;
-        let agent_start_ms = start_started.elapsed().as_millis() as u64;
-        container.set_state(State::Running);
-        tracing::info!(container_id = %req.id, pid = container.pid, agent_start_ms, "started");
-        self.publish(
-            containerd_shim_protos::topics::TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart {
+        let pid = agent
+            .exec_process(ExecProcessRequest {
                 container_id: req.id.clone(),
-                pid: container.pid,
+                exec_id: req.exec_id.clone(),
+                process_json,
+                stdin: !req.stdin.is_empty(),
+            })
+            .await
+            .map_err(|s| agent_error("husk exec failed", s))?
+            .into_inner()
+            .pid;
+        let stdio = [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()];
+        let outputs = spawn_relays(&agent, &req.id, &req.exec_id, &stdio);
+        container.add_exec(Proc::new(req.exec_id.clone(), pid, stdio, outputs));
+        tracing::info!(container_id = %req.id, exec_id = %req.exec_id, pid, "exec created");
+        self.publish(
+            containerd_shim_protos::topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
                 ..Default::default()
             }),
         )
         .await;
+        Ok(())
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        req: api::StartRequest,
+    ) -> Result<api::StartResponse, TaskError> {
+        let (container, proc) = self.process(&req.id, &req.exec_id)?;
+        if proc.state() != State::Created {
+            return fail(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "process {} of {} is not in the created state",
+                    req.exec_id, req.id
+                ),
+            );
+        }
+        let mut agent = self.agent().await?;
+        let request = ContainerRequest {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+        };
+        let start_started = std::time::Instant::now();
+        agent
+            .start_container(request.clone())
+            .await
+            .map_err(|s| agent_error("husk start failed", s))?;
+        let agent_start_ms = start_started.elapsed().as_millis() as u64;
+        proc.set_state(State::Running);
+        tracing::info!(container_id = %req.id, exec_id = %req.exec_id, pid = proc.pid, agent_start_ms, "started");
+        let (topic, event): (&str, Box<dyn MessageDyn>) = if req.exec_id.is_empty() {
+            (
+                containerd_shim_protos::topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid: proc.pid,
+                    ..Default::default()
+                }),
+            )
+        } else {
+            (
+                containerd_shim_protos::topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid: proc.pid,
+                    ..Default::default()
+                }),
+            )
+        };
+        self.publish(topic, event).await;
 
         let this = self.clone();
-        let wait_request = request();
+        let watched = proc.clone();
         tokio::spawn(async move {
-            let exit_status = match agent.wait_container(wait_request).await {
+            let exit_status = match agent.wait_container(request).await {
                 Ok(r) => r.into_inner().exit_status,
                 Err(e) => {
                     // The VM died under the container: report it failed.
-                    tracing::warn!(container_id = %container.id, "lost the container: {}", e.message());
-                    container.abort_outputs();
+                    tracing::warn!(container_id = %container.id, exec_id = %watched.exec_id, "lost the process: {}", e.message());
+                    watched.abort_outputs();
                     255
                 }
             };
-            container.drain_outputs().await;
+            watched.drain_outputs().await;
             let exited_at = timestamp().unwrap_or_default();
-            container.set_state(State::Stopped {
+            watched.set_state(State::Stopped {
                 exit_status,
                 exited_at: exited_at.clone(),
             });
-            tracing::info!(container_id = %container.id, exit_status, "exited");
+            tracing::info!(container_id = %container.id, exec_id = %watched.exec_id, exit_status, "exited");
+            let id = if watched.exec_id.is_empty() {
+                container.id.clone()
+            } else {
+                watched.exec_id.clone()
+            };
             this.publish(
                 containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC,
                 Box::new(TaskExit {
                     container_id: container.id.clone(),
-                    id: container.id.clone(),
-                    pid: container.pid,
+                    id,
+                    pid: watched.pid,
                     exit_status,
                     exited_at: Some(exited_at).into(),
                     ..Default::default()
@@ -331,23 +385,21 @@ impl Inner {
             .await;
         });
         Ok(api::StartResponse {
-            pid: self.container(&req.id)?.pid,
+            pid: proc.pid,
             ..Default::default()
         })
     }
 
     async fn kill(&self, req: api::KillRequest) -> Result<(), TaskError> {
-        if !req.exec_id.is_empty() {
-            return fail(Code::UNIMPLEMENTED, "exec processes are not supported yet");
-        }
-        let container = self.container(&req.id)?;
-        if matches!(container.state(), State::Stopped { .. }) {
+        let (_, proc) = self.process(&req.id, &req.exec_id)?;
+        if matches!(proc.state(), State::Stopped { .. }) {
             return fail(Code::NOT_FOUND, "process already finished");
         }
         self.agent()
             .await?
             .signal_container(SignalContainerRequest {
                 container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
                 signal: req.signal,
                 all: req.all,
             })
@@ -358,11 +410,11 @@ impl Inner {
 
     async fn delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, TaskError> {
         if !req.exec_id.is_empty() {
-            return fail(Code::UNIMPLEMENTED, "exec processes are not supported yet");
+            return self.delete_exec(req).await;
         }
         let container = self.container(&req.id)?;
-        let (exit_status, exited_at) = match container.state() {
-            State::Running => {
+        let (exit_status, exited_at) = match container.init.state() {
+            State::Running | State::Paused => {
                 return fail(
                     Code::FAILED_PRECONDITION,
                     format!("container {} is still running", req.id),
@@ -378,6 +430,7 @@ impl Inner {
             if let Err(e) = agent
                 .remove_container(ContainerRequest {
                     container_id: req.id.clone(),
+                    exec_id: String::new(),
                 })
                 .await
             {
@@ -385,7 +438,13 @@ impl Inner {
                 tracing::warn!(container_id = %req.id, "agent remove: {}", e.message());
             }
         }
-        container.abort_outputs();
+        for p in container
+            .all_execs()
+            .into_iter()
+            .chain([container.init.clone()])
+        {
+            p.abort_outputs();
+        }
         let (bundle, share_at, mounted) = (
             container.bundle.clone(),
             container.share_at.clone(),
@@ -405,7 +464,7 @@ impl Inner {
             Box::new(TaskDelete {
                 container_id: req.id.clone(),
                 id: req.id.clone(),
-                pid: container.pid,
+                pid: container.init.pid,
                 exit_status,
                 exited_at: Some(exited_at.clone()).into(),
                 ..Default::default()
@@ -414,11 +473,98 @@ impl Inner {
         .await;
         self.stop_vm_if_idle().await;
         Ok(api::DeleteResponse {
-            pid: container.pid,
+            pid: container.init.pid,
             exit_status,
             exited_at: Some(exited_at).into(),
             ..Default::default()
         })
+    }
+
+    async fn delete_exec(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, TaskError> {
+        let (container, proc) = self.process(&req.id, &req.exec_id)?;
+        let (exit_status, exited_at) = match proc.state() {
+            State::Running | State::Paused => {
+                return fail(
+                    Code::FAILED_PRECONDITION,
+                    format!("exec {} is still running", req.exec_id),
+                )
+            }
+            State::Stopped {
+                exit_status,
+                exited_at,
+            } => (exit_status, exited_at),
+            State::Created => (0, timestamp().map_err(|e| anyhow!(e))?),
+        };
+        let mut agent = self.agent().await?;
+        if let Err(e) = agent
+            .remove_container(ContainerRequest {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(container_id = %req.id, exec_id = %req.exec_id, "agent remove: {}", e.message());
+        }
+        proc.abort_outputs();
+        container.remove_exec(&req.exec_id);
+        Ok(api::DeleteResponse {
+            pid: proc.pid,
+            exit_status,
+            exited_at: Some(exited_at).into(),
+            ..Default::default()
+        })
+    }
+
+    /// Freezes (pause) or thaws (resume) the whole container in the guest.
+    async fn set_paused(&self, id: &str, pause: bool) -> Result<(), TaskError> {
+        let container = self.container(id)?;
+        let (from, to) = if pause {
+            (State::Running, State::Paused)
+        } else {
+            (State::Paused, State::Running)
+        };
+        if container.init.state() != from {
+            return fail(
+                Code::FAILED_PRECONDITION,
+                format!("container {id} is not {from:?}"),
+            );
+        }
+        let request = ContainerRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
+        let mut agent = self.agent().await?;
+        let result = if pause {
+            agent.pause_container(request).await
+        } else {
+            agent.resume_container(request).await
+        };
+        result.map_err(|s| agent_error(if pause { "pause" } else { "resume" }, s))?;
+        // Only a running process becomes paused: one that exited meanwhile
+        // stays stopped.
+        if container.init.state() == from {
+            container.init.set_state(to);
+        }
+        let (topic, event): (&str, Box<dyn MessageDyn>) = if pause {
+            (
+                containerd_shim_protos::topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: id.to_owned(),
+                    ..Default::default()
+                }),
+            )
+        } else {
+            (
+                containerd_shim_protos::topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: id.to_owned(),
+                    ..Default::default()
+                }),
+            )
+        };
+        self.publish(topic, event).await;
+        tracing::info!(container_id = id, paused = pause, "freezer");
+        Ok(())
     }
 
     /// The VM lives as long as it has containers.
@@ -430,6 +576,48 @@ impl Inner {
             sandbox.stop().await;
         }
     }
+}
+
+/// Starts the relays for a process's stdio ([stdin, stdout, stderr] FIFO
+/// paths, empty for none); returns the output relays, which exit drains.
+fn spawn_relays(
+    agent: &husk_proto::agent::agent_client::AgentClient<tonic::transport::Channel>,
+    id: &str,
+    exec_id: &str,
+    [stdin, stdout, stderr]: &[String; 3],
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut outputs = Vec::new();
+    for (path, stream) in [
+        (stdout, OutputStream::Stdout),
+        (stderr, OutputStream::Stderr),
+    ] {
+        if path.is_empty() {
+            continue;
+        }
+        let relay = crate::io::relay_output(
+            agent.clone(),
+            id.into(),
+            exec_id.into(),
+            stream,
+            path.clone(),
+        );
+        let (cid, eid) = (id.to_owned(), exec_id.to_owned());
+        outputs.push(tokio::spawn(async move {
+            if let Err(e) = relay.await {
+                tracing::warn!(container_id = %cid, exec_id = %eid, ?stream, "output relay: {e:#}");
+            }
+        }));
+    }
+    if !stdin.is_empty() {
+        let relay = crate::io::relay_stdin(agent.clone(), id.into(), exec_id.into(), stdin.clone());
+        let (cid, eid) = (id.to_owned(), exec_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = relay.await {
+                tracing::debug!(container_id = %cid, exec_id = %eid, "stdin relay: {e:#}");
+            }
+        });
+    }
+    outputs
 }
 
 /// Reads the bundle's config.json and points it at the guest's view of the
@@ -485,8 +673,8 @@ impl Task for HuskTask {
         _: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let container = to_ttrpc(&req.id, "wait", self.inner.container(&req.id))?;
-        let (exit_status, exited_at) = container.wait_stopped().await;
+        let (_, proc) = to_ttrpc(&req.id, "wait", self.inner.process(&req.id, &req.exec_id))?;
+        let (exit_status, exited_at) = proc.wait_stopped().await;
         Ok(api::WaitResponse {
             exit_status,
             exited_at: Some(exited_at).into(),
@@ -514,10 +702,11 @@ impl Task for HuskTask {
         _: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let c = to_ttrpc(&req.id, "state", self.inner.container(&req.id))?;
-        let (status, exit_status, exited_at) = match c.state() {
+        let (c, p) = to_ttrpc(&req.id, "state", self.inner.process(&req.id, &req.exec_id))?;
+        let (status, exit_status, exited_at) = match p.state() {
             State::Created => (TaskStatus::CREATED, 0, None),
             State::Running => (TaskStatus::RUNNING, 0, None),
+            State::Paused => (TaskStatus::PAUSED, 0, None),
             State::Stopped {
                 exit_status,
                 exited_at,
@@ -526,14 +715,15 @@ impl Task for HuskTask {
         Ok(api::StateResponse {
             id: c.id.clone(),
             bundle: c.bundle.display().to_string(),
-            pid: c.pid,
+            pid: p.pid,
             status: status.into(),
-            stdin: c.stdin.clone(),
-            stdout: c.stdout.clone(),
-            stderr: c.stderr.clone(),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
             terminal: false,
             exit_status,
             exited_at: exited_at.into(),
+            exec_id: p.exec_id.clone(),
             ..Default::default()
         })
     }
@@ -551,6 +741,7 @@ impl Task for HuskTask {
                 .await?
                 .list_processes(ContainerRequest {
                     container_id: req.id.clone(),
+                    exec_id: String::new(),
                 })
                 .await
                 .map_err(|s| agent_error("pids", s))?
@@ -571,6 +762,45 @@ impl Task for HuskTask {
         to_ttrpc(&req.id, "pids", result)
     }
 
+    async fn exec(
+        &self,
+        _: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        to_ttrpc(&id, "exec", self.inner.exec(req).await)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        to_ttrpc(&req.id, "pause", self.inner.set_paused(&req.id, true).await)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        to_ttrpc(
+            &req.id,
+            "resume",
+            self.inner.set_paused(&req.id, false).await,
+        )?;
+        Ok(api::Empty::new())
+    }
+
+    async fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        to_ttrpc(
+            &req.id,
+            "checkpoint",
+            fail(
+                Code::UNIMPLEMENTED,
+                "checkpoint is not supported by husk: the container's state lives in its VM",
+            ),
+        )
+    }
+
     async fn close_io(
         &self,
         _: &TtrpcContext,
@@ -586,7 +816,11 @@ impl Task for HuskTask {
         _: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.inner.container(&req.id).map(|c| c.pid).unwrap_or(0);
+        let task_pid = self
+            .inner
+            .container(&req.id)
+            .map(|c| c.init.pid)
+            .unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,

@@ -313,3 +313,162 @@ fn capabilities_rlimits_and_user_match_runc() {
     }
     assert_nothing_left(&ctrd);
 }
+
+/// `ctr task exec` in a detached container: output, stdin, exit status and
+/// the container's PID namespace, against runc.
+fn exec_scenario(ctrd: &Containerd, runtime: &str, id: &str) -> Vec<(String, String, Option<i32>)> {
+    let run = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    wait_running(ctrd, id);
+    let mut results = Vec::new();
+    let script = "tr '\\0' ' ' < /proc/1/cmdline; echo; echo err >&2; exit 4";
+    for (exec_id, cmd, stdin) in [
+        ("e1", vec!["sh", "-c", script], None),
+        ("e2", vec!["cat"], Some(&b"piped into exec\n"[..])),
+    ] {
+        let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+        args.extend(cmd);
+        let out = ctrd.ctr_with_stdin(&args, stdin);
+        results.push((text(&out.stdout), text(&out.stderr), out.status.code()));
+    }
+    assert!(ctrd
+        .ctr(&["task", "kill", "-s", "SIGKILL", id])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ctrd.ctr(&["task", "rm", id]).status.success() {
+        assert!(Instant::now() < deadline, "task {id} could not be removed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ctrd.ctr(&["container", "rm", id]).status.success());
+    results
+}
+
+#[test]
+fn task_exec_matches_runc() {
+    let ctrd = setup();
+    let husk = exec_scenario(&ctrd, HUSK, "exec-husk");
+    let runc = exec_scenario(&ctrd, RUNC, "exec-runc");
+    println!("husk {husk:?}\nrunc {runc:?}");
+    assert_eq!(husk[0], ("sleep 1000 \n".into(), "err\n".into(), Some(4)));
+    assert_eq!(
+        husk[1],
+        ("piped into exec\n".into(), String::new(), Some(0))
+    );
+    assert_eq!(husk, runc);
+    assert_nothing_left(&ctrd);
+}
+
+fn task_status(ctrd: &Containerd, id: &str) -> String {
+    let ls = text(&ctrd.ctr(&["task", "ls"]).stdout);
+    ls.lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Pause, resume, `ctr task ps` and `kill --all` on a container with three
+/// processes; returns what was seen at each step.
+fn lifecycle_scenario(ctrd: &Containerd, runtime: &str, id: &str) -> Vec<String> {
+    let script = "sleep 1000 & sleep 1000 & wait";
+    let run = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    wait_running(ctrd, id);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let processes = loop {
+        // ps lists a header line, then one line per process.
+        let ps = text(&ctrd.ctr(&["task", "ps", id]).stdout);
+        let n = ps.lines().count().saturating_sub(1);
+        if n == 3 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    seen.push(format!("processes {processes}"));
+    for step in ["pause", "resume"] {
+        let out = ctrd.ctr(&["task", step, id]);
+        seen.push(format!(
+            "{step} ok={} status={}",
+            out.status.success(),
+            task_status(ctrd, id)
+        ));
+    }
+    let out = ctrd.ctr(&["task", "kill", "--all", "-s", "SIGKILL", id]);
+    seen.push(format!("kill --all ok={}", out.status.success()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while task_status(ctrd, id) != "STOPPED" {
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not stop after kill --all"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ctrd.ctr(&["task", "rm", id]).status.success());
+    assert!(ctrd.ctr(&["container", "rm", id]).status.success());
+    seen
+}
+
+#[test]
+fn pause_resume_ps_and_kill_all_match_runc() {
+    let ctrd = setup();
+    let husk = lifecycle_scenario(&ctrd, HUSK, "life-husk");
+    let runc = lifecycle_scenario(&ctrd, RUNC, "life-runc");
+    println!("husk {husk:?}\nrunc {runc:?}");
+    assert_eq!(husk[0], "processes 3");
+    assert_eq!(husk[1], "pause ok=true status=PAUSED");
+    assert_eq!(husk[2], "resume ok=true status=RUNNING");
+    assert_eq!(husk, runc);
+
+    // Checkpoint is refused with a reason, not silently accepted.
+    let run = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        HUSK,
+        IMAGE,
+        "ckpt",
+        "sleep",
+        "1000",
+    ]);
+    assert!(run.status.success());
+    wait_running(&ctrd, "ckpt");
+    let out = ctrd.ctr(&["task", "checkpoint", "ckpt"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("checkpoint is not supported by husk"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(ctrd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "ckpt"])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ctrd.ctr(&["task", "rm", "ckpt"]).status.success() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ctrd.ctr(&["container", "rm", "ckpt"]).status.success());
+    assert_nothing_left(&ctrd);
+}

@@ -13,6 +13,7 @@ async fn read_all(agent: &mut AgentClient<Channel>, id: &str, stream: OutputStre
         .read_output(ReadOutputRequest {
             container_id: id.into(),
             stream: stream as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -52,6 +53,7 @@ async fn run(agent: &AgentClient<Channel>, id: &str, args: &[&str]) -> (String, 
     let err = tokio::spawn(async move { read_all(&mut e, &id_e, OutputStream::Stderr).await });
     let req = || ContainerRequest {
         container_id: id.into(),
+        ..Default::default()
     };
     a.start_container(req()).await.unwrap();
     let status = a
@@ -114,6 +116,7 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
     let mut a = agent.clone();
     let c3 = || ContainerRequest {
         container_id: "c3".into(),
+        ..Default::default()
     };
     create(&mut a, "c3", &["sleep", "1000"], false)
         .await
@@ -127,6 +130,7 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
         container_id: "c3".into(),
         signal: 9,
         all: false,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -147,6 +151,7 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
     let out = tokio::spawn(async move { read_all(&mut o, "c4", OutputStream::Stdout).await });
     a.start_container(ContainerRequest {
         container_id: "c4".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -154,16 +159,19 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
         StdinChunk {
             container_id: "c4".into(),
             data: b"hel".to_vec(),
+            ..Default::default()
         },
         StdinChunk {
             container_id: String::new(),
             data: b"lo\n".to_vec(),
+            ..Default::default()
         },
     ]);
     a.write_stdin(input).await.unwrap();
     let status = a
         .wait_container(ContainerRequest {
             container_id: "c4".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -172,6 +180,7 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
     assert_eq!(status.exit_status, 0);
     a.remove_container(ContainerRequest {
         container_id: "c4".into(),
+        ..Default::default()
     })
     .await
     .unwrap();

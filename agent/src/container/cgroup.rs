@@ -43,6 +43,27 @@ impl Cgroup {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
     }
 
+    /// Freezes (true) or thaws the group and waits until the kernel says
+    /// it is done: `frozen` in cgroup.events follows cgroup.freeze once
+    /// every task has stopped.
+    pub fn freeze(&self, frozen: bool) -> io::Result<()> {
+        std::fs::write(
+            self.path.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        for _ in 0..500 {
+            let events = std::fs::read_to_string(self.path.join("cgroup.events"))?;
+            if events.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Err(io::Error::other(format!(
+            "cgroup did not reach '{want}' within 1 s"
+        )))
+    }
+
     pub fn pids(&self) -> Vec<i32> {
         std::fs::read_to_string(self.path.join("cgroup.procs"))
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())

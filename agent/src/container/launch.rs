@@ -25,6 +25,7 @@ pub enum Step {
     Created = 0,
     Stdio,
     Setsid,
+    JoinNamespace,
     MountPrivate,
     BindRoot,
     Mount,
@@ -137,175 +138,195 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
     }
     step!(Step::Setsid, 0, unistd::setsid().map(drop));
 
-    // Nothing mounted here may reach the agent's mount namespace.
-    step!(
-        Step::MountPrivate,
-        0,
-        mount(
-            None::<&CStr>,
-            c"/",
-            None::<&CStr>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&CStr>
-        )
-    );
-    step!(
-        Step::BindRoot,
-        0,
-        mount(
-            Some(plan.rootfs.as_c_str()),
-            plan.rootfs.as_c_str(),
-            None::<&CStr>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&CStr>
-        )
-    );
-
-    for (i, m) in plan.mounts.iter().enumerate() {
-        step!(Step::Mount, i, make_target(&m.target, m.target_is_file));
+    if let Some(join) = &plan.join {
+        // An exec: enter the container's namespaces (its PID namespace was
+        // entered by the thread that cloned us).
+        for (i, (path, flag)) in join.namespaces.iter().enumerate() {
+            let fd = match nix::fcntl::open(
+                path.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(e) => fail(Step::JoinNamespace, i, e),
+            };
+            step!(Step::JoinNamespace, i, nix::sched::setns(borrow(fd), *flag));
+            let _ = unistd::close(fd);
+        }
+    } else {
+        // Nothing mounted here may reach the agent's mount namespace.
         step!(
-            Step::Mount,
-            i,
-            mount(
-                m.source.as_deref(),
-                m.target.as_c_str(),
-                m.fstype.as_deref(),
-                m.flags,
-                m.data.as_deref()
-            )
-        );
-        if let Some(bits) = m.remount_flags {
-            step!(
-                Step::Mount,
-                i,
-                mount(
-                    None::<&CStr>,
-                    m.target.as_c_str(),
-                    None::<&CStr>,
-                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | bits,
-                    None::<&CStr>
-                )
-            );
-        }
-        if let Some(p) = m.propagation {
-            step!(
-                Step::Mount,
-                i,
-                mount(
-                    None::<&CStr>,
-                    m.target.as_c_str(),
-                    None::<&CStr>,
-                    p,
-                    None::<&CStr>
-                )
-            );
-        }
-    }
-
-    // The guest's own device nodes, bound over empty files (runc does the
-    // same in user namespaces; here it saves a mknod per device).
-    for (i, (source, target)) in plan.devices.iter().enumerate() {
-        step!(Step::Device, i, make_target(target, true));
-        step!(
-            Step::Device,
-            i,
-            mount(
-                Some(source.as_c_str()),
-                target.as_c_str(),
-                None::<&CStr>,
-                MsFlags::MS_BIND,
-                None::<&CStr>
-            )
-        );
-    }
-
-    if let Some(h) = &plan.hostname {
-        step!(
-            Step::Hostname,
-            0,
-            unistd::sethostname(std::ffi::OsStr::from_bytes(h.to_bytes()))
-        );
-    }
-
-    // Enter the rootfs: pivot_root(".", ".") stacks the old root under the
-    // new one, and the detach removes it.
-    step!(Step::PivotRoot, 0, unistd::chdir(plan.rootfs.as_c_str()));
-    step!(Step::PivotRoot, 0, unistd::pivot_root(c".", c"."));
-    step!(Step::PivotRoot, 0, umount2(c".", MntFlags::MNT_DETACH));
-    step!(Step::PivotRoot, 0, unistd::chdir(c"/"));
-
-    for (i, (target, link)) in plan.dev_links.iter().enumerate() {
-        match unistd::symlinkat(target.as_c_str(), None, link.as_c_str()) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => fail(Step::Device, i, e),
-        }
-    }
-
-    for (i, p) in plan.masked_paths.iter().enumerate() {
-        match nix::sys::stat::stat(p.as_c_str()) {
-            Err(Errno::ENOENT) => continue,
-            Err(e) => fail(Step::MaskPath, i, e),
-            Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR => {
-                step!(
-                    Step::MaskPath,
-                    i,
-                    mount(
-                        Some(c"tmpfs"),
-                        p.as_c_str(),
-                        Some(c"tmpfs"),
-                        MsFlags::MS_RDONLY,
-                        None::<&CStr>
-                    )
-                );
-            }
-            Ok(_) => step!(
-                Step::MaskPath,
-                i,
-                mount(
-                    Some(c"/dev/null"),
-                    p.as_c_str(),
-                    None::<&CStr>,
-                    MsFlags::MS_BIND,
-                    None::<&CStr>
-                )
-            ),
-        }
-    }
-    for (i, p) in plan.readonly_paths.iter().enumerate() {
-        match mount(
-            Some(p.as_c_str()),
-            p.as_c_str(),
-            None::<&CStr>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&CStr>,
-        ) {
-            Err(Errno::ENOENT) => continue,
-            Err(e) => fail(Step::ReadonlyPath, i, e),
-            Ok(()) => step!(
-                Step::ReadonlyPath,
-                i,
-                mount(
-                    None::<&CStr>,
-                    p.as_c_str(),
-                    None::<&CStr>,
-                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                    None::<&CStr>
-                )
-            ),
-        }
-    }
-    if plan.readonly_rootfs {
-        step!(
-            Step::ReadonlyRoot,
+            Step::MountPrivate,
             0,
             mount(
                 None::<&CStr>,
                 c"/",
                 None::<&CStr>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                 None::<&CStr>
             )
         );
+        step!(
+            Step::BindRoot,
+            0,
+            mount(
+                Some(plan.rootfs.as_c_str()),
+                plan.rootfs.as_c_str(),
+                None::<&CStr>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&CStr>
+            )
+        );
+
+        for (i, m) in plan.mounts.iter().enumerate() {
+            step!(Step::Mount, i, make_target(&m.target, m.target_is_file));
+            step!(
+                Step::Mount,
+                i,
+                mount(
+                    m.source.as_deref(),
+                    m.target.as_c_str(),
+                    m.fstype.as_deref(),
+                    m.flags,
+                    m.data.as_deref()
+                )
+            );
+            if let Some(bits) = m.remount_flags {
+                step!(
+                    Step::Mount,
+                    i,
+                    mount(
+                        None::<&CStr>,
+                        m.target.as_c_str(),
+                        None::<&CStr>,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | bits,
+                        None::<&CStr>
+                    )
+                );
+            }
+            if let Some(p) = m.propagation {
+                step!(
+                    Step::Mount,
+                    i,
+                    mount(
+                        None::<&CStr>,
+                        m.target.as_c_str(),
+                        None::<&CStr>,
+                        p,
+                        None::<&CStr>
+                    )
+                );
+            }
+        }
+
+        // The guest's own device nodes, bound over empty files (runc does the
+        // same in user namespaces; here it saves a mknod per device).
+        for (i, (source, target)) in plan.devices.iter().enumerate() {
+            step!(Step::Device, i, make_target(target, true));
+            step!(
+                Step::Device,
+                i,
+                mount(
+                    Some(source.as_c_str()),
+                    target.as_c_str(),
+                    None::<&CStr>,
+                    MsFlags::MS_BIND,
+                    None::<&CStr>
+                )
+            );
+        }
+
+        if let Some(h) = &plan.hostname {
+            step!(
+                Step::Hostname,
+                0,
+                unistd::sethostname(std::ffi::OsStr::from_bytes(h.to_bytes()))
+            );
+        }
+
+        // Enter the rootfs: pivot_root(".", ".") stacks the old root under the
+        // new one, and the detach removes it.
+        step!(Step::PivotRoot, 0, unistd::chdir(plan.rootfs.as_c_str()));
+        step!(Step::PivotRoot, 0, unistd::pivot_root(c".", c"."));
+        step!(Step::PivotRoot, 0, umount2(c".", MntFlags::MNT_DETACH));
+        step!(Step::PivotRoot, 0, unistd::chdir(c"/"));
+
+        for (i, (target, link)) in plan.dev_links.iter().enumerate() {
+            match unistd::symlinkat(target.as_c_str(), None, link.as_c_str()) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => fail(Step::Device, i, e),
+            }
+        }
+
+        for (i, p) in plan.masked_paths.iter().enumerate() {
+            match nix::sys::stat::stat(p.as_c_str()) {
+                Err(Errno::ENOENT) => continue,
+                Err(e) => fail(Step::MaskPath, i, e),
+                Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR => {
+                    step!(
+                        Step::MaskPath,
+                        i,
+                        mount(
+                            Some(c"tmpfs"),
+                            p.as_c_str(),
+                            Some(c"tmpfs"),
+                            MsFlags::MS_RDONLY,
+                            None::<&CStr>
+                        )
+                    );
+                }
+                Ok(_) => step!(
+                    Step::MaskPath,
+                    i,
+                    mount(
+                        Some(c"/dev/null"),
+                        p.as_c_str(),
+                        None::<&CStr>,
+                        MsFlags::MS_BIND,
+                        None::<&CStr>
+                    )
+                ),
+            }
+        }
+        for (i, p) in plan.readonly_paths.iter().enumerate() {
+            match mount(
+                Some(p.as_c_str()),
+                p.as_c_str(),
+                None::<&CStr>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&CStr>,
+            ) {
+                Err(Errno::ENOENT) => continue,
+                Err(e) => fail(Step::ReadonlyPath, i, e),
+                Ok(()) => step!(
+                    Step::ReadonlyPath,
+                    i,
+                    mount(
+                        None::<&CStr>,
+                        p.as_c_str(),
+                        None::<&CStr>,
+                        MsFlags::MS_REMOUNT
+                            | MsFlags::MS_BIND
+                            | MsFlags::MS_RDONLY
+                            | MsFlags::MS_REC,
+                        None::<&CStr>
+                    )
+                ),
+            }
+        }
+        if plan.readonly_rootfs {
+            step!(
+                Step::ReadonlyRoot,
+                0,
+                mount(
+                    None::<&CStr>,
+                    c"/",
+                    None::<&CStr>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                    None::<&CStr>
+                )
+            );
+        }
     }
 
     for (i, r) in plan.rlimits.iter().enumerate() {

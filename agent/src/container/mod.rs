@@ -12,6 +12,7 @@ use crate::reaper::{ExitWatch, Reaper};
 use launch::{ChildFds, Step, REPORT_LEN};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plan::LaunchPlan;
@@ -57,7 +58,8 @@ impl From<ContainerError> for tonic::Status {
     }
 }
 
-struct Container {
+/// One process of a container: its init (exec id "") or an exec.
+struct Process {
     pid: i32,
     plan: Arc<LaunchPlan>,
     exit: ExitWatch,
@@ -67,7 +69,25 @@ struct Container {
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    cgroup: cgroup::Cgroup,
+}
+
+struct Container {
+    /// The spec as created, for exec processes to inherit from.
+    spec: oci_spec::runtime::Spec,
+    init: Process,
+    execs: HashMap<String, Process>,
+    cgroup: Arc<cgroup::Cgroup>,
+}
+
+impl Container {
+    fn process(&mut self, id: &str, exec_id: &str) -> Result<&mut Process, ContainerError> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| ContainerError::NotFound(format!("{id}/{exec_id}")))
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +114,21 @@ impl Containers {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` on the process `exec_id` of container `id`.
+    fn with_process<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Process, &Arc<cgroup::Cgroup>) -> Result<T, ContainerError>,
+    ) -> Result<T, ContainerError> {
+        let mut map = self.lock();
+        let c = map
+            .get_mut(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        let cgroup = c.cgroup.clone();
+        f(c.process(id, exec_id)?, &cgroup)
+    }
+
     pub async fn create(
         &self,
         id: String,
@@ -109,35 +144,99 @@ impl Containers {
         let plan = Arc::new(
             LaunchPlan::from_spec(&spec).map_err(|e| ContainerError::Spec(e.to_string()))?,
         );
+        let cgroup = Arc::new(
+            cgroup::Cgroup::create(&id).map_err(|e| ContainerError::Io(format!("cgroup: {e}")))?,
+        );
+        if let Err(e) = cgroup.apply(&plan.cgroup_limits) {
+            cgroup.remove();
+            return Err(launch_err(&id, format!("applying linux.resources: {e}")));
+        }
         let reaper = self.reaper.clone();
-        let id2 = id.clone();
-        let container =
-            tokio::task::spawn_blocking(move || spawn_container(&id2, plan, stdin, &reaper))
-                .await
-                .map_err(|e| ContainerError::Io(e.to_string()))??;
-        let pid = container.pid as u32;
+        let (id2, cg) = (id.clone(), cgroup.clone());
+        let init = tokio::task::spawn_blocking(move || {
+            spawn_process(&id2, plan, stdin, &reaper, &cg, None)
+        })
+        .await
+        .map_err(|e| ContainerError::Io(e.to_string()))?
+        .inspect_err(|_| cgroup.remove())?;
+        let pid = init.pid as u32;
         let mut map = self.lock();
         if map.contains_key(&id) {
             // Lost a race with a concurrent create of the same id.
-            let _ = kill(Pid::from_raw(container.pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(init.pid), Signal::SIGKILL);
             return Err(ContainerError::Exists(id));
         }
-        map.insert(id, container);
+        map.insert(
+            id,
+            Container {
+                spec,
+                init,
+                execs: HashMap::new(),
+                cgroup,
+            },
+        );
         Ok(pid)
     }
 
-    pub async fn start(&self, id: &str) -> Result<u32, ContainerError> {
-        let (pid, start_w, status_r, plan) = {
-            let mut map = self.lock();
+    /// Creates an exec process in the running container `id`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: String,
+        process_json: &[u8],
+        stdin: bool,
+    ) -> Result<u32, ContainerError> {
+        check_id(&exec_id)?;
+        let process: oci_spec::runtime::Process = serde_json::from_slice(process_json)
+            .map_err(|e| ContainerError::Spec(format!("process: {e}")))?;
+        let (mut spec, init_pid, cgroup) = {
+            let map = self.lock();
             let c = map
-                .get_mut(id)
+                .get(id)
                 .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-            if c.started {
+            if !c.init.started || c.init.exit.borrow().is_some() {
+                return Err(state(id, "is not running"));
+            }
+            if c.execs.contains_key(&exec_id) {
+                return Err(ContainerError::Exists(format!("{id}/{exec_id}")));
+            }
+            (c.spec.clone(), c.init.pid, c.cgroup.clone())
+        };
+        spec.set_process(Some(process));
+        let mut plan =
+            LaunchPlan::from_spec(&spec).map_err(|e| ContainerError::Spec(e.to_string()))?;
+        plan.join = Some(plan::JoinPlan::of(init_pid, plan.clone_flags));
+        plan.clone_flags = CloneFlags::empty();
+        let plan = Arc::new(plan);
+        let reaper = self.reaper.clone();
+        let id2 = id.to_owned();
+        let proc = tokio::task::spawn_blocking(move || {
+            spawn_process(&id2, plan, stdin, &reaper, &cgroup, Some(init_pid))
+        })
+        .await
+        .map_err(|e| ContainerError::Io(e.to_string()))??;
+        let pid = proc.pid as u32;
+        let mut map = self.lock();
+        match map.get_mut(id) {
+            Some(c) if !c.execs.contains_key(&exec_id) => {
+                c.execs.insert(exec_id, proc);
+                Ok(pid)
+            }
+            _ => {
+                let _ = kill(Pid::from_raw(proc.pid), Signal::SIGKILL);
+                Err(state(id, "went away while the exec was created"))
+            }
+        }
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ContainerError> {
+        let (pid, start_w, status_r, plan) = self.with_process(id, exec_id, |p, _| {
+            if p.started {
                 return Err(state(id, "already started"));
             }
-            c.started = true;
-            (c.pid, c.start_w.take(), c.status_r.take(), c.plan.clone())
-        };
+            p.started = true;
+            Ok((p.pid, p.start_w.take(), p.status_r.take(), p.plan.clone()))
+        })?;
         let (Some(start_w), Some(status_r)) = (start_w, status_r) else {
             return Err(state(id, "cannot be started"));
         };
@@ -156,12 +255,8 @@ impl Containers {
         Ok(pid as u32)
     }
 
-    pub async fn wait(&self, id: &str) -> Result<u32, ContainerError> {
-        let mut exit = self
-            .lock()
-            .get(id)
-            .map(|c| c.exit.clone())
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<u32, ContainerError> {
+        let mut exit = self.with_process(id, exec_id, |p, _| Ok(p.exit.clone()))?;
         let status = exit
             .wait_for(Option::is_some)
             .await
@@ -169,76 +264,100 @@ impl Containers {
         Ok(status.unwrap_or(255))
     }
 
-    pub fn signal(&self, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {
+    pub fn signal(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), ContainerError> {
         let sig =
             Signal::try_from(signal).map_err(|_| state(id, format!("invalid signal {signal}")))?;
-        let map = self.lock();
-        let c = map
-            .get(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        if c.exit.borrow().is_some() {
-            return Err(state(id, "process already finished"));
-        }
-        let pids = if all { c.cgroup.pids() } else { vec![c.pid] };
-        for pid in pids {
-            match kill(Pid::from_raw(pid), sig) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => return Err(state(id, format!("kill {pid}: {e}"))),
+        self.with_process(id, exec_id, |p, cgroup| {
+            if p.exit.borrow().is_some() {
+                return Err(state(id, "process already finished"));
             }
-        }
-        Ok(())
+            let pids = if all { cgroup.pids() } else { vec![p.pid] };
+            for pid in pids {
+                match kill(Pid::from_raw(pid), sig) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => return Err(state(id, format!("kill {pid}: {e}"))),
+                }
+            }
+            Ok(())
+        })
     }
 
-    pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
+    /// Forgets an exited process; for the init, the whole container.
+    pub fn remove(&self, id: &str, exec_id: &str) -> Result<(), ContainerError> {
         let mut map = self.lock();
         let c = map
-            .get(id)
+            .get_mut(id)
             .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        if c.started && c.exit.borrow().is_none() {
+        let p = c.process(id, exec_id)?;
+        if p.started && p.exit.borrow().is_none() {
             return Err(state(id, "still running; kill it first"));
         }
-        let c = map.remove(id).expect("checked above");
-        if !c.started {
-            // Closing start_w makes the waiting child exit on its own.
-            let _ = kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+        if !p.started {
+            // Closing start_w would also end it; SIGKILL is immediate.
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        if !exec_id.is_empty() {
+            c.execs.remove(exec_id);
+            return Ok(());
+        }
+        let c = map.remove(id).expect("looked up above");
+        for p in c.execs.values() {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
         }
         c.cgroup.remove();
         Ok(())
     }
 
+    /// Freezes or thaws the whole container.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
+        let cgroup = self.with_process(id, "", |p, cgroup| {
+            if !p.started || p.exit.borrow().is_some() {
+                return Err(state(id, "is not running"));
+            }
+            Ok(cgroup.clone())
+        })?;
+        tokio::task::spawn_blocking(move || cgroup.freeze(frozen))
+            .await
+            .map_err(|e| ContainerError::Io(e.to_string()))?
+            .map_err(|e| ContainerError::Io(format!("freezer: {e}")))
+    }
+
     pub fn pids(&self, id: &str) -> Result<Vec<u32>, ContainerError> {
-        let map = self.lock();
-        let c = map
-            .get(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        Ok(c.cgroup.pids().into_iter().map(|p| p as u32).collect())
+        self.with_process(id, "", |_, cgroup| {
+            Ok(cgroup.pids().into_iter().map(|p| p as u32).collect())
+        })
     }
 
     /// Takes the read end of stdout or stderr; only one reader each.
-    pub fn take_output(&self, id: &str, which: Output) -> Result<pipe::Receiver, ContainerError> {
-        let mut map = self.lock();
-        let c = map
-            .get_mut(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        let slot = match which {
-            Output::Stdout => &mut c.stdout,
-            Output::Stderr => &mut c.stderr,
-        };
-        let fd = slot
-            .take()
-            .ok_or_else(|| state(id, "output already attached"))?;
+    pub fn take_output(
+        &self,
+        id: &str,
+        exec_id: &str,
+        which: Output,
+    ) -> Result<pipe::Receiver, ContainerError> {
+        let fd = self.with_process(id, exec_id, |p, _| {
+            let slot = match which {
+                Output::Stdout => &mut p.stdout,
+                Output::Stderr => &mut p.stderr,
+            };
+            slot.take()
+                .ok_or_else(|| state(id, "output already attached"))
+        })?;
         pipe::Receiver::from_owned_fd(fd).map_err(|e| ContainerError::Io(e.to_string()))
     }
 
-    pub fn take_stdin(&self, id: &str) -> Result<pipe::Sender, ContainerError> {
-        let mut map = self.lock();
-        let c = map
-            .get_mut(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        let fd = c
-            .stdin
-            .take()
-            .ok_or_else(|| state(id, "no stdin, or already attached"))?;
+    pub fn take_stdin(&self, id: &str, exec_id: &str) -> Result<pipe::Sender, ContainerError> {
+        let fd = self.with_process(id, exec_id, |p, _| {
+            p.stdin
+                .take()
+                .ok_or_else(|| state(id, "no stdin, or already attached"))
+        })?;
         pipe::Sender::from_owned_fd(fd).map_err(|e| ContainerError::Io(e.to_string()))
     }
 }
@@ -281,12 +400,17 @@ fn pipe_pair(parent_reads: bool) -> Result<(OwnedFd, OwnedFd), ContainerError> {
     Ok((parent, child))
 }
 
-fn spawn_container(
+/// Clones the child for a container's init (`join_pid_ns` None) or for an
+/// exec into the PID namespace of `join_pid_ns`, and waits for its
+/// "created" report.
+fn spawn_process(
     id: &str,
     plan: Arc<LaunchPlan>,
     stdin: bool,
     reaper: &Reaper,
-) -> Result<Container, ContainerError> {
+    cgroup: &cgroup::Cgroup,
+    join_pid_ns: Option<i32>,
+) -> Result<Process, ContainerError> {
     let io = |e: Errno| ContainerError::Io(e.to_string());
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io)?;
     let (start_r, start_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io)?;
@@ -307,13 +431,6 @@ fn spawn_container(
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(null)
         })
     };
-    let cgroup =
-        cgroup::Cgroup::create(id).map_err(|e| ContainerError::Io(format!("cgroup: {e}")))?;
-    if let Err(e) = cgroup.apply(&plan.cgroup_limits) {
-        cgroup.remove();
-        return Err(launch_err(id, format!("applying linux.resources: {e}")));
-    }
-
     let fds = ChildFds {
         stdin: stdin_child.as_raw_fd(),
         stdout: stdout_child.as_raw_fd(),
@@ -321,6 +438,48 @@ fn spawn_container(
         status: status_w.as_raw_fd(),
         start: start_r.as_raw_fd(),
     };
+    let pid = match join_pid_ns {
+        None => clone_child(&plan, fds),
+        // setns(CLONE_NEWPID) changes where this thread's *children* go,
+        // for good: do it on a thread of its own that ends after the clone.
+        Some(init_pid) => {
+            let ns = std::fs::File::open(format!("/proc/{init_pid}/ns/pid"))
+                .map_err(|e| launch_err(id, format!("opening the PID namespace: {e}")))?;
+            let plan = plan.clone();
+            std::thread::spawn(move || {
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)?;
+                clone_child(&plan, fds)
+            })
+            .join()
+            .map_err(|_| launch_err(id, "the exec thread panicked".into()))?
+        }
+    }
+    .map_err(|e| launch_err(id, format!("clone: {e}")))?;
+    let exit = reaper.register(pid);
+    drop((status_w, start_r, stdout_child, stderr_child, stdin_child));
+    if let Err(e) = cgroup.add(pid) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        return Err(ContainerError::Io(format!("joining cgroup: {e}")));
+    }
+    let status_r = match read_report(status_r) {
+        Some(report) if report.0 == Some(Step::Created) => report.3,
+        Some(report) => return Err(launch_err(id, describe(&plan, report))),
+        None => return Err(launch_err(id, "the process died during setup".into())),
+    };
+    Ok(Process {
+        pid,
+        plan,
+        exit,
+        started: false,
+        status_r,
+        start_w: Some(start_w),
+        stdin: stdin_parent,
+        stdout: Some(stdout_parent),
+        stderr: Some(stderr_parent),
+    })
+}
+
+fn clone_child(plan: &Arc<LaunchPlan>, fds: ChildFds) -> nix::Result<i32> {
     let mut stack = vec![0u8; CHILD_STACK_BYTES];
     let child_plan = plan.clone();
     // SAFETY: the child runs `child_main`, which only makes system calls on
@@ -332,47 +491,8 @@ fn spawn_container(
             plan.clone_flags,
             Some(Signal::SIGCHLD as i32),
         )
-    };
-    let pid = match pid {
-        Ok(pid) => pid.as_raw(),
-        Err(e) => {
-            cgroup.remove();
-            return Err(launch_err(id, format!("clone: {e}")));
-        }
-    };
-    let exit = reaper.register(pid);
-    drop((status_w, start_r, stdout_child, stderr_child, stdin_child));
-    if let Err(e) = cgroup.add(pid) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        cgroup.remove();
-        return Err(ContainerError::Io(format!("joining cgroup: {e}")));
-    }
-    let status_r = match read_report(status_r) {
-        Some(report) if report.0 == Some(Step::Created) => report.3,
-        Some(report) => {
-            cgroup.remove();
-            return Err(launch_err(id, describe(&plan, report)));
-        }
-        None => {
-            cgroup.remove();
-            return Err(launch_err(
-                id,
-                "the container process died during setup".into(),
-            ));
-        }
-    };
-    Ok(Container {
-        pid,
-        plan,
-        exit,
-        started: false,
-        status_r,
-        start_w: Some(start_w),
-        stdin: stdin_parent,
-        stdout: Some(stdout_parent),
-        stderr: Some(stderr_parent),
-        cgroup,
-    })
+    }?;
+    Ok(pid.as_raw())
 }
 
 /// (step, index, errno, the pipe for further reports)

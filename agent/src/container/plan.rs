@@ -55,8 +55,40 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// For an exec: the namespaces of the container's init to enter. The PID
+/// namespace is entered by the cloning thread, the rest by the child.
+#[derive(Debug)]
+pub struct JoinPlan {
+    pub namespaces: Vec<(CString, CloneFlags)>,
+}
+
+impl JoinPlan {
+    pub fn of(init_pid: i32, container_flags: CloneFlags) -> Self {
+        let kinds = [
+            (CloneFlags::CLONE_NEWIPC, "ipc"),
+            (CloneFlags::CLONE_NEWUTS, "uts"),
+            (CloneFlags::CLONE_NEWNET, "net"),
+            (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+            // Last: after it, /proc paths are the container's.
+            (CloneFlags::CLONE_NEWNS, "mnt"),
+        ];
+        JoinPlan {
+            namespaces: kinds
+                .into_iter()
+                .filter(|(flag, _)| container_flags.contains(*flag))
+                .map(|(flag, name)| {
+                    let path = CString::new(format!("/proc/{init_pid}/ns/{name}")).expect("no NUL");
+                    (path, flag)
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LaunchPlan {
+    /// Set for an exec process: enter these instead of making a container.
+    pub join: Option<JoinPlan>,
     pub clone_flags: CloneFlags,
     pub rootfs: CString,
     pub readonly_rootfs: bool,
@@ -235,6 +267,7 @@ impl LaunchPlan {
         };
 
         Ok(LaunchPlan {
+            join: None,
             clone_flags,
             rootfs: path_cstring("root.path", &rootfs)?,
             readonly_rootfs: root.readonly().unwrap_or(false),
