@@ -344,13 +344,18 @@ fn exec_scenario(ctrd: &Containerd, runtime: &str, id: &str) -> Vec<(String, Str
         .ctr(&["task", "kill", "-s", "SIGKILL", id])
         .status
         .success());
+    remove_task(ctrd, id);
+    results
+}
+
+/// `ctr task rm` once the (killed) task has stopped, then `ctr container rm`.
+fn remove_task(ctrd: &Containerd, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ctrd.ctr(&["task", "rm", id]).status.success() {
         assert!(Instant::now() < deadline, "task {id} could not be removed");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(ctrd.ctr(&["container", "rm", id]).status.success());
-    results
 }
 
 #[test]
@@ -424,8 +429,7 @@ fn lifecycle_scenario(ctrd: &Containerd, runtime: &str, id: &str) -> Vec<String>
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(ctrd.ctr(&["task", "rm", id]).status.success());
-    assert!(ctrd.ctr(&["container", "rm", id]).status.success());
+    remove_task(ctrd, id);
     seen
 }
 
@@ -464,11 +468,6 @@ fn pause_resume_ps_and_kill_all_match_runc() {
         .ctr(&["task", "kill", "-s", "SIGKILL", "ckpt"])
         .status
         .success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ctrd.ctr(&["task", "rm", "ckpt"]).status.success() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(ctrd.ctr(&["container", "rm", "ckpt"]).status.success());
+    remove_task(&ctrd, "ckpt");
     assert_nothing_left(&ctrd);
 }
