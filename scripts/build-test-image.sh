@@ -6,16 +6,24 @@
 # digest.
 # Usage: scripts/build-test-image.sh [OUTPUT]  (default target/husk/busybox-oci.tar)
 set -euo pipefail
+umask 022 # file modes go into the layer: keep them independent of the caller
+export LC_ALL=C # --sort=name and the applet list: byte order
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$repo/target/husk/busybox-oci.tar}
 name=docker.io/husk/busybox:test
 busybox=/bin/busybox
 [ -x "$busybox" ] || { echo "build-test-image: $busybox missing (apt-get install busybox-static)" >&2; exit 1; }
+for tool in tar gzip sha256sum python3; do
+    command -v "$tool" >/dev/null || { echo "build-test-image: $tool missing" >&2; exit 1; }
+done
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+out_tmp=
+trap 'rm -rf "$work"; [ -z "$out_tmp" ] || rm -f "$out_tmp"' EXIT
 root=$work/rootfs
 mkdir -p "$root"/{bin,proc,sys,dev,tmp,etc,root,run}
+chmod 0755 "$root" "$root"/{bin,proc,sys,dev,etc,root,run}
+chmod 0700 "$root/root"
 chmod 1777 "$root/tmp"
 install -m 0755 "$busybox" "$root/bin/busybox"
 for applet in $("$busybox" --list); do
@@ -27,7 +35,7 @@ printf 'root:x:0:\nnobody:x:65534:\n' > "$root/etc/group"
 layout=$work/layout
 mkdir -p "$layout/blobs/sha256"
 layer_tar=$work/layer.tar
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$layer_tar" .
+tar --format=gnu --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$layer_tar" .
 diff_id=$(sha256sum "$layer_tar" | cut -d' ' -f1)
 gzip -n -9 -c "$layer_tar" > "$work/layer.tar.gz"
 layer_digest=$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)
@@ -77,6 +85,10 @@ print(json.dumps({
 printf '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
 
 mkdir -p "$(dirname "$out")"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$out.tmp" .
-mv "$out.tmp" "$out"
+# Written next to the output, then renamed: readers never see half an archive.
+out_tmp=$(mktemp "$out.tmp.XXXXXX")
+tar --format=gnu --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$out_tmp" .
+chmod 0644 "$out_tmp"
+mv -f "$out_tmp" "$out"
+out_tmp=
 echo "test image: $out ($name, manifest sha256:$manifest_digest, $(stat -c %s "$out") bytes)"
