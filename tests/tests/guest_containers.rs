@@ -32,7 +32,15 @@ async fn create(
     stdin: bool,
 ) -> Result<u32, tonic::Status> {
     let rootfs = format!("{}/rootfs", husk_proto::GUEST_SHARED_DIR);
-    let spec = oci_spec(&rootfs, args);
+    create_with_spec(agent, id, oci_spec(&rootfs, args), stdin).await
+}
+
+async fn create_with_spec(
+    agent: &mut AgentClient<Channel>,
+    id: &str,
+    spec: serde_json::Value,
+    stdin: bool,
+) -> Result<u32, tonic::Status> {
     agent
         .create_container(CreateContainerRequest {
             container_id: id.into(),
@@ -45,8 +53,17 @@ async fn create(
 
 /// Runs a container to completion: (stdout, stderr, exit status).
 async fn run(agent: &AgentClient<Channel>, id: &str, args: &[&str]) -> (String, String, u32) {
+    let rootfs = format!("{}/rootfs", husk_proto::GUEST_SHARED_DIR);
+    run_spec(agent, id, oci_spec(&rootfs, args)).await
+}
+
+async fn run_spec(
+    agent: &AgentClient<Channel>,
+    id: &str,
+    spec: serde_json::Value,
+) -> (String, String, u32) {
     let mut a = agent.clone();
-    create(&mut a, id, args, false).await.unwrap();
+    create_with_spec(&mut a, id, spec, false).await.unwrap();
     let (mut o, mut e) = (agent.clone(), agent.clone());
     let (id_o, id_e) = (id.to_owned(), id.to_owned());
     let out = tokio::spawn(async move { read_all(&mut o, &id_o, OutputStream::Stdout).await });
@@ -109,6 +126,31 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
     assert_eq!(
         out, "1\nhusk-test\n1024\n1\n/dev/null\nsys-ro\n",
         "status {status}"
+    );
+
+    // A cgroup namespace is rooted at the container's own cgroup, as under
+    // runc; the spec's memory limit is that cgroup's memory.max.
+    let mut spec = oci_spec(
+        &format!("{}/rootfs", husk_proto::GUEST_SHARED_DIR),
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.max",
+        ],
+    );
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "cgroup"}));
+    spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 67108864}});
+    spec["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "ro"]}
+    ));
+    let (out, err, status) = run_spec(&agent, "cgns", spec).await;
+    assert_eq!(
+        (out.as_str(), status),
+        ("0::/\n67108864\n", 0),
+        "stderr: {err}"
     );
 
     // Killed by a signal: 128 + signal number, as runc reports it. The

@@ -39,6 +39,10 @@ impl Cgroup {
         Ok(())
     }
 
+    pub fn procs_path(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
     pub fn add(&self, pid: i32) -> io::Result<()> {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
     }

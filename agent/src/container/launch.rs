@@ -26,6 +26,7 @@ pub enum Step {
     Stdio,
     Setsid,
     JoinNamespace,
+    Cgroup,
     MountPrivate,
     BindRoot,
     Mount,
@@ -46,12 +47,15 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn from_u16(v: u16) -> Option<Step> {
+    /// Every step in discriminant order (a test keeps this complete).
+    const ALL: [Step; 22] = {
         use Step::*;
         [
             Created,
             Stdio,
             Setsid,
+            JoinNamespace,
+            Cgroup,
             MountPrivate,
             BindRoot,
             Mount,
@@ -66,11 +70,14 @@ impl Step {
             Lookup,
             WaitStart,
             User,
+            Capabilities,
             NoNewPrivs,
             Exec,
         ]
-        .into_iter()
-        .find(|s| *s as u16 == v)
+    };
+
+    pub fn from_u16(v: u16) -> Option<Step> {
+        Self::ALL.get(v as usize).copied()
     }
 }
 
@@ -154,6 +161,27 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
             let _ = unistd::close(fd);
         }
     } else {
+        // Join the container's cgroup ourselves, then make the cgroup
+        // namespace, so that its root is that cgroup (as under runc).
+        if let Some(procs) = &plan.cgroup_procs {
+            let fd = match nix::fcntl::open(
+                procs.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(e) => fail(Step::Cgroup, 0, e),
+            };
+            step!(Step::Cgroup, 0, unistd::write(borrow(fd), b"0").map(drop));
+            let _ = unistd::close(fd);
+        }
+        if plan.unshare_cgroup_ns {
+            step!(
+                Step::Cgroup,
+                1,
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            );
+        }
         // Nothing mounted here may reach the agent's mount namespace.
         step!(
             Step::MountPrivate,
@@ -548,6 +576,18 @@ fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_step_decodes_to_itself() {
+        for (i, step) in Step::ALL.iter().enumerate() {
+            assert_eq!(*step as usize, i, "{step:?} out of order in Step::ALL");
+        }
+        assert_eq!(
+            Step::ALL.len(),
+            Step::Exec as usize + 1,
+            "Step::ALL misses a step"
+        );
+    }
 
     #[test]
     fn reports_round_trip() {

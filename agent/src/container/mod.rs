@@ -141,12 +141,14 @@ impl Containers {
         }
         let spec: oci_spec::runtime::Spec =
             serde_json::from_slice(spec_json).map_err(|e| ContainerError::Spec(e.to_string()))?;
-        let plan = Arc::new(
-            LaunchPlan::from_spec(&spec).map_err(|e| ContainerError::Spec(e.to_string()))?,
-        );
+        let mut plan =
+            LaunchPlan::from_spec(&spec).map_err(|e| ContainerError::Spec(e.to_string()))?;
         let cgroup = Arc::new(
             cgroup::Cgroup::create(&id).map_err(|e| ContainerError::Io(format!("cgroup: {e}")))?,
         );
+        plan.cgroup_procs =
+            std::ffi::CString::new(cgroup.procs_path().into_os_string().into_encoded_bytes()).ok();
+        let plan = Arc::new(plan);
         if let Err(e) = cgroup.apply(&plan.cgroup_limits) {
             cgroup.remove();
             return Err(launch_err(&id, format!("applying linux.resources: {e}")));
@@ -205,7 +207,9 @@ impl Containers {
         spec.set_process(Some(process));
         let mut plan =
             LaunchPlan::from_spec(&spec).map_err(|e| ContainerError::Spec(e.to_string()))?;
-        plan.join = Some(plan::JoinPlan::of(init_pid, plan.clone_flags));
+        let mut container_flags = plan.clone_flags;
+        container_flags.set(CloneFlags::CLONE_NEWCGROUP, plan.unshare_cgroup_ns);
+        plan.join = Some(plan::JoinPlan::of(init_pid, container_flags));
         plan.clone_flags = CloneFlags::empty();
         let plan = Arc::new(plan);
         let reaper = self.reaper.clone();

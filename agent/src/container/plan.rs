@@ -110,6 +110,13 @@ pub struct LaunchPlan {
     pub no_new_privileges: bool,
     /// cgroup v2 files and values from linux.resources.
     pub cgroup_limits: Vec<(&'static str, String)>,
+    /// The container cgroup's cgroup.procs: an init moves itself there
+    /// before unsharing its cgroup namespace, so that the namespace's root
+    /// is the container's cgroup, as under runc. Set by the registry.
+    pub cgroup_procs: Option<CString>,
+    /// The spec asks for a cgroup namespace (made by unshare in the child,
+    /// after the move, not by clone).
+    pub unshare_cgroup_ns: bool,
     /// None: the spec sets no capabilities and the process keeps its own.
     pub capabilities: Option<super::caps::CapSets>,
     pub args: Vec<CString>,
@@ -222,6 +229,8 @@ impl LaunchPlan {
                 }
             };
         }
+        let unshare_cgroup_ns = clone_flags.contains(CloneFlags::CLONE_NEWCGROUP);
+        clone_flags.remove(CloneFlags::CLONE_NEWCGROUP);
         if !clone_flags.contains(CloneFlags::CLONE_NEWNS) {
             return Err(bad("linux.namespaces", "a mount namespace is required"));
         }
@@ -306,6 +315,8 @@ impl LaunchPlan {
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
             capabilities,
             cgroup_limits: cgroup_limits(linux.and_then(|l| l.resources().as_ref()))?,
+            cgroup_procs: None,
+            unshare_cgroup_ns,
             args: args
                 .iter()
                 .map(|a| cstring("process.args", a))
