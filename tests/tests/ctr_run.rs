@@ -195,6 +195,15 @@ fn spawn_sleeper(ctrd: &Containerd, runtime: &str, id: &str) -> std::process::Ch
         .unwrap()
 }
 
+/// `ctr run -d` of `cmd` as container `id`, returning once it runs.
+fn run_detached(ctrd: &Containerd, runtime: &str, id: &str, cmd: &[&str]) {
+    let mut args = vec!["run", "-d", "--runtime", runtime, IMAGE, id];
+    args.extend(cmd);
+    let run = ctrd.ctr(&args);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    wait_running(ctrd, id);
+}
+
 fn wait_running(ctrd: &Containerd, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -317,18 +326,7 @@ fn capabilities_rlimits_and_user_match_runc() {
 /// `ctr task exec` in a detached container: output, stdin, exit status and
 /// the container's PID namespace, against runc.
 fn exec_scenario(ctrd: &Containerd, runtime: &str, id: &str) -> Vec<(String, String, Option<i32>)> {
-    let run = ctrd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        IMAGE,
-        id,
-        "sleep",
-        "1000",
-    ]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    wait_running(ctrd, id);
+    run_detached(ctrd, runtime, id, &["sleep", "1000"]);
     let mut results = Vec::new();
     let script = "tr '\\0' ' ' < /proc/1/cmdline; echo; echo err >&2; exit 4";
     for (exec_id, cmd, stdin) in [
@@ -386,19 +384,7 @@ fn task_status(ctrd: &Containerd, id: &str) -> String {
 /// processes; returns what was seen at each step.
 fn lifecycle_scenario(ctrd: &Containerd, runtime: &str, id: &str) -> Vec<String> {
     let script = "sleep 1000 & sleep 1000 & wait";
-    let run = ctrd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        IMAGE,
-        id,
-        "sh",
-        "-c",
-        script,
-    ]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    wait_running(ctrd, id);
+    run_detached(ctrd, runtime, id, &["sh", "-c", script]);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let processes = loop {
@@ -445,18 +431,7 @@ fn pause_resume_ps_and_kill_all_match_runc() {
     assert_eq!(husk, runc);
 
     // Checkpoint is refused with a reason, not silently accepted.
-    let run = ctrd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        HUSK,
-        IMAGE,
-        "ckpt",
-        "sleep",
-        "1000",
-    ]);
-    assert!(run.status.success());
-    wait_running(&ctrd, "ckpt");
+    run_detached(&ctrd, HUSK, "ckpt", &["sleep", "1000"]);
     let out = ctrd.ctr(&["task", "checkpoint", "ckpt"]);
     assert!(!out.status.success());
     assert!(
