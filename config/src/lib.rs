@@ -5,7 +5,7 @@
 //! equal). Loading rejects unknown keys and out-of-range values with an error
 //! that names the key, before anything is spawned.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Where the shim looks for its configuration unless `HUSK_CONFIG` is set.
@@ -32,21 +32,21 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub timeouts: Timeouts,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     #[default]
     Qemu,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AcceleratorChoice {
     #[default]
@@ -55,7 +55,7 @@ pub enum AcceleratorChoice {
     Tcg,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HypervisorConfig {
     pub backend: Backend,
@@ -89,7 +89,7 @@ impl Default for HypervisorConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     pub kvm: AccelTimeouts,
@@ -111,7 +111,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccelTimeouts {
     pub agent_ready_secs: u64,
@@ -147,6 +147,12 @@ impl Config {
             },
             other => other,
         })
+    }
+
+    /// The configuration as a complete `configuration.toml`, every key set:
+    /// what a tool hands to a shim it starts (via HUSK_CONFIG).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Config always serializes")
     }
 
     /// Parses and validates configuration text.
@@ -227,6 +233,16 @@ mod tests {
     #[test]
     fn shipped_file_documents_the_builtin_defaults() {
         assert_eq!(Config::parse(SHIPPED).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn to_toml_round_trips_every_key() {
+        let mut c = Config::default();
+        c.hypervisor.accelerator = AcceleratorChoice::Tcg;
+        c.hypervisor.kernel_params = "loglevel=7".into();
+        c.hypervisor.runtime_dir = "/tmp/husk run".into();
+        c.timeouts.tcg.agent_ready_secs = 7;
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
     }
 
     #[test]

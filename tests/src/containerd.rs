@@ -35,7 +35,7 @@ impl Containerd {
         let husk_config = d.join("husk.toml");
         let mut config = husk_config::Config::load_default().expect("husk configuration");
         config.hypervisor.runtime_dir = husk_runtime.clone();
-        std::fs::write(&husk_config, husk_config_toml(&config)).unwrap();
+        std::fs::write(&husk_config, config.to_toml()).unwrap();
         let cfg = d.join("config.toml");
         std::fs::write(
             &cfg,
@@ -120,20 +120,6 @@ impl Containerd {
     fn root(&self) -> &Path {
         self.dir.path()
     }
-}
-
-fn husk_config_toml(c: &husk_config::Config) -> String {
-    let h = &c.hypervisor;
-    let accel = match h.accelerator {
-        husk_config::AcceleratorChoice::Auto => "auto",
-        husk_config::AcceleratorChoice::Kvm => "kvm",
-        husk_config::AcceleratorChoice::Tcg => "tcg",
-    };
-    format!(
-        "[hypervisor]\naccelerator = {accel:?}\nkernel = {:?}\ninitrd = {:?}\nvcpus = {}\nmemory_mib = {}\n\
-         qemu_path = {:?}\nvirtiofsd_path = {:?}\nvsock_backend_path = {:?}\nruntime_dir = {:?}\n",
-        h.kernel, h.initrd, h.vcpus, h.memory_mib, h.qemu_path, h.virtiofsd_path, h.vsock_backend_path, h.runtime_dir
-    )
 }
 
 /// Mount points at or below `dir`, deepest first.
