@@ -13,6 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How often an OOM watcher reads memory.events.
+const OOM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub struct AgentService {
     is_init: bool,
     started_ms: u64,
@@ -41,6 +44,109 @@ impl AgentService {
 #[tonic::async_trait]
 impl Agent for AgentService {
     type ReadOutputStream = ReceiverStream<Result<OutputChunk, Status>>;
+    type WatchOomStream = ReceiverStream<Result<OomEvent, Status>>;
+
+    async fn set_clock(&self, request: Request<SetClockRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        if req.nanos >= 1_000_000_000 {
+            return Err(Status::invalid_argument(format!("nanos {} out of range", req.nanos)));
+        }
+        let now = nix::sys::time::TimeSpec::new(req.unix_seconds, req.nanos as i64);
+        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now)
+            .map_err(|e| Status::internal(format!("clock_settime: {e}")))?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn resize_pty(
+        &self,
+        request: Request<ResizePtyRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let dim = |v: u32| u16::try_from(v).map_err(|_| Status::invalid_argument(format!("window size {v} out of range")));
+        self.containers.resize(
+            &req.container_id,
+            &req.exec_id,
+            dim(req.height)?,
+            dim(req.width)?,
+        )?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let s = self.containers.stats(&id)?;
+        Ok(Response::new(ContainerStatsResponse {
+            cpu_stat: s.cpu_stat,
+            memory_stat: s.memory_stat,
+            memory_events: s.memory_events,
+            memory_current: s.memory_current,
+            memory_max: s.memory_max.unwrap_or(0),
+            memory_peak: s.memory_peak,
+            pids_current: s.pids_current,
+            pids_max: s.pids_max.unwrap_or(0),
+            io: s
+                .io
+                .into_iter()
+                .map(|(major, minor, read_bytes, write_bytes, read_ios, write_ios)| IoDeviceStats {
+                    major,
+                    minor,
+                    read_bytes,
+                    write_bytes,
+                    read_ios,
+                    write_ios,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn update_container(
+        &self,
+        request: Request<UpdateContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        self.containers
+            .update(&req.container_id, &req.resources_json)?;
+        tracing::info!(container_id = %req.container_id, "resources updated");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn watch_oom(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<Self::WatchOomStream>, Status> {
+        let id = request.into_inner().container_id;
+        let (cgroup, mut exit) = self.containers.oom_watch(&id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let count = || cgroup.memory_events().get("oom_kill").copied().unwrap_or(0);
+            let mut seen = count();
+            // memory.events is polled: a kill is reported within the
+            // period, and always before the init's exit (the last check).
+            loop {
+                let exited = tokio::time::timeout(
+                    OOM_POLL,
+                    exit.wait_for(Option::is_some),
+                )
+                .await
+                .is_ok();
+                let now = count();
+                if now > seen {
+                    seen = now;
+                    tracing::info!(container_id = %id, oom_kill = now, "OOM kill");
+                    if tx.send(Ok(OomEvent { oom_kill_count: now })).await.is_err() {
+                        return;
+                    }
+                }
+                if exited || tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn create_container(
         &self,
@@ -169,6 +275,9 @@ impl Agent for AgentService {
             loop {
                 match pipe.read(&mut buf).await {
                     Ok(0) => return,
+                    // A terminal's master reads EIO once the last holder of
+                    // its slave end is gone: that is its end of file.
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => return,
                     Ok(n) => {
                         let chunk = OutputChunk {
                             data: buf[..n].to_vec(),

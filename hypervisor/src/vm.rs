@@ -5,7 +5,7 @@ use crate::daemon::{log_tail, Daemon};
 use crate::{preflight, Accelerator, Error, Hypervisor, Qemu, VmLaunch};
 use husk_config::{AccelTimeouts, Backend, Config};
 use husk_proto::agent::agent_client::AgentClient;
-use husk_proto::agent::{HealthRequest, ShutdownRequest};
+use husk_proto::agent::{HealthRequest, SetClockRequest, ShutdownRequest};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -247,9 +247,19 @@ impl MicroVm {
         }
     }
 
+    /// Probes Health; once it answers, gives the guest the host's clock.
     async fn health(&self, timeout: Duration) -> Result<(), Error> {
         let mut agent = AgentClient::new(self.channel(timeout).await?);
         agent.health(HealthRequest {}).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        agent
+            .set_clock(SetClockRequest {
+                unix_seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos(),
+            })
+            .await?;
         Ok(())
     }
 

@@ -28,6 +28,8 @@ pub struct Proc {
     pub stdin: String,
     pub stdout: String,
     pub stderr: String,
+    /// stdio is a terminal in the guest (stdout carries both streams).
+    pub terminal: bool,
     state: watch::Sender<State>,
     outputs: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -37,6 +39,7 @@ impl Proc {
         exec_id: String,
         pid: u32,
         stdio: [String; 3],
+        terminal: bool,
         outputs: Vec<JoinHandle<()>>,
     ) -> Self {
         let [stdin, stdout, stderr] = stdio;
@@ -46,6 +49,7 @@ impl Proc {
             stdin,
             stdout,
             stderr,
+            terminal,
             state: watch::channel(State::Created).0,
             outputs: Mutex::new(outputs),
         }

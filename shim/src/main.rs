@@ -11,8 +11,10 @@
 
 mod container;
 mod io;
+mod metrics;
 mod rootfs;
 mod sandbox;
+mod spec;
 mod task;
 
 use async_trait::async_trait;

@@ -6,14 +6,14 @@
 use crate::container::{Container, Proc, State};
 use crate::rootfs;
 use crate::sandbox::Sandbox;
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::anyhow;
 use async_trait::async_trait;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::MessageDyn;
@@ -21,8 +21,8 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::{self, context::Context, Code};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use husk_proto::agent::{
-    ContainerRequest, CreateContainerRequest, ExecProcessRequest, OutputStream,
-    SignalContainerRequest,
+    ContainerRequest, CreateContainerRequest, ExecProcessRequest, OutputStream, ResizePtyRequest,
+    SignalContainerRequest, UpdateContainerRequest,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -138,44 +138,48 @@ impl Inner {
                 format!("container {id} already exists"),
             );
         }
-        if req.terminal {
-            return fail(
-                Code::UNIMPLEMENTED,
-                "terminal (tty) containers are not supported yet",
-            );
-        }
         let bundle = PathBuf::from(&req.bundle);
-        let spec = guest_spec(&bundle, &id).map_err(|e| TaskError(Code::INVALID_ARGUMENT, e))?;
+        // Checked before anything is mounted or booted: a bad spec costs
+        // nothing and leaves nothing.
+        let guest = crate::spec::prepare(&bundle, &id)
+            .map_err(|e| TaskError(Code::INVALID_ARGUMENT, e))?;
         let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, &self.vm_id);
-        let share_at = rootfs::host_container_dir(&shared, &id).join("rootfs");
-
-        let (mounts, b, s) = (req.rootfs.clone(), bundle.clone(), share_at.clone());
-        tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&mounts, &b, &s))
-            .await
-            .map_err(|e| anyhow!(e))?
-            .map_err(anyhow::Error::from)?;
+        let container_dir = rootfs::host_container_dir(&shared, &id);
+        let share_at = container_dir.join("rootfs");
         let mounted_bundle_rootfs = !req.rootfs.is_empty();
 
-        match self
-            .create_in_vm(
-                config,
-                &req,
-                spec,
-                &share_at,
-                mounted_bundle_rootfs,
-                handler_started,
-            )
-            .await
-        {
-            Ok(resp) => Ok(resp),
-            Err(e) => {
-                rootfs::unmount_rootfs(&bundle, &share_at, mounted_bundle_rootfs);
-                let _ = std::fs::remove_dir(&share_at);
-                let _ = share_at.parent().map(std::fs::remove_dir);
-                self.stop_vm_if_idle().await;
-                Err(e)
+        let (mounts, b, s, d) = (
+            req.rootfs.clone(),
+            bundle.clone(),
+            share_at.clone(),
+            container_dir.clone(),
+        );
+        let (host_root, binds) = (guest.host_root.clone(), guest.binds.clone());
+        let mounted = tokio::task::spawn_blocking(move || {
+            rootfs::mount_rootfs(&mounts, &b, &host_root, &s)?;
+            rootfs::mount_binds(&d, &binds)
+        })
+        .await
+        .map_err(|e| anyhow!(e))?;
+        let result = match mounted {
+            Ok(()) => {
+                self.create_in_vm(
+                    config,
+                    &req,
+                    guest.spec,
+                    &share_at,
+                    mounted_bundle_rootfs,
+                    handler_started,
+                )
+                .await
             }
+            Err(e) => Err(TaskError(Code::INVALID_ARGUMENT, e.into())),
+        };
+        if result.is_err() {
+            rootfs::release(&bundle, &container_dir, mounted_bundle_rootfs);
+            self.stop_vm_if_idle().await;
         }
+        result
     }
 
     async fn create_in_vm(
@@ -218,7 +222,7 @@ impl Inner {
             PathBuf::from(&req.bundle),
             share_at.to_owned(),
             mounted_bundle_rootfs,
-            Proc::new(String::new(), pid, stdio, outputs),
+            Proc::new(String::new(), pid, stdio, req.terminal, outputs),
         ));
         self.containers().insert(id.clone(), container);
         // The timings feed the ctr_run benchmark's breakdown.
@@ -262,12 +266,6 @@ impl Inner {
     }
 
     async fn exec(&self, req: api::ExecProcessRequest) -> Result<(), TaskError> {
-        if req.terminal {
-            return fail(
-                Code::UNIMPLEMENTED,
-                "terminal (tty) exec is not supported yet",
-            );
-        }
         let container = self.container(&req.id)?;
         if container.has_exec(&req.exec_id) {
             return fail(
@@ -294,7 +292,13 @@ impl Inner {
             .pid;
         let stdio = [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()];
         let outputs = spawn_relays(&agent, &req.id, &req.exec_id, &stdio);
-        container.add_exec(Proc::new(req.exec_id.clone(), pid, stdio, outputs));
+        container.add_exec(Proc::new(
+            req.exec_id.clone(),
+            pid,
+            stdio,
+            req.terminal,
+            outputs,
+        ));
         tracing::info!(container_id = %req.id, exec_id = %req.exec_id, pid, "exec created");
         self.publish(
             containerd_shim_protos::topics::TASK_EXEC_ADDED_EVENT_TOPIC,
@@ -359,6 +363,10 @@ impl Inner {
         };
         self.publish(topic, event).await;
 
+        let oom_watch = req
+            .exec_id
+            .is_empty()
+            .then(|| tokio::spawn(self.clone().watch_oom(agent.clone(), req.id.clone())));
         let this = self.clone();
         let watched = proc.clone();
         tokio::spawn(async move {
@@ -372,6 +380,11 @@ impl Inner {
                 }
             };
             watched.drain_outputs().await;
+            // The agent ends the OOM stream right after the exit, so an OOM
+            // kill is published before the exit it caused, as runc does.
+            if let Some(watch) = oom_watch {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), watch).await;
+            }
             let exited_at = timestamp().unwrap_or_default();
             watched.set_state(State::Stopped {
                 exit_status,
@@ -463,9 +476,9 @@ impl Inner {
             container.mounted_bundle_rootfs,
         );
         tokio::task::spawn_blocking(move || {
-            rootfs::unmount_rootfs(&bundle, &share_at, mounted);
-            let _ = std::fs::remove_dir(&share_at);
-            let _ = share_at.parent().map(std::fs::remove_dir);
+            if let Some(container_dir) = share_at.parent() {
+                rootfs::release(&bundle, container_dir, mounted);
+            }
         })
         .await
         .map_err(|e| anyhow!(e))?;
@@ -579,6 +592,104 @@ impl Inner {
         Ok(())
     }
 
+    /// Publishes TaskOOM for each OOM kill in container `id` until its init
+    /// exits.
+    async fn watch_oom(
+        self: Arc<Self>,
+        mut agent: husk_proto::agent::agent_client::AgentClient<tonic::transport::Channel>,
+        id: String,
+    ) {
+        let request = ContainerRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+        };
+        let mut events = match agent.watch_oom(request).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!(container_id = %id, "cannot watch for OOM kills: {}", e.message());
+                return;
+            }
+        };
+        while let Ok(Some(event)) = events.message().await {
+            tracing::info!(container_id = %id, oom_kill_count = event.oom_kill_count, "OOM kill");
+            self.publish(
+                containerd_shim_protos::topics::TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
+    }
+
+    async fn resize_pty(&self, req: api::ResizePtyRequest) -> Result<(), TaskError> {
+        let (_, proc) = self.process(&req.id, &req.exec_id)?;
+        if !proc.terminal {
+            return fail(
+                Code::FAILED_PRECONDITION,
+                format!("process {} of {} has no terminal", req.exec_id, req.id),
+            );
+        }
+        self.agent()
+            .await?
+            .resize_pty(ResizePtyRequest {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                width: req.width,
+                height: req.height,
+            })
+            .await
+            .map_err(|s| agent_error("resize", s))?;
+        Ok(())
+    }
+
+    async fn stats(&self, id: &str) -> Result<api::StatsResponse, TaskError> {
+        self.container(id)?;
+        let stats = self
+            .agent()
+            .await?
+            .container_stats(ContainerRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            })
+            .await
+            .map_err(|s| agent_error("stats", s))?
+            .into_inner();
+        let any = crate::metrics::to_any(&stats).map_err(|e| anyhow!(e))?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+
+    /// New linux.resources for the container's cgroup in the guest.
+    async fn update(&self, req: api::UpdateTaskRequest) -> Result<(), TaskError> {
+        self.container(&req.id)?;
+        let Some(resources) = req.resources.as_ref() else {
+            return fail(Code::INVALID_ARGUMENT, "update: no resources given");
+        };
+        if !resources.type_url.ends_with("/LinuxResources") {
+            return fail(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "update: resources of type {:?}, expected the OCI LinuxResources",
+                    resources.type_url
+                ),
+            );
+        }
+        self.agent()
+            .await?
+            .update_container(UpdateContainerRequest {
+                container_id: req.id.clone(),
+                resources_json: resources.value.clone(),
+            })
+            .await
+            .map_err(|s| TaskError(Code::INVALID_ARGUMENT, agent_error("update", s)))?;
+        tracing::info!(container_id = %req.id, "resources updated");
+        Ok(())
+    }
+
     /// The VM lives as long as it has containers.
     async fn stop_vm_if_idle(&self) {
         if !self.containers().is_empty() {
@@ -630,34 +741,6 @@ fn spawn_relays(
         });
     }
     outputs
-}
-
-/// Reads the bundle's config.json and points it at the guest's view of the
-/// rootfs. What the guest cannot reach is refused, naming the field.
-fn guest_spec(bundle: &Path, id: &str) -> anyhow::Result<serde_json::Value> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let Some(root) = spec.get_mut("root").and_then(|r| r.as_object_mut()) else {
-        bail!("config.json: root: missing");
-    };
-    root.insert("path".into(), rootfs::guest_rootfs(id).into());
-    if let Some(mounts) = spec.get("mounts").and_then(|m| m.as_array()) {
-        for (i, m) in mounts.iter().enumerate() {
-            let is_bind = m.get("type").and_then(|t| t.as_str()) == Some("bind")
-                || m.get("options")
-                    .and_then(|o| o.as_array())
-                    .is_some_and(|o| o.iter().any(|v| v == "bind" || v == "rbind"));
-            if is_bind {
-                bail!(
-                    "config.json: mounts[{i}]: bind mounts of host paths ({}) are not supported yet",
-                    m.get("source").and_then(|s| s.as_str()).unwrap_or("?")
-                );
-            }
-        }
-    }
-    Ok(spec)
 }
 
 #[async_trait]
@@ -732,7 +815,7 @@ impl Task for HuskTask {
             stdin: p.stdin.clone(),
             stdout: p.stdout.clone(),
             stderr: p.stderr.clone(),
-            terminal: false,
+            terminal: p.terminal,
             exit_status,
             exited_at: exited_at.into(),
             exec_id: p.exec_id.clone(),
@@ -811,6 +894,34 @@ impl Task for HuskTask {
                 "checkpoint is not supported by husk: the container's state lives in its VM",
             ),
         )
+    }
+
+    async fn resize_pty(
+        &self,
+        _: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        to_ttrpc(&id, "resize_pty", self.inner.resize_pty(req).await)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn stats(
+        &self,
+        _: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        to_ttrpc(&req.id, "stats", self.inner.stats(&req.id).await)
+    }
+
+    async fn update(
+        &self,
+        _: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        to_ttrpc(&id, "update", self.inner.update(req).await)?;
+        Ok(api::Empty::new())
     }
 
     async fn close_io(

@@ -1,5 +1,6 @@
 //! One cgroup v2 directory per container below /sys/fs/cgroup/husk.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 
@@ -17,6 +18,63 @@ pub fn enable_controllers() {
     if std::fs::create_dir_all(&husk).is_ok() {
         let _ = std::fs::write(husk.join("cgroup.subtree_control"), CONTROLLERS);
     }
+}
+
+/// A cgroup's figures, read from its v2 files; missing files read as
+/// empty (a guest kernel without that controller).
+#[derive(Debug, Default, PartialEq)]
+pub struct Stats {
+    pub cpu_stat: HashMap<String, u64>,
+    pub memory_stat: HashMap<String, u64>,
+    pub memory_events: HashMap<String, u64>,
+    pub memory_current: u64,
+    /// None for "max".
+    pub memory_max: Option<u64>,
+    pub memory_peak: u64,
+    pub pids_current: u64,
+    pub pids_max: Option<u64>,
+    /// io.stat per device: (major, minor, rbytes, wbytes, rios, wios).
+    pub io: Vec<(u32, u32, u64, u64, u64, u64)>,
+}
+
+/// "key value" lines (cpu.stat, memory.stat, memory.events).
+pub fn parse_flat_keyed(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A single number, or None for "max" (memory.max, pids.max).
+fn parse_limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..".
+pub fn parse_io_stat(text: &str) -> Vec<(u32, u32, u64, u64, u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (major, minor) = parts.next()?.split_once(':')?;
+            let kv: HashMap<&str, u64> = parts
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    Some((k, v.parse().ok()?))
+                })
+                .collect();
+            let get = |k: &str| kv.get(k).copied().unwrap_or(0);
+            Some((
+                major.parse().ok()?,
+                minor.parse().ok()?,
+                get("rbytes"),
+                get("wbytes"),
+                get("rios"),
+                get("wios"),
+            ))
+        })
+        .collect()
 }
 
 pub struct Cgroup {
@@ -37,6 +95,10 @@ impl Cgroup {
                 .map_err(|e| io::Error::new(e.kind(), format!("{file} = {value}: {e}")))?;
         }
         Ok(())
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     pub fn procs_path(&self) -> PathBuf {
@@ -74,6 +136,28 @@ impl Cgroup {
             .unwrap_or_default()
     }
 
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path.join(file)).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            cpu_stat: parse_flat_keyed(&self.read("cpu.stat")),
+            memory_stat: parse_flat_keyed(&self.read("memory.stat")),
+            memory_events: self.memory_events(),
+            memory_current: parse_limit(&self.read("memory.current")).unwrap_or(0),
+            memory_max: parse_limit(&self.read("memory.max")),
+            memory_peak: parse_limit(&self.read("memory.peak")).unwrap_or(0),
+            pids_current: parse_limit(&self.read("pids.current")).unwrap_or(0),
+            pids_max: parse_limit(&self.read("pids.max")),
+            io: parse_io_stat(&self.read("io.stat")),
+        }
+    }
+
+    pub fn memory_events(&self) -> HashMap<String, u64> {
+        parse_flat_keyed(&self.read("memory.events"))
+    }
+
     /// rmdir succeeds only once the cgroup is empty; a leftover is logged.
     pub fn remove(&self) {
         if let Err(e) = std::fs::remove_dir(&self.path) {
@@ -81,5 +165,21 @@ impl Cgroup {
                 tracing::warn!(path = %self.path.display(), %e, "cannot remove cgroup");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_files_parse() {
+        let cpu = parse_flat_keyed("usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n");
+        assert_eq!(cpu["usage_usec"], 1234);
+        assert_eq!(cpu["system_usec"], 234);
+        let io = parse_io_stat("254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n");
+        assert_eq!(io, vec![(254, 0, 4096, 8192, 1, 2)]);
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("33554432\n"), Some(33_554_432));
     }
 }

@@ -31,11 +31,13 @@ pub enum Step {
     BindRoot,
     Mount,
     Device,
+    DeviceNode,
     Hostname,
     PivotRoot,
     ReadonlyRoot,
     MaskPath,
     ReadonlyPath,
+    Sysctl,
     Rlimit,
     Cwd,
     Lookup,
@@ -43,12 +45,14 @@ pub enum Step {
     User,
     Capabilities,
     NoNewPrivs,
+    Seccomp,
+    Terminal,
     Exec,
 }
 
 impl Step {
     /// Every step in discriminant order (a test keeps this complete).
-    const ALL: [Step; 22] = {
+    const ALL: [Step; 26] = {
         use Step::*;
         [
             Created,
@@ -60,11 +64,13 @@ impl Step {
             BindRoot,
             Mount,
             Device,
+            DeviceNode,
             Hostname,
             PivotRoot,
             ReadonlyRoot,
             MaskPath,
             ReadonlyPath,
+            Sysctl,
             Rlimit,
             Cwd,
             Lookup,
@@ -72,6 +78,8 @@ impl Step {
             User,
             Capabilities,
             NoNewPrivs,
+            Seccomp,
+            Terminal,
             Exec,
         ]
     };
@@ -106,6 +114,8 @@ pub struct ChildFds {
     pub stderr: RawFd,
     pub status: RawFd,
     pub start: RawFd,
+    /// Socket to send a terminal's master on; -1 without a terminal.
+    pub console: RawFd,
 }
 
 /// Runs in the child; never returns.
@@ -264,6 +274,36 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
             );
         }
 
+        // linux.devices, with umask 0 as runc does so that fileMode is exact.
+        let old_mask = nix::sys::stat::umask(Mode::empty());
+        for (i, d) in plan.device_nodes.iter().enumerate() {
+            step!(Step::DeviceNode, i, make_path(&d.target, Last::Skip));
+            match unistd::unlink(d.target.as_c_str()) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => fail(Step::DeviceNode, i, e),
+            }
+            step!(
+                Step::DeviceNode,
+                i,
+                nix::sys::stat::mknod(
+                    d.target.as_c_str(),
+                    nix::sys::stat::SFlag::from_bits_truncate(d.mode & nix::libc::S_IFMT),
+                    Mode::from_bits_truncate(d.mode & 0o7777),
+                    nix::sys::stat::makedev(d.major, d.minor)
+                )
+            );
+            step!(
+                Step::DeviceNode,
+                i,
+                unistd::chown(
+                    d.target.as_c_str(),
+                    Some(unistd::Uid::from_raw(d.uid)),
+                    Some(unistd::Gid::from_raw(d.gid))
+                )
+            );
+        }
+        nix::sys::stat::umask(old_mask);
+
         if let Some(h) = &plan.hostname {
             step!(
                 Step::Hostname,
@@ -284,6 +324,20 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => fail(Step::Device, i, e),
             }
+        }
+
+        // Before /proc/sys becomes read-only (it is in readonlyPaths).
+        for (i, (path, value)) in plan.sysctls.iter().enumerate() {
+            let fd = match nix::fcntl::open(
+                path.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(e) => fail(Step::Sysctl, i, e),
+            };
+            step!(Step::Sysctl, i, unistd::write(borrow(fd), value.to_bytes()).map(drop));
+            let _ = unistd::close(fd);
         }
 
         for (i, p) in plan.masked_paths.iter().enumerate() {
@@ -357,6 +411,11 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
         }
     }
 
+    if plan.terminal {
+        // Now that /dev/ptmx is the container's (see `stdio`).
+        step!(Step::Terminal, 0, make_terminal(fds.console));
+    }
+
     for (i, r) in plan.rlimits.iter().enumerate() {
         step!(
             Step::Rlimit,
@@ -383,6 +442,13 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
         Ok(1) => {}
         Ok(_) => unsafe { nix::libc::_exit(0) },
         Err(e) => fail(Step::WaitStart, 0, e),
+    }
+
+    // Seccomp, where runc puts it: without NoNewPrivs only a privileged
+    // process may load a filter, so it goes in before the privileges go;
+    // with it, last, so the filter sees as few of our own calls as it can.
+    if let (Some(prog), false) = (&plan.seccomp, plan.no_new_privileges) {
+        step!(Step::Seccomp, 0, load_seccomp(prog));
     }
 
     // Capabilities, in runc's order: shrink the bounding set while still
@@ -499,14 +565,30 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
     if let Some(mask) = plan.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask as nix::libc::mode_t));
     }
+    if let (Some(prog), true) = (&plan.seccomp, plan.no_new_privileges) {
+        step!(Step::Seccomp, 0, load_seccomp(prog));
+    }
     let Err(e) = unistd::execve(program.as_c_str(), &plan.args, &plan.env);
     fail(Step::Exec, 0, e)
+}
+
+/// What `make_path` makes of the last component of a path.
+#[derive(Clone, Copy, PartialEq)]
+enum Last {
+    Dir,
+    File,
+    /// Only the parent directories (for mknod).
+    Skip,
+}
+
+fn make_target(path: &CStr, is_file: bool) -> Result<(), Errno> {
+    make_path(path, if is_file { Last::File } else { Last::Dir })
 }
 
 /// mkdir -p for a directory target, or create an empty file for a file
 /// bind mount. Works on the precomputed C string by walking its slashes
 /// into a stack buffer: no allocation.
-fn make_target(path: &CStr, is_file: bool) -> Result<(), Errno> {
+fn make_path(path: &CStr, last_as: Last) -> Result<(), Errno> {
     let bytes = path.to_bytes();
     let mut buf = [0u8; 4096];
     if bytes.len() >= buf.len() {
@@ -517,7 +599,10 @@ fn make_target(path: &CStr, is_file: bool) -> Result<(), Errno> {
         buf[end] = 0;
         let part = CStr::from_bytes_until_nul(&buf[..=end]).map_err(|_| Errno::EINVAL)?;
         let last = end == bytes.len();
-        if last && is_file {
+        if last && last_as == Last::Skip {
+            break;
+        }
+        if last && last_as == Last::File {
             match nix::fcntl::open(
                 part,
                 OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
@@ -558,6 +643,74 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+/// Opens a pseudo-terminal from /dev/ptmx, makes its slave our stdio and
+/// controlling terminal, and sends the master to the agent over `socket`.
+/// Only system calls on stack memory.
+fn make_terminal(socket: RawFd) -> Result<(), Errno> {
+    use nix::libc;
+    let master = nix::fcntl::open(
+        c"/dev/ptmx",
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let unlock: libc::c_int = 0;
+    raw_syscall(unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &unlock) } as libc::c_long)?;
+    // TIOCGPTPEER opens the slave through the master, with no path lookup.
+    let slave = unsafe { libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) };
+    raw_syscall(slave as libc::c_long)?;
+    for target in 0..3 {
+        unistd::dup2(slave, target)?;
+    }
+    if slave > 2 {
+        let _ = unistd::close(slave);
+    }
+    // The session leader (setsid above) takes its controlling terminal.
+    raw_syscall(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } as libc::c_long)?;
+
+    // One byte with the master attached as SCM_RIGHTS.
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // SAFETY: msghdr is plain data; zero is a valid start.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: control is 64 bytes, aligned, larger than CMSG_SPACE(4).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), master);
+    }
+    raw_syscall(unsafe { libc::sendmsg(socket, &msg, 0) } as libc::c_long)?;
+    let _ = unistd::close(master);
+    Ok(())
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog) on the precompiled BPF.
+fn load_seccomp(prog: &super::seccomp::SeccompProgram) -> Result<(), Errno> {
+    const SECCOMP_SET_MODE_FILTER: nix::libc::c_ulong = 1;
+    let fprog = nix::libc::sock_fprog {
+        len: prog.filter.len() as u16,
+        filter: prog.filter.as_ptr() as *mut nix::libc::sock_filter,
+    };
+    raw_syscall(unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            prog.flags as nix::libc::c_ulong,
+            &fprog as *const nix::libc::sock_fprog,
+        )
+    })
 }
 
 fn raw_syscall(ret: nix::libc::c_long) -> Result<(), Errno> {

@@ -7,6 +7,8 @@ mod cgroup;
 mod launch;
 mod plan;
 mod rootfs;
+mod seccomp;
+mod stdio;
 
 use crate::reaper::{ExitWatch, Reaper};
 use launch::{ChildFds, Step, REPORT_LEN};
@@ -69,6 +71,8 @@ struct Process {
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    /// The pseudo-terminal's master end, for resizes (terminal only).
+    pty: Option<OwnedFd>,
 }
 
 struct Container {
@@ -148,6 +152,10 @@ impl Containers {
         );
         plan.cgroup_procs =
             std::ffi::CString::new(cgroup.procs_path().into_os_string().into_encoded_bytes()).ok();
+        if let Err(e) = plan.bind_cgroup_mounts(cgroup.path()) {
+            cgroup.remove();
+            return Err(ContainerError::Spec(e.to_string()));
+        }
         let plan = Arc::new(plan);
         if let Err(e) = cgroup.apply(&plan.cgroup_limits) {
             cgroup.remove();
@@ -351,9 +359,41 @@ impl Containers {
                 Output::Stderr => &mut p.stderr,
             };
             slot.take()
-                .ok_or_else(|| state(id, "output already attached"))
+                .ok_or_else(|| state(id, "output already attached, or a terminal's stderr"))
         })?;
-        pipe::Receiver::from_owned_fd(fd).map_err(|e| ContainerError::Io(e.to_string()))
+        // Unchecked: a terminal's master is not a FIFO, but polls like one.
+        pipe::Receiver::from_owned_fd_unchecked(fd).map_err(|e| ContainerError::Io(e.to_string()))
+    }
+
+    /// Sets the window size of the process's terminal.
+    pub fn resize(&self, id: &str, exec_id: &str, rows: u16, cols: u16) -> Result<(), ContainerError> {
+        self.with_process(id, exec_id, |p, _| {
+            let pty = p.pty.as_ref().ok_or_else(|| state(id, "has no terminal"))?;
+            stdio::set_window_size(pty, rows, cols)
+        })
+    }
+
+    /// The figures of the container's cgroup.
+    pub fn stats(&self, id: &str) -> Result<cgroup::Stats, ContainerError> {
+        let cgroup = self.with_process(id, "", |_, cgroup| Ok(cgroup.clone()))?;
+        Ok(cgroup.stats())
+    }
+
+    /// Applies new linux.resources to a container's cgroup.
+    pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), ContainerError> {
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(resources_json)
+            .map_err(|e| ContainerError::Spec(format!("linux.resources: {e}")))?;
+        let limits = plan::cgroup_limits(Some(&resources))
+            .map_err(|e| ContainerError::Spec(e.to_string()))?;
+        let cgroup = self.with_process(id, "", |_, cgroup| Ok(cgroup.clone()))?;
+        cgroup
+            .apply(&limits)
+            .map_err(|e| launch_err(id, format!("updating linux.resources: {e}")))
+    }
+
+    /// What an OOM watcher needs: the cgroup and the init's exit.
+    pub fn oom_watch(&self, id: &str) -> Result<(Arc<cgroup::Cgroup>, ExitWatch), ContainerError> {
+        self.with_process(id, "", |p, cgroup| Ok((cgroup.clone(), p.exit.clone())))
     }
 
     pub fn take_stdin(&self, id: &str, exec_id: &str) -> Result<pipe::Sender, ContainerError> {
@@ -362,7 +402,7 @@ impl Containers {
                 .take()
                 .ok_or_else(|| state(id, "no stdin, or already attached"))
         })?;
-        pipe::Sender::from_owned_fd(fd).map_err(|e| ContainerError::Io(e.to_string()))
+        pipe::Sender::from_owned_fd_unchecked(fd).map_err(|e| ContainerError::Io(e.to_string()))
     }
 }
 
@@ -388,22 +428,6 @@ fn check_id(id: &str) -> Result<(), ContainerError> {
     }
 }
 
-/// (parent end, child end) of a pipe; the parent end is non-blocking for
-/// tokio, the child end blocking as a process expects.
-fn pipe_pair(parent_reads: bool) -> Result<(OwnedFd, OwnedFd), ContainerError> {
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| ContainerError::Io(format!("pipe: {e}")))?;
-    let (parent, child) = if parent_reads { (r, w) } else { (w, r) };
-    let flags = nix::fcntl::fcntl(parent.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
-        .map_err(|e| ContainerError::Io(e.to_string()))?;
-    nix::fcntl::fcntl(
-        parent.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| ContainerError::Io(e.to_string()))?;
-    Ok((parent, child))
-}
-
 /// Clones the child for a container's init (`join_pid_ns` None) or for an
 /// exec into the PID namespace of `join_pid_ns`, and waits for its
 /// "created" report.
@@ -418,29 +442,18 @@ fn spawn_process(
     let io = |e: Errno| ContainerError::Io(e.to_string());
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io)?;
     let (start_r, start_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io)?;
-    let (stdout_parent, stdout_child) = pipe_pair(true)?;
-    let (stderr_parent, stderr_child) = pipe_pair(true)?;
-    let (stdin_parent, stdin_child) = if stdin {
-        let (p, c) = pipe_pair(false)?;
-        (Some(p), c)
+    let stdio = if plan.terminal {
+        stdio::Stdio::terminal()?
     } else {
-        let null = nix::fcntl::open(
-            c"/dev/null",
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(io)?;
-        // SAFETY: open just returned this fd and nothing else owns it.
-        (None, unsafe {
-            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(null)
-        })
+        stdio::Stdio::pipes(stdin)?
     };
     let fds = ChildFds {
-        stdin: stdin_child.as_raw_fd(),
-        stdout: stdout_child.as_raw_fd(),
-        stderr: stderr_child.as_raw_fd(),
+        stdin: stdio.child[0].as_raw_fd(),
+        stdout: stdio.child[1].as_raw_fd(),
+        stderr: stdio.child[2].as_raw_fd(),
         status: status_w.as_raw_fd(),
         start: start_r.as_raw_fd(),
+        console: stdio.console_child.as_ref().map_or(-1, |c| c.as_raw_fd()),
     };
     let pid = match join_pid_ns {
         None => clone_child(&plan, fds),
@@ -460,7 +473,14 @@ fn spawn_process(
     }
     .map_err(|e| launch_err(id, format!("clone: {e}")))?;
     let exit = reaper.register(pid);
-    drop((status_w, start_r, stdout_child, stderr_child, stdin_child));
+    // The child holds its ends now; ours would keep the output open.
+    let stdio::Stdio {
+        parent,
+        child,
+        console,
+        console_child,
+    } = stdio;
+    drop((status_w, start_r, child, console_child));
     if let Err(e) = cgroup.add(pid) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         return Err(ContainerError::Io(format!("joining cgroup: {e}")));
@@ -470,6 +490,14 @@ fn spawn_process(
         Some(report) => return Err(launch_err(id, describe(&plan, report))),
         None => return Err(launch_err(id, "the process died during setup".into())),
     };
+    // A terminal's master was sent by the child before its report.
+    let parent = match console {
+        Some(socket) => stdio::receive_terminal(socket, plan.console_size, stdin).map_err(|e| {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            launch_err(id, format!("receiving the terminal: {e}"))
+        })?,
+        None => parent,
+    };
     Ok(Process {
         pid,
         plan,
@@ -477,9 +505,10 @@ fn spawn_process(
         started: false,
         status_r,
         start_w: Some(start_w),
-        stdin: stdin_parent,
-        stdout: Some(stdout_parent),
-        stderr: Some(stderr_parent),
+        stdin: parent.stdin,
+        stdout: parent.stdout,
+        stderr: parent.stderr,
+        pty: parent.pty,
     })
 }
 
@@ -545,6 +574,15 @@ fn describe(plan: &LaunchPlan, (step, index, errno, _): Report) -> String {
         Some(Step::Cwd) => format!("chdir to cwd ({})", plan.cwd.to_string_lossy()),
         Some(Step::Exec) => format!("exec {}", plan.program),
         Some(Step::Device) => "creating device nodes".into(),
+        Some(Step::DeviceNode) => plan
+            .device_nodes
+            .get(i)
+            .map_or("linux.devices".into(), |d| format!("creating device {}", d.path)),
+        Some(Step::Sysctl) => plan.sysctls.get(i).map_or("linux.sysctl".into(), |(p, _)| {
+            format!("writing sysctl {}", p.to_string_lossy())
+        }),
+        Some(Step::Seccomp) => "loading the seccomp filter".into(),
+        Some(Step::Terminal) => "setting up the terminal".into(),
         Some(step) => format!("{step:?}"),
         None => "unknown step".into(),
     };

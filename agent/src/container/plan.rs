@@ -48,6 +48,19 @@ pub struct MountOp {
     pub target_is_file: bool,
 }
 
+/// A device node from linux.devices, made with mknod below the rootfs.
+#[derive(Debug)]
+pub struct DeviceNode {
+    pub path: String,
+    pub target: CString,
+    /// File type bits (S_IFCHR, S_IFBLK, S_IFIFO) and permissions.
+    pub mode: u32,
+    pub major: u64,
+    pub minor: u64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 #[derive(Debug)]
 pub struct Rlimit {
     pub resource: nix::sys::resource::Resource,
@@ -97,10 +110,22 @@ pub struct LaunchPlan {
     /// Device nodes bind-mounted from the agent's /dev: (source, target
     /// below the rootfs).
     pub devices: Vec<(CString, CString)>,
+    /// linux.devices: nodes made with mknod (after the defaults, which a
+    /// node of the same path replaces).
+    pub device_nodes: Vec<DeviceNode>,
     /// /dev symlinks: (link target, link path relative to the new root).
     pub dev_links: Vec<(CString, CString)>,
     pub masked_paths: Vec<CString>,
     pub readonly_paths: Vec<CString>,
+    /// linux.sysctl as (/proc/sys path, value), written inside the
+    /// container's namespaces before /proc/sys is made read-only.
+    pub sysctls: Vec<(CString, CString)>,
+    /// process.terminal: stdio is a new pseudo-terminal, the process its
+    /// session leader with the terminal as its controlling tty.
+    pub terminal: bool,
+    /// process.consoleSize as (rows, columns).
+    pub console_size: Option<(u16, u16)>,
+    pub seccomp: Option<super::seccomp::SeccompProgram>,
     pub rlimits: Vec<Rlimit>,
     pub cwd: CString,
     pub uid: u32,
@@ -137,6 +162,27 @@ const DEV_LINKS: &[(&str, &str)] = &[
 ];
 
 impl LaunchPlan {
+    /// Without a cgroup namespace, a cgroup mount shows the container its
+    /// own cgroup directory, bound read-only as runc binds it on a cgroup
+    /// v2 host, rather than the whole guest hierarchy.
+    pub fn bind_cgroup_mounts(&mut self, cgroup_dir: &Path) -> Result<(), SpecError> {
+        if self.unshare_cgroup_ns {
+            return Ok(());
+        }
+        for m in &mut self.mounts {
+            if m.fstype.as_deref() == Some(c"cgroup2") {
+                let ro = m.flags.contains(MsFlags::MS_RDONLY);
+                m.source = Some(path_cstring("cgroup", cgroup_dir)?);
+                m.fstype = None;
+                m.data = None;
+                m.flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+                let bits = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                m.remount_flags = Some(bits | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() });
+            }
+        }
+        Ok(())
+    }
+
     pub fn from_spec(spec: &Spec) -> Result<Self, SpecError> {
         let root = spec.root().as_ref().ok_or_else(|| bad("root", "missing"))?;
         let rootfs = root.path().clone();
@@ -150,15 +196,6 @@ impl LaunchPlan {
             .process()
             .as_ref()
             .ok_or_else(|| bad("process", "missing"))?;
-        if process.terminal().unwrap_or(false) {
-            return Err(bad("process.terminal", "terminals are not supported yet"));
-        }
-        if spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()) {
-            return Err(bad(
-                "linux.seccomp",
-                "seccomp profiles are not supported yet",
-            ));
-        }
         let capabilities = match process.capabilities() {
             None => None,
             Some(c) => {
@@ -275,6 +312,16 @@ impl LaunchPlan {
                 .collect()
         };
 
+        let device_nodes = device_nodes(&rootfs, linux.and_then(|l| l.devices().as_ref()))?;
+        let sysctls = sysctls(
+            linux.and_then(|l| l.sysctl().as_ref()),
+            clone_flags,
+        )?;
+        let seccomp = linux
+            .and_then(|l| l.seccomp().as_ref())
+            .map(super::seccomp::compile)
+            .transpose()?;
+
         Ok(LaunchPlan {
             join: None,
             clone_flags,
@@ -287,6 +334,7 @@ impl LaunchPlan {
             mounts,
             devices: DEFAULT_DEVICES
                 .iter()
+                .filter(|d| !device_nodes.iter().any(|n| n.path == format!("/dev/{d}")))
                 .map(|d| {
                     let dev = format!("/dev/{d}");
                     let target = resolve_in_root(&rootfs, Path::new(&dev))
@@ -294,6 +342,7 @@ impl LaunchPlan {
                     Ok((cstring("devices", &dev)?, path_cstring("devices", &target)?))
                 })
                 .collect::<Result<_, SpecError>>()?,
+            device_nodes,
             dev_links: DEV_LINKS
                 .iter()
                 .map(|(t, l)| Ok((cstring("devices", t)?, cstring("devices", l)?)))
@@ -306,6 +355,13 @@ impl LaunchPlan {
                 "linux.readonlyPaths",
                 linux.and_then(|l| l.readonly_paths().as_ref()),
             )?,
+            sysctls,
+            terminal: process.terminal().unwrap_or(false),
+            console_size: process
+                .console_size()
+                .as_ref()
+                .map(|b| (b.height().min(u16::MAX as u64) as u16, b.width().min(u16::MAX as u64) as u16)),
+            seccomp,
             rlimits,
             cwd: path_cstring("process.cwd", cwd)?,
             uid: user.uid(),
@@ -418,10 +474,99 @@ fn mount_op(rootfs: &Path, i: usize, m: &oci_spec::runtime::Mount) -> Result<Mou
     })
 }
 
+/// linux.devices as mknod calls. Paths must be below /dev, as runc asks.
+fn device_nodes(
+    rootfs: &Path,
+    devices: Option<&Vec<oci_spec::runtime::LinuxDevice>>,
+) -> Result<Vec<DeviceNode>, SpecError> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    let mut out = Vec::new();
+    for (i, d) in devices.into_iter().flatten().enumerate() {
+        let field = format!("linux.devices[{i}]");
+        let path = d.path();
+        if !path.starts_with("/dev/") || path.components().any(|c| c.as_os_str() == "..") {
+            return Err(bad(
+                format!("{field}.path"),
+                format!("{} is not below /dev", path.display()),
+            ));
+        }
+        let kind = match d.typ() {
+            T::C | T::U => nix::libc::S_IFCHR,
+            T::B => nix::libc::S_IFBLK,
+            T::P => nix::libc::S_IFIFO,
+            T::A => {
+                return Err(bad(
+                    format!("{field}.type"),
+                    "\"a\" is for device cgroup rules, not for a node",
+                ))
+            }
+        };
+        let perm = d.file_mode().unwrap_or(0o666) & 0o7777;
+        let target = resolve_in_root(rootfs, path)
+            .map_err(|e| bad(format!("{field}.path"), e.to_string()))?;
+        out.push(DeviceNode {
+            path: path.display().to_string(),
+            target: path_cstring(&format!("{field}.path"), &target)?,
+            mode: kind | perm,
+            major: d.major().max(0) as u64,
+            minor: d.minor().max(0) as u64,
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// linux.sysctl, limited as runc limits it to what the container's own
+/// namespaces isolate: writing anything else would change the whole VM,
+/// which other containers of the pod share.
+fn sysctls(
+    map: Option<&std::collections::HashMap<String, String>>,
+    flags: CloneFlags,
+) -> Result<Vec<(CString, CString)>, SpecError> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let mut keys: Vec<_> = map.into_iter().flatten().collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for (key, value) in keys {
+        let field = format!("linux.sysctl[{key}]");
+        let (needs, ns_name) = if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+            (CloneFlags::CLONE_NEWIPC, "IPC")
+        } else if key.starts_with("net.") {
+            (CloneFlags::CLONE_NEWNET, "network")
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            (CloneFlags::CLONE_NEWUTS, "UTS")
+        } else {
+            return Err(bad(field, "not a namespaced sysctl: it would change the whole VM"));
+        };
+        if !flags.contains(needs) {
+            return Err(bad(
+                field,
+                format!("needs a new {ns_name} namespace, which the spec does not ask for"),
+            ));
+        }
+        if key.contains("..") || key.contains('/') {
+            return Err(bad(field, "not a sysctl name"));
+        }
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        out.push((cstring(&field, &path)?, cstring(&field, value)?));
+    }
+    Ok(out)
+}
+
 /// linux.resources as cgroup v2 writes, converted as runc converts them.
 /// Device rules are not applied: the VM is the device boundary, and the
 /// guest has no devices beyond the defaults.
-fn cgroup_limits(
+pub(super) fn cgroup_limits(
     res: Option<&oci_spec::runtime::LinuxResources>,
 ) -> Result<Vec<(&'static str, String)>, SpecError> {
     let mut out = Vec::new();
@@ -429,6 +574,8 @@ fn cgroup_limits(
     if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
         match limit {
             -1 => out.push(("memory.max", "max".to_owned())),
+            // runc reads 0 as "not set".
+            0 => {}
             l if l > 0 => out.push(("memory.max", l.to_string())),
             l => {
                 return Err(bad(
@@ -577,6 +724,17 @@ mod tests {
             Some(c"mode=755,size=65536k")
         );
         assert_eq!(plan.mounts[1].remount_flags, None);
+
+        // No cgroup namespace in this spec: the mount becomes a read-only
+        // bind of the container's own cgroup.
+        let mut plan = plan;
+        plan.bind_cgroup_mounts(Path::new("/sys/fs/cgroup/husk/c1"))
+            .unwrap();
+        assert_eq!(plan.mounts[0].source.as_deref(), Some(c"/sys/fs/cgroup/husk/c1"));
+        assert!(plan.mounts[0].flags.contains(MsFlags::MS_BIND));
+        assert!(plan.mounts[0]
+            .remount_flags
+            .is_some_and(|f| f.contains(MsFlags::MS_RDONLY)));
     }
 
     #[test]
@@ -590,6 +748,43 @@ mod tests {
         .unwrap();
         assert_eq!(plan.mounts[0].remount_flags, Some(MsFlags::MS_RDONLY));
         assert!(!plan.mounts[0].target_is_file);
+    }
+
+    #[test]
+    fn sysctls_devices_and_terminal_reach_the_plan() {
+        let root = tempfile::tempdir().unwrap();
+        let plan = LaunchPlan::from_spec(&spec(
+            root.path(),
+            serde_json::json!({
+                "process": {"terminal": true, "consoleSize": {"height": 40, "width": 120}},
+                "linux": {
+                    "namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "network"}],
+                    "sysctl": {"kernel.shmmni": "1000", "net.ipv4.ip_local_port_range": "1024 2048"},
+                    "devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 432, "uid": 5}]
+                }
+            }),
+        ))
+        .unwrap();
+        assert!(plan.terminal);
+        assert_eq!(plan.console_size, Some((40, 120)));
+        assert_eq!(
+            plan.sysctls,
+            vec![
+                (c"/proc/sys/kernel/shmmni".to_owned(), c"1000".to_owned()),
+                (
+                    c"/proc/sys/net/ipv4/ip_local_port_range".to_owned(),
+                    c"1024 2048".to_owned()
+                )
+            ]
+        );
+        let node = &plan.device_nodes[0];
+        assert_eq!(node.mode, nix::libc::S_IFCHR | 0o660);
+        assert_eq!((node.major, node.minor, node.uid), (1, 3, 5));
+        // The spec's /dev/null replaces the default bind of the guest's.
+        assert!(!plan
+            .devices
+            .iter()
+            .any(|(src, _)| src.as_c_str() == c"/dev/null"));
     }
 
     #[test]
@@ -614,7 +809,12 @@ mod tests {
             e.starts_with("mounts[0].source") && e.contains("/nonexistent/src"),
             "{e}"
         );
-        assert!(err(r, serde_json::json!({"process": {"terminal": true}}))
-            .starts_with("process.terminal"));
+        let sysctl = serde_json::json!({"linux": {"sysctl": {"vm.swappiness": "1"}}});
+        assert!(err(r, sysctl).starts_with("linux.sysctl[vm.swappiness]"));
+        let no_netns = serde_json::json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "1"}}});
+        let e = err(r, no_netns);
+        assert!(e.contains("network namespace"), "{e}");
+        let device = serde_json::json!({"linux": {"devices": [{"path": "/etc/x", "type": "c", "major": 1, "minor": 3}]}});
+        assert!(err(r, device).starts_with("linux.devices[0].path"));
     }
 }

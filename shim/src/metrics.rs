@@ -1,0 +1,175 @@
+//! The guest's cgroup v2 figures as the metrics containerd expects from a
+//! shim's Stats: `io.containerd.cgroups.v1.Metrics` in an Any.
+//!
+//! Why v1 when the guest runs cgroup v2: containerd-shim-protos 0.10 carries
+//! only the v1 message, and every consumer (ctr task metrics, the CRI
+//! plugin's ContainerStats) reads v1 and v2 alike. The v2 files map onto v1
+//! fields as runc's own v1 exporter defines them (cache = file, rss = anon,
+//! CPU times in nanoseconds).
+
+use containerd_shim_protos::cgroups::metrics::{
+    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat,
+    Metrics, PidsStat, Throttle,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::Message;
+use husk_proto::agent::ContainerStatsResponse;
+
+pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
+
+pub fn to_metrics(s: &ContainerStatsResponse) -> Metrics {
+    let cpu = |k: &str| s.cpu_stat.get(k).copied().unwrap_or(0);
+    let mem = |k: &str| s.memory_stat.get(k).copied().unwrap_or(0);
+    let usec = |k: &str| cpu(k).saturating_mul(1000);
+    let memory = MemoryStat {
+        cache: mem("file"),
+        rss: mem("anon"),
+        rss_huge: mem("anon_thp"),
+        mapped_file: mem("file_mapped"),
+        dirty: mem("file_dirty"),
+        writeback: mem("file_writeback"),
+        pg_fault: mem("pgfault"),
+        pg_maj_fault: mem("pgmajfault"),
+        inactive_anon: mem("inactive_anon"),
+        active_anon: mem("active_anon"),
+        inactive_file: mem("inactive_file"),
+        active_file: mem("active_file"),
+        unevictable: mem("unevictable"),
+        hierarchical_memory_limit: limit(s.memory_max),
+        total_cache: mem("file"),
+        total_rss: mem("anon"),
+        total_rss_huge: mem("anon_thp"),
+        total_mapped_file: mem("file_mapped"),
+        total_dirty: mem("file_dirty"),
+        total_writeback: mem("file_writeback"),
+        total_pg_fault: mem("pgfault"),
+        total_pg_maj_fault: mem("pgmajfault"),
+        total_inactive_anon: mem("inactive_anon"),
+        total_active_anon: mem("active_anon"),
+        total_inactive_file: mem("inactive_file"),
+        total_active_file: mem("active_file"),
+        total_unevictable: mem("unevictable"),
+        usage: Some(MemoryEntry {
+            usage: s.memory_current,
+            limit: limit(s.memory_max),
+            max: s.memory_peak,
+            failcnt: s.memory_events.get("max").copied().unwrap_or(0),
+            ..Default::default()
+        })
+        .into(),
+        kernel: Some(MemoryEntry {
+            usage: mem("kernel_stack") + mem("slab") + mem("sock"),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let entry = |d: &husk_proto::agent::IoDeviceStats, op: &str, value: u64| BlkIOEntry {
+        op: op.into(),
+        major: d.major.into(),
+        minor: d.minor.into(),
+        value,
+        ..Default::default()
+    };
+    Metrics {
+        pids: Some(PidsStat {
+            current: s.pids_current,
+            limit: s.pids_max,
+            ..Default::default()
+        })
+        .into(),
+        cpu: Some(CPUStat {
+            usage: Some(CPUUsage {
+                total: usec("usage_usec"),
+                user: usec("user_usec"),
+                kernel: usec("system_usec"),
+                ..Default::default()
+            })
+            .into(),
+            throttling: Some(Throttle {
+                periods: cpu("nr_periods"),
+                throttled_periods: cpu("nr_throttled"),
+                throttled_time: usec("throttled_usec"),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .into(),
+        memory: Some(memory).into(),
+        blkio: Some(BlkIOStat {
+            io_service_bytes_recursive: s
+                .io
+                .iter()
+                .flat_map(|d| [entry(d, "Read", d.read_bytes), entry(d, "Write", d.write_bytes)])
+                .collect(),
+            io_serviced_recursive: s
+                .io
+                .iter()
+                .flat_map(|d| [entry(d, "Read", d.read_ios), entry(d, "Write", d.write_ios)])
+                .collect(),
+            ..Default::default()
+        })
+        .into(),
+        memory_oom_control: Some(MemoryOomControl {
+            oom_kill: s.memory_events.get("oom_kill").copied().unwrap_or(0),
+            under_oom: 0,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// v1 reports "no limit" as the largest page-aligned number.
+fn limit(max: u64) -> u64 {
+    if max == 0 {
+        i64::MAX as u64 & !4095
+    } else {
+        max
+    }
+}
+
+pub fn to_any(s: &ContainerStatsResponse) -> Result<Any, String> {
+    let value = to_metrics(s)
+        .write_to_bytes()
+        .map_err(|e| format!("encoding metrics: {e}"))?;
+    Ok(Any {
+        type_url: METRICS_TYPE_URL.into(),
+        value,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_figures_land_in_the_v1_fields() {
+        let mut s = ContainerStatsResponse {
+            memory_current: 64 << 20,
+            memory_max: 128 << 20,
+            pids_current: 3,
+            ..Default::default()
+        };
+        s.cpu_stat.insert("usage_usec".into(), 1500);
+        s.cpu_stat.insert("system_usec".into(), 500);
+        s.memory_stat.insert("anon".into(), 60 << 20);
+        s.memory_stat.insert("file".into(), 4 << 20);
+        s.memory_events.insert("oom_kill".into(), 2);
+        let any = to_any(&s).unwrap();
+        assert_eq!(any.type_url, METRICS_TYPE_URL);
+        let m = Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(m.memory.usage.usage, 64 << 20);
+        assert_eq!(m.memory.usage.limit, 128 << 20);
+        assert_eq!((m.memory.rss, m.memory.cache), (60 << 20, 4 << 20));
+        assert_eq!(m.cpu.usage.total, 1_500_000);
+        assert_eq!(m.cpu.usage.kernel, 500_000);
+        assert_eq!(m.pids.current, 3);
+        assert_eq!(m.memory_oom_control.oom_kill, 2);
+        // "max" becomes v1's unlimited.
+        s.memory_max = 0;
+        assert_eq!(to_metrics(&s).memory.usage.limit, 0x7FFF_FFFF_FFFF_F000);
+    }
+}

@@ -1,0 +1,208 @@
+//! The bundle's config.json as the guest must see it, checked before a VM
+//! is booted for it.
+//!
+//! - What only the host can check (a bind mount's source exists) and what
+//!   would otherwise fail only inside the guest after a boot (unknown
+//!   capability names, a negative memory limit) is refused here, naming
+//!   the field, so a bad spec costs no VM.
+//! - Paths are rewritten to the guest's view: `root.path` to the rootfs in
+//!   the shared directory, and each bind mount's source to its own share
+//!   point, `<container dir>/mounts/<i>` (see `rootfs::mount_binds`).
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// A host path bind-mounted into the container through the shared
+/// directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBind {
+    pub source: PathBuf,
+    /// Index of the mount in config.json; names its share point.
+    pub index: usize,
+    pub read_only: bool,
+    pub is_file: bool,
+}
+
+#[derive(Debug)]
+pub struct GuestSpec {
+    pub spec: Value,
+    /// The rootfs on the host: root.path against the bundle.
+    pub host_root: PathBuf,
+    pub binds: Vec<HostBind>,
+}
+
+/// Reads `<bundle>/config.json`, checks it and rewrites it for the guest.
+pub fn prepare(bundle: &Path, id: &str) -> anyhow::Result<GuestSpec> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let spec: Value =
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+    for_guest(spec, bundle, id).context("config.json")
+}
+
+fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSpec> {
+    check_capabilities(&spec)?;
+    check_memory_limit(&spec)?;
+    let Some(root) = spec.get_mut("root").and_then(|r| r.as_object_mut()) else {
+        bail!("root: missing");
+    };
+    let host_root = match root.get("path").and_then(|p| p.as_str()) {
+        Some(p) => bundle.join(p),
+        None => bail!("root.path: missing"),
+    };
+    root.insert("path".into(), crate::rootfs::guest_rootfs(id).into());
+
+    let mut binds = Vec::new();
+    for (i, m) in spec
+        .get_mut("mounts")
+        .and_then(|m| m.as_array_mut())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let options: Vec<&str> = m
+            .get("options")
+            .and_then(|o| o.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.as_str())
+            .collect();
+        let is_bind = m.get("type").and_then(|t| t.as_str()) == Some("bind")
+            || options.iter().any(|o| *o == "bind" || *o == "rbind");
+        if !is_bind {
+            continue;
+        }
+        let Some(source) = m.get("source").and_then(|s| s.as_str()) else {
+            bail!("mounts[{i}].source: a bind mount needs a source");
+        };
+        let source = PathBuf::from(source);
+        if !source.is_absolute() {
+            bail!("mounts[{i}].source: {} is not absolute", source.display());
+        }
+        let meta = std::fs::metadata(&source).map_err(|e| {
+            anyhow::anyhow!("mounts[{i}].source: {}: {e}", source.display())
+        })?;
+        let read_only = options.contains(&"ro");
+        binds.push(HostBind {
+            source,
+            index: i,
+            read_only,
+            is_file: !meta.is_dir(),
+        });
+        m["source"] = format!(
+            "{}/{id}/mounts/{i}",
+            husk_proto::GUEST_SHARED_DIR
+        )
+        .into();
+    }
+    Ok(GuestSpec {
+        spec,
+        host_root,
+        binds,
+    })
+}
+
+fn check_capabilities(spec: &Value) -> anyhow::Result<()> {
+    let Some(caps) = spec.pointer("/process/capabilities") else {
+        return Ok(());
+    };
+    for set in ["bounding", "effective", "permitted", "inheritable", "ambient"] {
+        for (j, name) in caps
+            .get(set)
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let name = name.as_str().unwrap_or("");
+            if !husk_proto::CAPABILITY_NAMES.contains(&name) {
+                bail!("process.capabilities.{set}[{j}]: unknown capability {name:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_memory_limit(spec: &Value) -> anyhow::Result<()> {
+    match spec.pointer("/linux/resources/memory/limit") {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => match v.as_i64() {
+            Some(l) if l >= -1 => Ok(()),
+            _ => bail!("linux.resources.memory.limit: must be positive or -1 (unlimited), got {v}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(extra: Value) -> Value {
+        let mut v = json!({"root": {"path": "rootfs"}, "process": {"args": ["sh"]}});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    #[test]
+    fn root_and_bind_sources_point_into_the_share() {
+        let host = tempfile::tempdir().unwrap();
+        let file = host.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let g = for_guest(
+            spec(json!({"mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": host.path(), "options": ["rbind", "ro"]},
+                {"destination": "/etc/f", "source": file, "options": ["bind"]}
+            ]})),
+            Path::new("/b"),
+            "c1",
+        )
+        .unwrap();
+        assert_eq!(g.host_root, Path::new("/b/rootfs"));
+        assert_eq!(g.spec["root"]["path"], "/run/husk/shared/c1/rootfs");
+        assert_eq!(g.spec["mounts"][0]["source"], "proc");
+        assert_eq!(g.spec["mounts"][1]["source"], "/run/husk/shared/c1/mounts/1");
+        assert_eq!(g.spec["mounts"][2]["source"], "/run/husk/shared/c1/mounts/2");
+        assert_eq!(
+            g.binds,
+            vec![
+                HostBind {
+                    source: host.path().into(),
+                    index: 1,
+                    read_only: true,
+                    is_file: false
+                },
+                HostBind {
+                    source: file,
+                    index: 2,
+                    read_only: false,
+                    is_file: true
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named_before_any_vm() {
+        let err = |extra: Value| {
+            format!(
+                "{:#}",
+                for_guest(spec(extra), Path::new("/b"), "c1").unwrap_err()
+            )
+        };
+        let e = err(json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/nonexistent/husk", "options": ["rbind"]}]}));
+        assert!(e.starts_with("mounts[0].source: /nonexistent/husk"), "{e}");
+        let e = err(json!({"process": {"capabilities": {"bounding": ["CAP_CHOWN", "CAP_BOGUS"]}}}));
+        assert!(e.starts_with("process.capabilities.bounding[1]"), "{e}");
+        assert!(e.contains("CAP_BOGUS"), "{e}");
+        let e = err(json!({"linux": {"resources": {"memory": {"limit": -5}}}}));
+        assert!(e.starts_with("linux.resources.memory.limit"), "{e}");
+        assert!(e.contains("-5"), "{e}");
+        let e = err(json!({"root": {}}));
+        assert!(e.starts_with("root.path"), "{e}");
+    }
+}
