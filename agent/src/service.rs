@@ -46,10 +46,16 @@ impl Agent for AgentService {
     type ReadOutputStream = ReceiverStream<Result<OutputChunk, Status>>;
     type WatchOomStream = ReceiverStream<Result<OomEvent, Status>>;
 
-    async fn set_clock(&self, request: Request<SetClockRequest>) -> Result<Response<Empty>, Status> {
+    async fn set_clock(
+        &self,
+        request: Request<SetClockRequest>,
+    ) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
         if req.nanos >= 1_000_000_000 {
-            return Err(Status::invalid_argument(format!("nanos {} out of range", req.nanos)));
+            return Err(Status::invalid_argument(format!(
+                "nanos {} out of range",
+                req.nanos
+            )));
         }
         let now = nix::sys::time::TimeSpec::new(req.unix_seconds, req.nanos as i64);
         nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now)
@@ -62,7 +68,10 @@ impl Agent for AgentService {
         request: Request<ResizePtyRequest>,
     ) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
-        let dim = |v: u32| u16::try_from(v).map_err(|_| Status::invalid_argument(format!("window size {v} out of range")));
+        let dim = |v: u32| {
+            u16::try_from(v)
+                .map_err(|_| Status::invalid_argument(format!("window size {v} out of range")))
+        };
         self.containers.resize(
             &req.container_id,
             &req.exec_id,
@@ -90,14 +99,16 @@ impl Agent for AgentService {
             io: s
                 .io
                 .into_iter()
-                .map(|(major, minor, read_bytes, write_bytes, read_ios, write_ios)| IoDeviceStats {
-                    major,
-                    minor,
-                    read_bytes,
-                    write_bytes,
-                    read_ios,
-                    write_ios,
-                })
+                .map(
+                    |(major, minor, read_bytes, write_bytes, read_ios, write_ios)| IoDeviceStats {
+                        major,
+                        minor,
+                        read_bytes,
+                        write_bytes,
+                        read_ios,
+                        write_ios,
+                    },
+                )
                 .collect(),
         }))
     }
@@ -126,17 +137,20 @@ impl Agent for AgentService {
             // memory.events is polled: a kill is reported within the
             // period, and always before the init's exit (the last check).
             loop {
-                let exited = tokio::time::timeout(
-                    OOM_POLL,
-                    exit.wait_for(Option::is_some),
-                )
-                .await
-                .is_ok();
+                let exited = tokio::time::timeout(OOM_POLL, exit.wait_for(Option::is_some))
+                    .await
+                    .is_ok();
                 let now = count();
                 if now > seen {
                     seen = now;
                     tracing::info!(container_id = %id, oom_kill = now, "OOM kill");
-                    if tx.send(Ok(OomEvent { oom_kill_count: now })).await.is_err() {
+                    if tx
+                        .send(Ok(OomEvent {
+                            oom_kill_count: now,
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

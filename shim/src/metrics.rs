@@ -8,8 +8,8 @@
 //! CPU times in nanoseconds).
 
 use containerd_shim_protos::cgroups::metrics::{
-    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat,
-    Metrics, PidsStat, Throttle,
+    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics,
+    PidsStat, Throttle,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
@@ -101,7 +101,12 @@ pub fn to_metrics(s: &ContainerStatsResponse) -> Metrics {
             io_service_bytes_recursive: s
                 .io
                 .iter()
-                .flat_map(|d| [entry(d, "Read", d.read_bytes), entry(d, "Write", d.write_bytes)])
+                .flat_map(|d| {
+                    [
+                        entry(d, "Read", d.read_bytes),
+                        entry(d, "Write", d.write_bytes),
+                    ]
+                })
                 .collect(),
             io_serviced_recursive: s
                 .io

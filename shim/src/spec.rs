@@ -80,9 +80,8 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
         if !source.is_absolute() {
             bail!("mounts[{i}].source: {} is not absolute", source.display());
         }
-        let meta = std::fs::metadata(&source).map_err(|e| {
-            anyhow::anyhow!("mounts[{i}].source: {}: {e}", source.display())
-        })?;
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| anyhow::anyhow!("mounts[{i}].source: {}: {e}", source.display()))?;
         let read_only = options.contains(&"ro");
         binds.push(HostBind {
             source,
@@ -90,11 +89,7 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
             read_only,
             is_file: !meta.is_dir(),
         });
-        m["source"] = format!(
-            "{}/{id}/mounts/{i}",
-            husk_proto::GUEST_SHARED_DIR
-        )
-        .into();
+        m["source"] = format!("{}/{id}/mounts/{i}", husk_proto::GUEST_SHARED_DIR).into();
     }
     Ok(GuestSpec {
         spec,
@@ -107,7 +102,13 @@ fn check_capabilities(spec: &Value) -> anyhow::Result<()> {
     let Some(caps) = spec.pointer("/process/capabilities") else {
         return Ok(());
     };
-    for set in ["bounding", "effective", "permitted", "inheritable", "ambient"] {
+    for set in [
+        "bounding",
+        "effective",
+        "permitted",
+        "inheritable",
+        "ambient",
+    ] {
         for (j, name) in caps
             .get(set)
             .and_then(|s| s.as_array())
@@ -165,8 +166,14 @@ mod tests {
         assert_eq!(g.host_root, Path::new("/b/rootfs"));
         assert_eq!(g.spec["root"]["path"], "/run/husk/shared/c1/rootfs");
         assert_eq!(g.spec["mounts"][0]["source"], "proc");
-        assert_eq!(g.spec["mounts"][1]["source"], "/run/husk/shared/c1/mounts/1");
-        assert_eq!(g.spec["mounts"][2]["source"], "/run/husk/shared/c1/mounts/2");
+        assert_eq!(
+            g.spec["mounts"][1]["source"],
+            "/run/husk/shared/c1/mounts/1"
+        );
+        assert_eq!(
+            g.spec["mounts"][2]["source"],
+            "/run/husk/shared/c1/mounts/2"
+        );
         assert_eq!(
             g.binds,
             vec![
@@ -194,7 +201,9 @@ mod tests {
                 for_guest(spec(extra), Path::new("/b"), "c1").unwrap_err()
             )
         };
-        let e = err(json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/nonexistent/husk", "options": ["rbind"]}]}));
+        let e = err(
+            json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/nonexistent/husk", "options": ["rbind"]}]}),
+        );
         assert!(e.starts_with("mounts[0].source: /nonexistent/husk"), "{e}");
         let e = err(json!({"process": {"capabilities": {"bounding": ["CAP_CHOWN", "CAP_BOGUS"]}}}));
         assert!(e.starts_with("process.capabilities.bounding[1]"), "{e}");

@@ -141,8 +141,8 @@ impl Inner {
         let bundle = PathBuf::from(&req.bundle);
         // Checked before anything is mounted or booted: a bad spec costs
         // nothing and leaves nothing.
-        let guest = crate::spec::prepare(&bundle, &id)
-            .map_err(|e| TaskError(Code::INVALID_ARGUMENT, e))?;
+        let guest =
+            crate::spec::prepare(&bundle, &id).map_err(|e| TaskError(Code::INVALID_ARGUMENT, e))?;
         let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, &self.vm_id);
         let container_dir = rootfs::host_container_dir(&shared, &id);
         let share_at = container_dir.join("rootfs");

@@ -2,34 +2,34 @@
 //! byte, husk beside runc through the same private containerd, with husk's
 //! time split into VM boot, the agent's create and start, the shim's own
 //! work (its Create and Start handlers less the VM and agent time), and
-//! containerd + ctr (the rest). Not a test: it measures.
+//! containerd + ctr (the rest); then `ctr task exec` of `echo hi` into a
+//! running container, to first output, for both. Not a test: it measures.
 //!
 //!   cargo build --release -p husk-shim && cargo bench -p husk-tests --bench ctr_run
 //!   (HUSK_BENCH_RUNS=N, default 5; the shim measured is the release build)
 
 use husk_tests::containerd::Containerd;
+use husk_tests::ctr::{remove_task, run_detached};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const IMAGE: &str = "docker.io/husk/busybox:test";
 
-/// (ms to first output byte, ms to exit)
+/// (ms to first output byte, ms to exit) of `ctr run --rm ... echo hi`.
 fn time_run(ctrd: &Containerd, runtime: &str, id: &str) -> (f64, f64) {
+    time_ctr(
+        ctrd,
+        &["run", "--rm", "--runtime", runtime, IMAGE, id, "echo", "hi"],
+    )
+}
+
+/// (ms to first output byte, ms to exit) of `ctr args...`.
+fn time_ctr(ctrd: &Containerd, args: &[&str]) -> (f64, f64) {
     let started = Instant::now();
     let mut child = Command::new("ctr")
-        .args([
-            "--address",
-            ctrd.socket.to_str().unwrap(),
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            IMAGE,
-            id,
-            "echo",
-            "hi",
-        ])
+        .args(["--address", ctrd.socket.to_str().unwrap()])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -44,7 +44,7 @@ fn time_run(ctrd: &Containerd, runtime: &str, id: &str) -> (f64, f64) {
         .expect("no output");
     let first_ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = child.wait().unwrap();
-    assert!(status.success(), "ctr run {id} failed");
+    assert!(status.success(), "ctr {args:?} failed");
     (first_ms, started.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -109,6 +109,41 @@ fn main() {
             row.1.push(v);
         }
     }
+    // Exec latency: into one running container per runtime.
+    for (runtime, name) in [
+        (
+            "io.containerd.runc.v2",
+            "runc: ctr task exec to first output",
+        ),
+        (
+            "io.containerd.husk.v2",
+            "husk: ctr task exec to first output",
+        ),
+    ] {
+        let id = format!("bench-exec-{}", &name[..4]);
+        run_detached(&ctrd, runtime, &id, &["sleep", "1000"]);
+        let times = (0..runs)
+            .map(|i| {
+                time_ctr(
+                    &ctrd,
+                    &[
+                        "task",
+                        "exec",
+                        "--exec-id",
+                        &format!("e{i}"),
+                        &id,
+                        "echo",
+                        "hi",
+                    ],
+                )
+                .0
+            })
+            .collect();
+        rows.push((name, times));
+        let _ = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+        remove_task(&ctrd, &id);
+    }
+
     println!("\nctr run benchmark: {runs} runs of `echo hi`, private containerd, same image\n");
     println!("{:<40} {:>9} {:>9} {:>9}", "ms", "min", "median", "max");
     for (name, v) in rows {

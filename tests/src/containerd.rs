@@ -89,6 +89,8 @@ impl Containerd {
         self.ctr_with_stdin(args, None)
     }
 
+    /// Like `ctr`, feeding `stdin` (then EOF). A ctr that does not return
+    /// within five minutes is killed and the test fails, naming it.
     pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address").arg(&self.socket).args(args);
@@ -99,12 +101,39 @@ impl Containerd {
             Stdio::null()
         });
         let mut child = cmd.spawn().expect("running ctr");
+        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
         if let Some(input) = stdin {
             use std::io::Write;
             let mut s = child.stdin.take().unwrap();
             s.write_all(input).unwrap();
         }
-        child.wait_with_output().unwrap()
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ctr {args:?} did not return within 5 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        }
     }
 
     /// Imports an OCI image archive; returns nothing, panics on failure.

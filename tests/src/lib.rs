@@ -181,3 +181,4 @@ mod tests {
     }
 }
 pub mod containerd;
+pub mod ctr;

@@ -336,7 +336,11 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
                 Ok(fd) => fd,
                 Err(e) => fail(Step::Sysctl, i, e),
             };
-            step!(Step::Sysctl, i, unistd::write(borrow(fd), value.to_bytes()).map(drop));
+            step!(
+                Step::Sysctl,
+                i,
+                unistd::write(borrow(fd), value.to_bytes()).map(drop)
+            );
             let _ = unistd::close(fd);
         }
 

@@ -366,7 +366,13 @@ impl Containers {
     }
 
     /// Sets the window size of the process's terminal.
-    pub fn resize(&self, id: &str, exec_id: &str, rows: u16, cols: u16) -> Result<(), ContainerError> {
+    pub fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), ContainerError> {
         self.with_process(id, exec_id, |p, _| {
             let pty = p.pty.as_ref().ok_or_else(|| state(id, "has no terminal"))?;
             stdio::set_window_size(pty, rows, cols)
@@ -381,8 +387,9 @@ impl Containers {
 
     /// Applies new linux.resources to a container's cgroup.
     pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), ContainerError> {
-        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(resources_json)
-            .map_err(|e| ContainerError::Spec(format!("linux.resources: {e}")))?;
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(resources_json)
+                .map_err(|e| ContainerError::Spec(format!("linux.resources: {e}")))?;
         let limits = plan::cgroup_limits(Some(&resources))
             .map_err(|e| ContainerError::Spec(e.to_string()))?;
         let cgroup = self.with_process(id, "", |_, cgroup| Ok(cgroup.clone()))?;
@@ -577,7 +584,9 @@ fn describe(plan: &LaunchPlan, (step, index, errno, _): Report) -> String {
         Some(Step::DeviceNode) => plan
             .device_nodes
             .get(i)
-            .map_or("linux.devices".into(), |d| format!("creating device {}", d.path)),
+            .map_or("linux.devices".into(), |d| {
+                format!("creating device {}", d.path)
+            }),
         Some(Step::Sysctl) => plan.sysctls.get(i).map_or("linux.sysctl".into(), |(p, _)| {
             format!("writing sysctl {}", p.to_string_lossy())
         }),

@@ -177,7 +177,13 @@ impl LaunchPlan {
                 m.data = None;
                 m.flags = MsFlags::MS_BIND | MsFlags::MS_REC;
                 let bits = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-                m.remount_flags = Some(bits | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() });
+                m.remount_flags = Some(
+                    bits | if ro {
+                        MsFlags::MS_RDONLY
+                    } else {
+                        MsFlags::empty()
+                    },
+                );
             }
         }
         Ok(())
@@ -313,10 +319,7 @@ impl LaunchPlan {
         };
 
         let device_nodes = device_nodes(&rootfs, linux.and_then(|l| l.devices().as_ref()))?;
-        let sysctls = sysctls(
-            linux.and_then(|l| l.sysctl().as_ref()),
-            clone_flags,
-        )?;
+        let sysctls = sysctls(linux.and_then(|l| l.sysctl().as_ref()), clone_flags)?;
         let seccomp = linux
             .and_then(|l| l.seccomp().as_ref())
             .map(super::seccomp::compile)
@@ -357,10 +360,12 @@ impl LaunchPlan {
             )?,
             sysctls,
             terminal: process.terminal().unwrap_or(false),
-            console_size: process
-                .console_size()
-                .as_ref()
-                .map(|b| (b.height().min(u16::MAX as u64) as u16, b.width().min(u16::MAX as u64) as u16)),
+            console_size: process.console_size().as_ref().map(|b| {
+                (
+                    b.height().min(u16::MAX as u64) as u16,
+                    b.width().min(u16::MAX as u64) as u16,
+                )
+            }),
             seccomp,
             rlimits,
             cwd: path_cstring("process.cwd", cwd)?,
@@ -546,7 +551,10 @@ fn sysctls(
         } else if key == "kernel.hostname" || key == "kernel.domainname" {
             (CloneFlags::CLONE_NEWUTS, "UTS")
         } else {
-            return Err(bad(field, "not a namespaced sysctl: it would change the whole VM"));
+            return Err(bad(
+                field,
+                "not a namespaced sysctl: it would change the whole VM",
+            ));
         };
         if !flags.contains(needs) {
             return Err(bad(
@@ -730,7 +738,10 @@ mod tests {
         let mut plan = plan;
         plan.bind_cgroup_mounts(Path::new("/sys/fs/cgroup/husk/c1"))
             .unwrap();
-        assert_eq!(plan.mounts[0].source.as_deref(), Some(c"/sys/fs/cgroup/husk/c1"));
+        assert_eq!(
+            plan.mounts[0].source.as_deref(),
+            Some(c"/sys/fs/cgroup/husk/c1")
+        );
         assert!(plan.mounts[0].flags.contains(MsFlags::MS_BIND));
         assert!(plan.mounts[0]
             .remount_flags

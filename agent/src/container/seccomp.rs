@@ -109,7 +109,12 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SpecError> {
         };
     }
     let mut ctx = ScmpFilterContext::new_filter(default).map_err(lib)?;
-    for a in profile.architectures().iter().flatten().filter_map(|a| arch(*a)) {
+    for a in profile
+        .architectures()
+        .iter()
+        .flatten()
+        .filter_map(|a| arch(*a))
+    {
         ctx.add_arch(a).map_err(lib)?;
     }
     for (i, rule) in profile.syscalls().iter().flatten().enumerate() {
@@ -181,7 +186,10 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<nix::libc::sock_filter>, SpecEr
 }
 
 fn tempfile_in_memory() -> std::io::Result<std::fs::File> {
-    let fd = nix::sys::memfd::memfd_create(c"husk-seccomp", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    let fd = nix::sys::memfd::memfd_create(
+        c"husk-seccomp",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
     Ok(std::fs::File::from(fd))
 }
 

@@ -161,8 +161,8 @@ fn dev_null() -> Result<OwnedFd, ContainerError> {
 fn pipe_pair(parent_reads: bool) -> Result<(OwnedFd, OwnedFd), ContainerError> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))?;
     let (parent, child) = if parent_reads { (r, w) } else { (w, r) };
-    let flags = nix::fcntl::fcntl(parent.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
-        .map_err(io("pipe"))?;
+    let flags =
+        nix::fcntl::fcntl(parent.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(io("pipe"))?;
     nix::fcntl::fcntl(
         parent.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
