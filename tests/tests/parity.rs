@@ -80,6 +80,7 @@ fn scenarios() -> Vec<Scenario> {
         // Signals and processes.
         run("pid1-ignores-own-sigkill", &[], &["sh", "-c", "kill -9 $$; echo alive"], "alive"),
         run("shell-killed-by-signal", &[], &["sh", "-c", "sh -c 'kill -9 $$'; echo status=$?"], "status=137"),
+        run("init-exit-ends-the-rest", &[], &["sh", "-c", "sleep 1000 & echo started"], "started"),
         run("zombies-reaped", &[], &["sh", "-c", "sleep 0.1 & wait; echo reaped"], "reaped"),
         run("pid-namespace", &[], &["sh", "-c", "echo $$; tr '\\0' ' ' < /proc/1/cmdline"], "1\ntr"),
         Scenario { name: "sigterm-ignored-then-sigkill", how: How::Custom(kill_sequence), expect: "exit=137" },
@@ -117,6 +118,7 @@ fn scenarios() -> Vec<Scenario> {
             ]);
         }, &["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -u"], "512\n768\n300"),
         Scenario { name: "oom-kill", how: How::Custom(oom_kill), expect: "exit=137 oom_event=true" },
+        Scenario { name: "oom-kill-of-a-child", how: How::Custom(oom_kill_child), expect: "survived\nexit=0 oom_event=true" },
         Scenario { name: "memory-limit-update", how: How::Custom(memory_update), expect: "limit=33554432 then 67108864" },
         Scenario { name: "metrics", how: How::Custom(metrics), expect: "memory.usage_in_bytes" },
         // Root file system and mounts.
@@ -466,6 +468,26 @@ fn tty_resize(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
 /// A 32 MiB container whose init allocates 64 MiB: killed in its own
 /// cgroup, exit 137, and a TaskOOM event.
 fn oom_kill(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
+    oom(
+        ctx,
+        runtime,
+        id,
+        "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+    )
+}
+
+/// Only the child that allocates is killed; the container (and its VM)
+/// goes on, and TaskOOM is still published.
+fn oom_kill_child(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
+    oom(
+        ctx,
+        runtime,
+        id,
+        "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo survived",
+    )
+}
+
+fn oom(ctx: &Ctx, runtime: &str, id: &str, script: &str) -> Outcome {
     let mut events = std::process::Command::new("ctr")
         .arg("--address")
         .arg(&ctx.ctrd.socket)
@@ -478,11 +500,7 @@ fn oom_kill(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
         runtime,
         &["--memory-limit", "33554432"],
         id,
-        &[
-            "sh",
-            "-c",
-            "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
-        ],
+        &["sh", "-c", script],
         None,
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -491,10 +509,15 @@ fn oom_kill(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
     let oom = log
         .lines()
         .any(|l| l.contains("/tasks/oom") && l.contains(id));
-    outcome(
-        format!("exit={} oom_event={oom}", out.status.code().unwrap_or(-1)),
-        out.status.code(),
-    )
+    Outcome {
+        stdout: format!(
+            "{}exit={} oom_event={oom}",
+            text(&out.stdout),
+            out.status.code().unwrap_or(-1)
+        ),
+        stderr: text(&out.stderr),
+        status: out.status.code(),
+    }
 }
 
 /// The container's own memory limit as it sees it: cgroup v2 in the guest,
