@@ -30,13 +30,38 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("pod annotation {key}: {message}")]
+    Annotation { key: &'static str, message: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
+    pub pod: PodConfig,
     pub timeouts: Timeouts,
+}
+
+/// The pod annotations that size a pod's VM, and their bounds.
+pub const VCPUS_ANNOTATION: &str = "io.husk.vcpus";
+pub const MEMORY_ANNOTATION: &str = "io.husk.memory_mib";
+
+/// What a pod may ask for its VM through annotations; the defaults are
+/// `hypervisor.vcpus` and `hypervisor.memory_mib`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodConfig {
+    pub max_vcpus: u32,
+    pub max_memory_mib: u32,
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        Self {
+            max_vcpus: 4,
+            max_memory_mib: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -165,6 +190,42 @@ impl Config {
         Ok(config)
     }
 
+    /// The VM size for a pod with these annotations: the defaults, or what
+    /// the annotations ask within `[pod]`'s bounds.
+    pub fn pod_size(
+        &self,
+        annotations: &std::collections::HashMap<String, String>,
+    ) -> Result<(u32, u32), ConfigError> {
+        let get = |key: &'static str, default: u32, min: u32, max: u32, bound: &str| {
+            let Some(text) = annotations.get(key) else {
+                return Ok(default);
+            };
+            match text.trim().parse::<u32>() {
+                Ok(v) if (min..=max).contains(&v) => Ok(v),
+                _ => Err(ConfigError::Annotation {
+                    key,
+                    message: format!("{text:?} is outside {min}..={max} ({bound})"),
+                }),
+            }
+        };
+        Ok((
+            get(
+                VCPUS_ANNOTATION,
+                self.hypervisor.vcpus,
+                1,
+                self.pod.max_vcpus,
+                "pod.max_vcpus",
+            )?,
+            get(
+                MEMORY_ANNOTATION,
+                self.hypervisor.memory_mib,
+                MIN_MEMORY_MIB,
+                self.pod.max_memory_mib,
+                "pod.max_memory_mib",
+            )?,
+        ))
+    }
+
     /// Range checks that serde cannot express. File existence is checked
     /// where the files are used (the hypervisor's preflight), so that a
     /// config can be validated on a machine without guest artifacts.
@@ -183,6 +244,25 @@ impl Config {
             return Err(invalid(
                 "hypervisor.vcpus",
                 format!("must be between 1 and {MAX_VCPUS}, got {}", h.vcpus),
+            ));
+        }
+        let p = &self.pod;
+        if p.max_vcpus < h.vcpus || p.max_vcpus > MAX_VCPUS {
+            return Err(invalid(
+                "pod.max_vcpus",
+                format!(
+                    "must be between hypervisor.vcpus ({}) and {MAX_VCPUS}, got {}",
+                    h.vcpus, p.max_vcpus
+                ),
+            ));
+        }
+        if p.max_memory_mib < h.memory_mib || p.max_memory_mib > MAX_MEMORY_MIB {
+            return Err(invalid(
+                "pod.max_memory_mib",
+                format!(
+                    "must be between hypervisor.memory_mib ({}) and {MAX_MEMORY_MIB}, got {}",
+                    h.memory_mib, p.max_memory_mib
+                ),
             ));
         }
         for (key, path) in [
@@ -268,6 +348,41 @@ mod tests {
     fn unknown_key_is_named() {
         let err = Config::parse("[hypervisor]\nmemory_mb = 128\n").unwrap_err();
         assert!(err.to_string().contains("memory_mb"), "{err}");
+    }
+
+    #[test]
+    fn pod_bounds_must_cover_the_default_size() {
+        let err = Config::parse("[pod]\nmax_vcpus = 0\n").unwrap_err();
+        assert!(err.to_string().contains("pod.max_vcpus"), "{err}");
+        let err = Config::parse("[hypervisor]\nmemory_mib = 512\n[pod]\nmax_memory_mib = 256\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("pod.max_memory_mib"), "{err}");
+    }
+
+    /// A pod's annotation, checked against the bounds: the size to boot.
+    #[test]
+    fn pod_annotations_size_the_vm_within_bounds() {
+        let c = Config::default();
+        let ann = |v: &str, m: &str| {
+            std::collections::HashMap::from([
+                (VCPUS_ANNOTATION.to_string(), v.to_string()),
+                (MEMORY_ANNOTATION.to_string(), m.to_string()),
+            ])
+        };
+        assert_eq!(c.pod_size(&Default::default()).unwrap(), (1, 256));
+        assert_eq!(c.pod_size(&ann("2", "512")).unwrap(), (2, 512));
+        let e = c.pod_size(&ann("0", "512")).unwrap_err().to_string();
+        assert!(
+            e.contains("io.husk.vcpus") && e.contains("pod.max_vcpus"),
+            "{e}"
+        );
+        let e = c.pod_size(&ann("1", "999999")).unwrap_err().to_string();
+        assert!(
+            e.contains("io.husk.memory_mib") && e.contains("4096"),
+            "{e}"
+        );
+        let e = c.pod_size(&ann("two", "512")).unwrap_err().to_string();
+        assert!(e.contains("io.husk.vcpus") && e.contains("two"), "{e}");
     }
 
     #[test]

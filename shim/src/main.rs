@@ -45,9 +45,21 @@ impl Shim for HuskShim {
         }
     }
 
+    /// One shim, and so one VM, per pod: containers name their pod's
+    /// sandbox in a CRI annotation, and a shim started for the same
+    /// sandbox finds the socket taken and hands back that shim's address.
+    /// Without the annotation (`ctr run`) the container is its own group.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        // One shim (and VM) per container until pods group them.
-        let grouping = opts.id.clone();
+        let grouping = std::fs::read("config.json")
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|spec| {
+                spec.pointer("/annotations/io.kubernetes.cri.sandbox-id")?
+                    .as_str()
+                    .filter(|s| husk_proto::is_safe_id(s, 128))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| opts.id.clone());
         spawn(opts, &grouping, Vec::new()).await
     }
 

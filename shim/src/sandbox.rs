@@ -16,7 +16,17 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub async fn start(config: &Config, vm_id: &str) -> anyhow::Result<Self> {
+    /// Boots the VM `vm_id` with `vcpus` and `memory_mib` (the pod's size).
+    pub async fn start(
+        config: &Config,
+        vm_id: &str,
+        vcpus: u32,
+        memory_mib: u32,
+    ) -> anyhow::Result<Self> {
+        let mut config = config.clone();
+        config.hypervisor.vcpus = vcpus;
+        config.hypervisor.memory_mib = memory_mib;
+        let config = &config;
         let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, vm_id);
         std::fs::create_dir_all(&shared)
             .with_context(|| format!("creating the shared directory {}", shared.display()))?;
@@ -55,10 +65,7 @@ impl Sandbox {
 fn remove_shared_dir(shared: &Path) {
     if let Ok(entries) = std::fs::read_dir(shared) {
         for entry in entries.flatten() {
-            let rootfs = entry.path().join("rootfs");
-            rootfs::unmount_all(&rootfs);
-            let _ = std::fs::remove_dir(&rootfs);
-            let _ = std::fs::remove_dir(entry.path());
+            rootfs::release(Path::new(""), &entry.path(), false);
         }
     }
     if let Err(e) = std::fs::remove_dir(shared) {

@@ -44,6 +44,18 @@ pub fn prepare(bundle: &Path, id: &str) -> anyhow::Result<GuestSpec> {
 fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSpec> {
     check_capabilities(&spec)?;
     check_memory_limit(&spec)?;
+    // The VM is the pod, and its network namespace is the pod's network:
+    // a network namespace named by a host path (CNI's, for a pod) means
+    // the guest's own; one without a path stays a new, empty one.
+    if let Some(namespaces) = spec
+        .pointer_mut("/linux/namespaces")
+        .and_then(|n| n.as_array_mut())
+    {
+        namespaces.retain(|ns| {
+            !(ns.get("type").and_then(|t| t.as_str()) == Some("network")
+                && ns.get("path").is_some_and(|p| !p.is_null()))
+        });
+    }
     let Some(root) = spec.get_mut("root").and_then(|r| r.as_object_mut()) else {
         bail!("root: missing");
     };
@@ -190,6 +202,24 @@ mod tests {
                     is_file: true
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn a_host_network_namespace_becomes_the_guests() {
+        let g = for_guest(
+            spec(json!({"linux": {"namespaces": [
+                {"type": "network", "path": "/var/run/netns/cni-1234"},
+                {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "mount"}
+            ]}})),
+            Path::new("/b"),
+            "c1",
+        )
+        .unwrap();
+        assert_eq!(
+            g.spec["linux"]["namespaces"],
+            json!([{"type": "ipc", "path": "/proc/7/ns/ipc"}, {"type": "mount"}])
         );
     }
 

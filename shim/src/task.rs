@@ -143,6 +143,16 @@ impl Inner {
         // nothing and leaves nothing.
         let guest =
             crate::spec::prepare(&bundle, &id).map_err(|e| TaskError(Code::INVALID_ARGUMENT, e))?;
+        // The pod's VM size, from the sandbox's annotations; checked here so
+        // that a bad one fails RunPodSandbox before anything is made.
+        let annotations: HashMap<String, String> = guest
+            .spec
+            .get("annotations")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
+            .unwrap_or_default();
+        let size = config
+            .pod_size(&annotations)
+            .map_err(|e| TaskError(Code::INVALID_ARGUMENT, e.into()))?;
         let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, &self.vm_id);
         let container_dir = rootfs::host_container_dir(&shared, &id);
         let share_at = container_dir.join("rootfs");
@@ -165,6 +175,7 @@ impl Inner {
             Ok(()) => {
                 self.create_in_vm(
                     config,
+                    size,
                     &req,
                     guest.spec,
                     &share_at,
@@ -185,6 +196,7 @@ impl Inner {
     async fn create_in_vm(
         &self,
         config: &husk_config::Config,
+        (vcpus, memory_mib): (u32, u32),
         req: &api::CreateTaskRequest,
         spec: serde_json::Value,
         share_at: &Path,
@@ -197,7 +209,7 @@ impl Inner {
         let mut agent = {
             let mut sandbox = self.sandbox.lock().await;
             if sandbox.is_none() {
-                *sandbox = Some(Sandbox::start(config, &self.vm_id).await?);
+                *sandbox = Some(Sandbox::start(config, &self.vm_id, vcpus, memory_mib).await?);
                 vm_boot_ms = boot_started.elapsed().as_millis() as u64;
             }
             sandbox.as_ref().map(|s| s.agent.clone()).expect("just set")

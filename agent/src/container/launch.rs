@@ -171,6 +171,19 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
             let _ = unistd::close(fd);
         }
     } else {
+        // A pod's shared namespaces, named by path, before any mount.
+        for (i, (path, flag)) in plan.enter.iter().enumerate() {
+            let fd = match nix::fcntl::open(
+                path.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(e) => fail(Step::JoinNamespace, i, e),
+            };
+            step!(Step::JoinNamespace, i, nix::sched::setns(borrow(fd), *flag));
+            let _ = unistd::close(fd);
+        }
         // Join the container's cgroup ourselves, then make the cgroup
         // namespace, so that its root is that cgroup (as under runc).
         if let Some(procs) = &plan.cgroup_procs {

@@ -164,7 +164,8 @@ impl Containers {
         let reaper = self.reaper.clone();
         let (id2, cg) = (id.clone(), cgroup.clone());
         let init = tokio::task::spawn_blocking(move || {
-            spawn_process(&id2, plan, stdin, &reaper, &cg, None)
+            let pid_ns = plan.enter_pid_ns.clone();
+            spawn_process(&id2, plan, stdin, &reaper, &cg, pid_ns)
         })
         .await
         .map_err(|e| ContainerError::Io(e.to_string()))?
@@ -217,13 +218,19 @@ impl Containers {
             LaunchPlan::from_spec(&spec).map_err(|e| ContainerError::Spec(e.to_string()))?;
         let mut container_flags = plan.clone_flags;
         container_flags.set(CloneFlags::CLONE_NEWCGROUP, plan.unshare_cgroup_ns);
+        // Namespaces the init entered by path are its namespaces too.
+        for (_, flag) in &plan.enter {
+            container_flags |= *flag;
+        }
+        plan.enter.clear();
         plan.join = Some(plan::JoinPlan::of(init_pid, container_flags));
         plan.clone_flags = CloneFlags::empty();
         let plan = Arc::new(plan);
         let reaper = self.reaper.clone();
         let id2 = id.to_owned();
         let proc = tokio::task::spawn_blocking(move || {
-            spawn_process(&id2, plan, stdin, &reaper, &cgroup, Some(init_pid))
+            let pid_ns = format!("/proc/{init_pid}/ns/pid");
+            spawn_process(&id2, plan, stdin, &reaper, &cgroup, Some(pid_ns))
         })
         .await
         .map_err(|e| ContainerError::Io(e.to_string()))??;
@@ -435,8 +442,8 @@ fn check_id(id: &str) -> Result<(), ContainerError> {
     }
 }
 
-/// Clones the child for a container's init (`join_pid_ns` None) or for an
-/// exec into the PID namespace of `join_pid_ns`, and waits for its
+/// Clones the child, in the PID namespace file `join_pid_ns` when given
+/// (an exec, or an init sharing a pod's PID namespace), and waits for its
 /// "created" report.
 fn spawn_process(
     id: &str,
@@ -444,7 +451,7 @@ fn spawn_process(
     stdin: bool,
     reaper: &Reaper,
     cgroup: &cgroup::Cgroup,
-    join_pid_ns: Option<i32>,
+    join_pid_ns: Option<String>,
 ) -> Result<Process, ContainerError> {
     let io = |e: Errno| ContainerError::Io(e.to_string());
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io)?;
@@ -466,8 +473,8 @@ fn spawn_process(
         None => clone_child(&plan, fds),
         // setns(CLONE_NEWPID) changes where this thread's *children* go,
         // for good: do it on a thread of its own that ends after the clone.
-        Some(init_pid) => {
-            let ns = std::fs::File::open(format!("/proc/{init_pid}/ns/pid"))
+        Some(ns_path) => {
+            let ns = std::fs::File::open(&ns_path)
                 .map_err(|e| launch_err(id, format!("opening the PID namespace: {e}")))?;
             let plan = plan.clone();
             std::thread::spawn(move || {

@@ -103,6 +103,11 @@ pub struct LaunchPlan {
     /// Set for an exec process: enter these instead of making a container.
     pub join: Option<JoinPlan>,
     pub clone_flags: CloneFlags,
+    /// Namespaces the spec names by path (a pod's shared IPC and UTS
+    /// namespaces): entered by the child before it mounts anything.
+    pub enter: Vec<(CString, CloneFlags)>,
+    /// A PID namespace named by path: the cloning thread enters it.
+    pub enter_pid_ns: Option<String>,
     pub rootfs: CString,
     pub readonly_rootfs: bool,
     pub hostname: Option<CString>,
@@ -243,19 +248,44 @@ impl LaunchPlan {
 
         let linux = spec.linux().as_ref();
         let mut clone_flags = CloneFlags::empty();
-        for ns in linux
+        let mut enter = Vec::new();
+        let mut enter_pid_ns = None;
+        for (i, ns) in linux
             .and_then(|l| l.namespaces().as_ref())
             .into_iter()
             .flatten()
+            .enumerate()
         {
-            if ns.path().is_some() {
-                return Err(bad(
-                    "linux.namespaces.path",
-                    format!(
-                        "joining an existing {:?} namespace is not supported yet",
-                        ns.typ()
-                    ),
-                ));
+            if let Some(path) = ns.path() {
+                let field = format!("linux.namespaces[{i}].path");
+                let (flag, name) = match ns.typ() {
+                    LinuxNamespaceType::Ipc => (CloneFlags::CLONE_NEWIPC, "ipc"),
+                    LinuxNamespaceType::Uts => (CloneFlags::CLONE_NEWUTS, "uts"),
+                    LinuxNamespaceType::Network => (CloneFlags::CLONE_NEWNET, "net"),
+                    LinuxNamespaceType::Pid => (CloneFlags::CLONE_NEWPID, "pid"),
+                    other => {
+                        return Err(bad(
+                            field,
+                            format!("joining an existing {other:?} namespace is not supported"),
+                        ))
+                    }
+                };
+                // Only another guest process's namespace: /proc/<pid>/ns/<name>.
+                if !is_proc_ns_path(path, name) {
+                    return Err(bad(
+                        field,
+                        format!(
+                            "{} is not /proc/<pid>/ns/{name} of a guest process",
+                            path.display()
+                        ),
+                    ));
+                }
+                if flag == CloneFlags::CLONE_NEWPID {
+                    enter_pid_ns = Some(path.display().to_string());
+                } else {
+                    enter.push((path_cstring(&field, path)?, flag));
+                }
+                continue;
             }
             clone_flags |= match ns.typ() {
                 LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
@@ -328,6 +358,8 @@ impl LaunchPlan {
         Ok(LaunchPlan {
             join: None,
             clone_flags,
+            enter,
+            enter_pid_ns,
             rootfs: path_cstring("root.path", &rootfs)?,
             readonly_rootfs: root.readonly().unwrap_or(false),
             hostname: match spec.hostname() {
@@ -623,6 +655,19 @@ pub(super) fn cgroup_limits(
     Ok(out)
 }
 
+/// `/proc/<digits>/ns/<name>`, nothing else.
+fn is_proc_ns_path(path: &Path, name: &str) -> bool {
+    let parts: Vec<_> = path.components().map(|c| c.as_os_str()).collect();
+    parts.len() == 5
+        && parts[0] == "/"
+        && parts[1] == "proc"
+        && parts[2]
+            .to_str()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[3] == "ns"
+        && parts[4] == name
+}
+
 fn rlimit_resource(
     typ: oci_spec::runtime::PosixRlimitType,
 ) -> Option<nix::sys::resource::Resource> {
@@ -762,6 +807,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_namespaces_are_entered_by_path() {
+        let root = tempfile::tempdir().unwrap();
+        let plan = LaunchPlan::from_spec(&spec(
+            root.path(),
+            serde_json::json!({"linux": {"namespaces": [
+                {"type": "mount"},
+                {"type": "ipc", "path": "/proc/12/ns/ipc"},
+                {"type": "uts", "path": "/proc/12/ns/uts"},
+                {"type": "pid", "path": "/proc/12/ns/pid"}
+            ]}}),
+        ))
+        .unwrap();
+        assert_eq!(
+            plan.enter,
+            vec![
+                (c"/proc/12/ns/ipc".to_owned(), CloneFlags::CLONE_NEWIPC),
+                (c"/proc/12/ns/uts".to_owned(), CloneFlags::CLONE_NEWUTS)
+            ]
+        );
+        assert_eq!(plan.enter_pid_ns.as_deref(), Some("/proc/12/ns/pid"));
+        assert_eq!(plan.clone_flags, CloneFlags::CLONE_NEWNS);
+        assert!(!is_proc_ns_path(Path::new("/proc/12/ns/../ns/ipc"), "ipc"));
+        assert!(!is_proc_ns_path(Path::new("/proc/self/ns/ipc"), "ipc"));
+    }
+
+    #[test]
     fn sysctls_devices_and_terminal_reach_the_plan() {
         let root = tempfile::tempdir().unwrap();
         let plan = LaunchPlan::from_spec(&spec(
@@ -812,8 +883,10 @@ mod tests {
         let user_ns =
             serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}});
         assert!(err(r, user_ns).starts_with("linux.namespaces"));
-        let joined = serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}]}});
-        assert!(err(r, joined).starts_with("linux.namespaces.path"));
+        let joined = serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "network", "path": "/var/run/netns/cni-1"}]}});
+        assert!(err(r, joined).starts_with("linux.namespaces[1].path"));
+        let mount = serde_json::json!({"linux": {"namespaces": [{"type": "mount", "path": "/proc/7/ns/mnt"}]}});
+        assert!(err(r, mount).starts_with("linux.namespaces[0].path"));
         let missing = serde_json::json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/nonexistent/src", "options": ["bind"]}]});
         let e = err(r, missing);
         assert!(
