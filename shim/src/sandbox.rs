@@ -16,17 +16,8 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots the VM `vm_id` with `vcpus` and `memory_mib` (the pod's size).
-    pub async fn start(
-        config: &Config,
-        vm_id: &str,
-        vcpus: u32,
-        memory_mib: u32,
-    ) -> anyhow::Result<Self> {
-        let mut config = config.clone();
-        config.hypervisor.vcpus = vcpus;
-        config.hypervisor.memory_mib = memory_mib;
-        let config = &config;
+    /// Boots the VM `vm_id` as `config` says (sized for its pod).
+    pub async fn start(config: &Config, vm_id: &str) -> anyhow::Result<Self> {
         let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, vm_id);
         std::fs::create_dir_all(&shared)
             .with_context(|| format!("creating the shared directory {}", shared.display()))?;

@@ -150,9 +150,12 @@ impl Inner {
             .get("annotations")
             .and_then(|a| serde_json::from_value(a.clone()).ok())
             .unwrap_or_default();
-        let size = config
+        let (vcpus, memory_mib) = config
             .pod_size(&annotations)
             .map_err(|e| TaskError(Code::INVALID_ARGUMENT, e.into()))?;
+        let mut vm_config = config.clone();
+        vm_config.hypervisor.vcpus = vcpus;
+        vm_config.hypervisor.memory_mib = memory_mib;
         let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, &self.vm_id);
         let container_dir = rootfs::host_container_dir(&shared, &id);
         let share_at = container_dir.join("rootfs");
@@ -174,8 +177,7 @@ impl Inner {
         let result = match mounted {
             Ok(()) => {
                 self.create_in_vm(
-                    config,
-                    size,
+                    &vm_config,
                     &req,
                     guest.spec,
                     &share_at,
@@ -196,7 +198,6 @@ impl Inner {
     async fn create_in_vm(
         &self,
         config: &husk_config::Config,
-        (vcpus, memory_mib): (u32, u32),
         req: &api::CreateTaskRequest,
         spec: serde_json::Value,
         share_at: &Path,
@@ -209,7 +210,7 @@ impl Inner {
         let mut agent = {
             let mut sandbox = self.sandbox.lock().await;
             if sandbox.is_none() {
-                *sandbox = Some(Sandbox::start(config, &self.vm_id, vcpus, memory_mib).await?);
+                *sandbox = Some(Sandbox::start(config, &self.vm_id).await?);
                 vm_boot_ms = boot_started.elapsed().as_millis() as u64;
             }
             sandbox.as_ref().map(|s| s.agent.clone()).expect("just set")
