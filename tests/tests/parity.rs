@@ -85,6 +85,7 @@ fn scenarios() -> Vec<Scenario> {
         run("pid-namespace", &[], &["sh", "-c", "echo $$; tr '\\0' ' ' < /proc/1/cmdline"], "1\ntr"),
         Scenario { name: "sigterm-ignored-then-sigkill", how: How::Custom(kill_sequence), expect: "exit=137" },
         Scenario { name: "kill-all-pause-resume-ps", how: How::Custom(lifecycle), expect: "pause ok=true status=PAUSED" },
+        Scenario { name: "events", how: How::Custom(events), expect: "/tasks/exec-added /tasks/exec-started" },
         // Exec.
         Scenario { name: "exec-output-and-pid-ns", how: How::Custom(exec_output), expect: "sleep 1000" },
         Scenario { name: "exec-stdin", how: How::Custom(exec_stdin), expect: "piped into exec" },
@@ -345,6 +346,37 @@ fn lifecycle(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
     wait_stopped(ctx, id);
     remove_task(ctrd, id);
     outcome(seen.join("\n"), Some(0))
+}
+
+/// The task events `ctr events` shows for a container taken through
+/// create, start, exec, pause, resume and kill, in order.
+fn events(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
+    let mut watch = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&ctx.ctrd.socket)
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    with_sleeper(ctx, runtime, id, &[], || {
+        let exec = ctx
+            .ctrd
+            .ctr(&["task", "exec", "--exec-id", "ev", id, "true"]);
+        assert!(exec.status.success(), "{}", text(&exec.stderr));
+        for step in ["pause", "resume"] {
+            assert!(ctx.ctrd.ctr(&["task", step, id]).status.success());
+        }
+        outcome(String::new(), Some(0))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let log = text(&watch.wait_with_output().unwrap().stdout);
+    let topics: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("\"{id}\"")))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    outcome(topics.join(" "), Some(0))
 }
 
 fn wait_stopped(ctx: &Ctx, id: &str) {
