@@ -85,7 +85,7 @@ fn scenarios() -> Vec<Scenario> {
         run("pid-namespace", &[], &["sh", "-c", "echo $$; tr '\\0' ' ' < /proc/1/cmdline"], "1\ntr"),
         Scenario { name: "sigterm-ignored-then-sigkill", how: How::Custom(kill_sequence), expect: "exit=137" },
         Scenario { name: "kill-all-pause-resume-ps", how: How::Custom(lifecycle), expect: "pause ok=true status=PAUSED" },
-        Scenario { name: "events", how: How::Custom(events), expect: "/tasks/exec-added /tasks/exec-started" },
+        Scenario { name: "events", how: How::Custom(events), expect: "/tasks/exec-added /tasks/exec-started /tasks/exit /tasks/paused /tasks/resumed" },
         // Exec.
         Scenario { name: "exec-output-and-pid-ns", how: How::Custom(exec_output), expect: "sleep 1000" },
         Scenario { name: "exec-stdin", how: How::Custom(exec_stdin), expect: "piped into exec" },
