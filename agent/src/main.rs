@@ -13,6 +13,7 @@
 mod container;
 mod guest;
 mod init;
+mod network;
 mod reaper;
 mod service;
 

@@ -46,6 +46,23 @@ impl Agent for AgentService {
     type ReadOutputStream = ReceiverStream<Result<OutputChunk, Status>>;
     type WatchOomStream = ReceiverStream<Result<OomEvent, Status>>;
 
+    async fn configure_network(
+        &self,
+        request: Request<ConfigureNetworkRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        crate::network::configure(&req).await.map_err(|e| match e {
+            crate::network::NetworkError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        })?;
+        tracing::info!(
+            interfaces = req.interfaces.len(),
+            routes = req.routes.len(),
+            "network configured"
+        );
+        Ok(Response::new(Empty {}))
+    }
+
     async fn set_clock(
         &self,
         request: Request<SetClockRequest>,

@@ -21,6 +21,40 @@ pub struct Daemon {
     exit: Option<ExitStatus>,
 }
 
+/// Most TAPs one VMM process takes.
+pub const MAX_PASSED_FDS: usize = 16;
+
+/// Makes `fds` the child's fds `first`, `first + 1`, ... (inherited
+/// across exec). They are first copied out of the way, so a source that
+/// already sits in the target range is not overwritten before it is used.
+/// At most [`MAX_PASSED_FDS`]; the rest are not passed.
+pub fn pass_fds(command: &mut Command, mut fds: Vec<std::os::fd::RawFd>, first: i32) {
+    fds.truncate(MAX_PASSED_FDS);
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: fcntl, dup2 and close are async-signal-safe, and the closure
+    // reads the moved Vec and a stack array, allocating nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let mut parked = [-1; MAX_PASSED_FDS];
+            for (slot, &fd) in parked.iter_mut().zip(&fds) {
+                *slot = nix::libc::fcntl(fd, nix::libc::F_DUPFD, first + MAX_PASSED_FDS as i32);
+                if *slot == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &fd) in parked.iter().take(fds.len()).enumerate() {
+                if nix::libc::dup2(fd, first + i as i32) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                nix::libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Daemon {
     /// Spawns `command` with stdin closed and stdout and stderr appended to
     /// `log`.

@@ -19,6 +19,7 @@ mod vm;
 mod vsock;
 
 pub use accel::{detect_accelerator, resolve_accelerator, Accelerator, AcceleratorDecision};
+pub use daemon::MAX_PASSED_FDS;
 pub use error::Error;
 pub use qemu::Qemu;
 pub use vm::{BootTimings, MicroVm, VmPids, VmSpec};
@@ -49,6 +50,28 @@ pub struct VmLaunch {
     pub fs_vhost_socket: PathBuf,
     /// The virtio-fs tag the guest mounts.
     pub fs_tag: String,
+    /// Network devices: the VMM finds device i's TAP at fd
+    /// `FIRST_TAP_FD + i` (MicroVm puts it there).
+    pub nets: Vec<NetLaunch>,
+}
+
+/// Where a VMM process finds the first TAP file descriptor.
+pub const FIRST_TAP_FD: i32 = 3;
+
+/// One virtio-net device as the VMM sees it.
+#[derive(Debug, Clone)]
+pub struct NetLaunch {
+    /// The guest NIC's MAC address (aa:bb:cc:dd:ee:ff).
+    pub mac: String,
+}
+
+/// A network device for a VM: a TAP the caller opened (in whichever
+/// network namespace it belongs to) and the MAC the guest NIC gets. The
+/// caller keeps the TAP open for the VM's life.
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    pub tap: std::os::fd::RawFd,
+    pub mac: String,
 }
 
 /// A VMM that husk can run guests with.

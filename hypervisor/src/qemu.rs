@@ -23,6 +23,22 @@ impl Hypervisor for Qemu {
 }
 
 fn qemu_args(l: &VmLaunch) -> Vec<String> {
+    let mut args = base_args(l);
+    for (i, net) in l.nets.iter().enumerate() {
+        args.extend([
+            "-netdev".into(),
+            format!(
+                "tap,id=net{i},fd={},vhost=off",
+                crate::FIRST_TAP_FD + i as i32
+            ),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net{i},mac={}", net.mac),
+        ]);
+    }
+    args
+}
+
+fn base_args(l: &VmLaunch) -> Vec<String> {
     let mem = format!("{}M", l.memory_mib);
     // -cpu host needs KVM; under TCG, max gives the guest every feature
     // QEMU can emulate.
@@ -73,6 +89,7 @@ fn qemu_args(l: &VmLaunch) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NetLaunch;
 
     fn launch(accelerator: Accelerator) -> VmLaunch {
         VmLaunch {
@@ -87,6 +104,7 @@ mod tests {
             vsock_vhost_socket: "/run/x/vhost-vsock.sock".into(),
             fs_vhost_socket: "/run/x/vhost-fs.sock".into(),
             fs_tag: "husk-shared".into(),
+            nets: Vec::new(),
         }
     }
 
@@ -134,5 +152,23 @@ mod tests {
         assert!(args.contains("-serial file:/run/x/console.log"), "{args}");
         assert!(args.contains("-no-reboot"), "{args}");
         assert!(args.contains("-smp 2"), "{args}");
+        assert!(!args.contains("-netdev"), "{args}");
+    }
+
+    #[test]
+    fn each_tap_is_a_virtio_net_device_with_its_mac() {
+        let mut l = launch(Accelerator::Tcg);
+        l.nets = vec![NetLaunch {
+            mac: "02:00:00:00:00:01".into(),
+        }];
+        let args = qemu_args(&l).join(" ");
+        assert!(
+            args.contains("-netdev tap,id=net0,fd=3,vhost=off"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"),
+            "{args}"
+        );
     }
 }

@@ -35,6 +35,8 @@ pub struct VmSpec {
     pub id: String,
     /// Host directory shared with the guest through virtio-fs.
     pub shared_dir: PathBuf,
+    /// Network devices (TAPs the caller keeps open).
+    pub nets: Vec<crate::NetDevice>,
 }
 
 /// Where boot time went, measured on the host.
@@ -188,11 +190,19 @@ impl MicroVm {
             vsock_vhost_socket: vsock_socket,
             fs_vhost_socket: fs_socket,
             fs_tag: husk_proto::SHARED_FS_TAG.into(),
+            nets: spec
+                .nets
+                .iter()
+                .map(|n| crate::NetLaunch { mac: n.mac.clone() })
+                .collect(),
         };
         let vmm_started = Instant::now();
+        let mut command = hypervisor.command(&launch);
+        let taps: Vec<_> = spec.nets.iter().map(|n| n.tap).collect();
+        crate::daemon::pass_fds(&mut command, taps, crate::FIRST_TAP_FD);
         self.vmm = Some(Daemon::spawn(
             self.vmm_name,
-            hypervisor.command(&launch),
+            command,
             &self.dir.join(VMM_LOG),
         )?);
         self.timings.vmm_spawn = vmm_started.elapsed();

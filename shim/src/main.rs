@@ -12,6 +12,7 @@
 mod container;
 mod io;
 mod metrics;
+mod network;
 mod rootfs;
 mod sandbox;
 mod spec;

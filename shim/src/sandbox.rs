@@ -1,11 +1,13 @@
 //! The VM behind a shim: booted on the first container, stopped with the
 //! last. Also the clean-up containerd asks of a shim that died.
 
+use crate::network::PodNetwork;
 use crate::rootfs;
 use anyhow::Context;
 use husk_config::Config;
-use husk_hypervisor::{MicroVm, VmSpec};
+use husk_hypervisor::{MicroVm, NetDevice, VmSpec};
 use husk_proto::agent::agent_client::AgentClient;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
@@ -13,17 +15,58 @@ pub struct Sandbox {
     pub vm: MicroVm,
     pub agent: AgentClient<Channel>,
     pub shared: PathBuf,
+    /// The pod network namespace connected to the VM, if any.
+    network: Option<PodNetwork>,
 }
 
 impl Sandbox {
-    /// Boots the VM `vm_id` as `config` says (sized for its pod).
-    pub async fn start(config: &Config, vm_id: &str) -> anyhow::Result<Self> {
+    /// Boots the VM `vm_id` as `config` says (sized for its pod), with a
+    /// NIC on the pod network `netns` when there is one.
+    pub async fn start(config: &Config, vm_id: &str, netns: Option<&Path>) -> anyhow::Result<Self> {
+        let network = match netns {
+            Some(ns) => {
+                let ns = ns.to_owned();
+                tokio::task::spawn_blocking(move || crate::network::attach(&ns))
+                    .await
+                    .context("network attach")??
+            }
+            None => None,
+        };
+        let result = Self::boot(config, vm_id, &network).await;
+        match result {
+            Ok((vm, agent, shared)) => Ok(Self {
+                vm,
+                agent,
+                shared,
+                network,
+            }),
+            Err(e) => {
+                if let Some(n) = network {
+                    let _ = tokio::task::spawn_blocking(move || n.detach()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(
+        config: &Config,
+        vm_id: &str,
+        network: &Option<PodNetwork>,
+    ) -> anyhow::Result<(MicroVm, AgentClient<Channel>, PathBuf)> {
         let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, vm_id);
         std::fs::create_dir_all(&shared)
             .with_context(|| format!("creating the shared directory {}", shared.display()))?;
         let spec = VmSpec {
             id: vm_id.to_owned(),
             shared_dir: shared.clone(),
+            nets: network
+                .iter()
+                .map(|n| NetDevice {
+                    tap: n.tap.as_raw_fd(),
+                    mac: n.mac.clone(),
+                })
+                .collect(),
         };
         let vm = match MicroVm::start(config, spec).await {
             Ok(vm) => vm,
@@ -32,21 +75,33 @@ impl Sandbox {
                 return Err(e).context("starting the VM");
             }
         };
+        let mut vm = vm;
         let agent = match vm.agent().await {
             Ok(agent) => agent,
             Err(e) => {
-                let mut vm = vm;
                 vm.stop().await;
                 let _ = std::fs::remove_dir_all(&shared);
                 return Err(e).context("connecting to the agent");
             }
         };
-        Ok(Self { vm, agent, shared })
+        if let Some(n) = network {
+            let mut a = agent.clone();
+            if let Err(e) = a.configure_network(n.guest.clone()).await {
+                vm.stop().await;
+                let _ = std::fs::remove_dir_all(&shared);
+                anyhow::bail!("configuring the guest network: {}", e.message());
+            }
+            tracing::info!(vm_id, mac = %n.mac, netns = %n.netns.display(), "pod network connected");
+        }
+        Ok((vm, agent, shared))
     }
 
     pub async fn stop(mut self) {
         self.vm.stop().await;
         remove_shared_dir(&self.shared);
+        if let Some(n) = self.network.take() {
+            let _ = tokio::task::spawn_blocking(move || n.detach()).await;
+        }
     }
 }
 

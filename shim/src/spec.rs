@@ -29,6 +29,9 @@ pub struct GuestSpec {
     pub spec: Value,
     /// The rootfs on the host: root.path against the bundle.
     pub host_root: PathBuf,
+    /// The network namespace the spec names by path (a pod's, from CNI):
+    /// the VM's network is connected to it.
+    pub netns: Option<PathBuf>,
     pub binds: Vec<HostBind>,
 }
 
@@ -47,13 +50,20 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
     // The VM is the pod, and its network namespace is the pod's network:
     // a network namespace named by a host path (CNI's, for a pod) means
     // the guest's own; one without a path stays a new, empty one.
+    let mut netns = None;
     if let Some(namespaces) = spec
         .pointer_mut("/linux/namespaces")
         .and_then(|n| n.as_array_mut())
     {
         namespaces.retain(|ns| {
-            !(ns.get("type").and_then(|t| t.as_str()) == Some("network")
-                && ns.get("path").is_some_and(|p| !p.is_null()))
+            let path = ns.get("path").and_then(|p| p.as_str());
+            match (ns.get("type").and_then(|t| t.as_str()), path) {
+                (Some("network"), Some(p)) => {
+                    netns = Some(PathBuf::from(p));
+                    false
+                }
+                _ => true,
+            }
         });
     }
     let Some(root) = spec.get_mut("root").and_then(|r| r.as_object_mut()) else {
@@ -106,6 +116,7 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
     Ok(GuestSpec {
         spec,
         host_root,
+        netns,
         binds,
     })
 }
@@ -220,6 +231,10 @@ mod tests {
         assert_eq!(
             g.spec["linux"]["namespaces"],
             json!([{"type": "ipc", "path": "/proc/7/ns/ipc"}, {"type": "mount"}])
+        );
+        assert_eq!(
+            g.netns.as_deref(),
+            Some(Path::new("/var/run/netns/cni-1234"))
         );
     }
 

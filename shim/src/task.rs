@@ -179,7 +179,7 @@ impl Inner {
                 self.create_in_vm(
                     &vm_config,
                     &req,
-                    guest.spec,
+                    guest,
                     &share_at,
                     mounted_bundle_rootfs,
                     handler_started,
@@ -199,7 +199,7 @@ impl Inner {
         &self,
         config: &husk_config::Config,
         req: &api::CreateTaskRequest,
-        spec: serde_json::Value,
+        guest: crate::spec::GuestSpec,
         share_at: &Path,
         mounted_bundle_rootfs: bool,
         handler_started: std::time::Instant,
@@ -210,7 +210,7 @@ impl Inner {
         let mut agent = {
             let mut sandbox = self.sandbox.lock().await;
             if sandbox.is_none() {
-                *sandbox = Some(Sandbox::start(config, &self.vm_id).await?);
+                *sandbox = Some(Sandbox::start(config, &self.vm_id, guest.netns.as_deref()).await?);
                 vm_boot_ms = boot_started.elapsed().as_millis() as u64;
             }
             sandbox.as_ref().map(|s| s.agent.clone()).expect("just set")
@@ -219,7 +219,7 @@ impl Inner {
         let pid = agent
             .create_container(CreateContainerRequest {
                 container_id: id.clone(),
-                oci_spec_json: serde_json::to_vec(&spec).map_err(|e| anyhow!(e))?,
+                oci_spec_json: serde_json::to_vec(&guest.spec).map_err(|e| anyhow!(e))?,
                 stdin: !req.stdin.is_empty(),
             })
             .await

@@ -10,6 +10,7 @@ fn spec(shared: &Path) -> VmSpec {
     VmSpec {
         id: "bad".into(),
         shared_dir: shared.to_owned(),
+        nets: Vec::new(),
     }
 }
 
@@ -133,6 +134,7 @@ async fn bad_vm_id_is_refused() {
         VmSpec {
             id: "../escape".into(),
             shared_dir: shared.path().to_owned(),
+            nets: Vec::new(),
         },
     )
     .await

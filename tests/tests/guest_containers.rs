@@ -101,6 +101,7 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
         VmSpec {
             id: "containers".into(),
             shared_dir: shared.path().to_owned(),
+            nets: Vec::new(),
         },
     )
     .await

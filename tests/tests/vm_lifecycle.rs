@@ -13,6 +13,7 @@ fn spec(id: &str, shared: &std::path::Path) -> VmSpec {
     VmSpec {
         id: id.into(),
         shared_dir: shared.to_owned(),
+        nets: Vec::new(),
     }
 }
 

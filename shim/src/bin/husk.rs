@@ -58,6 +58,7 @@ async fn boot(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let spec = VmSpec {
         id,
         shared_dir: shared.path().to_owned(),
+        nets: Vec::new(),
     };
     let mut vm = MicroVm::start(&config, spec)
         .await

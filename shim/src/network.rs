@@ -1,0 +1,371 @@
+//! The pod's network, host side. CNI (for runc as for husk) sets up the
+//! pod's network namespace with an interface, addresses and routes; husk
+//! connects that namespace to the VM the way Kata does with "tcfilter":
+//!
+//! - a TAP device is made inside the pod's namespace and handed to the VMM
+//!   as a virtio-net device carrying the pod interface's MAC;
+//! - an ingress qdisc on each of the two, with a u32 match-all filter whose
+//!   mirred action redirects every frame to the other: what reaches the pod
+//!   interface goes to the VM and back, untouched, so the CNI plugin's view
+//!   of the pod (veth, bridge, IPAM, iptables on the host) does not change;
+//! - the interface's addresses and routes are read here and given to the
+//!   agent, which sets them on the guest NIC.
+//!
+//! Only the namespace's first interface besides loopback is connected.
+
+use futures_util::TryStreamExt;
+use husk_proto::agent::{ConfigureNetworkRequest, NetworkInterface, NetworkRoute};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// The TAP's name in the pod's namespace.
+pub const TAP_NAME: &str = "husktap0";
+/// tc's "parent ffff:", the ingress qdisc.
+const INGRESS_PARENT: u32 = 0xffff_0000;
+/// ETH_P_ALL in network byte order, as tc wants the protocol.
+const ALL_PROTOCOLS: u16 = 0x0003u16.to_be();
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("pod network namespace {path}: {message}")]
+    Namespace { path: PathBuf, message: String },
+    #[error("netlink ({context}): {message}")]
+    Netlink {
+        context: &'static str,
+        message: String,
+    },
+    #[error("creating the TAP device: {0}")]
+    Tap(std::io::Error),
+}
+
+fn netlink(context: &'static str) -> impl Fn(rtnetlink::Error) -> NetworkError {
+    move |e| NetworkError::Netlink {
+        context,
+        message: e.to_string(),
+    }
+}
+
+/// A pod namespace connected to a TAP; dropping it does not undo that,
+/// `detach` does.
+pub struct PodNetwork {
+    pub netns: PathBuf,
+    /// Kept open for the VM's life; the TAP goes when the last fd closes.
+    pub tap: OwnedFd,
+    pub mac: String,
+    /// What the agent sets on the guest NIC.
+    pub guest: ConfigureNetworkRequest,
+    pod_if_index: u32,
+}
+
+/// Runs `f` with a netlink handle inside the network namespace `netns`,
+/// on a thread of its own (setns changes only the calling thread).
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce(
+            Handle,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetworkError>>>>
+        + Send
+        + 'static,
+) -> Result<T, NetworkError> {
+    let path = netns.to_owned();
+    let ns_err = move |message: String| NetworkError::Namespace {
+        path: path.clone(),
+        message,
+    };
+    let file = std::fs::File::open(netns).map_err(|e| ns_err(e.to_string()))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| ns_err(format!("setns: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ns_err(e.to_string()))?;
+        runtime.block_on(async move {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|e| ns_err(e.to_string()))?;
+            let task = tokio::spawn(connection);
+            let result = f(handle).await;
+            task.abort();
+            result
+        })
+    })
+    .join()
+    .map_err(|_| NetworkError::Namespace {
+        path: netns.to_owned(),
+        message: "the netlink thread panicked".into(),
+    })?
+}
+
+fn attr<T>(link: &LinkMessage, f: impl Fn(&LinkAttribute) -> Option<T>) -> Option<T> {
+    link.attributes.iter().find_map(f)
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Connects the first non-loopback interface of `netns` to a new TAP;
+/// None when the namespace has no such interface (nothing to connect).
+pub fn attach(netns: &Path) -> Result<Option<PodNetwork>, NetworkError> {
+    let path = netns.to_owned();
+    in_netns(netns, move |handle| {
+        Box::pin(async move { attach_in_ns(handle, path).await })
+    })
+}
+
+async fn attach_in_ns(handle: Handle, netns: PathBuf) -> Result<Option<PodNetwork>, NetworkError> {
+    let links: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing links"))?;
+    let Some(pod_if) = links.iter().find(|l| {
+        attr(l, |a| match a {
+            LinkAttribute::IfName(n) => Some(n != "lo" && n != TAP_NAME),
+            _ => None,
+        }) == Some(true)
+    }) else {
+        return Ok(None);
+    };
+    let index = pod_if.header.index;
+    let name = attr(pod_if, |a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+    .unwrap_or_default();
+    let mtu = attr(pod_if, |a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+    .unwrap_or(1500);
+    let mac = attr(pod_if, |a| match a {
+        LinkAttribute::Address(m) => Some(format_mac(m)),
+        _ => None,
+    })
+    .unwrap_or_default();
+
+    let addresses = addresses_of(&handle, index).await?;
+    let mut routes = routes_of::<Ipv4Addr>(&handle, index, &name).await?;
+    routes.extend(routes_of::<Ipv6Addr>(&handle, index, &name).await?);
+
+    let tap = open_tap(TAP_NAME)?;
+    let tap_index = handle
+        .link()
+        .get()
+        .match_name(TAP_NAME.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink("finding the TAP"))?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetworkError::Tap(std::io::Error::other("the TAP vanished")))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).up().build())
+        .execute()
+        .await
+        .map_err(netlink("bringing the TAP up"))?;
+    for (from, to) in [(index, tap_index), (tap_index, index)] {
+        handle
+            .qdisc()
+            .add(from as i32)
+            .ingress()
+            .execute()
+            .await
+            .map_err(netlink("adding an ingress qdisc"))?;
+        handle
+            .traffic_filter(from as i32)
+            .add()
+            .parent(INGRESS_PARENT)
+            .protocol(ALL_PROTOCOLS)
+            .redirect(to)
+            .map_err(netlink("building the redirect"))?
+            .execute()
+            .await
+            .map_err(netlink("adding the redirect"))?;
+    }
+    Ok(Some(PodNetwork {
+        netns,
+        tap,
+        mac: mac.clone(),
+        guest: ConfigureNetworkRequest {
+            interfaces: vec![NetworkInterface {
+                mac,
+                name,
+                mtu,
+                addresses,
+            }],
+            routes,
+        },
+        pod_if_index: index,
+    }))
+}
+
+async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<String>, NetworkError> {
+    let messages: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing addresses"))?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| {
+            let addr = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(a) => Some(*a),
+                _ => None,
+            })?;
+            // The guest makes its own link-local address.
+            let link_local = matches!(addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            (!link_local).then(|| format!("{addr}/{}", m.header.prefix_len))
+        })
+        .collect())
+}
+
+/// The interface's routes that the guest will not make by itself: not
+/// the kernel's own (connected subnets), not link-local or multicast.
+async fn routes_of<T>(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+) -> Result<Vec<NetworkRoute>, NetworkError>
+where
+    RouteMessageBuilder<T>: Default,
+{
+    let query = RouteMessageBuilder::<T>::default().build();
+    let messages: Vec<_> = handle
+        .route()
+        .get(query)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing routes"))?;
+    let addr = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    Ok(messages
+        .iter()
+        .filter(|m| m.header.protocol != RouteProtocol::Kernel)
+        .filter(|m| {
+            m.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+        })
+        .filter_map(|m| {
+            let dest = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => addr(d),
+                _ => None,
+            });
+            let gateway = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => addr(g),
+                _ => None,
+            });
+            if let Some(IpAddr::V6(v6)) = dest {
+                if v6.segments()[0] & 0xffc0 == 0xfe80 || v6.segments()[0] & 0xff00 == 0xff00 {
+                    return None;
+                }
+            }
+            Some(NetworkRoute {
+                destination: dest
+                    .map(|d| format!("{d}/{}", m.header.destination_prefix_length))
+                    .unwrap_or_default(),
+                gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
+                interface: name.to_owned(),
+            })
+        })
+        .collect())
+}
+
+/// /dev/net/tun with TUNSETIFF: a TAP without packet information headers.
+/// Not persistent, so it goes away with the last open fd.
+fn open_tap(name: &str) -> Result<OwnedFd, NetworkError> {
+    use nix::libc;
+    let fd = nix::fcntl::open(
+        c"/dev/net/tun",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| NetworkError::Tap(e.into()))?;
+    // SAFETY: open returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    // SAFETY: TUNSETIFF reads and writes one ifreq.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut ifr) } == -1 {
+        return Err(NetworkError::Tap(std::io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+impl PodNetwork {
+    /// Undoes `attach` in the pod's namespace: the pod interface's ingress
+    /// qdisc (and with it the redirect) goes, and the TAP with our fd.
+    pub fn detach(self) {
+        let PodNetwork {
+            netns,
+            tap,
+            pod_if_index,
+            ..
+        } = self;
+        drop(tap);
+        let result = in_netns(&netns, move |handle| {
+            Box::pin(async move {
+                let mut del = handle.qdisc().del(pod_if_index as i32);
+                del.message_mut().header.parent = rtnetlink::packet_route::tc::TcHandle::INGRESS;
+                del.execute()
+                    .await
+                    .map_err(netlink("removing the ingress qdisc"))
+            })
+        });
+        if let Err(e) = result {
+            // The namespace may be gone already (CNI teardown ran first).
+            tracing::debug!(netns = %netns.display(), "network detach: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_print_as_ip_link_prints_them() {
+        assert_eq!(
+            format_mac(&[2, 0x42, 0xac, 0x11, 0, 2]),
+            "02:42:ac:11:00:02"
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_is_named() {
+        let e = attach(Path::new("/nonexistent/netns/x"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("/nonexistent/netns/x"), "{e}");
+    }
+}

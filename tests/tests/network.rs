@@ -1,0 +1,192 @@
+//! A container given a network namespace (as CNI gives a pod one) sees
+//! the same interface, addresses and routes under husk as under runc, and
+//! a server in it answers from the host at its address: husk carries the
+//! namespace's traffic into the VM through a TAP and tc redirects. After
+//! the container, nothing of husk stays in the namespace.
+
+use husk_tests::ctr::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A network namespace wired to the host by a veth pair, like a CNI
+/// bridge-less ptp setup; removed on drop.
+struct TestNetns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    pod_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestNetns {
+    fn new() -> Self {
+        let n = std::process::id() % 200;
+        let ns = TestNetns {
+            name: format!("husk-test-{}", std::process::id()),
+            host_if: format!("hk{}h", std::process::id() % 1_000_000),
+            host_ip: format!("10.213.{n}.1"),
+            pod_ip: format!("10.213.{n}.2"),
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/24", ns.pod_ip),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ns.host_ip,
+        ]);
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// `ip` output inside the namespace.
+    fn show(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend(args);
+        text(&Command::new("ip").args(&full).output().unwrap().stdout)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Reads what a server in the pod at `ip:port` sends, retrying while it
+/// starts (bash's /dev/tcp: the host has no nc).
+fn fetch(ip: &str, port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = Command::new("timeout")
+            .args(["3", "bash", "-c", &format!("cat < /dev/tcp/{ip}/{port}")])
+            .output()
+            .unwrap();
+        let got = text(&out.stdout);
+        if !got.is_empty() || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn scenario(
+    ctrd: &husk_tests::containerd::Containerd,
+    ns: &TestNetns,
+    runtime: &str,
+    tag: &str,
+) -> (String, String) {
+    let with_ns = format!("network:{}", ns.path());
+    let seen = run_with(
+        ctrd,
+        runtime,
+        &["--with-ns", &with_ns],
+        &format!("net-show-{tag}"),
+        &["sh", "-c", "ip -o -4 addr show eth0 | tr -s ' ' | cut -d' ' -f2,4; ip -4 route; ip link show eth0 | grep -o 'mtu [0-9]*'"],
+        None,
+    );
+    assert!(seen.status.success(), "{}", text(&seen.stderr));
+    let id = format!("net-srv-{tag}");
+    let run = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--with-ns",
+        &with_ns,
+        "--runtime",
+        runtime,
+        IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "echo served from the pod > /tmp/f; nc -l -p 8080 < /tmp/f",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let served = fetch(&ns.pod_ip, 8080);
+    let _ = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+    remove_task(ctrd, &id);
+    (text(&seen.stdout), served)
+}
+
+#[test]
+fn a_network_namespace_reaches_the_vm_as_it_reaches_runc() {
+    let ctrd = setup();
+    let ns = TestNetns::new();
+    let runc = scenario(&ctrd, &ns, RUNC, "runc");
+    let husk = scenario(&ctrd, &ns, HUSK, "husk");
+    println!("runc: {runc:?}\nhusk: {husk:?}");
+    assert!(
+        husk.0.contains(&format!("eth0 {}/24", ns.pod_ip)),
+        "{}",
+        husk.0
+    );
+    assert!(
+        husk.0.contains(&format!("default via {}", ns.host_ip)),
+        "{}",
+        husk.0
+    );
+    assert_eq!(husk.1, "served from the pod\n");
+    assert_eq!(husk, runc);
+    assert_nothing_left(&ctrd);
+    // husk's TAP and its tc redirect left with the VM.
+    let links = ns.show(&["-o", "link"]);
+    assert!(!links.contains("husktap"), "TAP left behind: {links}");
+    let qdiscs = text(
+        &Command::new("tc")
+            .args(["-n", &ns.name, "qdisc", "show", "dev", "eth0"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        !qdiscs.contains("ingress"),
+        "ingress qdisc left behind: {qdiscs}"
+    );
+}
