@@ -116,6 +116,20 @@ pub fn format_mac(mac: &[u8]) -> String {
 /// Connects the first non-loopback interface of `netns` to a new TAP;
 /// None when the namespace has no such interface (nothing to connect).
 pub fn attach(netns: &Path) -> Result<Option<PodNetwork>, NetworkError> {
+    // Redirecting the host's own interface into a VM would take the host
+    // off its network: only another namespace is connected.
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let ns_id = id(netns).map_err(|e| NetworkError::Namespace {
+        path: netns.to_owned(),
+        message: e.to_string(),
+    })?;
+    if id(Path::new("/proc/self/ns/net")).is_ok_and(|own| own == ns_id) {
+        return Err(NetworkError::Namespace {
+            path: netns.to_owned(),
+            message: "is the host's own network namespace; husk connects only a pod's".into(),
+        });
+    }
     let path = netns.to_owned();
     in_netns(netns, move |handle| {
         Box::pin(async move { attach_in_ns(handle, path).await })
@@ -358,6 +372,12 @@ mod tests {
             format_mac(&[2, 0x42, 0xac, 0x11, 0, 2]),
             "02:42:ac:11:00:02"
         );
+    }
+
+    #[test]
+    fn the_hosts_own_namespace_is_refused() {
+        let e = attach(Path::new("/proc/self/ns/net")).err().unwrap().to_string();
+        assert!(e.contains("host's own network namespace"), "{e}");
     }
 
     #[test]
