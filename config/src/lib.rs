@@ -45,6 +45,11 @@ pub struct Config {
 /// The pod annotations that size a pod's VM, and their bounds.
 pub const VCPUS_ANNOTATION: &str = "io.husk.vcpus";
 pub const MEMORY_ANNOTATION: &str = "io.husk.memory_mib";
+/// The pod's summed container limits, which containerd (1.6.7 and later)
+/// puts on the sandbox when kubelet gives them.
+pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+pub const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
 
 /// What a pod may ask for its VM through annotations; the defaults are
 /// `hypervisor.vcpus` and `hypervisor.memory_mib`.
@@ -190,12 +195,41 @@ impl Config {
         Ok(config)
     }
 
-    /// The VM size for a pod with these annotations: the defaults, or what
-    /// the annotations ask within `[pod]`'s bounds.
+    /// The VM size for a pod with these annotations, within `[pod]`'s
+    /// bounds: what `io.husk.vcpus` and `io.husk.memory_mib` ask; else the
+    /// pod's limits as containerd passes them (CPUs rounded up; memory plus
+    /// `hypervisor.memory_mib`, the guest's own overhead); else the defaults.
     pub fn pod_size(
         &self,
         annotations: &std::collections::HashMap<String, String>,
     ) -> Result<(u32, u32), ConfigError> {
+        let number = |k: &str| {
+            annotations
+                .get(k)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let from_limits_cpus = match (number(SANDBOX_CPU_QUOTA), number(SANDBOX_CPU_PERIOD)) {
+            (Some(quota), Some(period)) if quota > 0 && period > 0 => {
+                Some(quota.div_ceil(period).clamp(1, self.pod.max_vcpus as u64))
+            }
+            _ => None,
+        };
+        let from_limits_mib = number(SANDBOX_MEMORY).filter(|&b| b > 0).map(|bytes| {
+            (bytes.div_ceil(1 << 20) + self.hypervisor.memory_mib as u64)
+                .min(self.pod.max_memory_mib as u64)
+        });
+        let mut annotations = annotations.clone();
+        if let Some(cpus) = from_limits_cpus {
+            annotations
+                .entry(VCPUS_ANNOTATION.into())
+                .or_insert_with(|| cpus.to_string());
+        }
+        if let Some(mib) = from_limits_mib {
+            annotations
+                .entry(MEMORY_ANNOTATION.into())
+                .or_insert_with(|| mib.to_string());
+        }
+        let annotations = &annotations;
         let get = |key: &'static str, default: u32, min: u32, max: u32, bound: &str| {
             let Some(text) = annotations.get(key) else {
                 return Ok(default);
@@ -383,6 +417,14 @@ mod tests {
         );
         let e = c.pod_size(&ann("two", "512")).unwrap_err().to_string();
         assert!(e.contains("io.husk.vcpus") && e.contains("two"), "{e}");
+        // The pod's limits from containerd: 1.5 CPUs and 128 MiB of limits
+        // make 2 vCPUs and 128 MiB above the guest's own 256.
+        let limits = std::collections::HashMap::from([
+            (SANDBOX_CPU_QUOTA.to_string(), "150000".to_string()),
+            (SANDBOX_CPU_PERIOD.to_string(), "100000".to_string()),
+            (SANDBOX_MEMORY.to_string(), (128u64 << 20).to_string()),
+        ]);
+        assert_eq!(c.pod_size(&limits).unwrap(), (2, 384));
     }
 
     #[test]

@@ -376,7 +376,10 @@ mod tests {
 
     #[test]
     fn the_hosts_own_namespace_is_refused() {
-        let e = attach(Path::new("/proc/self/ns/net")).err().unwrap().to_string();
+        let e = attach(Path::new("/proc/self/ns/net"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("host's own network namespace"), "{e}");
     }
 
