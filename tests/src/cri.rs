@@ -54,28 +54,37 @@ pub fn pause_archive() -> PathBuf {
 
 /// Why the CRI harness cannot run on this host, if it cannot: the tests
 /// print `SKIPPED: <reason>` and return. Missing pieces that setup.sh
-/// installs are setup errors and fail instead.
+/// installs are setup errors and fail instead. Probed once per process:
+/// tests run in parallel and must not race on the probe's device name.
 pub fn unsupported_reason() -> Option<String> {
+    static REASON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    REASON.get_or_init(probe_host).clone()
+}
+
+fn probe_host() -> Option<String> {
     if !Path::new("/sys/class/net").exists() {
         return Some("no /sys/class/net: cannot manage network devices".into());
     }
     // The bridge plugin needs bridges and veth pairs; try one of each.
     let probe = format!("huskprobe{}", std::process::id() % 100_000);
-    let made = Command::new("ip")
-        .args(["link", "add", &probe, "type", "veth", "peer", "name"])
-        .arg(format!("{probe}p"))
-        .output();
-    match made {
-        Ok(out) if out.status.success() => {
-            let _ = Command::new("ip").args(["link", "del", &probe]).output();
+    for args in [
+        vec!["link", "add", &probe, "type", "bridge"],
+        vec!["link", "del", &probe],
+        vec!["link", "add", &probe, "type", "veth"],
+        vec!["link", "del", &probe],
+    ] {
+        match Command::new("ip").args(&args).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                let _ = Command::new("ip").args(["link", "del", &probe]).output();
+                return Some(format!(
+                    "`ip {}` failed (the CNI bridge plugin needs bridges and veth pairs): {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Err(e) => return Some(format!("cannot run `ip` (apt-get install iproute2): {e}")),
         }
-        Ok(out) => {
-            return Some(format!(
-                "cannot create a veth pair (CNI bridge plugin needs one): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-        Err(e) => return Some(format!("cannot run `ip` (apt-get install iproute2): {e}")),
     }
     None
 }
@@ -632,6 +641,31 @@ impl Cri {
             stderr: String::from_utf8_lossy(&response.stderr).into_owned(),
             exit_code: response.exit_code,
         }
+    }
+
+    /// StopContainer: the image's stop signal, SIGKILL after `timeout_s`.
+    pub fn stop_container(&self, id: &str, timeout_s: i64) {
+        let mut client = self.client();
+        let request = cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout: timeout_s,
+        };
+        self.call(async move { client.stop_container(request).await })
+            .unwrap_or_else(|e| panic!("StopContainer {id}: {e}"));
+    }
+
+    /// CRI's verbose Status `config`: the plugin configuration containerd
+    /// actually parsed (runtime handlers, CNI, sandbox image).
+    pub fn plugin_config(&self) -> serde_json::Value {
+        let mut client = self.client();
+        let info = self
+            .call(async move { client.status(cri::StatusRequest { verbose: true }).await })
+            .unwrap_or_else(|e| panic!("Status: {e}"))
+            .into_inner()
+            .info;
+        info.get("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_else(|| panic!("no config in Status info: {info:?}"))
     }
 
     pub fn container_status(&self, id: &str) -> cri::ContainerStatus {
