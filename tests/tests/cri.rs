@@ -4,7 +4,7 @@
 //! oracle, wrapped here) and under `husk` (add a wrapper calling it with
 //! `HUSK`). A host that cannot give pods a network prints `SKIPPED: <why>`.
 
-use husk_tests::cri::{parse_log_line, ContainerSpec, Cri, Pod, PodSpec, RUNC};
+use husk_tests::cri::{parse_log_line, ContainerSpec, Cri, Pod, PodSpec, HUSK, PAUSE_IMAGE, RUNC};
 use k8s_cri::v1 as cri;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -265,6 +265,106 @@ fn status_stats_mounts_and_resources(handler: &str) {
     cri.stop_and_remove(&pod);
 }
 
+/// (pid, command, state, ppid) of each process a container sees, read by
+/// the container's own shell from its /proc.
+fn processes_seen_by(cri: &Cri, id: &str) -> Vec<(u32, String, String, u32)> {
+    let r = cri.exec_sync(
+        id,
+        &[
+            "sh",
+            "-c",
+            "for f in /proc/[0-9]*/stat; do cat $f 2>/dev/null; echo; done",
+        ],
+        60,
+    );
+    r.stdout
+        .lines()
+        .filter_map(|l| {
+            let (head, rest) = l.split_once(" (")?;
+            let (comm, rest) = rest.rsplit_once(") ")?;
+            let mut f = rest.split_whitespace();
+            let state = f.next()?.to_owned();
+            Some((
+                head.parse().ok()?,
+                comm.to_owned(),
+                state,
+                f.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The pause image's entrypoint does a pause process' job: as PID 1 of its
+/// container it adopts an orphan and reaps it when it exits (no zombie), and
+/// StopContainer's SIGTERM ends it at once with status 0.
+fn pause_image_reaps_orphans_and_stops_on_sigterm(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("pause"));
+    let mut spec = ContainerSpec::new("pause", &[]);
+    spec.image = PAUSE_IMAGE.into();
+    let id = cri.create_and_start(&pod, &spec);
+    let procs = processes_seen_by(&cri, &id);
+    assert!(
+        procs.iter().any(|p| p.0 == 1 && p.1 == "pause"),
+        "PID 1 is not the pause script: {procs:?}"
+    );
+    let before: Vec<u32> = procs.iter().map(|p| p.0).collect();
+    // The orphan lets go of the exec's output, or ExecSync waits for it.
+    let orphan = "(sleep 3 </dev/null >/dev/null 2>&1 &); true";
+    let r = cri.exec_sync(&id, &["sh", "-c", orphan], 60);
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let procs = processes_seen_by(&cri, &id);
+    let orphans: Vec<u32> = procs
+        .iter()
+        .filter(|p| p.1 == "sleep" && p.3 == 1 && !before.contains(&p.0))
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(orphans.len(), 1, "no orphan adopted by PID 1: {procs:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = processes_seen_by(&cri, &id);
+        let left = procs.iter().any(|p| orphans.contains(&p.0));
+        let zombies = procs.iter().any(|p| p.2 == "Z");
+        if !left && !zombies {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reaped: {procs:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = Instant::now();
+    cri.stop_container(&id, 30);
+    let status = cri.wait_exited(&id, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?} (the grace period is 30 s)",
+        started.elapsed()
+    );
+    cri.stop_and_remove(&pod);
+}
+
+/// containerd parsed the CRI config as the harness and the operator
+/// snippet meant: both handlers with their runtime types, husk with the
+/// io.husk.* annotation passthrough, the private CNI and the pause image.
+#[test]
+fn cri_plugin_config_has_both_handlers() {
+    let Some(cri) = harness() else { return };
+    let config = cri.plugin_config();
+    let runtimes = &config["containerd"]["runtimes"];
+    assert_eq!(runtimes[RUNC]["runtimeType"], "io.containerd.runc.v2");
+    assert_eq!(runtimes[HUSK]["runtimeType"], "io.containerd.husk.v2");
+    assert_eq!(
+        runtimes[HUSK]["PodAnnotations"],
+        serde_json::json!(["io.husk.*"])
+    );
+    assert_eq!(
+        runtimes[HUSK]["ContainerAnnotations"],
+        serde_json::json!(["io.husk.*"])
+    );
+    assert_eq!(config["sandboxImage"], PAUSE_IMAGE);
+    assert_eq!(config["cni"]["binDir"], "/usr/lib/cni");
+}
+
 /// Dropping the harness with a pod still running leaves nothing: no
 /// process, mount, network namespace, bridge, cgroup or directory.
 fn harness_drop_leaves_nothing(handler: &str) {
@@ -327,6 +427,11 @@ fn runc_container_log_is_in_cri_format() {
 #[test]
 fn runc_status_stats_mounts_and_resources() {
     status_stats_mounts_and_resources(RUNC);
+}
+
+#[test]
+fn runc_pause_image_reaps_orphans_and_stops_on_sigterm() {
+    pause_image_reaps_orphans_and_stops_on_sigterm(RUNC);
 }
 
 #[test]
