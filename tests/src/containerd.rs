@@ -41,7 +41,7 @@ impl Containerd {
     pub fn start_in(dir: tempfile::TempDir, cri: Option<&str>) -> Self {
         let d = dir.path();
         let socket = d.join("containerd.sock");
-        let husk_runtime = d.join("husk-run");
+        let husk_runtime = d.join("husk");
         let husk_config = d.join("husk.toml");
         let mut config = husk_config::Config::load_default().expect("husk configuration");
         config.hypervisor.runtime_dir = husk_runtime.clone();

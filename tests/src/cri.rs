@@ -253,6 +253,8 @@ pub struct Cri {
     pub stream_addr: String,
     client: RuntimeServiceClient<Channel>,
     images: k8s_cri::v1::image_service_client::ImageServiceClient<Channel>,
+    /// Every pod this harness ran, for the shim sockets Drop removes.
+    pod_ids: std::cell::RefCell<Vec<String>>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -348,9 +350,12 @@ impl Cri {
     pub fn start() -> Self {
         let pause = pause_archive();
         let busybox = crate::ctr::image_archive();
+        // Short on purpose: the husk runtime directory inside it holds
+        // vms/<64-hex sandbox id>/vhost-vsock.sock, and a Unix socket path
+        // has at most 107 bytes ("/tmp/hcXXXXXX/husk/vms/<id>/..." is 104).
         let dir = tempfile::Builder::new()
-            .prefix("husk-cri-")
-            .tempdir()
+            .prefix("hc")
+            .tempdir_in("/tmp")
             .unwrap();
         let d = dir.path().to_owned();
         let net = PodNetwork::create();
@@ -380,6 +385,7 @@ impl Cri {
             client: RuntimeServiceClient::new(channel.clone()),
             images: k8s_cri::v1::image_service_client::ImageServiceClient::new(channel),
             ctrd: Some(ctrd),
+            pod_ids: Default::default(),
             net,
             cgroup_parent,
             log_root,
@@ -529,6 +535,7 @@ impl Cri {
             .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {}", e))
             .into_inner()
             .pod_sandbox_id;
+        self.pod_ids.borrow_mut().push(id.clone());
         let (status, info) = self.pod_status(&id);
         let ip = status
             .network
@@ -847,7 +854,6 @@ impl Drop for Cri {
     fn drop(&mut self) {
         // Pods first, through CRI, as kubelet would: that tears down their
         // networks (CNI DEL) and stops their shims.
-        let mut sockets = Vec::new();
         if let Some(ctrd) = &self.ctrd {
             if ctrd.socket.exists() {
                 let pods = {
@@ -864,7 +870,6 @@ impl Drop for Cri {
                     for pod in pods.into_inner().items {
                         let _ = self.stop_pod_id(&pod.id);
                         let _ = self.remove_pod_id(&pod.id);
-                        sockets.push(shim_socket(&ctrd.socket, K8S_NAMESPACE, &pod.id));
                     }
                 }
             }
@@ -873,8 +878,18 @@ impl Drop for Cri {
         kill_cgroup(&self.cgroup_parent);
         // containerd, its shims, the mounts under its directory (network
         // namespaces included), then the directory itself (IPAM state).
+        let sockets: Vec<PathBuf> = match &self.ctrd {
+            Some(ctrd) => self
+                .pod_ids
+                .borrow()
+                .iter()
+                .map(|id| shim_socket(&ctrd.socket, K8S_NAMESPACE, id))
+                .collect(),
+            None => Vec::new(),
+        };
         drop(self.ctrd.take());
-        // A shim killed above cannot remove its socket in /run/containerd/s.
+        // A shim that was killed, or that forgot, leaves its socket in
+        // /run/containerd/s (assert_pod_gone reports the latter).
         for socket in sockets {
             let _ = std::fs::remove_file(socket);
         }
