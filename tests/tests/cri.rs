@@ -366,7 +366,8 @@ fn cri_plugin_config_has_both_handlers() {
 }
 
 /// Dropping the harness with a pod still running leaves nothing: no
-/// process, mount, network namespace, bridge, cgroup or directory.
+/// process, mount, network namespace, bridge, cgroup, shim socket or
+/// directory.
 fn harness_drop_leaves_nothing(handler: &str) {
     let Some(cri) = harness() else { return };
     let pod = cri.run_pod(handler, &PodSpec::new("abandoned"));
@@ -374,8 +375,16 @@ fn harness_drop_leaves_nothing(handler: &str) {
     let dir = cri.containerd().dir.path().to_owned();
     let bridge = Path::new("/sys/class/net").join(&cri.net.bridge);
     let cgroup_parent = cri.cgroup_parent.clone();
-    assert!(bridge.exists() && !husk_tests::cri::cgroup_pids(&pod.cgroup).is_empty());
+    let socket = husk_tests::cri::shim_socket(
+        &cri.containerd().socket,
+        husk_tests::cri::K8S_NAMESPACE,
+        &pod.id,
+    );
+    // Something to clean up: the pod's shim runs, its veth is on the bridge.
+    assert!(!husk_tests::containerd::processes_mentioning(&pod.id).is_empty());
+    assert_eq!(cri.net.ports().len(), 1, "{:?}", cri.net.ports());
     drop(cri);
+    assert!(!socket.exists(), "{} is still there", socket.display());
     let dir_text = dir.display().to_string();
     assert!(!dir.exists(), "{dir_text} is still there");
     assert!(!bridge.exists(), "{} is still there", bridge.display());
