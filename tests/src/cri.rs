@@ -5,7 +5,9 @@
 //! IPAM state and network namespaces), plus a small typed CRI v1 client
 //! (k8s-cri over tonic) that drives it the way kubelet does. Dropping the
 //! harness removes every pod, stops containerd and removes what CNI and the
-//! pods left: processes, mounts, network namespaces, the bridge, cgroups.
+//! pods left: processes, mounts, network namespaces, the bridge, cgroups,
+//! shim sockets. Only /run/lock/husk-cri-net.lock stays: the host-wide lock
+//! under which harnesses pick their subnets (unlinking it would race).
 //! The end-to-end tests in tests/tests/cri.rs are written against it,
 //! generic over the runtime handler.
 
