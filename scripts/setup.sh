@@ -2,8 +2,9 @@
 # Sets up a Debian 12 host to run husk and its tests, idempotently:
 #   1. Debian packages (QEMU, kernel source and build tools, protoc, ...)
 #   2. virtiofsd and vhost-device-vsock from crates.io, cached by version
-#   3. the guest kernel (cached by its inputs), the agent initrd and the
-#      busybox test image (an OCI archive for `ctr images import`)
+#   3. the guest kernel (cached by its inputs), the agent initrd, the
+#      busybox test image and the CRI pod sandbox (pause) image (OCI
+#      archives for `ctr images import`)
 #   4. the husk workspace, and containerd-shim-husk-v2 on containerd's PATH
 # Artifacts are cached under $HUSK_CACHE (default /var/cache/husk) and
 # installed where configuration.toml's defaults point. Needs root.
@@ -23,7 +24,8 @@ fi
 
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev
     cpio xz-utils libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
-    busybox-static containerd runc iproute2 procps binutils)
+    busybox-static containerd runc iproute2 procps binutils
+    containernetworking-plugins)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -58,8 +60,9 @@ mv "$SHARE/vmlinux.tmp" "$SHARE/vmlinux"
 log "agent initrd"
 bash "$repo/scripts/build-initrd.sh" "$SHARE/husk-initrd.cpio"
 
-log "test image"
+log "test images"
 bash "$repo/scripts/build-test-image.sh" "$SHARE/busybox-oci.tar"
+bash "$repo/scripts/build-pause-image.sh" "$SHARE/pause-oci.tar"
 
 log "husk workspace"
 (cd "$repo" && cargo build --locked --workspace --all-targets)

@@ -24,29 +24,43 @@ pub fn build_bin_dir() -> PathBuf {
 }
 
 impl Containerd {
+    /// containerd for `ctr`: its CRI plugin disabled, as the ctr tests need
+    /// nothing of it.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("husk-ctrd-")
             .tempdir()
             .unwrap();
+        Self::start_in(dir, None)
+    }
+
+    /// containerd with its root, state and sockets in `dir`. With `cri`, the
+    /// CRI plugin stays enabled and `cri` (TOML tables, e.g. those of
+    /// `[plugins."io.containerd.grpc.v1.cri"]`) is appended to the config;
+    /// without, the plugin is disabled.
+    pub fn start_in(dir: tempfile::TempDir, cri: Option<&str>) -> Self {
         let d = dir.path();
         let socket = d.join("containerd.sock");
-        let husk_runtime = d.join("husk-run");
+        let husk_runtime = d.join("husk");
         let husk_config = d.join("husk.toml");
         let mut config = husk_config::Config::load_default().expect("husk configuration");
         config.hypervisor.runtime_dir = husk_runtime.clone();
         std::fs::write(&husk_config, config.to_toml()).unwrap();
         let cfg = d.join("config.toml");
+        let plugins = match cri {
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            Some(_) => "",
+        };
         std::fs::write(
             &cfg,
             format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = {ttrpc:?}\n",
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n{plugins}\
+                 [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = {ttrpc:?}\n{cri}",
                 root = d.join("root"),
                 state = d.join("state"),
                 sock = socket,
                 ttrpc = d.join("containerd.sock.ttrpc"),
+                cri = cri.unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -66,7 +80,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("starting containerd (apt-get install containerd)");
-        let ctrd = Containerd {
+        let mut ctrd = Containerd {
             dir,
             socket,
             husk_runtime,
@@ -74,8 +88,10 @@ impl Containerd {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ctrd.ctr(&["version"]).status.success() {
+            // A config it rejects ends it at once: say so, do not wait.
+            let exited = ctrd.child.try_wait().ok().flatten().is_some();
             assert!(
-                Instant::now() < deadline,
+                Instant::now() < deadline && !exited,
                 "containerd did not answer; log:\n{}",
                 std::fs::read_to_string(ctrd.dir.path().join("containerd.log")).unwrap_or_default()
             );

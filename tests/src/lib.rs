@@ -181,4 +181,5 @@ mod tests {
     }
 }
 pub mod containerd;
+pub mod cri;
 pub mod ctr;

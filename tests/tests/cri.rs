@@ -1,0 +1,449 @@
+//! End-to-end tests through containerd's CRI plugin, driven as kubelet
+//! drives it (tests/src/cri.rs). Each scenario is a function of the
+//! runtime handler name, so that the same scenario runs under `runc` (the
+//! oracle, wrapped here) and under `husk` (add a wrapper calling it with
+//! `HUSK`). A host that cannot give pods a network prints `SKIPPED: <why>`.
+
+use husk_tests::cri::{parse_log_line, ContainerSpec, Cri, Pod, PodSpec, HUSK, PAUSE_IMAGE, RUNC};
+use k8s_cri::v1 as cri;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A TCP server answering "hi" to every connection, in busybox.
+const SERVER: &[&str] = &["nc", "-ll", "-p", "8080", "-e", "echo", "hi"];
+
+fn harness() -> Option<Cri> {
+    if let Some(reason) = husk_tests::cri::unsupported_reason() {
+        println!("SKIPPED: {reason}");
+        return None;
+    }
+    Some(Cri::start())
+}
+
+fn log_lines(pod: &Pod, spec: &ContainerSpec) -> Vec<String> {
+    let path = pod.log_dir.join(&spec.log_path);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The texts of full (`F`) lines on `stream` of a container's CRI log;
+/// fails on any line that is not in CRI format.
+fn logged(pod: &Pod, spec: &ContainerSpec, stream: &str) -> Vec<String> {
+    log_lines(pod, spec)
+        .iter()
+        .map(|l| parse_log_line(l).unwrap_or_else(|e| panic!("{e}")))
+        .filter(|(s, tag, _)| *s == stream && *tag == "F")
+        .map(|(_, _, text)| text.to_owned())
+        .collect()
+}
+
+/// The pod gets an address from the harness' private subnet, and a TCP
+/// server in the pod answers the host at that address.
+fn pod_ip_is_reachable_from_the_host(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("reach"));
+    assert!(
+        cri.net.contains(pod.ip),
+        "pod IP {} is not in {}",
+        pod.ip,
+        cri.net.subnet
+    );
+    cri.create_and_start(&pod, &ContainerSpec::new("server", SERVER));
+    let addr = SocketAddr::from((pod.ip, 8080));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let attempt =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            });
+        match attempt {
+            Ok(text) if !text.is_empty() => break text,
+            other => assert!(
+                Instant::now() < deadline,
+                "no answer from {addr}: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(answer, "hi\n");
+    cri.stop_and_remove(&pod);
+}
+
+/// Two containers of one pod share its network namespace: a client reaches
+/// the other container's server on 127.0.0.1, and exits 0 saying so.
+fn containers_reach_each_other_on_localhost(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("localhost"));
+    cri.create_and_start(&pod, &ContainerSpec::new("server", SERVER));
+    let client = ContainerSpec::new(
+        "client",
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 100); do \
+               out=$(nc 127.0.0.1 8080 </dev/null) && [ -n \"$out\" ] && { echo \"got $out\"; exit 0; }; \
+               sleep 0.2; \
+             done; echo 'no answer on 127.0.0.1:8080' >&2; exit 1",
+        ],
+    );
+    let id = cri.create_and_start(&pod, &client);
+    let status = cri.wait_exited(&id, Duration::from_secs(120));
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (0, "Completed"),
+        "client: {:?}",
+        log_lines(&pod, &client)
+    );
+    assert_eq!(logged(&pod, &client, "stdout"), ["got hi"]);
+    cri.stop_and_remove(&pod);
+}
+
+/// ExecSync gives a command's stdout, stderr and exit code apart; the
+/// container sees the pod's hostname and DNS configuration.
+fn exec_sync_returns_output_and_exit_code(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let spec = PodSpec::new("exec");
+    let pod = cri.run_pod(handler, &spec);
+    let id = cri.create_and_start(&pod, &ContainerSpec::new("sleeper", &["sleep", "3600"]));
+    let r = cri.exec_sync(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], 60);
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str(), r.exit_code),
+        ("out\n", "err\n", 3)
+    );
+    let r = cri.exec_sync(&id, &["true"], 60);
+    assert_eq!((r.stdout.as_str(), r.exit_code), ("", 0));
+    let r = cri.exec_sync(&id, &["hostname"], 60);
+    assert_eq!(r.stdout.trim(), spec.hostname);
+    let r = cri.exec_sync(&id, &["cat", "/etc/resolv.conf"], 60);
+    for line in [
+        "nameserver 10.96.0.10",
+        "search husk-test.svc.cluster.local",
+        "options ndots:5",
+    ] {
+        assert!(
+            r.stdout.lines().any(|l| l == line),
+            "/etc/resolv.conf lacks {line:?}: {r:?}"
+        );
+    }
+    cri.stop_and_remove(&pod);
+}
+
+/// A container's log file is where CreateContainer said, one CRI line per
+/// output line, `<RFC3339Nano> <stream> F <text>`, both streams kept apart.
+fn container_log_is_in_cri_format(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("logs"));
+    let spec = ContainerSpec::new(
+        "talker",
+        &["sh", "-c", "echo one; echo two >&2; echo three; exit 7"],
+    );
+    let id = cri.create_and_start(&pod, &spec);
+    let status = cri.wait_exited(&id, Duration::from_secs(120));
+    assert_eq!(status.exit_code, 7);
+    assert_eq!(
+        Path::new(&status.log_path),
+        pod.log_dir.join(&spec.log_path)
+    );
+    let lines = log_lines(&pod, &spec);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(logged(&pod, &spec, "stdout"), ["one", "three"]);
+    assert_eq!(logged(&pod, &spec, "stderr"), ["two"]);
+    cri.stop_and_remove(&pod);
+}
+
+/// ContainerStatus, ContainerStats, ListContainers and PortForward answer
+/// for a running pod; a read-only host mount, environment and a memory
+/// limit from LinuxContainerResources reach the container.
+fn status_stats_mounts_and_resources(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("status"));
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("greeting"), "hello from the host\n").unwrap();
+    let limit: i64 = 64 << 20;
+    let mut spec = ContainerSpec::new("main", &["sleep", "3600"]);
+    spec.envs = vec![("HUSK_TEST".into(), "cri".into())];
+    spec.mounts = vec![cri::Mount {
+        container_path: "/mnt/host".into(),
+        host_path: shared.path().display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    spec.resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: limit,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        ..Default::default()
+    });
+    let main = cri.create_and_start(&pod, &spec);
+    let side = cri.create_and_start(&pod, &ContainerSpec::new("side", &["sleep", "3600"]));
+
+    let status = cri.container_status(&main);
+    assert_eq!(status.state(), cri::ContainerState::ContainerRunning);
+    assert_eq!(status.metadata.as_ref().unwrap().name, "main");
+    assert!(status.started_at > 0 && status.started_at >= status.created_at);
+    assert!(
+        status
+            .image
+            .as_ref()
+            .unwrap()
+            .image
+            .contains("husk/busybox"),
+        "{:?}",
+        status.image
+    );
+
+    let r = cri.exec_sync(&main, &["cat", "/mnt/host/greeting"], 60);
+    assert_eq!(
+        (r.stdout.as_str(), r.exit_code),
+        ("hello from the host\n", 0)
+    );
+    let r = cri.exec_sync(&main, &["touch", "/mnt/host/written"], 60);
+    assert_ne!(r.exit_code, 0, "a read-only mount took a write: {r:?}");
+    assert!(!shared.path().join("written").exists());
+    let r = cri.exec_sync(&main, &["sh", "-c", "echo $HUSK_TEST"], 60);
+    assert_eq!(r.stdout, "cri\n");
+    // cgroup v2 in a guest, v1 on this host: either must show the limit.
+    let r = cri.exec_sync(
+        &main,
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ],
+        60,
+    );
+    assert_eq!(r.stdout.trim(), limit.to_string(), "{r:?}");
+
+    let stats = cri.container_stats(&main);
+    assert_eq!(stats.attributes.as_ref().unwrap().id, main);
+    let cpu = stats.cpu.as_ref().expect("cpu stats");
+    assert!(cpu.timestamp > 0);
+    assert!(
+        cpu.usage_core_nano_seconds
+            .as_ref()
+            .is_some_and(|u| u.value > 0),
+        "{cpu:?}"
+    );
+    let memory = stats.memory.as_ref().expect("memory stats");
+    assert!(
+        memory
+            .working_set_bytes
+            .as_ref()
+            .is_some_and(|m| m.value > 0),
+        "{memory:?}"
+    );
+
+    let mut listed: Vec<(String, String, i32)> = cri
+        .list_containers(Some(&pod.id))
+        .into_iter()
+        .map(|c| (c.id, c.metadata.unwrap().name, c.state))
+        .collect();
+    listed.sort_by(|a, b| a.1.cmp(&b.1));
+    let running = cri::ContainerState::ContainerRunning as i32;
+    assert_eq!(
+        listed,
+        [
+            (main.clone(), "main".to_string(), running),
+            (side.clone(), "side".to_string(), running)
+        ]
+    );
+
+    let url = cri.port_forward(&pod, &[8080]);
+    assert!(
+        url.starts_with(&format!("http://{}/portforward/", cri.stream_addr)),
+        "{url}"
+    );
+    cri.stop_and_remove(&pod);
+}
+
+/// (pid, command, state, ppid) of each process a container sees, read by
+/// the container's own shell from its /proc.
+fn processes_seen_by(cri: &Cri, id: &str) -> Vec<(u32, String, String, u32)> {
+    let r = cri.exec_sync(
+        id,
+        &[
+            "sh",
+            "-c",
+            "for f in /proc/[0-9]*/stat; do cat $f 2>/dev/null; echo; done",
+        ],
+        60,
+    );
+    r.stdout
+        .lines()
+        .filter_map(|l| {
+            let (head, rest) = l.split_once(" (")?;
+            let (comm, rest) = rest.rsplit_once(") ")?;
+            let mut f = rest.split_whitespace();
+            let state = f.next()?.to_owned();
+            Some((
+                head.parse().ok()?,
+                comm.to_owned(),
+                state,
+                f.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The pause image's entrypoint does a pause process' job: as PID 1 of its
+/// container it adopts an orphan and reaps it when it exits (no zombie), and
+/// StopContainer's SIGTERM ends it at once with status 0.
+fn pause_image_reaps_orphans_and_stops_on_sigterm(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("pause"));
+    let mut spec = ContainerSpec::new("pause", &[]);
+    spec.image = PAUSE_IMAGE.into();
+    let id = cri.create_and_start(&pod, &spec);
+    let procs = processes_seen_by(&cri, &id);
+    assert!(
+        procs.iter().any(|p| p.0 == 1 && p.1 == "pause"),
+        "PID 1 is not the pause script: {procs:?}"
+    );
+    let before: Vec<u32> = procs.iter().map(|p| p.0).collect();
+    // The orphan lets go of the exec's output, or ExecSync waits for it.
+    let orphan = "(sleep 3 </dev/null >/dev/null 2>&1 &); true";
+    let r = cri.exec_sync(&id, &["sh", "-c", orphan], 60);
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let procs = processes_seen_by(&cri, &id);
+    let orphans: Vec<u32> = procs
+        .iter()
+        .filter(|p| p.1 == "sleep" && p.3 == 1 && !before.contains(&p.0))
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(orphans.len(), 1, "no orphan adopted by PID 1: {procs:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = processes_seen_by(&cri, &id);
+        let left = procs.iter().any(|p| orphans.contains(&p.0));
+        let zombies = procs.iter().any(|p| p.2 == "Z");
+        if !left && !zombies {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reaped: {procs:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = Instant::now();
+    cri.stop_container(&id, 30);
+    let status = cri.wait_exited(&id, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?} (the grace period is 30 s)",
+        started.elapsed()
+    );
+    cri.stop_and_remove(&pod);
+}
+
+/// containerd parsed the CRI config as the harness and the operator
+/// snippet meant: both handlers with their runtime types, husk with the
+/// io.husk.* annotation passthrough, the private CNI and the pause image.
+#[test]
+fn cri_plugin_config_has_both_handlers() {
+    let Some(cri) = harness() else { return };
+    let config = cri.plugin_config();
+    let runtimes = &config["containerd"]["runtimes"];
+    assert_eq!(runtimes[RUNC]["runtimeType"], "io.containerd.runc.v2");
+    assert_eq!(runtimes[HUSK]["runtimeType"], "io.containerd.husk.v2");
+    assert_eq!(
+        runtimes[HUSK]["PodAnnotations"],
+        serde_json::json!(["io.husk.*"])
+    );
+    assert_eq!(
+        runtimes[HUSK]["ContainerAnnotations"],
+        serde_json::json!(["io.husk.*"])
+    );
+    assert_eq!(config["sandboxImage"], PAUSE_IMAGE);
+    assert_eq!(config["cni"]["binDir"], "/usr/lib/cni");
+}
+
+/// Dropping the harness with a pod still running leaves nothing: no
+/// process, mount, network namespace, bridge, cgroup, shim socket or
+/// directory.
+fn harness_drop_leaves_nothing(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("abandoned"));
+    cri.create_and_start(&pod, &ContainerSpec::new("sleeper", &["sleep", "3600"]));
+    let dir = cri.containerd().dir.path().to_owned();
+    let bridge = Path::new("/sys/class/net").join(&cri.net.bridge);
+    let cgroup_parent = cri.cgroup_parent.clone();
+    let socket = husk_tests::cri::shim_socket(
+        &cri.containerd().socket,
+        husk_tests::cri::K8S_NAMESPACE,
+        &pod.id,
+    );
+    // Something to clean up: the pod's shim runs, its veth is on the bridge.
+    assert!(!husk_tests::containerd::processes_mentioning(&pod.id).is_empty());
+    assert_eq!(cri.net.ports().len(), 1, "{:?}", cri.net.ports());
+    drop(cri);
+    assert!(!socket.exists(), "{} is still there", socket.display());
+    let dir_text = dir.display().to_string();
+    assert!(!dir.exists(), "{dir_text} is still there");
+    assert!(!bridge.exists(), "{} is still there", bridge.display());
+    assert_eq!(
+        husk_tests::cri::cgroup_pids(&cgroup_parent),
+        Vec::<u32>::new()
+    );
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(cgroup_parent.trim_start_matches('/'))
+            .exists(),
+        "cgroup {cgroup_parent} is still there"
+    );
+    assert_eq!(
+        husk_tests::containerd::mounts_under(&dir),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        husk_tests::containerd::processes_mentioning(&dir_text),
+        Vec::<u32>::new()
+    );
+    assert!(
+        !pod.netns.exists(),
+        "{} is still there",
+        pod.netns.display()
+    );
+}
+
+#[test]
+fn runc_pod_ip_is_reachable_from_the_host() {
+    pod_ip_is_reachable_from_the_host(RUNC);
+}
+
+#[test]
+fn runc_containers_reach_each_other_on_localhost() {
+    containers_reach_each_other_on_localhost(RUNC);
+}
+
+#[test]
+fn runc_exec_sync_returns_output_and_exit_code() {
+    exec_sync_returns_output_and_exit_code(RUNC);
+}
+
+#[test]
+fn runc_container_log_is_in_cri_format() {
+    container_log_is_in_cri_format(RUNC);
+}
+
+#[test]
+fn runc_status_stats_mounts_and_resources() {
+    status_stats_mounts_and_resources(RUNC);
+}
+
+#[test]
+fn runc_pause_image_reaps_orphans_and_stops_on_sigterm() {
+    pause_image_reaps_orphans_and_stops_on_sigterm(RUNC);
+}
+
+#[test]
+fn runc_harness_drop_leaves_nothing() {
+    harness_drop_leaves_nothing(RUNC);
+}
