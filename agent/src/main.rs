@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod container;
+mod forward;
 mod guest;
 mod init;
 mod network;
@@ -70,6 +71,12 @@ fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
         let port = husk_proto::AGENT_VSOCK_PORT;
         let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
             .with_context(|| format!("binding vsock port {port}"))?;
+        if is_init {
+            if let Err(e) = network::loopback_up().await {
+                tracing::warn!("loopback: {e}");
+            }
+        }
+        forward::serve().context("binding the port-forward vsock port")?;
         let service = service::AgentService::new(is_init, started_ms, shared_dir, containers);
         tracing::info!(port, version = env!("CARGO_PKG_VERSION"), "agent serving");
         // Plain text, not a log line: the host waits for exactly this.

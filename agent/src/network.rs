@@ -80,14 +80,28 @@ pub async fn configure(req: &ConfigureNetworkRequest) -> Result<(), NetworkError
     result
 }
 
-async fn apply(handle: &Handle, req: &ConfigureNetworkRequest) -> Result<(), NetworkError> {
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(netlink("listing links"))?;
+/// Brings loopback up: a pod without a network (or before it has one)
+/// still has localhost, as its containers expect.
+pub async fn loopback_up() -> Result<(), NetworkError> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|e| NetworkError::Netlink(e.to_string()))?;
+    let task = tokio::spawn(connection);
+    let result = async {
+        let links: Vec<LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("listing links"))?;
+        set_loopback_up(&handle, &links).await
+    }
+    .await;
+    task.abort();
+    result
+}
+
+async fn set_loopback_up(handle: &Handle, links: &[LinkMessage]) -> Result<(), NetworkError> {
     if let Some(lo) = links.iter().find(|l| name_of(l) == Some("lo")) {
         handle
             .link()
@@ -96,6 +110,18 @@ async fn apply(handle: &Handle, req: &ConfigureNetworkRequest) -> Result<(), Net
             .await
             .map_err(netlink("bringing lo up"))?;
     }
+    Ok(())
+}
+
+async fn apply(handle: &Handle, req: &ConfigureNetworkRequest) -> Result<(), NetworkError> {
+    let links: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing links"))?;
+    set_loopback_up(handle, &links).await?;
     let mut names = Vec::new();
     for (i, nic) in req.interfaces.iter().enumerate() {
         let index = configure_interface(handle, &links, i, nic).await?;

@@ -12,6 +12,10 @@ pub mod agent {
 /// The guest vsock port the agent's gRPC server listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The guest vsock port of the agent's TCP forwarder (port-forward into
+/// the pod): `PORT <n>\n`, then `OK\n` or `ERR <reason>\n`, then raw bytes.
+pub const FORWARD_VSOCK_PORT: u32 = 1025;
+
 /// The virtio-fs tag of the directory the host shares with the guest.
 pub const SHARED_FS_TAG: &str = "husk-shared";
 

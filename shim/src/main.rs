@@ -13,6 +13,7 @@ mod container;
 mod io;
 mod metrics;
 mod network;
+mod portforward;
 mod rootfs;
 mod sandbox;
 mod spec;
@@ -31,6 +32,8 @@ pub const RUNTIME_ID: &str = "io.containerd.husk.v2";
 struct HuskShim {
     id: String,
     namespace: String,
+    /// The ttrpc socket this shim serves (`unix:///run/containerd/s/...`).
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -42,6 +45,7 @@ impl Shim for HuskShim {
         HuskShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -87,6 +91,7 @@ impl Shim for HuskShim {
         task::HuskTask::new(
             self.id.clone(),
             self.namespace.clone(),
+            self.socket.clone(),
             publisher,
             self.exit.clone(),
         )

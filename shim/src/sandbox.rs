@@ -17,6 +17,8 @@ pub struct Sandbox {
     pub shared: PathBuf,
     /// The pod network namespace connected to the VM, if any.
     network: Option<PodNetwork>,
+    /// The namespace's localhost carried into the guest (port-forward).
+    forward: Option<crate::portforward::LocalForward>,
 }
 
 impl Sandbox {
@@ -34,12 +36,26 @@ impl Sandbox {
         };
         let result = Self::boot(config, vm_id, &network).await;
         match result {
-            Ok((vm, agent, shared)) => Ok(Self {
-                vm,
-                agent,
-                shared,
-                network,
-            }),
+            Ok((vm, agent, shared)) => {
+                let forward = match &network {
+                    Some(n) => match crate::portforward::start(&n.netns, vm.agent_socket()).await {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            // The pod works without it; port-forward does not.
+                            tracing::warn!(vm_id, "port-forward into the pod is unavailable: {e}");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                Ok(Self {
+                    vm,
+                    agent,
+                    shared,
+                    network,
+                    forward,
+                })
+            }
             Err(e) => {
                 if let Some(n) = network {
                     let _ = tokio::task::spawn_blocking(move || n.detach()).await;
@@ -97,6 +113,9 @@ impl Sandbox {
     }
 
     pub async fn stop(mut self) {
+        if let Some(f) = self.forward.take() {
+            let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+        }
         self.vm.stop().await;
         remove_shared_dir(&self.shared);
         if let Some(n) = self.network.take() {

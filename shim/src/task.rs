@@ -36,6 +36,7 @@ pub struct HuskTask {
 struct Inner {
     vm_id: String,
     namespace: String,
+    socket: String,
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
     config: Result<husk_config::Config, String>,
@@ -72,6 +73,7 @@ impl HuskTask {
     pub fn new(
         vm_id: String,
         namespace: String,
+        socket: String,
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
@@ -80,6 +82,7 @@ impl HuskTask {
             inner: Arc::new(Inner {
                 vm_id,
                 namespace,
+                socket,
                 publisher,
                 exit,
                 config,
@@ -974,6 +977,15 @@ impl Task for HuskTask {
             return Ok(api::Empty::new());
         }
         self.inner.stop_vm_if_idle().await;
+        // The crate removes the socket after exit by reading the bundle's
+        // address file, which containerd may have deleted with the bundle
+        // by then; remove it here while the path is known for sure.
+        let path = self.inner.socket.trim_start_matches("unix://");
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(socket = path, %e, "cannot remove the shim socket");
+            }
+        }
         self.inner.exit.signal();
         Ok(api::Empty::new())
     }

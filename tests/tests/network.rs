@@ -1,8 +1,10 @@
 //! A container given a network namespace (as CNI gives a pod one) sees
 //! the same interface, addresses and routes under husk as under runc, and
-//! a server in it answers from the host at its address: husk carries the
-//! namespace's traffic into the VM through a TAP and tc redirects. After
-//! the container, nothing of husk stays in the namespace.
+//! a server in it answers from the host at its address and from the
+//! namespace's own localhost (what CRI PortForward dials): husk carries the
+//! namespace's traffic into the VM through a TAP and tc redirects, and its
+//! loopback through a redirect to the agent's forwarder. After the
+//! container, nothing of husk stays in the namespace.
 
 use husk_tests::ctr::*;
 use std::process::Command;
@@ -66,6 +68,8 @@ impl TestNetns {
             "eth0",
         ]);
         ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        // As CNI's loopback plugin (and containerd) do for a pod.
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ip(&[
             "-n",
             &ns.name,
@@ -118,12 +122,38 @@ fn fetch(ip: &str, port: u16) -> String {
     }
 }
 
+/// What containerd's PortForward does: enter the pod's namespace and dial
+/// localhost there.
+fn fetch_in_netns(ns: &TestNetns, port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .args([
+                "timeout",
+                "5",
+                "bash",
+                "-c",
+                &format!("cat < /dev/tcp/127.0.0.1/{port}"),
+            ])
+            .output()
+            .unwrap();
+        let got = text(&out.stdout);
+        // The server takes one connection at a time: retry while it is
+        // between two.
+        if !got.is_empty() || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn scenario(
     ctrd: &husk_tests::containerd::Containerd,
     ns: &TestNetns,
     runtime: &str,
     tag: &str,
-) -> (String, String) {
+) -> (String, String, String) {
     let with_ns = format!("network:{}", ns.path());
     let seen = run_with(
         ctrd,
@@ -146,13 +176,14 @@ fn scenario(
         &id,
         "sh",
         "-c",
-        "echo served from the pod > /tmp/f; nc -l -p 8080 < /tmp/f",
+        "echo served from the pod > /tmp/f; while true; do nc -l -p 8080 < /tmp/f; done",
     ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let served = fetch(&ns.pod_ip, 8080);
+    let forwarded = fetch_in_netns(ns, 8080);
     let _ = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
     remove_task(ctrd, &id);
-    (text(&seen.stdout), served)
+    (text(&seen.stdout), served, forwarded)
 }
 
 #[test]
@@ -173,6 +204,8 @@ fn a_network_namespace_reaches_the_vm_as_it_reaches_runc() {
         husk.0
     );
     assert_eq!(husk.1, "served from the pod\n");
+    // localhost in the pod's namespace, as containerd's PortForward dials.
+    assert_eq!(husk.2, "served from the pod\n");
     assert_eq!(husk, runc);
     assert_nothing_left(&ctrd);
     // husk's TAP and its tc redirect left with the VM.

@@ -1,0 +1,194 @@
+//! `localhost` of the pod's network namespace, carried into the guest.
+//!
+//! containerd's CRI PortForward (kubectl port-forward) enters the pod's
+//! network namespace and dials `localhost:<port>`. Under runc the server
+//! is right there; under husk it is in the VM, and the namespace's
+//! loopback does not reach it. So the shim listens on one 127.0.0.1 port
+//! in the namespace, an iptables REDIRECT in the namespace's nat OUTPUT
+//! chain sends every other loopback TCP connection to it, and for each
+//! connection the shim reads the port that was dialled (SO_ORIGINAL_DST)
+//! and asks the agent's forwarder (vsock `FORWARD_VSOCK_PORT`) for
+//! 127.0.0.1:<port> in the guest. Nothing else uses loopback in that
+//! namespace: the pod's processes all run in the VM.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("listening in {netns}: {message}")]
+    Listen { netns: PathBuf, message: String },
+    #[error("iptables in {netns}: {message}")]
+    Iptables { netns: PathBuf, message: String },
+}
+
+/// A running forwarder; `stop` removes its rule and listener.
+pub struct LocalForward {
+    netns: PathBuf,
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The iptables arguments that add (-A) or delete (-D) the redirect.
+fn rule(action: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "-w",
+        "-t",
+        "nat",
+        action,
+        "OUTPUT",
+        "-o",
+        "lo",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1/32",
+        "!",
+        "--dport",
+        &port,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn iptables(netns: &Path, args: &[String]) -> Result<(), ForwardError> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg("iptables")
+        .args(args)
+        .output()
+        .map_err(|e| ForwardError::Iptables {
+            netns: netns.to_owned(),
+            message: format!("running nsenter iptables: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(ForwardError::Iptables {
+            netns: netns.to_owned(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A listener on 127.0.0.1 in `netns` (made on a thread that entered it).
+fn listen_in(netns: &Path) -> Result<std::net::TcpListener, ForwardError> {
+    let fail = |message: String| ForwardError::Listen {
+        netns: netns.to_owned(),
+        message,
+    };
+    let file = std::fs::File::open(netns).map_err(|e| fail(e.to_string()))?;
+    let listener = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+    .join()
+    .map_err(|_| fail("the listener thread panicked".into()))?
+    .map_err(|e| fail(e.to_string()))?;
+    Ok(listener)
+}
+
+pub async fn start(netns: &Path, agent_socket: PathBuf) -> Result<LocalForward, ForwardError> {
+    let std_listener = listen_in(netns)?;
+    let port = std_listener
+        .local_addr()
+        .map_err(|e| ForwardError::Listen {
+            netns: netns.to_owned(),
+            message: e.to_string(),
+        })?
+        .port();
+    let listener =
+        tokio::net::TcpListener::from_std(std_listener).map_err(|e| ForwardError::Listen {
+            netns: netns.to_owned(),
+            message: e.to_string(),
+        })?;
+    iptables(netns, &rule("-A", port))?;
+    let task = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let socket = agent_socket.clone();
+            tokio::spawn(async move {
+                if let Err(e) = forward(conn, &socket).await {
+                    tracing::debug!("port forward: {e}");
+                }
+            });
+        }
+    });
+    Ok(LocalForward {
+        netns: netns.to_owned(),
+        port,
+        task,
+    })
+}
+
+/// The destination port a REDIRECTed connection was dialled to.
+fn original_port(conn: &tokio::net::TcpStream) -> std::io::Result<u16> {
+    const SO_ORIGINAL_DST: nix::libc::c_int = 80;
+    // SAFETY: sockaddr_in is plain data; getsockopt fills at most len bytes.
+    let mut addr: nix::libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<nix::libc::sockaddr_in>() as nix::libc::socklen_t;
+    let ret = unsafe {
+        nix::libc::getsockopt(
+            conn.as_raw_fd(),
+            nix::libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&mut addr as *mut nix::libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if ret == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u16::from_be(addr.sin_port))
+}
+
+async fn forward(mut conn: tokio::net::TcpStream, agent_socket: &Path) -> anyhow::Result<()> {
+    let port = original_port(&conn)?;
+    let mut guest =
+        husk_hypervisor::hybrid_vsock_connect(agent_socket, husk_proto::FORWARD_VSOCK_PORT).await?;
+    guest.write_all(format!("PORT {port}\n").as_bytes()).await?;
+    // Byte by byte: nothing after the reply line may be taken from the stream.
+    let mut reply = Vec::new();
+    while reply.last() != Some(&b'\n') && reply.len() < 256 {
+        reply.push(guest.read_u8().await?);
+    }
+    if reply != b"OK\n" {
+        anyhow::bail!(
+            "guest port {port}: {}",
+            String::from_utf8_lossy(&reply).trim()
+        );
+    }
+    tokio::io::copy_bidirectional(&mut conn, &mut guest).await?;
+    Ok(())
+}
+
+impl LocalForward {
+    pub fn stop(self) {
+        self.task.abort();
+        if let Err(e) = iptables(&self.netns, &rule("-D", self.port)) {
+            // The namespace may be gone already (CNI teardown ran first).
+            tracing::debug!("port forward rule: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule_redirects_loopback_tcp_except_its_own_port() {
+        let r = rule("-A", 41000).join(" ");
+        assert_eq!(
+            r,
+            "-w -t nat -A OUTPUT -o lo -p tcp -d 127.0.0.1/32 ! --dport 41000 -j REDIRECT --to-ports 41000"
+        );
+    }
+}
