@@ -495,6 +495,12 @@ impl Cri {
     /// the way kubelet asks: own network, IPC and UTS, a PID namespace per
     /// container, a cgroup below `cgroup_parent`, no port mappings.
     pub fn run_pod(&self, handler: &str, spec: &PodSpec) -> Pod {
+        self.try_run_pod(handler, spec)
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}"))
+    }
+
+    /// RunPodSandbox, with its error (the runtime's message) as a value.
+    pub fn try_run_pod(&self, handler: &str, spec: &PodSpec) -> Result<Pod, String> {
         let log_dir = self
             .log_root
             .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
@@ -533,8 +539,7 @@ impl Cri {
             runtime_handler: handler.into(),
         };
         let id = self
-            .call(async move { client.run_pod_sandbox(request).await })
-            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {}", e))
+            .call(async move { client.run_pod_sandbox(request).await })?
             .into_inner()
             .pod_sandbox_id;
         self.pod_ids.borrow_mut().push(id.clone());
@@ -547,7 +552,7 @@ impl Cri {
         let ip: Ipv4Addr = ip
             .parse()
             .unwrap_or_else(|_| panic!("pod {id} has no IPv4 address: {:?}", status.network));
-        Pod {
+        Ok(Pod {
             netns: netns_of(&info).unwrap_or_else(|| panic!("no netns in pod {id}'s info")),
             id,
             handler: handler.into(),
@@ -556,7 +561,7 @@ impl Cri {
             ip,
             cgroup,
             containers: Default::default(),
-        }
+        })
     }
 
     /// PodSandboxStatus (verbose): the status and the parsed `info` JSON.

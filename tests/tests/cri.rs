@@ -447,3 +447,121 @@ fn runc_pause_image_reaps_orphans_and_stops_on_sigterm() {
 fn runc_harness_drop_leaves_nothing() {
     harness_drop_leaves_nothing(RUNC);
 }
+
+// The same scenarios under husk: each pod is one VM.
+
+#[test]
+fn husk_pod_ip_is_reachable_from_the_host() {
+    pod_ip_is_reachable_from_the_host(HUSK);
+}
+
+#[test]
+fn husk_containers_reach_each_other_on_localhost() {
+    containers_reach_each_other_on_localhost(HUSK);
+}
+
+#[test]
+fn husk_exec_sync_returns_output_and_exit_code() {
+    exec_sync_returns_output_and_exit_code(HUSK);
+}
+
+#[test]
+fn husk_container_log_is_in_cri_format() {
+    container_log_is_in_cri_format(HUSK);
+}
+
+#[test]
+fn husk_status_stats_mounts_and_resources() {
+    status_stats_mounts_and_resources(HUSK);
+}
+
+#[test]
+fn husk_pause_image_reaps_orphans_and_stops_on_sigterm() {
+    pause_image_reaps_orphans_and_stops_on_sigterm(HUSK);
+}
+
+#[test]
+fn husk_harness_drop_leaves_nothing() {
+    harness_drop_leaves_nothing(HUSK);
+}
+
+/// Two containers of a husk pod run in one VM (one guest boot id, not the
+/// host's), share an emptyDir-style host directory both ways, and see a
+/// hostPath file read-only; the same pod under runc gives the same output
+/// apart from the boot id line.
+#[test]
+fn a_husk_pod_is_one_vm_with_shared_volumes_like_runc() {
+    let Some(cri) = harness() else { return };
+    let mut outputs = Vec::new();
+    for handler in [RUNC, HUSK] {
+        let empty_dir = tempfile::tempdir().unwrap();
+        let host_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(host_file.path(), "from the node\n").unwrap();
+        let mounts = vec![
+            cri::Mount {
+                container_path: "/data".into(),
+                host_path: empty_dir.path().display().to_string(),
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/etc/node-file".into(),
+                host_path: host_file.path().display().to_string(),
+                readonly: true,
+                ..Default::default()
+            },
+        ];
+        let pod = cri.run_pod(handler, &PodSpec::new(&format!("onevm-{handler}")));
+        let mut writer = ContainerSpec::new(
+            "writer",
+            &["sh", "-c", "cat /proc/sys/kernel/random/boot_id > /data/boot_id; echo written > /data/w; sleep 3600"],
+        );
+        writer.mounts = mounts.clone();
+        let writer_id = cri.create_and_start(&pod, &writer);
+        let mut reader = ContainerSpec::new("reader", &["sleep", "3600"]);
+        reader.mounts = mounts;
+        let reader_id = cri.create_and_start(&pod, &reader);
+        let script = "for i in $(seq 100); do [ -s /data/w ] && break; sleep 0.2; done; \
+                      cat /data/w /etc/node-file; echo x > /etc/node-file 2>/dev/null || echo read-only; \
+                      [ \"$(cat /data/boot_id)\" = \"$(cat /proc/sys/kernel/random/boot_id)\" ] && echo same-kernel";
+        let r = cri.exec_sync(&reader_id, &["sh", "-c", script], 120);
+        let boot_id = std::fs::read_to_string(empty_dir.path().join("boot_id")).unwrap();
+        let _ = writer_id;
+        cri.stop_and_remove(&pod);
+        cri.assert_pod_gone(&pod);
+        outputs.push((handler, r.stdout, r.exit_code, boot_id));
+    }
+    println!("{outputs:?}");
+    let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let (_, runc_out, runc_code, runc_boot) = &outputs[0];
+    let (_, husk_out, husk_code, husk_boot) = &outputs[1];
+    assert_eq!(husk_out, "written\nfrom the node\nread-only\nsame-kernel\n");
+    assert_eq!((husk_out, husk_code), (runc_out, runc_code));
+    assert_eq!(runc_boot, &host_boot_id, "runc shares the host's kernel");
+    assert_ne!(husk_boot, &host_boot_id, "husk's pod runs its own kernel");
+}
+
+/// A pod asking for a VM outside the configured bounds is refused at
+/// RunPodSandbox, with the annotation named, and leaves no pod behind.
+#[test]
+fn husk_refuses_pods_sized_outside_the_bounds() {
+    let Some(cri) = harness() else { return };
+    for (key, value) in [("io.husk.vcpus", "0"), ("io.husk.memory_mib", "9999999")] {
+        let mut spec = PodSpec::new(&format!("bad-{}", key.rsplit('.').next().unwrap()));
+        spec.annotations.insert(key.into(), value.into());
+        let err = match cri.try_run_pod(HUSK, &spec) {
+            Ok(pod) => {
+                cri.stop_and_remove(&pod);
+                panic!("a pod with {key}={value} ran")
+            }
+            Err(e) => e,
+        };
+        assert!(err.contains(key) && err.contains(value), "{err}");
+        assert!(
+            cri.list_pods()
+                .iter()
+                .all(|p| p.metadata.as_ref().is_none_or(|m| m.name != spec.name)
+                    || p.state != cri::PodSandboxState::SandboxReady as i32),
+            "the refused pod is listed as ready"
+        );
+    }
+}
