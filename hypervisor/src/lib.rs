@@ -11,6 +11,7 @@
 //!   `CONNECT <port>\n`, `OK <port>\n`, then gRPC to the agent.
 
 mod accel;
+pub mod builtin;
 mod daemon;
 mod error;
 mod preflight;

@@ -1,0 +1,126 @@
+//! husk-vmm: the built-in VMM process, one per micro-VM. It sets the VM up
+//! from its arguments, runs it, and exits when the guest powers off or
+//! resets (the guest kernel runs with `reboot=t`) or on SIGTERM/SIGINT.
+//!
+//! Exit status: 0 when the guest ended itself or the host asked it to stop,
+//! 1 when the VM could not be set up or KVM failed while running it.
+
+use anyhow::{bail, Context, Result};
+use husk_hypervisor::builtin::{vcpu::VcpuStop, VmConfig, VmEvent, Vmm};
+use nix::sys::signal::{SigSet, Signal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
+[--memory-mib N] [--vcpus N] --console-log PATH";
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<VmConfig> {
+    let (mut kernel, mut initrd, mut console_log) = (None, None, None);
+    let mut cmdline = String::new();
+    let (mut memory_mib, mut vcpus) = (128u64, 1u8);
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--kernel" => kernel = Some(PathBuf::from(value()?)),
+            "--initrd" => initrd = Some(PathBuf::from(value()?)),
+            "--cmdline" => cmdline = value()?,
+            "--console-log" => console_log = Some(PathBuf::from(value()?)),
+            "--memory-mib" => {
+                let v = value()?;
+                memory_mib = v
+                    .parse()
+                    .with_context(|| format!("--memory-mib {v:?} is not a number of MiB"))?
+            }
+            "--vcpus" => {
+                let v = value()?;
+                vcpus = v
+                    .parse()
+                    .with_context(|| format!("--vcpus {v:?} is not a number from 1 to 254"))?
+            }
+            "--help" | "-h" => bail!("{USAGE}"),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(VmConfig {
+        kernel: kernel.with_context(|| format!("--kernel is required\n{USAGE}"))?,
+        initrd,
+        cmdline,
+        memory_mib,
+        vcpus,
+        console_log: console_log.with_context(|| format!("--console-log is required\n{USAGE}"))?,
+    })
+}
+
+fn run() -> Result<()> {
+    let config = parse_args(std::env::args().skip(1))?;
+    // Block the stop signals before any thread exists, so every thread
+    // inherits the mask and only the waiter below ever receives them.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    stop_signals
+        .thread_block()
+        .context("blocking SIGTERM/SIGINT")?;
+
+    let vmm = Vmm::new(&config).context("setting up the VM")?;
+    let boot = vmm.boot_entry();
+    tracing::info!(
+        kernel = %config.kernel.display(),
+        entry = format_args!("{:#x}", boot.entry.0),
+        mode = ?boot.mode,
+        vcpus = config.vcpus,
+        memory_mib = config.memory_mib,
+        "starting guest"
+    );
+    let mut vm = vmm.start().context("starting the vCPUs")?;
+    let terminator = vm.terminator();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = stop_signals.wait() {
+                tracing::info!("{sig}: stopping the guest");
+                let _ = terminator.send(VmEvent::Terminate);
+            }
+        })
+        .context("starting the signal thread")?;
+
+    let event = vm.wait();
+    vm.stop_and_join();
+    match event {
+        VmEvent::Terminate => Ok(()),
+        VmEvent::Vcpu(i, VcpuStop::GuestShutdown) => {
+            tracing::info!("vCPU {i}: guest shut down");
+            Ok(())
+        }
+        VmEvent::Vcpu(i, VcpuStop::GuestReset) => {
+            tracing::info!("vCPU {i}: guest reset; a micro-VM does not reboot");
+            Ok(())
+        }
+        VmEvent::Vcpu(i, VcpuStop::Stopped) => {
+            tracing::info!("vCPU {i} stopped");
+            Ok(())
+        }
+        VmEvent::Vcpu(i, VcpuStop::Failed(why)) => bail!("vCPU {i}: {why}"),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUSK_VMM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("husk-vmm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
