@@ -98,6 +98,12 @@ impl Asm {
         self.bytes(&[0x89, 0xc0 | ((reg as u8) << 3)])
     }
 
+    /// `mov rax, imm64` (64-bit mode only: REX.W B8).
+    pub fn mov_ax_imm64(&mut self, v: u64) -> &mut Self {
+        self.bytes(&[0x48, 0xb8]);
+        self.bytes(&v.to_le_bytes())
+    }
+
     /// `mov (r|e)ax, crN`.
     pub fn mov_ax_from_cr(&mut self, cr: u8) -> &mut Self {
         self.bytes(&[0x0f, 0x20, 0xc0 | (cr << 3)])
@@ -127,6 +133,30 @@ impl Asm {
         self.bytes(&[0x75, back as i8 as u8])
     }
 
+    /// `mov ecx, msr; rdmsr`: the MSR's low half in eax.
+    pub fn rdmsr(&mut self, msr: u32) -> &mut Self {
+        self.bytes(&[0xb9]);
+        self.bytes(&msr.to_le_bytes());
+        self.bytes(&[0x0f, 0x32])
+    }
+
+    /// `pushf; pop (r|e)ax`: the flags, through the stack.
+    pub fn flags_to_ax(&mut self) -> &mut Self {
+        self.bytes(&[0x9c, 0x58])
+    }
+
+    /// Writes the NUL-terminated string whose 32-bit address is at
+    /// `[rsi + disp]` to port `dx` (64-bit mode; clobbers rsi and al):
+    /// `mov esi, [rsi+disp]; l: mov al, [rsi]; test al, al; jz end;
+    /// out dx, al; inc rsi; jmp l; end:`.
+    pub fn out_cstr_via_rsi(&mut self, disp: i32) -> &mut Self {
+        self.bytes(&[0x8b, 0xb6]);
+        self.bytes(&disp.to_le_bytes());
+        self.bytes(&[
+            0x8a, 0x06, 0x84, 0xc0, 0x74, 0x06, 0xee, 0x48, 0xff, 0xc6, 0xeb, 0xf4,
+        ])
+    }
+
     /// `lidt [abs32]`.
     pub fn lidt_abs(&mut self, addr: u32) -> &mut Self {
         self.bytes(&[0x0f, 0x01, 0x1c, 0x25]);
@@ -147,6 +177,17 @@ impl Asm {
     pub fn triple_fault(&mut self) -> &mut Self {
         self.bytes(&[0x0f, 0x0b])
     }
+}
+
+/// A 64-bit interrupt gate to `handler` through code selector `cs`.
+pub fn idt_gate64(handler: u64, cs: u16) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[2..4].copy_from_slice(&cs.to_le_bytes());
+    g[5] = 0x8e; // present, DPL 0, 64-bit interrupt gate
+    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    g
 }
 
 /// An ELF64 executable with one PT_LOAD segment holding `image` at
