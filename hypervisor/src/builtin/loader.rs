@@ -83,6 +83,8 @@ pub enum LoaderError {
     },
     #[error("kernel command line is {len} bytes, the limit is {max} (with the terminating NUL)")]
     CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel command line has a NUL byte at offset {0}; the guest would cut it there")]
+    CmdlineNul(usize),
     #[error("kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
     #[error("writing the kernel command line to guest memory: {0}")]
@@ -230,6 +232,9 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str, max: usize) -> Result
             len: cmdline.len(),
             max,
         });
+    }
+    if let Some(pos) = cmdline.find('\0') {
+        return Err(LoaderError::CmdlineNul(pos));
     }
     let cmdline = Cmdline::try_from(cmdline, max).map_err(LoaderError::Cmdline)?;
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
@@ -399,7 +404,287 @@ fn write_pvh_start_info(
     PvhBootConfigurator::write_bootparams(&params, mem).map_err(LoaderError::BootParams)
 }
 
-/// Reads a `T` back from guest memory; used by tests and diagnostics.
-pub fn read_obj<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, addr: u64) -> Option<T> {
-    mem.read_obj(GuestAddress(addr)).ok()
+#[cfg(test)]
+mod tests {
+    //! Field-by-field checks against Documentation/arch/x86/boot.rst (zero
+    //! page offsets) and Xen's start_info.h (PVH). Offsets are checked on
+    //! the bytes, not just the struct fields, so a layout mistake in the
+    //! bindings would show too.
+    use super::*;
+    use crate::builtin::guest_image;
+    use crate::builtin::memory::create_guest_memory;
+    use vm_memory::ByteValued;
+
+    fn u16_at(b: &[u8], off: usize) -> u16 {
+        u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+    }
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    fn two_ranges() -> Vec<boot_e820_entry> {
+        e820_map(&create_guest_memory(64).unwrap())
+    }
+
+    #[test]
+    fn e820_has_low_ram_and_ram_from_1mib() {
+        let map = two_ranges();
+        assert_eq!(map.len(), 2);
+        assert_eq!((map[0].addr, map[0].size, map[0].r#type), (0, 0x9fc00, 1));
+        assert_eq!(
+            (map[1].addr, map[1].size, map[1].r#type),
+            (0x10_0000, (64 << 20) - 0x10_0000, 1)
+        );
+    }
+
+    #[test]
+    fn e820_of_a_large_guest_skips_the_mmio_hole() {
+        let mem = create_guest_memory(4096 + 512).unwrap();
+        let map = e820_map(&mem);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map[1].addr + map[1].size, MMIO_HOLE_START);
+        assert_eq!({ map[2].addr }, 1 << 32);
+        let total: u64 = map.iter().map(|e| e.size).sum();
+        // All RAM but the EBDA..1 MiB gap is listed.
+        assert_eq!(total, ((4096 + 512) << 20) - (HIMEM_START - EBDA_START));
+    }
+
+    #[test]
+    fn zero_page_fields_for_an_elf_kernel() {
+        let initrd = InitrdPlacement {
+            addr: GuestAddress(0x3f0_0000),
+            size: 0x1234,
+        };
+        let zp = zero_page(None, 42, Some(initrd), &two_ranges());
+        let b = zp.as_slice();
+        assert_eq!(b.len(), 4096, "the zero page is one page");
+        assert_eq!(u16_at(b, 0x1fe), 0xaa55, "boot_flag");
+        assert_eq!(&b[0x202..0x206], b"HdrS", "header");
+        assert_eq!(b[0x210], 0xff, "type_of_loader: undefined");
+        assert_eq!(u32_at(b, 0x218), 0x3f0_0000, "ramdisk_image");
+        assert_eq!(u32_at(b, 0x21c), 0x1234, "ramdisk_size");
+        assert_eq!(u32_at(b, 0x228), CMDLINE_START as u32, "cmd_line_ptr");
+        assert_eq!(u32_at(b, 0x230), 0x100_0000, "kernel_alignment");
+        assert_eq!(u32_at(b, 0x238), 42, "cmdline_size");
+        assert_eq!(b[0x1e8], 2, "e820_entries");
+        // e820_table at 0x2d0, 20 bytes per entry: addr, size, type.
+        assert_eq!(u64_at(b, 0x2d0), 0);
+        assert_eq!(u64_at(b, 0x2d8), 0x9fc00);
+        assert_eq!(u32_at(b, 0x2e0), E820_RAM);
+        assert_eq!(u64_at(b, 0x2e4), 0x10_0000);
+        assert_eq!(u64_at(b, 0x2ec), (64 << 20) - 0x10_0000);
+        assert_eq!(u32_at(b, 0x2f4), E820_RAM);
+    }
+
+    #[test]
+    fn zero_page_keeps_the_bzimage_setup_header_and_sets_loader_fields() {
+        let mem = create_guest_memory(64).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bz");
+        let image = guest_image::bzimage(&guest_image::bzimage_payload(&[0xf4]));
+        std::fs::write(&path, image).unwrap();
+        let k = load_kernel(&mem, &path).unwrap();
+        assert_eq!(k.mode, EntryMode::Linux64);
+        assert_eq!(k.entry, GuestAddress(guest_image::LOAD_ADDR + 0x200));
+        let zp = zero_page(k.setup_header, 10, None, &two_ranges());
+        let b = zp.as_slice();
+        assert_eq!(u16_at(b, 0x206), 0x020f, "version from the image");
+        assert_eq!(
+            u32_at(b, 0x214),
+            guest_image::LOAD_ADDR as u32,
+            "code32_start"
+        );
+        assert_eq!(u16_at(b, 0x236), 1, "xloadflags from the image");
+        assert_eq!(b[0x210], 0xff, "type_of_loader set by us");
+        assert_eq!(u32_at(b, 0x218), 0, "no initrd");
+        assert_eq!(u32_at(b, 0x228), CMDLINE_START as u32);
+        // The 64-bit entry's first byte is the payload's, loaded at 1 MiB.
+        let first: u8 = mem.read_obj(k.entry).unwrap();
+        assert_eq!(first, 0xf4);
+    }
+
+    #[test]
+    fn pvh_start_info_fields() {
+        let initrd = InitrdPlacement {
+            addr: GuestAddress(0x200_0000),
+            size: 77,
+        };
+        let (info, memmap, module) = pvh_start_info(Some(initrd), &two_ranges());
+        let b = info.as_slice();
+        assert_eq!(b.len(), 56);
+        assert_eq!(u32_at(b, 0), 0x336e_c578, "magic");
+        assert_eq!(u32_at(b, 4), 1, "version");
+        assert_eq!(u32_at(b, 8), 0, "flags");
+        assert_eq!(u32_at(b, 12), 1, "nr_modules");
+        assert_eq!(u64_at(b, 16), PVH_MODLIST_START, "modlist_paddr");
+        assert_eq!(u64_at(b, 24), CMDLINE_START, "cmdline_paddr");
+        assert_eq!(u64_at(b, 32), 0, "rsdp_paddr: no ACPI");
+        assert_eq!(u64_at(b, 40), PVH_MEMMAP_START, "memmap_paddr");
+        assert_eq!(u32_at(b, 48), 2, "memmap_entries");
+        let m = module.unwrap();
+        let mb = m.as_slice();
+        assert_eq!(u64_at(mb, 0), 0x200_0000, "module paddr");
+        assert_eq!(u64_at(mb, 8), 77, "module size");
+        assert_eq!(u64_at(mb, 16), 0, "module cmdline_paddr");
+        assert_eq!(memmap.len(), 2);
+        let e = memmap[1].as_slice();
+        assert_eq!(e.len(), 24);
+        assert_eq!(u64_at(e, 0), 0x10_0000);
+        assert_eq!(u64_at(e, 8), (64 << 20) - 0x10_0000);
+        assert_eq!(u32_at(e, 16), 1, "type RAM");
+    }
+
+    #[test]
+    fn pvh_without_initrd_has_no_modules() {
+        let (info, _, module) = pvh_start_info(None, &two_ranges());
+        assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
+        assert!(module.is_none());
+    }
+
+    #[test]
+    fn load_guest_writes_start_info_modules_initrd_and_cmdline_into_ram() {
+        let mem = create_guest_memory(32).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, guest_image::elf(&[0xf4; 64], 0, true)).unwrap();
+        let initrd = dir.path().join("initrd");
+        std::fs::write(&initrd, b"initrd-bytes").unwrap();
+        let boot = load_guest(&mem, &kernel, Some(&initrd), "console=ttyS0").unwrap();
+        assert_eq!(boot.mode, EntryMode::Pvh);
+        assert_eq!(boot.entry, GuestAddress(guest_image::LOAD_ADDR));
+        assert_eq!(boot.boot_info, GuestAddress(PVH_INFO_START));
+
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, PVH_START_MAGIC);
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!(module.size, 12);
+        let mut got = [0u8; 12];
+        mem.read_slice(&mut got, GuestAddress(module.paddr))
+            .unwrap();
+        assert_eq!(&got, b"initrd-bytes");
+        assert_eq!(module.paddr % INITRD_ALIGN, 0);
+        assert!(module.paddr + module.size <= 32 << 20);
+        let entry: hvm_memmap_table_entry =
+            mem.read_obj(GuestAddress(info.memmap_paddr + 24)).unwrap();
+        assert_eq!(
+            (entry.addr, entry.size),
+            (HIMEM_START, (32 << 20) - HIMEM_START)
+        );
+        let mut cmdline = [0u8; 14];
+        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&cmdline, b"console=ttyS0\0", "NUL-terminated");
+    }
+
+    #[test]
+    fn elf_without_pvh_note_enters_at_e_entry_in_64bit_mode() {
+        let mem = create_guest_memory(32).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, guest_image::elf(&[0x90; 32], 16, false)).unwrap();
+        let k = load_kernel(&mem, &kernel).unwrap();
+        assert_eq!(k.mode, EntryMode::Linux64);
+        assert_eq!(k.entry, GuestAddress(guest_image::LOAD_ADDR + 16));
+        assert_eq!(k.kernel_end, guest_image::LOAD_ADDR + 32);
+    }
+
+    #[test]
+    fn initrd_goes_as_high_as_possible_page_aligned() {
+        assert_eq!(
+            initrd_address(0x1000, 0x20_0000, 0x400_0000),
+            Some(0x3ff_f000)
+        );
+        assert_eq!(
+            initrd_address(0x1001, 0x20_0000, 0x400_0000),
+            Some(0x3ff_e000)
+        );
+        // Exactly the room between kernel end and limit.
+        assert_eq!(
+            initrd_address(0x100_0000, 0x300_0000, 0x400_0000),
+            Some(0x300_0000)
+        );
+        // One byte too many, or larger than everything.
+        assert_eq!(initrd_address(0x100_0001, 0x300_0000, 0x400_0000), None);
+        assert_eq!(initrd_address(u64::MAX, 0, 0x400_0000), None);
+    }
+
+    #[test]
+    fn bzimage_initrd_addr_max_caps_the_initrd() {
+        let mem = create_guest_memory(64).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("bz");
+        let mut image = guest_image::bzimage(&guest_image::bzimage_payload(&[0xf4]));
+        // initrd_addr_max = 32 MiB - 1 (offset 0x22c).
+        image[0x22c..0x230].copy_from_slice(&(0x200_0000u32 - 1).to_le_bytes());
+        std::fs::write(&kernel, image).unwrap();
+        let initrd = dir.path().join("initrd");
+        std::fs::write(&initrd, [1u8; 100]).unwrap();
+        let k = load_kernel(&mem, &kernel).unwrap();
+        let placed = load_initrd(&mem, &initrd, &k).unwrap();
+        assert_eq!(placed.addr, GuestAddress(0x200_0000 - 0x1000));
+    }
+
+    #[test]
+    fn command_line_limits() {
+        let mem = create_guest_memory(16).unwrap();
+        let long = "x".repeat(CMDLINE_MAX_SIZE);
+        let e = write_cmdline(&mem, &long, CMDLINE_MAX_SIZE).unwrap_err();
+        assert!(
+            e.to_string().contains("2048 bytes, the limit is 2048"),
+            "{e}"
+        );
+        write_cmdline(&mem, &long[1..], CMDLINE_MAX_SIZE).unwrap();
+        let last: u8 = mem
+            .read_obj(GuestAddress(CMDLINE_START + CMDLINE_MAX_SIZE as u64 - 1))
+            .unwrap();
+        assert_eq!(last, 0, "NUL in the last byte");
+        // Passed on verbatim: quoting, spacing and init args are the
+        // guest's business.
+        let c = "x=\"a  b\" -- init arg";
+        write_cmdline(&mem, c, 100).unwrap();
+        let mut got = vec![0u8; c.len() + 1];
+        mem.read_slice(&mut got, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&got[..c.len()], c.as_bytes());
+        assert_eq!(got[c.len()], 0);
+        // A NUL would cut it short in the guest.
+        let e = write_cmdline(&mem, "a\0b", 100).unwrap_err();
+        assert!(e.to_string().contains("NUL byte at offset 1"), "{e}");
+    }
+
+    #[test]
+    fn a_32bit_only_bzimage_is_refused() {
+        let mem = create_guest_memory(16).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("bz32");
+        let mut image = guest_image::bzimage(&[0xf4; 16]);
+        image[0x236] = 0; // xloadflags without XLF_KERNEL_64
+        std::fs::write(&kernel, image).unwrap();
+        let e = load_kernel(&mem, &kernel).unwrap_err();
+        assert!(
+            e.to_string().contains("without a 64-bit entry point"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_kernel_is_named() {
+        let mem = create_guest_memory(16).unwrap();
+        let e = load_kernel(&mem, Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/vmlinux"), "{e}");
+    }
+
+    #[test]
+    fn a_kernel_that_does_not_fit_guest_ram_is_refused() {
+        let mem = create_guest_memory(16).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("huge");
+        // 20 MiB of code loaded at 1 MiB into a 16 MiB guest.
+        std::fs::write(&kernel, guest_image::elf(&vec![0x90; 20 << 20], 0, false)).unwrap();
+        let e = load_kernel(&mem, &kernel).unwrap_err();
+        assert!(e.to_string().contains("huge"), "{e}");
+    }
 }

@@ -17,8 +17,9 @@ pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 // way every x86 VMM (Firecracker, Cloud Hypervisor) lays them out.
 /// GDT used on entry (64-bit boot protocol and PVH).
 pub const GDT_START: u64 = 0x500;
-/// Empty IDT loaded on entry, so no stale vector is ever used.
-pub const IDT_START: u64 = 0x520;
+/// Empty IDT loaded on entry, so no stale vector is ever used; after the
+/// GDT's five entries (0x500..0x528).
+pub const IDT_START: u64 = 0x540;
 /// PVH `hvm_start_info`.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// PVH module list (the initrd), right after the start info.

@@ -51,6 +51,9 @@ pub enum RegsError {
     },
 }
 
+// The IDT must not overwrite the GDT's last entry.
+const _: () = assert!(IDT_START >= GDT_START + 5 * 8);
+
 /// Encodes a GDT descriptor. `flags` holds the access byte in bits 0-7 and
 /// the G, D/B, L, AVL nibble in bits 12-15, the layout Linux's
 /// `GDT_ENTRY()` macro uses.
@@ -313,4 +316,194 @@ fn write<T: vm_memory::ByteValued>(
 ) -> Result<(), RegsError> {
     mem.write_obj(val, GuestAddress(addr))
         .map_err(|source| RegsError::Memory { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Checked against Documentation/arch/x86/boot.rst ("64-bit boot
+    //! protocol"), Xen's docs/misc/pvh.pandoc and the SDM's descriptor and
+    //! paging formats.
+    use super::*;
+    use crate::builtin::memory::create_guest_memory;
+
+    #[test]
+    fn gdt_entries_match_linux_boot_gdt_values() {
+        // The values Linux's own boot GDT uses (arch/x86/boot/compressed).
+        assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);
+        assert_eq!(gdt_entry(0xc09b, 0, 0xfffff), 0x00cf_9b00_0000_ffff);
+        assert_eq!(gdt_entry(0xc093, 0, 0xfffff), 0x00cf_9300_0000_ffff);
+        // Base and limit bits land in their split fields.
+        let e = gdt_entry(0x0093, 0x1234_5678, 0xabcde);
+        let s = segment_from_gdt(e, 1);
+        assert_eq!((s.base, s.limit), (0x1234_5678, 0xabcde));
+    }
+
+    #[test]
+    fn linux64_segments_are_flat_boot_cs_and_boot_ds() {
+        let t = gdt(EntryMode::Linux64);
+        assert_eq!(t[0], 0, "null descriptor");
+        let cs = segment_from_gdt(t[GDT_CODE as usize], GDT_CODE);
+        assert_eq!(cs.selector, 0x10, "__BOOT_CS");
+        assert_eq!((cs.base, cs.limit, cs.g), (0, 0xffff_ffff, 1), "4G flat");
+        assert_eq!(cs.type_, 0xb, "code, execute/read, accessed");
+        assert_eq!((cs.s, cs.dpl, cs.present), (1, 0, 1));
+        assert_eq!((cs.l, cs.db), (1, 0), "64-bit code: L=1 requires D=0");
+        let ds = segment_from_gdt(t[GDT_DATA as usize], GDT_DATA);
+        assert_eq!(ds.selector, 0x18, "__BOOT_DS");
+        assert_eq!((ds.base, ds.limit, ds.g), (0, 0xffff_ffff, 1), "4G flat");
+        assert_eq!(ds.type_, 0x3, "data, read/write, accessed");
+        assert_eq!((ds.s, ds.db, ds.present, ds.unusable), (1, 1, 1, 0));
+    }
+
+    #[test]
+    fn pvh_segments_are_32bit_flat_with_a_0x67_tss() {
+        let t = gdt(EntryMode::Pvh);
+        let cs = segment_from_gdt(t[GDT_CODE as usize], GDT_CODE);
+        assert_eq!((cs.base, cs.limit), (0, 0xffff_ffff));
+        assert_eq!((cs.l, cs.db, cs.type_), (0, 1, 0xb), "32-bit read/execute");
+        let ds = segment_from_gdt(t[GDT_DATA as usize], GDT_DATA);
+        assert_eq!((ds.base, ds.limit, ds.db, ds.type_), (0, 0xffff_ffff, 1, 3));
+        let tr = segment_from_gdt(t[GDT_TSS as usize], GDT_TSS);
+        assert_eq!(
+            (tr.base, tr.limit, tr.g),
+            (0, 0x67, 0),
+            "base 0, limit 0x67"
+        );
+        assert_eq!((tr.type_, tr.s, tr.present), (0xb, 0, 1), "busy 32-bit TSS");
+    }
+
+    #[test]
+    fn linux64_sregs_enable_long_mode_with_identity_paging() {
+        let mem = create_guest_memory(16).unwrap();
+        let mut sregs = kvm_sregs::default();
+        setup_sregs(&mem, EntryMode::Linux64, &mut sregs).unwrap();
+        assert_eq!(
+            sregs.cr0 & (X86_CR0_PE | X86_CR0_PG),
+            X86_CR0_PE | X86_CR0_PG
+        );
+        assert_eq!(sregs.cr3, PML4_START);
+        assert_eq!(sregs.cr4 & X86_CR4_PAE, X86_CR4_PAE);
+        assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
+        assert_eq!((sregs.cs.selector, sregs.ds.selector), (BOOT_CS, BOOT_DS));
+        for s in [sregs.es, sregs.fs, sregs.gs, sregs.ss] {
+            assert_eq!(s.selector, BOOT_DS);
+        }
+        assert_eq!((sregs.gdt.base, sregs.gdt.limit), (GDT_START, 5 * 8 - 1));
+        assert_eq!(sregs.idt.base, IDT_START);
+        // The GDT in guest memory is the one the segments came from.
+        for (i, e) in gdt(EntryMode::Linux64).iter().enumerate() {
+            let got: u64 = mem
+                .read_obj(GuestAddress(GDT_START + 8 * i as u64))
+                .unwrap();
+            assert_eq!(got, *e, "GDT[{i}]");
+        }
+    }
+
+    #[test]
+    fn identity_page_tables_map_the_first_gib_with_2mib_pages() {
+        let mem = create_guest_memory(16).unwrap();
+        setup_page_tables(&mem).unwrap();
+        let at = |a: u64| -> u64 { mem.read_obj(GuestAddress(a)).unwrap() };
+        assert_eq!(
+            at(PML4_START),
+            PDPTE_START | 0x3,
+            "PML4[0]: present, writable"
+        );
+        assert_eq!(at(PML4_START + 8), 0, "PML4[1] empty");
+        assert_eq!(at(PDPTE_START), PDE_START | 0x3, "PDPT[0]");
+        assert_eq!(at(PDPTE_START + 8), 0, "PDPT[1] empty");
+        for i in [0u64, 1, 255, 511] {
+            assert_eq!(
+                at(PDE_START + 8 * i),
+                (i << 21) | 0x83,
+                "PD[{i}]: 2 MiB page"
+            );
+        }
+        assert_eq!((511u64 << 21) + (1 << 21), IDENTITY_MAPPED_BYTES);
+    }
+
+    #[test]
+    fn pvh_sregs_have_paging_off_and_cr4_clear() {
+        let mem = create_guest_memory(16).unwrap();
+        let mut sregs = kvm_sregs {
+            cr4: 0xffff,
+            efer: 0xd01,
+            ..Default::default()
+        };
+        setup_sregs(&mem, EntryMode::Pvh, &mut sregs).unwrap();
+        assert_eq!(sregs.cr0, X86_CR0_PE);
+        assert_eq!((sregs.cr4, sregs.efer), (0, 0));
+        assert_eq!((sregs.tr.limit, sregs.tr.base), (0x67, 0));
+    }
+
+    #[test]
+    fn entry_registers_per_mode() {
+        let linux = BootEntry {
+            entry: GuestAddress(0x100_0000),
+            mode: EntryMode::Linux64,
+            boot_info: GuestAddress(0x7000),
+        };
+        let r = boot_regs(&linux);
+        assert_eq!((r.rip, r.rsi, r.rbx), (0x100_0000, 0x7000, 0));
+        assert_eq!((r.rsp, r.rflags), (BOOT_STACK_POINTER, 2));
+        let pvh = BootEntry {
+            mode: EntryMode::Pvh,
+            boot_info: GuestAddress(0x6000),
+            ..linux
+        };
+        let r = boot_regs(&pvh);
+        assert_eq!((r.rbx, r.rsi), (0x6000, 0));
+        assert_eq!(
+            r.rflags & ((1 << 17) | (1 << 9) | (1 << 8)),
+            0,
+            "VM, IF, TF"
+        );
+    }
+
+    #[test]
+    fn fpu_and_msrs_reset_values() {
+        let fpu = boot_fpu();
+        assert_eq!((fpu.fcw, fpu.mxcsr), (0x37f, 0x1f80));
+        let msrs = boot_msrs();
+        let get = |i| msrs.iter().find(|m| m.index == i).map(|m| m.data);
+        assert_eq!(get(MSR_MTRR_DEF_TYPE), Some(0x806), "MTRRs on, WB");
+        assert_eq!(get(MSR_IA32_MISC_ENABLE), Some(1), "fast strings");
+        assert_eq!(get(MSR_LSTAR), Some(0));
+    }
+
+    #[test]
+    fn lapic_lint0_is_extint_and_lint1_is_nmi_unmasked() {
+        let mut lapic = kvm_lapic_state::default();
+        // As KVM resets them: masked (bit 16), plus a trigger bit to keep.
+        set_lapic_reg(&mut lapic, APIC_LVT0, 0x1_8000);
+        set_lapic_reg(&mut lapic, APIC_LVT1, 0x1_0000);
+        setup_lapic(&mut lapic);
+        assert_eq!(
+            lapic_reg(&lapic, APIC_LVT0),
+            0x8700,
+            "ExtINT, unmasked, level kept"
+        );
+        assert_eq!(lapic_reg(&lapic, APIC_LVT1), 0x0400, "NMI, unmasked");
+    }
+
+    #[test]
+    fn cpuid_carries_apic_id_count_and_hypervisor_bit() {
+        let mut cpuid = kvm_bindings::CpuId::new(3).unwrap();
+        let e = cpuid.as_mut_slice();
+        e[0].function = 1;
+        e[0].ebx = 0xff00_0800; // stale APIC ID, CLFLUSH size 8
+        e[1].function = 0xb;
+        e[2].function = 0x8000_0001;
+        e[2].ecx = 0x1234;
+        setup_cpuid(&mut cpuid, 3, 4);
+        let e = cpuid.as_slice();
+        assert_eq!(
+            e[0].ebx, 0x0304_0800,
+            "APIC ID 3, 4 logical CPUs, CLFLUSH kept"
+        );
+        assert_ne!(e[0].ecx & CPUID_HYPERVISOR_BIT, 0);
+        assert_ne!(e[0].edx & (1 << 28), 0, "HTT with more than one CPU");
+        assert_eq!(e[1].edx, 3, "x2APIC ID");
+        assert_eq!(e[2].ecx, 0x1234, "other leaves untouched");
+    }
 }
