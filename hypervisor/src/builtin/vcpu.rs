@@ -133,6 +133,9 @@ impl Vcpu {
     pub fn run(&mut self, bus: &Bus, stop: &AtomicBool) -> VcpuStop {
         loop {
             if stop.load(Ordering::Acquire) {
+                // Where the guest was is the first question when a boot
+                // hangs and the host gives up on it.
+                tracing::debug!("vCPU {} stopped at {}", self.index, self.rip());
                 return VcpuStop::Stopped;
             }
             match self.fd.run() {
