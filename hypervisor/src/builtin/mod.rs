@@ -15,6 +15,7 @@ pub mod probe;
 pub mod regs;
 pub mod serial;
 pub mod vcpu;
+pub mod virtio;
 pub mod vmm;
 
 pub use vmm::{RunningVm, VmConfig, VmEvent, Vmm, VmmError};
