@@ -318,11 +318,7 @@ fn serial_interrupt_reaches_the_guest_through_pic_and_lapic() {
     let (handler, idtr, idt) = (0x400usize, 0x780usize, 0x800usize);
     let mut a = Asm::long_mode();
     a.dx_com1().out_byte(b'S');
-    // 8259 master: ICW1 (edge, ICW4), ICW2 vector base 0x20, ICW3, ICW4
-    // (8086 mode), then mask every line but IRQ 4.
-    a.out_imm_port(0x20, 0x11).out_imm_port(0x21, 0x20);
-    a.out_imm_port(0x21, 0x04).out_imm_port(0x21, 0x01);
-    a.out_imm_port(0x21, !(1 << 4));
+    a.pic_unmask_only(0x20, 4);
     a.lidt_abs((LOAD_ADDR as usize + idtr) as u32);
     // IER: THR empty. The UART raises IRQ 4 at once (via irqfd); it stays
     // pending in the PIC until sti.

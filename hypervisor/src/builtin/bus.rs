@@ -4,7 +4,10 @@
 //! irqfd), so contention does not matter and the code stays simple.
 
 use super::serial::{SerialConsole, COM1_PORT, COM1_PORT_COUNT};
+use super::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 
 /// What an access to an address no device claims reads as: all ones,
 /// like a PC's floating bus.
@@ -12,17 +15,27 @@ const UNCLAIMED: u8 = 0xff;
 
 pub struct Bus {
     devices: Mutex<Devices>,
+    /// QueueNotify writes that exited to us: each one is a notification
+    /// the ioeventfd should have taken in the kernel.
+    notify_exits: AtomicU64,
 }
 
 struct Devices {
     serial: SerialConsole,
+    /// (base address, transport), windows of [`MMIO_WINDOW_SIZE`].
+    virtio: Vec<(u64, MmioTransport)>,
 }
 
 impl Bus {
-    pub fn new(serial: SerialConsole) -> Self {
+    pub fn new(serial: SerialConsole, virtio: Vec<(u64, MmioTransport)>) -> Self {
         Bus {
-            devices: Mutex::new(Devices { serial }),
+            devices: Mutex::new(Devices { serial, virtio }),
+            notify_exits: AtomicU64::new(0),
         }
+    }
+
+    pub fn notify_exits(&self) -> u64 {
+        self.notify_exits.load(Ordering::Relaxed)
     }
 
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
@@ -40,15 +53,33 @@ impl Bus {
         }
     }
 
-    pub fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
-        data.fill(UNCLAIMED);
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        let d = self.lock();
+        match d.virtio.iter().find(|(base, _)| in_window(*base, addr)) {
+            Some((base, t)) => t.read(addr - base, data),
+            None => data.fill(UNCLAIMED),
+        }
     }
 
-    pub fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        let mut d = self.lock();
+        if let Some((base, t)) = d.virtio.iter_mut().find(|(base, _)| in_window(*base, addr)) {
+            let offset = addr - *base;
+            if offset == u64::from(VIRTIO_MMIO_QUEUE_NOTIFY) {
+                self.notify_exits.fetch_add(1, Ordering::Relaxed);
+            }
+            t.write(offset, data);
+        }
+    }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Devices> {
         // A poisoned lock means a device panicked on another vCPU; the
         // device state is still memory-safe, so keep serving.
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn in_window(base: u64, addr: u64) -> bool {
+    addr.checked_sub(base)
+        .is_some_and(|off| off < MMIO_WINDOW_SIZE)
 }

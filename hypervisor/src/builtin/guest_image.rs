@@ -157,6 +157,30 @@ impl Asm {
         ])
     }
 
+    /// `mov eax, [abs32]` (SIB absolute form; 32-bit mode, or below 2 GiB
+    /// in long mode where disp32 is sign-extended).
+    pub fn load_eax_abs(&mut self, addr: u32) -> &mut Self {
+        self.bytes(&[0x8b, 0x04, 0x25]);
+        self.bytes(&addr.to_le_bytes())
+    }
+
+    /// `mov dword [abs32], imm32` (same addressing caveat).
+    pub fn store_abs(&mut self, addr: u32, v: u32) -> &mut Self {
+        self.bytes(&[0xc7, 0x04, 0x25]);
+        self.bytes(&addr.to_le_bytes());
+        self.bytes(&v.to_le_bytes())
+    }
+
+    /// Programs the 8259 master PIC: vectors from `base`, every line
+    /// masked except `irq`.
+    pub fn pic_unmask_only(&mut self, base: u8, irq: u8) -> &mut Self {
+        // ICW1 (edge, ICW4 follows), ICW2 vector base, ICW3 (slave on
+        // line 2), ICW4 (8086 mode), then the mask (OCW1).
+        self.out_imm_port(0x20, 0x11).out_imm_port(0x21, base);
+        self.out_imm_port(0x21, 0x04).out_imm_port(0x21, 0x01);
+        self.out_imm_port(0x21, !(1u8 << irq))
+    }
+
     /// `lidt [abs32]`.
     pub fn lidt_abs(&mut self, addr: u32) -> &mut Self {
         self.bytes(&[0x0f, 0x01, 0x1c, 0x25]);
@@ -187,6 +211,16 @@ pub fn idt_gate64(handler: u64, cs: u16) -> [u8; 16] {
     g[5] = 0x8e; // present, DPL 0, 64-bit interrupt gate
     g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
     g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    g
+}
+
+/// A 32-bit interrupt gate to `handler` through code selector `cs`.
+pub fn idt_gate32(handler: u32, cs: u16) -> [u8; 8] {
+    let mut g = [0u8; 8];
+    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[2..4].copy_from_slice(&cs.to_le_bytes());
+    g[5] = 0x8e; // present, DPL 0, 32-bit interrupt gate
+    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
     g
 }
 

@@ -47,6 +47,14 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 
+/// virtio-mmio register windows, one 4 KiB page per device from here, at
+/// the start of the MMIO hole.
+pub const VIRTIO_MMIO_BASE: u64 = MMIO_HOLE_START;
+/// The interrupt lines virtio devices get, in order. Legacy PIC lines only
+/// (no MP table / IOAPIC routing yet), skipping 0-4 (timer, keyboard,
+/// cascade, COM2, COM1), 8 (RTC) and 13 (FPU).
+pub const VIRTIO_IRQS: [u32; 8] = [5, 6, 7, 9, 10, 11, 12, 14];
+
 /// Smallest guest we accept: boot structures, a kernel and a stack.
 pub const MIN_MEMORY_MIB: u64 = 16;
 

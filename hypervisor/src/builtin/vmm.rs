@@ -6,17 +6,22 @@
 use super::bus::Bus;
 use super::loader::{self, BootEntry, LoaderError};
 use super::memory::{self, GuestMemoryMmap, MemoryError};
+use super::memory::{VIRTIO_IRQS, VIRTIO_MMIO_BASE};
 use super::serial::{SerialConsole, SerialError, COM1_GSI};
 use super::vcpu::{self, Vcpu, VcpuError, VcpuStop};
+use super::virtio::mmio::{cmdline_device, MmioTransport, MMIO_WINDOW_SIZE};
+use super::virtio::{Interrupt, VirtioDevice};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 /// Where KVM puts the three pages of the TSS it needs for real-mode
@@ -59,6 +64,13 @@ pub enum VmmError {
     Vcpu(#[from] VcpuError),
     #[error("installing the vCPU kick signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("{count} virtio devices; at most {max} fit the interrupt lines")]
+    TooManyDevices { count: usize, max: usize },
+    #[error("virtio {device}: {reason}")]
+    Device {
+        device: &'static str,
+        reason: String,
+    },
     #[error("starting vCPU thread {index}: {source}")]
     Thread { index: u8, source: std::io::Error },
 }
@@ -81,6 +93,16 @@ impl Vmm {
     /// Checks the configuration and sets the VM up. Every input error is
     /// found here, before a vCPU runs.
     pub fn new(config: &VmConfig) -> Result<Self, VmmError> {
+        Self::with_devices(config, Vec::new())
+    }
+
+    /// Like [`new`](Self::new), with virtio devices on virtio-mmio: device
+    /// `i` gets the window at `VIRTIO_MMIO_BASE + i * 4 KiB` and interrupt
+    /// line `VIRTIO_IRQS[i]`, announced on the kernel command line.
+    pub fn with_devices(
+        config: &VmConfig,
+        devices: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Self, VmmError> {
         // Input first, so a bad kernel, initrd or size is reported as
         // such even on a host without KVM.
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
@@ -89,13 +111,29 @@ impl Vmm {
                 max: usize::from(MAX_VCPUS),
             });
         }
+        if devices.len() > VIRTIO_IRQS.len() {
+            return Err(VmmError::TooManyDevices {
+                count: devices.len(),
+                max: VIRTIO_IRQS.len(),
+            });
+        }
+        let slots: Vec<(u64, u32)> = (0..devices.len())
+            .map(|i| {
+                (
+                    VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW_SIZE,
+                    VIRTIO_IRQS[i],
+                )
+            })
+            .collect();
+        let mut cmdline = config.cmdline.clone();
+        for (addr, irq) in &slots {
+            if !cmdline.is_empty() {
+                cmdline.push(' ');
+            }
+            cmdline.push_str(&cmdline_device(*addr, *irq));
+        }
         let mem = memory::create_guest_memory(config.memory_mib)?;
-        let boot = loader::load_guest(
-            &mem,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-        )?;
+        let boot = loader::load_guest(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
         let max = kvm.get_max_vcpus().min(usize::from(MAX_VCPUS));
         if usize::from(config.vcpus) > max {
@@ -135,6 +173,11 @@ impl Vmm {
         vm.register_irqfd(serial.irq_evt(), COM1_GSI)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
 
+        let mut virtio = Vec::new();
+        for (device, (addr, irq)) in devices.into_iter().zip(slots) {
+            virtio.push((addr, attach_device(&vm, &mem, device, addr, irq)?));
+        }
+
         let cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -146,7 +189,7 @@ impl Vmm {
             mem,
             boot,
             vcpus,
-            bus: Arc::new(Bus::new(serial)),
+            bus: Arc::new(Bus::new(serial, virtio)),
         })
     }
 
@@ -165,6 +208,7 @@ impl Vmm {
         let (events, rx) = channel();
         let mut threads = Vec::new();
         let mut running = RunningVm {
+            bus: self.bus.clone(),
             threads: Vec::new(),
             stop: stop.clone(),
             events: events.clone(),
@@ -197,6 +241,37 @@ impl Vmm {
     }
 }
 
+/// Puts `device` behind a virtio-mmio transport at `addr`: one ioeventfd
+/// per queue on QueueNotify (datamatch = queue index), so notifications
+/// never leave the kernel, and an irqfd for line `irq`.
+fn attach_device(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    device: Box<dyn VirtioDevice>,
+    addr: u64,
+    irq: u32,
+) -> Result<MmioTransport, VmmError> {
+    let name = device.name();
+    let dev_err = |reason: String| VmmError::Device {
+        device: name,
+        reason,
+    };
+    let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err(format!("eventfd: {e}")));
+    let notify = (0..device.queue_max_sizes().len())
+        .map(|_| evt())
+        .collect::<Result<Vec<_>, _>>()?;
+    let notify_addr = IoEventAddress::Mmio(addr + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+    for (queue, e) in notify.iter().enumerate() {
+        vm.register_ioevent(e, &notify_addr, queue as u32)
+            .map_err(|e| dev_err(format!("KVM_IOEVENTFD for queue {queue}: {e}")))?;
+    }
+    let interrupt = Interrupt::new(evt()?);
+    vm.register_irqfd(interrupt.irqfd(), irq)
+        .map_err(|e| dev_err(format!("KVM_IRQFD on line {irq}: {e}")))?;
+    tracing::debug!("virtio {name} at {addr:#x}, irq {irq}");
+    MmioTransport::new(mem.clone(), device, notify, interrupt).map_err(dev_err)
+}
+
 /// What ends a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEvent {
@@ -208,6 +283,7 @@ pub enum VmEvent {
 
 /// A VM whose vCPUs run. Dropping it stops them.
 pub struct RunningVm {
+    bus: Arc<Bus>,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     events: Sender<VmEvent>,
@@ -221,6 +297,11 @@ impl RunningVm {
     /// A handle that ends [`RunningVm::wait`] with [`VmEvent::Terminate`].
     pub fn terminator(&self) -> Sender<VmEvent> {
         self.events.clone()
+    }
+
+    /// QueueNotify writes that reached the VMM instead of an ioeventfd.
+    pub fn notify_exits(&self) -> u64 {
+        self.bus.notify_exits()
     }
 
     /// Blocks until the first event that ends the VM.
