@@ -9,11 +9,12 @@ use husk_hypervisor::builtin::guest_image::{self, Asm, LOAD_ADDR};
 use husk_hypervisor::builtin::memory::VIRTIO_MMIO_BASE;
 use husk_hypervisor::builtin::probe::kvm_runs_guest_code;
 use husk_hypervisor::builtin::regs::BOOT_CS;
+use husk_hypervisor::builtin::seccomp::SeccompMode;
 use husk_hypervisor::builtin::vcpu::VcpuStop;
 use husk_hypervisor::builtin::virtio::mmio::{MMIO_MAGIC, VENDOR_ID};
 use husk_hypervisor::builtin::virtio::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
 use husk_hypervisor::builtin::{VmConfig, VmEvent, Vmm};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -26,9 +27,40 @@ struct Seen {
 }
 
 /// Answers every notification of queue 0 with a used-queue interrupt.
+/// Its worker thread starts with the device, before any seccomp filter;
+/// `activate` (on the filtered vCPU thread) only hands it the queue.
 struct EchoDevice {
     seen: Arc<Mutex<Seen>>,
+    to_worker: Option<mpsc::Sender<(Arc<EventFd>, Interrupt)>>,
     worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoDevice {
+    fn new(seen: Arc<Mutex<Seen>>) -> Self {
+        let (tx, rx) = mpsc::channel::<(Arc<EventFd>, Interrupt)>();
+        let s = seen.clone();
+        let worker = std::thread::spawn(move || {
+            // Ends when the device is dropped (channel closed) or after
+            // one notification, or after 20 s of waiting for it.
+            let Ok((notify, interrupt)) = rx.recv() else {
+                return;
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if notify.read().is_ok() {
+                    s.lock().unwrap().notified = true;
+                    interrupt.signal_used_queue().unwrap();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        EchoDevice {
+            seen,
+            to_worker: Some(tx),
+            worker: Some(worker),
+        }
+    }
 }
 
 impl VirtioDevice for EchoDevice {
@@ -49,7 +81,7 @@ impl VirtioDevice for EchoDevice {
     fn activate(
         &mut self,
         features: u64,
-        mut queues: Vec<(Queue, EventFd)>,
+        mut queues: Vec<(Queue, Arc<EventFd>)>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
         let (q, notify) = queues.remove(0);
@@ -60,28 +92,23 @@ impl VirtioDevice for EchoDevice {
             q.avail_ring(),
             q.used_ring(),
         ));
-        let seen = self.seen.clone();
-        // Bounded, so the thread ends even if the guest never notifies.
-        self.worker = Some(std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if notify.read().is_ok() {
-                    seen.lock().unwrap().notified = true;
-                    interrupt.signal_used_queue().unwrap();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }));
-        Ok(())
+        let sent = self
+            .to_worker
+            .as_ref()
+            .map(|tx| tx.send((notify, interrupt)));
+        sent.and_then(Result::ok).ok_or(ActivateError {
+            device: "echo",
+            reason: "worker gone".into(),
+        })
     }
     fn reset(&mut self) {}
 }
 
 impl Drop for EchoDevice {
-    /// The worker ends by itself (notified or timed out); wait for it so
-    /// the test leaves no thread behind.
+    /// Closes the channel and waits for the worker, so the test leaves no
+    /// thread behind.
     fn drop(&mut self) {
+        self.to_worker.take();
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
@@ -157,12 +184,10 @@ fn guest_finds_sets_up_and_is_interrupted_by_a_virtio_mmio_device() {
         memory_mib: 64,
         vcpus: 1,
         console_log: dir.path().join("console.log"),
+        seccomp: SeccompMode::Kill,
     };
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let device = EchoDevice {
-        seen: seen.clone(),
-        worker: None,
-    };
+    let device = EchoDevice::new(seen.clone());
     let vmm = Vmm::with_devices(&config, vec![Box::new(device)]).unwrap();
     let mut vm = vmm.start().unwrap();
     let event = vm.wait_timeout(Duration::from_secs(30));

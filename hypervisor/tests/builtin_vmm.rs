@@ -355,7 +355,7 @@ fn serial_interrupt_reaches_the_guest_through_pic_and_lapic() {
 }
 
 #[test]
-fn sigterm_stops_a_running_guest_and_husk_vmm_exits_cleanly() {
+fn sigterm_stops_a_hardened_running_guest_and_husk_vmm_exits_cleanly() {
     require_kvm!();
     let g = Guest::new();
     let mut a = Asm::long_mode();
@@ -375,6 +375,47 @@ fn sigterm_stops_a_running_guest_and_husk_vmm_exits_cleanly() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Hardening, seen from outside: every thread (main, signals, vcpu0)
+    // has a seccomp filter, no capability and no_new_privs. The main
+    // thread installs its filter last, so wait for it a little.
+    let hardened = |pid: u32| -> Result<Vec<String>, String> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+        let mut names = Vec::new();
+        for t in tasks {
+            let t = t.unwrap().path();
+            let status = std::fs::read_to_string(t.join("status")).map_err(|e| e.to_string())?;
+            for want in [
+                "Seccomp:\t2",
+                "NoNewPrivs:\t1",
+                "CapEff:\t0000000000000000",
+                "CapPrm:\t0000000000000000",
+                "CapBnd:\t0000000000000000",
+            ] {
+                if !status.lines().any(|l| l == want) {
+                    return Err(format!("thread without {want:?}:\n{status}"));
+                }
+            }
+            names.push(std::fs::read_to_string(t.join("comm")).unwrap_or_default());
+        }
+        Ok(names)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut threads = loop {
+        match hardened(child.id()) {
+            Ok(names) => break names,
+            Err(e) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = g.finish(child);
+                panic!("{e}");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    // KVM may attach its own kernel workers (kvm-nx-lpage-recovery) to
+    // the VM's process; they are not ours to count.
+    threads.retain(|n| !n.starts_with("kvm-"));
+    threads.sort();
+    assert_eq!(threads, ["husk-vmm\n", "signals\n", "vcpu0\n"]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -6,18 +6,20 @@
 //! 1 when the VM could not be set up or KVM failed while running it.
 
 use anyhow::{bail, Context, Result};
+use husk_hypervisor::builtin::seccomp::{self, SeccompMode, ThreadKind};
 use husk_hypervisor::builtin::{vcpu::VcpuStop, VmConfig, VmEvent, Vmm};
 use nix::sys::signal::{SigSet, Signal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
-[--memory-mib N] [--vcpus N] --console-log PATH";
+[--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off]";
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<VmConfig> {
     let (mut kernel, mut initrd, mut console_log) = (None, None, None);
     let mut cmdline = String::new();
     let (mut memory_mib, mut vcpus) = (128u64, 1u8);
+    let mut seccomp = SeccompMode::Kill;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -40,6 +42,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<VmConfig> {
                     .parse()
                     .with_context(|| format!("--vcpus {v:?} is not a number from 1 to 254"))?
             }
+            "--seccomp" => seccomp = value()?.parse().map_err(anyhow::Error::msg)?,
             "--help" | "-h" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -51,6 +54,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<VmConfig> {
         memory_mib,
         vcpus,
         console_log: console_log.with_context(|| format!("--console-log is required\n{USAGE}"))?,
+        seccomp,
     })
 }
 
@@ -75,22 +79,33 @@ fn run() -> Result<()> {
         memory_mib = config.memory_mib,
         "starting guest"
     );
+    // Everything privileged (/dev/kvm, the memfd, the console log) is open.
+    if config.seccomp != SeccompMode::Off {
+        seccomp::drop_capabilities()?;
+    }
     let mut vm = vmm.start().context("starting the vCPUs")?;
     let terminator = vm.terminator();
+    let mode = config.seccomp;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            if let Err(e) = seccomp::apply(ThreadKind::Signals, mode) {
+                let _ = terminator.send(VmEvent::Failed(format!("signal thread: {e}")));
+                return;
+            }
             if let Ok(sig) = stop_signals.wait() {
                 tracing::info!("{sig}: stopping the guest");
                 let _ = terminator.send(VmEvent::Terminate);
             }
         })
         .context("starting the signal thread")?;
+    seccomp::apply(ThreadKind::Main, mode)?;
 
     let event = vm.wait();
     vm.stop_and_join();
     match event {
         VmEvent::Terminate => Ok(()),
+        VmEvent::Failed(why) => bail!("{why}"),
         VmEvent::Vcpu(i, VcpuStop::GuestShutdown) => {
             tracing::info!("vCPU {i}: guest shut down");
             Ok(())

@@ -13,6 +13,7 @@ pub mod loader;
 pub mod memory;
 pub mod probe;
 pub mod regs;
+pub mod seccomp;
 pub mod serial;
 pub mod vcpu;
 pub mod virtio;

@@ -7,6 +7,7 @@ use super::bus::Bus;
 use super::loader::{self, BootEntry, LoaderError};
 use super::memory::{self, GuestMemoryMmap, MemoryError};
 use super::memory::{VIRTIO_IRQS, VIRTIO_MMIO_BASE};
+use super::seccomp::{self, SeccompMode, ThreadKind};
 use super::serial::{SerialConsole, SerialError, COM1_GSI};
 use super::vcpu::{self, Vcpu, VcpuError, VcpuStop};
 use super::virtio::mmio::{cmdline_device, MmioTransport, MMIO_WINDOW_SIZE};
@@ -41,6 +42,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub vcpus: u8,
     pub console_log: PathBuf,
+    /// The seccomp filter each vCPU thread installs before its first run.
+    pub seccomp: SeccompMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,7 @@ pub struct Vmm {
     boot: BootEntry,
     vcpus: Vec<Vcpu>,
     bus: Arc<Bus>,
+    seccomp: SeccompMode,
 }
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
@@ -190,6 +194,7 @@ impl Vmm {
             boot,
             vcpus,
             bus: Arc::new(Bus::new(serial, virtio)),
+            seccomp: config.seccomp,
         })
     }
 
@@ -219,10 +224,14 @@ impl Vmm {
         for mut vcpu in self.vcpus {
             let (bus, stop, events) = (self.bus.clone(), stop.clone(), events.clone());
             let index = vcpu.index();
+            let mode = self.seccomp;
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let why = vcpu.run(&bus, &stop);
+                    let why = match seccomp::apply(ThreadKind::Vcpu, mode) {
+                        Ok(()) => vcpu.run(&bus, &stop),
+                        Err(e) => VcpuStop::Failed(e.to_string()),
+                    };
                     let _ = events.send(VmEvent::Vcpu(index, why));
                     // The fd closes when the thread ends, after the event.
                 })
@@ -279,6 +288,8 @@ pub enum VmEvent {
     Vcpu(u8, VcpuStop),
     /// The host asked the VM to stop (SIGTERM to husk-vmm).
     Terminate,
+    /// A helper thread of the VMM failed; the VM cannot go on safely.
+    Failed(String),
 }
 
 /// A VM whose vCPUs run. Dropping it stops them.

@@ -10,6 +10,7 @@
 
 use super::{Interrupt, Queue, QueueT, VirtioDevice};
 use crate::builtin::memory::GuestMemoryMmap;
+use std::sync::Arc;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -88,7 +89,7 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     queues: Vec<QueueSetup>,
     /// One per queue; KVM writes them on QueueNotify (ioeventfd).
-    notify: Vec<EventFd>,
+    notify: Vec<Arc<EventFd>>,
     interrupt: Interrupt,
     status: u32,
     device_features_sel: u32,
@@ -117,6 +118,7 @@ impl MmioTransport {
             ));
         }
         let queues = sizes.iter().map(|s| QueueSetup::new(*s)).collect();
+        let notify = notify.into_iter().map(Arc::new).collect();
         Ok(MmioTransport {
             device,
             mem,
@@ -138,7 +140,7 @@ impl MmioTransport {
 
     /// The queue notification eventfds, to register as ioeventfds on
     /// QueueNotify with the queue index as datamatch.
-    pub fn notify_evts(&self) -> &[EventFd] {
+    pub fn notify_evts(&self) -> &[Arc<EventFd>] {
         &self.notify
     }
 
@@ -342,10 +344,8 @@ impl MmioTransport {
             .filter(|(_, (q, _))| q.ready)
             .map(|(i, (q, e))| {
                 let queue = q.build(&self.mem).map_err(|e| format!("queue {i}: {e}"))?;
-                let evt = e
-                    .try_clone()
-                    .map_err(|e| format!("queue {i} eventfd: {e}"))?;
-                Ok((queue, evt))
+                // Shared, not dup'ed: no system call on the vCPU thread.
+                Ok((queue, e.clone()))
             })
             .collect();
         let result = match ready {
@@ -450,7 +450,7 @@ mod tests {
         fn activate(
             &mut self,
             features: u64,
-            queues: Vec<(Queue, EventFd)>,
+            queues: Vec<(Queue, Arc<EventFd>)>,
             interrupt: Interrupt,
         ) -> Result<(), ActivateError> {
             let q = queues

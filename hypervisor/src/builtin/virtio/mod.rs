@@ -90,10 +90,14 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Starts the device with the negotiated features and the queues the
     /// driver made ready, each with the eventfd its notifications arrive on.
+    ///
+    /// Runs on the vCPU thread that wrote DRIVER_OK, under the vCPU seccomp
+    /// filter: hand the queues to a thread the device started beforehand
+    /// (a channel send is a futex), do not open, spawn or dup here.
     fn activate(
         &mut self,
         acked_features: u64,
-        queues: Vec<(Queue, EventFd)>,
+        queues: Vec<(Queue, Arc<EventFd>)>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError>;
     /// The driver reset the device (status 0): stop using the queues.
