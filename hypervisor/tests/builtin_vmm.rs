@@ -507,3 +507,38 @@ fn a_truncated_elf_kernel_is_refused() {
     assert!(r.stderr.contains("short.elf"), "{}", r.stderr);
     assert!(!r.console_exists, "no vCPU may have run");
 }
+
+#[test]
+fn multi_vcpu_guest_sees_the_mp_table_and_runs_on_apic_id_0() {
+    require_kvm!();
+    for vcpus in ["2", "4"] {
+        let g = Guest::new();
+        let mut a = Asm::long_mode();
+        a.dx_com1().out_byte(b'M');
+        a.load_eax_abs(0x9fc00).out_ax_bytes(4); // "_MP_"
+        a.load_eax_abs(0x9fc10).out_ax_bytes(4); // "PCMP"
+        a.load_eax_abs(0x9fc10 + 34).out_ax_bytes(2); // entry count
+                                                      // cpuid(1).ebx[31:24]: the APIC ID of the CPU running this.
+        a.bytes(&[0xb8, 1, 0, 0, 0, 0x0f, 0xa2, 0x89, 0xd8, 0xc1, 0xe8, 24]);
+        a.dx_com1().out_ax_bytes(1);
+        a.triple_fault();
+        let kernel = g.file("mp.elf", &guest_image::elf(&a.code, 0, false));
+        let r = g.run(&kernel, &["--vcpus", vcpus]);
+        assert!(
+            r.status.success(),
+            "{vcpus} vCPUs: {:?}\n{}",
+            r.status,
+            r.stderr
+        );
+        let n: u64 = vcpus.parse().unwrap();
+        let mut rep = Report(&r.console);
+        rep.expect(b"M_MP_PCMP");
+        assert_eq!(
+            rep.take(2),
+            n + 1 + 1 + 24 + 2,
+            "CPUs, bus, IOAPIC, 24 IRQs, 2 LINTs"
+        );
+        assert_eq!(rep.take(1), 0, "the BSP has APIC ID 0");
+        assert!(rep.0.is_empty(), "trailing {:?}", rep.0);
+    }
+}

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod guest_image;
 pub mod loader;
 pub mod memory;
+pub mod mptable;
 pub mod probe;
 pub mod regs;
 pub mod seccomp;

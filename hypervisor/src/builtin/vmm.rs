@@ -7,6 +7,7 @@ use super::bus::Bus;
 use super::loader::{self, BootEntry, LoaderError};
 use super::memory::{self, GuestMemoryMmap, MemoryError};
 use super::memory::{VIRTIO_IRQS, VIRTIO_MMIO_BASE};
+use super::mptable::{self, MptableError};
 use super::seccomp::{self, SeccompMode, ThreadKind};
 use super::serial::{SerialConsole, SerialError, COM1_GSI};
 use super::vcpu::{self, Vcpu, VcpuError, VcpuStop};
@@ -63,6 +64,8 @@ pub enum VmmError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Serial(#[from] SerialError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("installing the vCPU kick signal handler: {0}")]
@@ -138,6 +141,7 @@ impl Vmm {
         }
         let mem = memory::create_guest_memory(config.memory_mib)?;
         let boot = loader::load_guest(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+        mptable::setup(&mem, config.vcpus)?;
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
         let max = kvm.get_max_vcpus().min(usize::from(MAX_VCPUS));
         if usize::from(config.vcpus) > max {
