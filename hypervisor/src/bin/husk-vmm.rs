@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use husk_hypervisor::builtin::seccomp::{self, SeccompMode, ThreadKind};
 use husk_hypervisor::builtin::{vcpu::VcpuStop, VmConfig, VmEvent, Vmm};
 use nix::sys::signal::{SigSet, Signal};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -122,9 +123,29 @@ fn run() -> Result<()> {
     }
 }
 
+/// The error and its causes, "outer: inner: ...", leaving out a cause
+/// whose text the message already carries (the library's errors name
+/// their cause in their own message, as the rest of husk's do).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Plain text when stderr is a log file, as under the shim.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_VMM_LOG")
                 .unwrap_or_else(|_| "info".into()),
@@ -133,9 +154,66 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("husk-vmm: {e:#}");
+            // Not through tracing: the cause must reach stderr whatever
+            // HUSK_VMM_LOG filters.
+            eprintln!("husk-vmm: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> impl Iterator<Item = String> + '_ {
+        s.split_whitespace().map(String::from)
+    }
+
+    #[test]
+    fn arguments_with_defaults() {
+        let c = parse_args(args("--kernel k --console-log c --vcpus 2")).unwrap();
+        assert_eq!((c.kernel, c.console_log), ("k".into(), "c".into()));
+        assert_eq!(
+            (c.vcpus, c.memory_mib, c.seccomp),
+            (2, 128, SeccompMode::Kill)
+        );
+        assert!(c.initrd.is_none() && c.cmdline.is_empty());
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        for (a, want) in [
+            ("--console-log c", "--kernel is required"),
+            ("--kernel k", "--console-log is required"),
+            (
+                "--kernel k --console-log c --memory-mib lots",
+                "--memory-mib \"lots\"",
+            ),
+            ("--kernel k --console-log c --vcpus -1", "--vcpus \"-1\""),
+            (
+                "--kernel k --console-log c --frobnicate",
+                "unknown argument \"--frobnicate\"",
+            ),
+            ("--kernel", "--kernel needs a value"),
+        ] {
+            let e = parse_args(args(a)).unwrap_err().to_string();
+            assert!(e.contains(want), "{a}: {e}");
+        }
+    }
+
+    #[test]
+    fn error_chain_leaves_out_causes_already_in_the_message() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        #[derive(Debug, thiserror::Error)]
+        #[error("initrd x: cannot open: {source}")]
+        struct Open {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Open { source: io }).context("setting up the VM");
+        assert_eq!(
+            error_chain(&e),
+            "setting up the VM: initrd x: cannot open: no such file"
+        );
     }
 }
