@@ -6,72 +6,29 @@
 //! and signal it, which must come out as InterruptStatus + irqfd.
 
 use husk_hypervisor::builtin::memory::create_guest_memory;
-use husk_hypervisor::builtin::virtio::vhost_user::VhostUserDevice;
-use husk_hypervisor::builtin::virtio::{Interrupt, Queue, QueueT, VirtioDevice, INT_VRING};
+use husk_hypervisor::builtin::virtio::vhost_user::{VhostUserDevice, VIRTIO_ID_VSOCK};
+use husk_hypervisor::builtin::virtio::{Interrupt, QueueT, VirtioDevice, INT_VRING};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-const VIRTIO_ID_VSOCK: u32 = 19;
+mod common;
+
+use common::{daemon, descriptor, make_available, queue, used, wait_for, Daemon, DESC_WRITE};
+
 const VERSION_1: u64 = 1 << 32;
-const QUEUE_SIZE: u16 = 16;
-
-fn daemon_path() -> PathBuf {
-    std::env::var_os("HUSK_VHOST_DEVICE_VSOCK")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/usr/local/bin/vhost-device-vsock".into())
-}
-
-/// Kills and reaps the daemon however the test ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(path: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} {} did not appear",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Queue `i` of the three: rings in their own 64 KiB block from 1 MiB.
-fn queue(i: u64) -> Queue {
-    let base = 0x10_0000 + i * 0x1_0000;
-    let mut q = Queue::new(256).unwrap();
-    q.try_set_size(QUEUE_SIZE).unwrap();
-    q.try_set_desc_table_address(GuestAddress(base)).unwrap();
-    q.try_set_avail_ring_address(GuestAddress(base + 0x1000))
-        .unwrap();
-    q.try_set_used_ring_address(GuestAddress(base + 0x2000))
-        .unwrap();
-    q.set_ready(true);
-    q
-}
 
 #[test]
 fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
-    let daemon = daemon_path();
-    if !daemon.exists() {
-        println!(
-            "SKIPPED: no vhost-device-vsock at {} (set HUSK_VHOST_DEVICE_VSOCK)",
-            daemon.display()
-        );
+    let Some(daemon) = daemon(
+        "HUSK_VHOST_DEVICE_VSOCK",
+        "/usr/local/bin/vhost-device-vsock",
+    ) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vhost.sock");
     let uds = dir.path().join("vm.vsock");
@@ -91,15 +48,7 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
     wait_for(&socket, "vhost-user socket");
 
     let mem = create_guest_memory(16).unwrap();
-    let mut dev = VhostUserDevice::connect(
-        "vsock",
-        VIRTIO_ID_VSOCK,
-        &socket,
-        &[256, 256, 256],
-        8,
-        mem.clone(),
-    )
-    .unwrap();
+    let mut dev = VhostUserDevice::vsock(&socket, mem.clone()).unwrap();
     assert_eq!(dev.device_type(), VIRTIO_ID_VSOCK);
     assert_ne!(
         dev.features() & VERSION_1,
@@ -122,18 +71,10 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
 
     // The guest driver's part: one 4 KiB device-writable buffer in the
     // receive queue (0): descriptor 0, avail ring idx 1 with entry 0.
-    let rx = queue(0);
+    let rx = queue(0, 256);
     let buffer = 0x20_0000u64;
-    mem.write_obj(buffer, GuestAddress(rx.desc_table()))
-        .unwrap();
-    mem.write_obj(4096u32, GuestAddress(rx.desc_table() + 8))
-        .unwrap();
-    mem.write_obj(2u16, GuestAddress(rx.desc_table() + 12))
-        .unwrap(); // WRITE
-    mem.write_obj(0u16, GuestAddress(rx.avail_ring() + 4))
-        .unwrap(); // ring[0]
-    mem.write_obj(1u16, GuestAddress(rx.avail_ring() + 2))
-        .unwrap(); // idx
+    descriptor(&mem, &rx, 0, buffer, 4096, DESC_WRITE, 0);
+    make_available(&mem, &rx, 0);
     let used_ring = rx.used_ring();
 
     let kicks: Vec<Arc<EventFd>> = (0..3)
@@ -143,8 +84,8 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
     let interrupt = Interrupt::new(irq.try_clone().unwrap());
     let queues = vec![
         (rx, kicks[0].clone()),
-        (queue(1), kicks[1].clone()),
-        (queue(2), kicks[2].clone()),
+        (queue(1, 256), kicks[1].clone()),
+        (queue(2, 256), kicks[2].clone()),
     ];
     dev.activate(VERSION_1, queues, interrupt.clone()).unwrap();
     // The device thread sets the daemon up after `activate` returns; until
@@ -162,7 +103,7 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
         assert!(
             Instant::now() < deadline,
             "no interrupt from the daemon (used idx {})",
-            mem.read_obj::<u16>(GuestAddress(used_ring + 2)).unwrap()
+            used(&mem, used_ring).0
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -171,9 +112,7 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
         0,
         "InterruptStatus has the used-ring bit"
     );
-    let used_idx: u16 = mem.read_obj(GuestAddress(used_ring + 2)).unwrap();
-    let used_id: u32 = mem.read_obj(GuestAddress(used_ring + 4)).unwrap();
-    let used_len: u32 = mem.read_obj(GuestAddress(used_ring + 8)).unwrap();
+    let (used_idx, used_id, used_len) = used(&mem, used_ring);
     assert_eq!((used_idx, used_id), (1, 0), "our descriptor came back");
     assert!(used_len >= 44, "a whole virtio_vsock_hdr: {used_len}");
     // struct virtio_vsock_hdr (virtio 1.2, 5.10.6).

@@ -47,8 +47,46 @@ pub enum VhostUserError {
         offered: u64,
         needed: usize,
     },
+    #[error("vhost-user {name} at {socket}: the daemon does not serve its configuration space")]
+    NoConfig { name: &'static str, socket: PathBuf },
+    #[error("{0}")]
+    Config(String),
     #[error("vhost-user {name}: starting its thread: {0}", name = .1)]
     Thread(std::io::Error, &'static str),
+}
+
+/// Where the device's configuration space comes from.
+#[derive(Debug, Clone)]
+pub enum DeviceConfig {
+    /// Asked from the daemon (GET_CONFIG), this many bytes: vsock's
+    /// guest CID is the daemon's.
+    FromDaemon(u32),
+    /// Built here: virtiofsd does not serve virtio-fs's config space
+    /// (QEMU builds it from its own tag property, too).
+    Fixed(Vec<u8>),
+}
+
+/// virtio-vsock: rx, tx and event queues (virtio 1.2, 5.10.2); config is
+/// the 64-bit guest CID.
+pub const VSOCK_QUEUES: [u16; 3] = [256, 256, 256];
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+/// virtio-fs: the hiprio queue and one request queue (5.11.2).
+pub const FS_QUEUES: [u16; 2] = [1024, 1024];
+pub const VIRTIO_ID_FS: u32 = 26;
+/// virtio-fs tags are at most 36 bytes, NUL-padded (5.11.4).
+pub const FS_TAG_MAX: usize = 36;
+
+/// virtio-fs configuration space: tag, then num_request_queues.
+pub fn fs_config(tag: &str) -> Result<Vec<u8>, String> {
+    if tag.is_empty() || tag.len() > FS_TAG_MAX || tag.contains('\0') {
+        return Err(format!(
+            "virtio-fs tag {tag:?}: 1 to {FS_TAG_MAX} bytes without NUL"
+        ));
+    }
+    let mut config = vec![0u8; FS_TAG_MAX + 4];
+    config[..tag.len()].copy_from_slice(tag.as_bytes());
+    config[FS_TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
+    Ok(config)
 }
 
 /// What the vCPU thread hands the device thread at DRIVER_OK.
@@ -74,15 +112,27 @@ pub struct VhostUserDevice {
 }
 
 impl VhostUserDevice {
+    /// vhost-device-vsock (or any vhost-user vsock daemon) at `socket`.
+    pub fn vsock(socket: &Path, mem: GuestMemoryMmap) -> Result<Self, VhostUserError> {
+        let config = DeviceConfig::FromDaemon(8);
+        Self::connect("vsock", VIRTIO_ID_VSOCK, socket, &VSOCK_QUEUES, config, mem)
+    }
+
+    /// virtiofsd at `socket`, mounted in the guest by `tag`.
+    pub fn fs(socket: &Path, tag: &str, mem: GuestMemoryMmap) -> Result<Self, VhostUserError> {
+        let config = DeviceConfig::Fixed(fs_config(tag).map_err(VhostUserError::Config)?);
+        Self::connect("fs", VIRTIO_ID_FS, socket, &FS_QUEUES, config, mem)
+    }
+
     /// Connects to the daemon at `socket`, takes ownership of it, learns
-    /// its features and `config_size` bytes of configuration space, and
-    /// starts the device thread.
+    /// its features and the configuration space, and starts the device
+    /// thread.
     pub fn connect(
         name: &'static str,
         device_type: u32,
         socket: &Path,
         queue_sizes: &[u16],
-        config_size: u32,
+        config: DeviceConfig,
         mem: GuestMemoryMmap,
     ) -> Result<Self, VhostUserError> {
         let err = |what| {
@@ -97,7 +147,10 @@ impl VhostUserDevice {
             Frontend::connect(socket, queue_sizes.len() as u64).map_err(err("connecting"))?;
         fe.set_owner().map_err(err("SET_OWNER"))?;
         let offered = fe.get_features().map_err(err("GET_FEATURES"))?;
-        let mut config = vec![0u8; config_size as usize];
+        let (mut config, from_daemon) = match config {
+            DeviceConfig::FromDaemon(size) => (vec![0u8; size as usize], true),
+            DeviceConfig::Fixed(bytes) => (bytes, false),
+        };
         if offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             let protocol = fe
                 .get_protocol_features()
@@ -116,9 +169,16 @@ impl VhostUserDevice {
                     });
                 }
             }
-            if use_.contains(VhostUserProtocolFeatures::CONFIG) && config_size > 0 {
+            if from_daemon && !config.is_empty() {
+                if !use_.contains(VhostUserProtocolFeatures::CONFIG) {
+                    return Err(VhostUserError::NoConfig {
+                        name,
+                        socket: socket.into(),
+                    });
+                }
+                let size = config.len() as u32;
                 let (_, payload) = fe
-                    .get_config(0, config_size, VhostUserConfigFlags::WRITABLE, &config)
+                    .get_config(0, size, VhostUserConfigFlags::WRITABLE, &config)
                     .map_err(err("GET_CONFIG"))?;
                 config.copy_from_slice(&payload);
             }
@@ -350,5 +410,38 @@ fn relay_interrupts(
         if let Err(std::sync::mpsc::TryRecvError::Disconnected) = rx.try_recv() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_config_is_the_padded_tag_then_one_request_queue() {
+        let c = fs_config("husk").unwrap();
+        assert_eq!(c.len(), 40);
+        assert_eq!(&c[..4], b"husk");
+        assert!(c[4..36].iter().all(|b| *b == 0), "NUL-padded");
+        assert_eq!(u32::from_le_bytes(c[36..40].try_into().unwrap()), 1);
+        assert!(fs_config(&"x".repeat(36)).is_ok());
+        for bad in ["", "a\0b"] {
+            assert!(fs_config(bad).is_err(), "{bad:?}");
+        }
+        let e = fs_config(&"x".repeat(37)).unwrap_err();
+        assert!(e.contains("1 to 36 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_daemon_socket_is_named() {
+        let mem = crate::builtin::memory::create_guest_memory(16).unwrap();
+        let e = VhostUserDevice::vsock(Path::new("/nonexistent/vhost.sock"), mem)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("vsock at /nonexistent/vhost.sock: connecting"),
+            "{e}"
+        );
     }
 }
