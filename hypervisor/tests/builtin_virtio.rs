@@ -6,7 +6,7 @@
 //! transport, ioeventfd, irqfd, PIC and vCPU are the VMM's own.
 
 use husk_hypervisor::builtin::guest_image::{self, Asm, LOAD_ADDR};
-use husk_hypervisor::builtin::memory::VIRTIO_MMIO_BASE;
+use husk_hypervisor::builtin::memory::{GuestMemoryMmap, VIRTIO_MMIO_BASE};
 use husk_hypervisor::builtin::probe::kvm_runs_guest_code;
 use husk_hypervisor::builtin::regs::BOOT_CS;
 use husk_hypervisor::builtin::seccomp::SeccompMode;
@@ -80,6 +80,7 @@ impl VirtioDevice for EchoDevice {
     fn write_config(&mut self, _: u64, _: &[u8]) {}
     fn activate(
         &mut self,
+        _mem: GuestMemoryMmap,
         features: u64,
         mut queues: Vec<(Queue, Arc<EventFd>)>,
         interrupt: Interrupt,

@@ -542,3 +542,100 @@ fn multi_vcpu_guest_sees_the_mp_table_and_runs_on_apic_id_0() {
         assert!(rep.0.is_empty(), "trailing {:?}", rep.0);
     }
 }
+
+mod common;
+
+#[test]
+fn husk_vmm_attaches_real_vsock_and_fs_daemons_that_the_guest_finds_over_mmio() {
+    require_kvm!();
+    let (Some(vsock), Some(fsd)) = (
+        common::daemon(
+            "HUSK_VHOST_DEVICE_VSOCK",
+            "/usr/local/bin/vhost-device-vsock",
+        ),
+        common::daemon("HUSK_VIRTIOFSD", "/usr/local/bin/virtiofsd"),
+    ) else {
+        return;
+    };
+    let g = Guest::new();
+    let d = g.dir.path();
+    std::fs::create_dir(d.join("shared")).unwrap();
+    let _vsockd = common::Daemon(
+        Command::new(vsock)
+            .args(["--guest-cid", "3", "--socket"])
+            .arg(d.join("vsock.sock"))
+            .arg("--uds-path")
+            .arg(d.join("vm.vsock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _fsd = common::Daemon(
+        Command::new(fsd)
+            .arg("--socket-path")
+            .arg(d.join("fs.sock"))
+            .arg("--shared-dir")
+            .arg(d.join("shared"))
+            .args(["--sandbox", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_for(&d.join("vsock.sock"), "vsock socket");
+    common::wait_for(&d.join("fs.sock"), "virtiofsd socket");
+
+    let b = husk_hypervisor::builtin::memory::VIRTIO_MMIO_BASE as u32;
+    let mut a = Asm::protected_mode();
+    a.dx_com1().out_byte(b'D');
+    for dev in [b, b + 0x1000] {
+        // magic, version, device id, first config word
+        for reg in [0x000, 0x004, 0x008, 0x100] {
+            a.load_eax_abs(dev + reg).out_ax_bytes(4);
+        }
+    }
+    // The command line via hvm_start_info.cmdline_paddr, as in the virtio
+    // test: mov esi,[ebx+0x18]; print bytes until NUL.
+    a.bytes(&[
+        0x8b, 0x73, 0x18, 0x8a, 0x06, 0x84, 0xc0, 0x74, 0x04, 0xee, 0x46, 0xeb, 0xf6,
+    ]);
+    a.triple_fault();
+    let kernel = g.file("devices.elf", &guest_image::elf(&a.code, 0, true));
+    let vsock_sock = d.join("vsock.sock");
+    let fs_sock = d.join("fs.sock");
+    let r = g.run(
+        &kernel,
+        &[
+            "--vsock-socket",
+            vsock_sock.to_str().unwrap(),
+            "--fs-socket",
+            fs_sock.to_str().unwrap(),
+            "--fs-tag",
+            "husk",
+        ],
+    );
+    assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
+    let mut rep = Report(&r.console);
+    rep.expect(b"D");
+    for (id, config) in [(19u64, 3u64), (26, u64::from(u32::from_le_bytes(*b"husk")))] {
+        assert_eq!(rep.take(4), 0x7472_6976, "magic of device {id}");
+        assert_eq!(rep.take(4), 2, "version of device {id}");
+        assert_eq!(rep.take(4), id, "device id");
+        assert_eq!(
+            rep.take(4),
+            config,
+            "config of device {id}: guest CID / tag"
+        );
+    }
+    let expect = format!(
+        "virtio_mmio.device=4K@{b:#x}:5 virtio_mmio.device=4K@{:#x}:6",
+        b + 0x1000
+    );
+    rep.expect(expect.as_bytes());
+    assert!(
+        rep.0.is_empty(),
+        "trailing {:?}",
+        String::from_utf8_lossy(rep.0)
+    );
+}

@@ -43,7 +43,7 @@ fn virtiofsd_answers_fuse_init_through_guest_memory() {
     wait_for(&socket, "virtiofsd socket");
 
     let mem = create_guest_memory(16).unwrap();
-    let mut dev = VhostUserDevice::fs(&socket, "husk-share", mem.clone()).unwrap();
+    let mut dev = VhostUserDevice::fs(&socket, "husk-share").unwrap();
     assert_eq!(dev.device_type(), VIRTIO_ID_FS);
     assert_ne!(
         dev.features() & VERSION_1,
@@ -81,7 +81,8 @@ fn virtiofsd_answers_fuse_init_through_guest_memory() {
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let interrupt = Interrupt::new(irq.try_clone().unwrap());
     let queues = vec![(queue(0, 1024), kicks[0].clone()), (req, kicks[1].clone())];
-    dev.activate(VERSION_1, queues, interrupt.clone()).unwrap();
+    dev.activate(mem.clone(), VERSION_1, queues, interrupt.clone())
+        .unwrap();
     assert_eq!(dev.wait_activated(Duration::from_secs(10)), Some(Ok(())));
     kicks[1].write(1).unwrap();
 

@@ -48,7 +48,7 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
     wait_for(&socket, "vhost-user socket");
 
     let mem = create_guest_memory(16).unwrap();
-    let mut dev = VhostUserDevice::vsock(&socket, mem.clone()).unwrap();
+    let mut dev = VhostUserDevice::vsock(&socket).unwrap();
     assert_eq!(dev.device_type(), VIRTIO_ID_VSOCK);
     assert_ne!(
         dev.features() & VERSION_1,
@@ -87,7 +87,8 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
         (queue(1, 256), kicks[1].clone()),
         (queue(2, 256), kicks[2].clone()),
     ];
-    dev.activate(VERSION_1, queues, interrupt.clone()).unwrap();
+    dev.activate(mem.clone(), VERSION_1, queues, interrupt.clone())
+        .unwrap();
     // The device thread sets the daemon up after `activate` returns; until
     // the rings are enabled the daemon has nowhere to put a connection.
     assert_eq!(dev.wait_activated(Duration::from_secs(10)), Some(Ok(())));

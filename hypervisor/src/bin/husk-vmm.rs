@@ -7,6 +7,8 @@
 
 use anyhow::{bail, Context, Result};
 use husk_hypervisor::builtin::seccomp::{self, SeccompMode, ThreadKind};
+use husk_hypervisor::builtin::virtio::vhost_user::VhostUserDevice;
+use husk_hypervisor::builtin::virtio::VirtioDevice;
 use husk_hypervisor::builtin::{vcpu::VcpuStop, VmConfig, VmEvent, Vmm};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::IsTerminal;
@@ -14,13 +16,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
-[--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off]";
+[--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
+[--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG]";
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<VmConfig> {
+/// The VM and the vhost-user daemons to attach, in this order, as
+/// virtio-mmio devices.
+#[derive(Debug)]
+struct Args {
+    vm: VmConfig,
+    vsock_socket: Option<PathBuf>,
+    fs: Option<(PathBuf, String)>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
     let (mut kernel, mut initrd, mut console_log) = (None, None, None);
     let mut cmdline = String::new();
     let (mut memory_mib, mut vcpus) = (128u64, 1u8);
     let mut seccomp = SeccompMode::Kill;
+    let (mut vsock_socket, mut fs_socket, mut fs_tag) = (None, None, None);
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -44,11 +57,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<VmConfig> {
                     .with_context(|| format!("--vcpus {v:?} is not a number from 1 to 254"))?
             }
             "--seccomp" => seccomp = value()?.parse().map_err(anyhow::Error::msg)?,
+            "--vsock-socket" => vsock_socket = Some(PathBuf::from(value()?)),
+            "--fs-socket" => fs_socket = Some(PathBuf::from(value()?)),
+            "--fs-tag" => fs_tag = Some(value()?),
             "--help" | "-h" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    Ok(VmConfig {
+    let fs = match (fs_socket, fs_tag) {
+        (Some(socket), Some(tag)) => Some((socket, tag)),
+        (None, None) => None,
+        _ => bail!("--fs-socket and --fs-tag go together\n{USAGE}"),
+    };
+    let vm = VmConfig {
         kernel: kernel.with_context(|| format!("--kernel is required\n{USAGE}"))?,
         initrd,
         cmdline,
@@ -56,11 +77,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<VmConfig> {
         vcpus,
         console_log: console_log.with_context(|| format!("--console-log is required\n{USAGE}"))?,
         seccomp,
+    };
+    Ok(Args {
+        vm,
+        vsock_socket,
+        fs,
     })
 }
 
 fn run() -> Result<()> {
-    let config = parse_args(std::env::args().skip(1))?;
+    let args = parse_args(std::env::args().skip(1))?;
+    let config = args.vm;
     // Block the stop signals before any thread exists, so every thread
     // inherits the mask and only the waiter below ever receives them.
     let mut stop_signals = SigSet::empty();
@@ -70,7 +97,14 @@ fn run() -> Result<()> {
         .thread_block()
         .context("blocking SIGTERM/SIGINT")?;
 
-    let vmm = Vmm::new(&config).context("setting up the VM")?;
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if let Some(socket) = &args.vsock_socket {
+        devices.push(Box::new(VhostUserDevice::vsock(socket)?));
+    }
+    if let Some((socket, tag)) = &args.fs {
+        devices.push(Box::new(VhostUserDevice::fs(socket, tag)?));
+    }
+    let vmm = Vmm::with_devices(&config, devices).context("setting up the VM")?;
     let boot = vmm.boot_entry();
     tracing::info!(
         kernel = %config.kernel.display(),
@@ -172,13 +206,17 @@ mod tests {
 
     #[test]
     fn arguments_with_defaults() {
-        let c = parse_args(args("--kernel k --console-log c --vcpus 2")).unwrap();
+        let a = parse_args(args("--kernel k --console-log c --vcpus 2")).unwrap();
+        let c = a.vm;
         assert_eq!((c.kernel, c.console_log), ("k".into(), "c".into()));
         assert_eq!(
             (c.vcpus, c.memory_mib, c.seccomp),
             (2, 128, SeccompMode::Kill)
         );
         assert!(c.initrd.is_none() && c.cmdline.is_empty());
+        assert!(a.vsock_socket.is_none() && a.fs.is_none());
+        let a = parse_args(args("--kernel k --console-log c --fs-socket s --fs-tag t")).unwrap();
+        assert_eq!(a.fs, Some(("s".into(), "t".into())));
     }
 
     #[test]
@@ -196,6 +234,10 @@ mod tests {
                 "unknown argument \"--frobnicate\"",
             ),
             ("--kernel", "--kernel needs a value"),
+            (
+                "--kernel k --console-log c --fs-socket s",
+                "--fs-socket and --fs-tag go together",
+            ),
         ] {
             let e = parse_args(args(a)).unwrap_err().to_string();
             assert!(e.contains(want), "{a}: {e}");

@@ -356,7 +356,12 @@ impl MmioTransport {
             )),
             Ok(ready) => self
                 .device
-                .activate(self.driver_features, ready, self.interrupt.clone())
+                .activate(
+                    self.mem.clone(),
+                    self.driver_features,
+                    ready,
+                    self.interrupt.clone(),
+                )
                 .map_err(|e| e.to_string()),
         };
         if let Err(e) = result {
@@ -449,6 +454,7 @@ mod tests {
         }
         fn activate(
             &mut self,
+            _mem: GuestMemoryMmap,
             features: u64,
             queues: Vec<(Queue, Arc<EventFd>)>,
             interrupt: Interrupt,

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::builtin::memory::GuestMemoryMmap;
+
 pub use virtio_queue::{Queue, QueueT};
 
 /// Interrupt status bits (virtio 1.2, 4.2.2 InterruptStatus).
@@ -89,14 +91,16 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space; most devices ignore it.
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Starts the device with the negotiated features and the queues the
-    /// driver made ready, each with the eventfd its notifications arrive on.
+    /// Starts the device with guest memory, the negotiated features and the
+    /// queues the driver made ready, each with the eventfd its
+    /// notifications arrive on.
     ///
     /// Runs on the vCPU thread that wrote DRIVER_OK, under the vCPU seccomp
     /// filter: hand the queues to a thread the device started beforehand
     /// (a channel send is a futex), do not open, spawn or dup here.
     fn activate(
         &mut self,
+        mem: GuestMemoryMmap,
         acked_features: u64,
         queues: Vec<(Queue, Arc<EventFd>)>,
         interrupt: Interrupt,

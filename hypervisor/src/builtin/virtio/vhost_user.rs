@@ -91,6 +91,7 @@ pub fn fs_config(tag: &str) -> Result<Vec<u8>, String> {
 
 /// What the vCPU thread hands the device thread at DRIVER_OK.
 struct Activation {
+    mem: GuestMemoryMmap,
     features: u64,
     queues: Vec<(Queue, Arc<EventFd>)>,
     interrupt: Interrupt,
@@ -113,15 +114,15 @@ pub struct VhostUserDevice {
 
 impl VhostUserDevice {
     /// vhost-device-vsock (or any vhost-user vsock daemon) at `socket`.
-    pub fn vsock(socket: &Path, mem: GuestMemoryMmap) -> Result<Self, VhostUserError> {
+    pub fn vsock(socket: &Path) -> Result<Self, VhostUserError> {
         let config = DeviceConfig::FromDaemon(8);
-        Self::connect("vsock", VIRTIO_ID_VSOCK, socket, &VSOCK_QUEUES, config, mem)
+        Self::connect("vsock", VIRTIO_ID_VSOCK, socket, &VSOCK_QUEUES, config)
     }
 
     /// virtiofsd at `socket`, mounted in the guest by `tag`.
-    pub fn fs(socket: &Path, tag: &str, mem: GuestMemoryMmap) -> Result<Self, VhostUserError> {
+    pub fn fs(socket: &Path, tag: &str) -> Result<Self, VhostUserError> {
         let config = DeviceConfig::Fixed(fs_config(tag).map_err(VhostUserError::Config)?);
-        Self::connect("fs", VIRTIO_ID_FS, socket, &FS_QUEUES, config, mem)
+        Self::connect("fs", VIRTIO_ID_FS, socket, &FS_QUEUES, config)
     }
 
     /// Connects to the daemon at `socket`, takes ownership of it, learns
@@ -133,7 +134,6 @@ impl VhostUserDevice {
         socket: &Path,
         queue_sizes: &[u16],
         config: DeviceConfig,
-        mem: GuestMemoryMmap,
     ) -> Result<Self, VhostUserError> {
         let err = |what| {
             move |error| VhostUserError::Protocol {
@@ -189,7 +189,7 @@ impl VhostUserDevice {
         let verdict = activated.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
-            .spawn(move || device_thread(name, socket_path, fe, offered, mem, rx, verdict))
+            .spawn(move || device_thread(name, socket_path, fe, offered, rx, verdict))
             .map_err(|e| VhostUserError::Thread(e, name))?;
         Ok(VhostUserDevice {
             activated,
@@ -243,6 +243,7 @@ impl VirtioDevice for VhostUserDevice {
     }
     fn activate(
         &mut self,
+        mem: GuestMemoryMmap,
         features: u64,
         queues: Vec<(Queue, Arc<EventFd>)>,
         interrupt: Interrupt,
@@ -253,6 +254,7 @@ impl VirtioDevice for VhostUserDevice {
         };
         let tx = self.to_thread.as_ref().ok_or_else(gone)?;
         tx.send(Activation {
+            mem,
             features,
             queues,
             interrupt,
@@ -284,14 +286,13 @@ fn device_thread(
     socket: PathBuf,
     mut fe: Frontend,
     offered: u64,
-    mem: GuestMemoryMmap,
     rx: Receiver<Activation>,
     activated: Activated,
 ) {
     let Ok(act) = rx.recv() else {
         return;
     };
-    let result = setup_daemon(&mut fe, offered, &mem, &act);
+    let result = setup_daemon(&mut fe, offered, &act);
     {
         let (lock, cv) = &*activated;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -317,9 +318,9 @@ fn device_thread(
 fn setup_daemon(
     fe: &mut Frontend,
     offered: u64,
-    mem: &GuestMemoryMmap,
     act: &Activation,
 ) -> Result<Vec<(usize, EventFd)>, String> {
+    let mem = &act.mem;
     let e = |what: &'static str| move |err: vhost::Error| format!("{what}: {err}");
     let protocol_bit = offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     fe.set_features(act.features | protocol_bit)
@@ -434,8 +435,7 @@ mod tests {
 
     #[test]
     fn a_missing_daemon_socket_is_named() {
-        let mem = crate::builtin::memory::create_guest_memory(16).unwrap();
-        let e = VhostUserDevice::vsock(Path::new("/nonexistent/vhost.sock"), mem)
+        let e = VhostUserDevice::vsock(Path::new("/nonexistent/vhost.sock"))
             .err()
             .unwrap();
         assert!(
