@@ -8,6 +8,7 @@ mod common;
 use common::{daemon, descriptor, make_available, queue, used, wait_for, Daemon};
 use common::{DESC_NEXT, DESC_WRITE};
 use husk_hypervisor::builtin::memory::create_guest_memory;
+use husk_hypervisor::builtin::seccomp::SeccompMode;
 use husk_hypervisor::builtin::virtio::vhost_user::{VhostUserDevice, VIRTIO_ID_FS};
 use husk_hypervisor::builtin::virtio::{Interrupt, QueueT, VirtioDevice, INT_VRING};
 use std::process::{Command, Stdio};
@@ -43,7 +44,7 @@ fn virtiofsd_answers_fuse_init_through_guest_memory() {
     wait_for(&socket, "virtiofsd socket");
 
     let mem = create_guest_memory(16).unwrap();
-    let mut dev = VhostUserDevice::fs(&socket, "husk-share").unwrap();
+    let mut dev = VhostUserDevice::fs(&socket, "husk-share", SeccompMode::Kill).unwrap();
     assert_eq!(dev.device_type(), VIRTIO_ID_FS);
     assert_ne!(
         dev.features() & VERSION_1,

@@ -6,6 +6,7 @@
 //! and signal it, which must come out as InterruptStatus + irqfd.
 
 use husk_hypervisor::builtin::memory::create_guest_memory;
+use husk_hypervisor::builtin::seccomp::SeccompMode;
 use husk_hypervisor::builtin::virtio::vhost_user::{VhostUserDevice, VIRTIO_ID_VSOCK};
 use husk_hypervisor::builtin::virtio::{Interrupt, QueueT, VirtioDevice, INT_VRING};
 use std::io::Write;
@@ -48,7 +49,7 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_interrupts() {
     wait_for(&socket, "vhost-user socket");
 
     let mem = create_guest_memory(16).unwrap();
-    let mut dev = VhostUserDevice::vsock(&socket).unwrap();
+    let mut dev = VhostUserDevice::vsock(&socket, SeccompMode::Kill).unwrap();
     assert_eq!(dev.device_type(), VIRTIO_ID_VSOCK);
     assert_ne!(
         dev.features() & VERSION_1,

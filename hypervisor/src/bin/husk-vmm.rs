@@ -99,10 +99,10 @@ fn run() -> Result<()> {
 
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     if let Some(socket) = &args.vsock_socket {
-        devices.push(Box::new(VhostUserDevice::vsock(socket)?));
+        devices.push(Box::new(VhostUserDevice::vsock(socket, config.seccomp)?));
     }
     if let Some((socket, tag)) = &args.fs {
-        devices.push(Box::new(VhostUserDevice::fs(socket, tag)?));
+        devices.push(Box::new(VhostUserDevice::fs(socket, tag, config.seccomp)?));
     }
     let vmm = Vmm::with_devices(&config, devices).context("setting up the VM")?;
     let boot = vmm.boot_entry();

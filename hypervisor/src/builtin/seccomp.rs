@@ -53,6 +53,9 @@ pub enum ThreadKind {
     Signals,
     /// Waits for the VM to end, then stops the vCPUs and tears down.
     Main,
+    /// A vhost-user device: sets its daemon up over the socket at
+    /// activation, then relays the daemon's interrupts.
+    VhostUser,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,19 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         ThreadKind::Main => {
             // Kicking vCPU threads out of KVM_RUN (pthread_kill).
             map.insert(libc::SYS_tgkill, Vec::new());
+        }
+        ThreadKind::VhostUser => {
+            // vhost-user messages (with fds), the call eventfds it makes,
+            // and waiting on them.
+            for nr in [
+                libc::SYS_sendmsg,
+                libc::SYS_recvmsg,
+                libc::SYS_eventfd2,
+                libc::SYS_poll,
+                libc::SYS_ppoll,
+            ] {
+                map.insert(nr, Vec::new());
+            }
         }
     }
     Ok(map)

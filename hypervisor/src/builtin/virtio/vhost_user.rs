@@ -11,6 +11,7 @@
 
 use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
 use crate::builtin::memory::GuestMemoryMmap;
+use crate::builtin::seccomp::{self, SeccompMode, ThreadKind};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -114,26 +115,34 @@ pub struct VhostUserDevice {
 
 impl VhostUserDevice {
     /// vhost-device-vsock (or any vhost-user vsock daemon) at `socket`.
-    pub fn vsock(socket: &Path) -> Result<Self, VhostUserError> {
+    pub fn vsock(socket: &Path, seccomp: SeccompMode) -> Result<Self, VhostUserError> {
         let config = DeviceConfig::FromDaemon(8);
-        Self::connect("vsock", VIRTIO_ID_VSOCK, socket, &VSOCK_QUEUES, config)
+        Self::connect(
+            "vsock",
+            VIRTIO_ID_VSOCK,
+            socket,
+            &VSOCK_QUEUES,
+            config,
+            seccomp,
+        )
     }
 
     /// virtiofsd at `socket`, mounted in the guest by `tag`.
-    pub fn fs(socket: &Path, tag: &str) -> Result<Self, VhostUserError> {
+    pub fn fs(socket: &Path, tag: &str, seccomp: SeccompMode) -> Result<Self, VhostUserError> {
         let config = DeviceConfig::Fixed(fs_config(tag).map_err(VhostUserError::Config)?);
-        Self::connect("fs", VIRTIO_ID_FS, socket, &FS_QUEUES, config)
+        Self::connect("fs", VIRTIO_ID_FS, socket, &FS_QUEUES, config, seccomp)
     }
 
     /// Connects to the daemon at `socket`, takes ownership of it, learns
     /// its features and the configuration space, and starts the device
-    /// thread.
+    /// thread, which installs the vhost-user seccomp filter first.
     pub fn connect(
         name: &'static str,
         device_type: u32,
         socket: &Path,
         queue_sizes: &[u16],
         config: DeviceConfig,
+        seccomp: SeccompMode,
     ) -> Result<Self, VhostUserError> {
         let err = |what| {
             move |error| VhostUserError::Protocol {
@@ -189,7 +198,15 @@ impl VhostUserDevice {
         let verdict = activated.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
-            .spawn(move || device_thread(name, socket_path, fe, offered, rx, verdict))
+            .spawn(move || {
+                if let Err(e) = seccomp::apply(ThreadKind::VhostUser, seccomp) {
+                    let (lock, cv) = &*verdict;
+                    *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err(e.to_string()));
+                    cv.notify_all();
+                    return;
+                }
+                device_thread(name, socket_path, fe, offered, rx, verdict)
+            })
             .map_err(|e| VhostUserError::Thread(e, name))?;
         Ok(VhostUserDevice {
             activated,
@@ -435,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_missing_daemon_socket_is_named() {
-        let e = VhostUserDevice::vsock(Path::new("/nonexistent/vhost.sock"))
+        let e = VhostUserDevice::vsock(Path::new("/nonexistent/vhost.sock"), SeccompMode::Kill)
             .err()
             .unwrap();
         assert!(
