@@ -639,3 +639,56 @@ fn husk_vmm_attaches_real_vsock_and_fs_daemons_that_the_guest_finds_over_mmio() 
         String::from_utf8_lossy(rep.0)
     );
 }
+
+#[test]
+fn husk_vmm_puts_a_tap_nic_on_virtio_mmio() {
+    require_kvm!();
+    // husk-vmm makes the TAP in its own network namespace, as under the
+    // shim (the pod's); here a fresh one from unshare(1).
+    let netns_ok = Command::new("unshare")
+        .args(["--net", "true"])
+        .status()
+        .map(|s| s.success());
+    if netns_ok.as_ref().map_or(true, |ok| !ok) {
+        println!("SKIPPED: cannot run `unshare --net` here: {netns_ok:?}");
+        return;
+    }
+    let g = Guest::new();
+    let b = husk_hypervisor::builtin::memory::VIRTIO_MMIO_BASE as u32;
+    let mut a = Asm::protected_mode();
+    a.dx_com1().out_byte(b'N');
+    for reg in [0x000, 0x004, 0x008, 0x100, 0x104] {
+        a.load_eax_abs(b + reg).out_ax_bytes(4);
+    }
+    a.triple_fault();
+    let kernel = g.file("net.elf", &guest_image::elf(&a.code, 0, true));
+    let child = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(HUSK_VMM)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--console-log")
+        .arg(g.console())
+        .args(["--net-tap", "husk0", "--net-mac", "02:11:22:33:44:55"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = g.finish(child);
+    assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
+    let mut rep = Report(&r.console);
+    rep.expect(b"N");
+    assert_eq!(rep.take(4), 0x7472_6976, "magic");
+    assert_eq!(rep.take(4), 2, "version");
+    assert_eq!(rep.take(4), 1, "device id: net");
+    assert_eq!(
+        rep.take(4),
+        u64::from(u32::from_le_bytes([0x02, 0x11, 0x22, 0x33]))
+    );
+    assert_eq!(
+        rep.take(4),
+        u64::from(u32::from_le_bytes([0x44, 0x55, 0, 0])),
+        "MAC, then 0"
+    );
+    assert!(rep.0.is_empty(), "trailing {:?}", rep.0);
+}

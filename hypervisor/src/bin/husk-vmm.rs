@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use husk_hypervisor::builtin::seccomp::{self, SeccompMode, ThreadKind};
+use husk_hypervisor::builtin::virtio::net::{open_tap, Net};
 use husk_hypervisor::builtin::virtio::vhost_user::VhostUserDevice;
 use husk_hypervisor::builtin::virtio::VirtioDevice;
 use husk_hypervisor::builtin::{vcpu::VcpuStop, VmConfig, VmEvent, Vmm};
@@ -17,7 +18,11 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
 [--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
-[--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG]";
+[--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME [--net-mac MAC]]";
+
+/// The MAC address of the guest's NIC when none is given (locally
+/// administered, QEMU's default prefix).
+const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// The VM and the vhost-user daemons to attach, in this order, as
 /// virtio-mmio devices.
@@ -26,6 +31,25 @@ struct Args {
     vm: VmConfig,
     vsock_socket: Option<PathBuf>,
     fs: Option<(PathBuf, String)>,
+    net: Option<(String, [u8; 6])>,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<_> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        bail!("--net-mac {s:?} is not six hex bytes separated by ':'");
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .with_context(|| format!("--net-mac {s:?}: {p:?} is not a hex byte"))?;
+    }
+    if mac[0] & 1 != 0 {
+        bail!("--net-mac {s:?} is a multicast address");
+    }
+    Ok(mac)
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
@@ -34,6 +58,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
     let (mut memory_mib, mut vcpus) = (128u64, 1u8);
     let mut seccomp = SeccompMode::Kill;
     let (mut vsock_socket, mut fs_socket, mut fs_tag) = (None, None, None);
+    let (mut net_tap, mut net_mac) = (None, None);
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -60,6 +85,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
             "--vsock-socket" => vsock_socket = Some(PathBuf::from(value()?)),
             "--fs-socket" => fs_socket = Some(PathBuf::from(value()?)),
             "--fs-tag" => fs_tag = Some(value()?),
+            "--net-tap" => net_tap = Some(value()?),
+            "--net-mac" => net_mac = Some(parse_mac(&value()?)?),
             "--help" | "-h" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -68,6 +95,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         (Some(socket), Some(tag)) => Some((socket, tag)),
         (None, None) => None,
         _ => bail!("--fs-socket and --fs-tag go together\n{USAGE}"),
+    };
+    let net = match (net_tap, net_mac) {
+        (Some(tap), mac) => Some((tap, mac.unwrap_or(DEFAULT_MAC))),
+        (None, None) => None,
+        (None, Some(_)) => bail!("--net-mac needs --net-tap\n{USAGE}"),
     };
     let vm = VmConfig {
         kernel: kernel.with_context(|| format!("--kernel is required\n{USAGE}"))?,
@@ -82,6 +114,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         vm,
         vsock_socket,
         fs,
+        net,
     })
 }
 
@@ -103,6 +136,11 @@ fn run() -> Result<()> {
     }
     if let Some((socket, tag)) = &args.fs {
         devices.push(Box::new(VhostUserDevice::fs(socket, tag, config.seccomp)?));
+    }
+    if let Some((tap, mac)) = &args.net {
+        // In husk-vmm's network namespace: the shim starts it in the pod's.
+        let tap = open_tap(tap)?;
+        devices.push(Box::new(Net::new(tap, *mac, config.seccomp)?));
     }
     let vmm = Vmm::with_devices(&config, devices).context("setting up the VM")?;
     let boot = vmm.boot_entry();
@@ -217,6 +255,13 @@ mod tests {
         assert!(a.vsock_socket.is_none() && a.fs.is_none());
         let a = parse_args(args("--kernel k --console-log c --fs-socket s --fs-tag t")).unwrap();
         assert_eq!(a.fs, Some(("s".into(), "t".into())));
+        let a = parse_args(args("--kernel k --console-log c --net-tap tap0")).unwrap();
+        assert_eq!(a.net, Some(("tap0".into(), DEFAULT_MAC)));
+        let a = parse_args(args(
+            "--kernel k --console-log c --net-tap t --net-mac 02:00:00:aa:bb:0c",
+        ))
+        .unwrap();
+        assert_eq!(a.net, Some(("t".into(), [2, 0, 0, 0xaa, 0xbb, 0x0c])));
     }
 
     #[test]
@@ -237,6 +282,22 @@ mod tests {
             (
                 "--kernel k --console-log c --fs-socket s",
                 "--fs-socket and --fs-tag go together",
+            ),
+            (
+                "--kernel k --console-log c --net-mac 02:00:00:00:00:01",
+                "--net-mac needs --net-tap",
+            ),
+            (
+                "--kernel k --console-log c --net-tap t --net-mac 02:00:00:00:01",
+                "six hex bytes",
+            ),
+            (
+                "--kernel k --console-log c --net-tap t --net-mac 02:00:00:00:00:zz",
+                "\"zz\" is not a hex byte",
+            ),
+            (
+                "--kernel k --console-log c --net-tap t --net-mac 01:00:00:00:00:01",
+                "multicast",
             ),
         ] {
             let e = parse_args(args(a)).unwrap_err().to_string();

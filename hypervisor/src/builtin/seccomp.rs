@@ -56,6 +56,9 @@ pub enum ThreadKind {
     /// A vhost-user device: sets its daemon up over the socket at
     /// activation, then relays the daemon's interrupts.
     VhostUser,
+    /// An in-process device's I/O thread (virtio-net): reads and writes
+    /// its fd and guest memory, waits in poll.
+    DeviceIo,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,10 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         ThreadKind::Main => {
             // Kicking vCPU threads out of KVM_RUN (pthread_kill).
             map.insert(libc::SYS_tgkill, Vec::new());
+        }
+        ThreadKind::DeviceIo => {
+            map.insert(libc::SYS_poll, Vec::new());
+            map.insert(libc::SYS_ppoll, Vec::new());
         }
         ThreadKind::VhostUser => {
             // vhost-user messages (with fds), the call eventfds it makes,

@@ -6,6 +6,7 @@
 //! on ioeventfds, interrupts leave through irqfds.
 
 pub mod mmio;
+pub mod net;
 pub mod vhost_user;
 
 use std::sync::atomic::{AtomicU32, Ordering};
