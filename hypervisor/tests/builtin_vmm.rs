@@ -692,3 +692,76 @@ fn husk_vmm_puts_a_tap_nic_on_virtio_mmio() {
     );
     assert!(rep.0.is_empty(), "trailing {:?}", rep.0);
 }
+
+/// The `builtin` backend's command line, run for real: what `MicroVm`
+/// would start is accepted by husk-vmm, with both daemons attached.
+#[test]
+fn the_builtin_backend_command_starts_husk_vmm_with_the_daemons() {
+    require_kvm!();
+    let (Some(vsock), Some(fsd)) = (
+        common::daemon(
+            "HUSK_VHOST_DEVICE_VSOCK",
+            "/usr/local/bin/vhost-device-vsock",
+        ),
+        common::daemon("HUSK_VIRTIOFSD", "/usr/local/bin/virtiofsd"),
+    ) else {
+        return;
+    };
+    use husk_hypervisor::builtin::backend::Builtin;
+    use husk_hypervisor::{Accelerator, Hypervisor, VmLaunch};
+    let g = Guest::new();
+    let d = g.dir.path();
+    std::fs::create_dir(d.join("shared")).unwrap();
+    let _vsockd = common::Daemon(
+        Command::new(vsock)
+            .arg("--socket")
+            .arg(d.join("vsock.sock"))
+            .arg("--uds-path")
+            .arg(d.join("vm.vsock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _fsd = common::Daemon(
+        Command::new(fsd)
+            .arg("--socket-path")
+            .arg(d.join("fs.sock"))
+            .arg("--shared-dir")
+            .arg(d.join("shared"))
+            .args(["--sandbox", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_for(&d.join("vsock.sock"), "vsock socket");
+    common::wait_for(&d.join("fs.sock"), "virtiofsd socket");
+    let mut a = Asm::long_mode();
+    a.dx_com1().out_str(b"backend\n").triple_fault();
+    let launch = VmLaunch {
+        id: "b1".into(),
+        accelerator: Accelerator::Kvm,
+        vcpus: 2,
+        memory_mib: 64,
+        kernel: g.file("k.elf", &guest_image::elf(&a.code, 0, false)),
+        initrd: g.file("initrd", b"initrd"),
+        cmdline: "console=ttyS0 reboot=t".into(),
+        console_log: g.console(),
+        vsock_vhost_socket: d.join("vsock.sock"),
+        fs_vhost_socket: d.join("fs.sock"),
+        fs_tag: "husk".into(),
+    };
+    let backend = Builtin {
+        binary: HUSK_VMM.into(),
+    };
+    let mut cmd = backend.command(&launch).into_std();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = g.finish(child);
+    assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
+    assert_eq!(r.console, b"backend\n");
+}

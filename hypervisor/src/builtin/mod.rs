@@ -7,6 +7,7 @@
 //! state), [`serial`] (the console), [`bus`] (exit dispatch), [`vcpu`]
 //! (run loop) and [`vmm`] (putting it together). See docs/builtin-vmm.md.
 
+pub mod backend;
 pub mod bus;
 pub mod guest_image;
 pub mod loader;
