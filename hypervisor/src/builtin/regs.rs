@@ -161,7 +161,7 @@ pub fn setup_sregs(
     Ok(())
 }
 
-/// PML4[0] -> PDPT[0] -> PD with 512 2 MiB pages: virtual = physical for
+/// `PML4[0]` -> `PDPT[0]` -> PD with 512 2 MiB pages: virtual = physical for
 /// the first GiB.
 pub fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     const WHAT: &str = "the page tables";
