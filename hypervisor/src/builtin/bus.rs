@@ -39,6 +39,9 @@ impl Bus {
     }
 
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
+        // Sizes a device does not answer (the UART only does bytes) read
+        // as all ones, not as whatever the kvm_run page held before.
+        data.fill(UNCLAIMED);
         let mut d = self.lock();
         match port.checked_sub(COM1_PORT) {
             Some(off) if off < COM1_PORT_COUNT => d.serial.pio_read(off, data),
@@ -82,4 +85,39 @@ impl Bus {
 fn in_window(base: u64, addr: u64) -> bool {
     addr.checked_sub(base)
         .is_some_and(|off| off < MMIO_WINDOW_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus() -> (Bus, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let serial = SerialConsole::new(&dir.path().join("c.log")).unwrap();
+        (Bus::new(serial, Vec::new()), dir)
+    }
+
+    #[test]
+    fn unclaimed_and_odd_sized_reads_are_all_ones() {
+        let (bus, _dir) = bus();
+        let mut d = [0u8; 4];
+        bus.pio_read(0x3f8, &mut d); // a 4-byte read of the UART
+        assert_eq!(d, [0xff; 4]);
+        let mut d = [0u8; 2];
+        bus.pio_read(0x1234, &mut d);
+        assert_eq!(d, [0xff; 2]);
+        let mut d = [0u8; 4];
+        bus.mmio_read(0xd000_0000, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        let mut lsr = [0u8];
+        bus.pio_read(0x3fd, &mut lsr);
+        assert_eq!(lsr[0] & 0x60, 0x60, "byte reads reach the UART");
+    }
+
+    #[test]
+    fn windows_are_4k_from_their_base() {
+        assert!(in_window(0xc000_0000, 0xc000_0fff));
+        assert!(!in_window(0xc000_0000, 0xc000_1000));
+        assert!(!in_window(0xc000_0000, 0xbfff_ffff));
+    }
 }
