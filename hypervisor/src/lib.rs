@@ -5,12 +5,15 @@
 //!   directory, the device daemons (virtiofsd, vhost-device-vsock), the VMM
 //!   process, boot until the agent answers, graceful stop and cleanup.
 //! - [`Hypervisor`] is the part that differs between VMMs: how to launch the
-//!   VMM process for a VM. `qemu` is here; the built-in rust-vmm VMM will be
-//!   a second implementation speaking to the same vhost-user daemons.
+//!   VMM process for a VM. `qemu` is the one in use; [`builtin`] is the
+//!   built-in rust-vmm VMM (`husk-vmm`), speaking to the same vhost-user
+//!   daemons, not selectable until it is shown to boot the guest kernel on
+//!   a KVM host (docs/builtin-vmm.md).
 //! - [`agent_channel`] is the host end of hybrid vsock: a Unix socket,
 //!   `CONNECT <port>\n`, `OK <port>\n`, then gRPC to the agent.
 
 mod accel;
+pub mod builtin;
 mod daemon;
 mod error;
 mod preflight;

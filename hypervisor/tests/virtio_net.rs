@@ -1,0 +1,262 @@
+//! virtio-net on a real TAP device, no KVM needed: in a network namespace
+//! of its own, the test plays the guest driver. A frame the "guest" puts
+//! on the tx queue must come out of the TAP interface (seen by a packet
+//! socket), and a frame sent into the interface must land in a guest rx
+//! buffer behind a virtio_net_hdr with num_buffers = 1.
+
+mod common;
+
+use common::{descriptor, queue, DESC_WRITE};
+use husk_hypervisor::builtin::memory::create_guest_memory;
+use husk_hypervisor::builtin::seccomp::SeccompMode;
+use husk_hypervisor::builtin::virtio::net::{open_tap, Net, VIRTIO_ID_NET, VNET_HDR_LEN};
+use husk_hypervisor::builtin::virtio::{Interrupt, Queue, QueueT, VirtioDevice};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+const TAP: &str = "husktap0";
+const ETHERTYPE: u16 = 0x88b5; // IEEE local experimental: nothing else sends it
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0); // minimum Ethernet frame
+    f
+}
+
+/// Brings `TAP` up and returns a packet socket bound to it.
+fn packet_socket() -> std::io::Result<(OwnedFd, i32)> {
+    let name = std::ffi::CString::new(TAP).unwrap();
+    // SAFETY: plain socket/ioctl/bind calls on fds and structs we own.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = OwnedFd::from_raw_fd(s);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in TAP.bytes().enumerate() {
+            ifr.ifr_name[i] = b as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_NOARP) as i16;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let p = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        );
+        if p < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let p = OwnedFd::from_raw_fd(p);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = ifindex;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        if libc::bind(
+            p.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            len,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        let tvlen = std::mem::size_of::<libc::timeval>() as u32;
+        libc::setsockopt(
+            p.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const _,
+            tvlen,
+        );
+        Ok((p, ifindex))
+    }
+}
+
+/// Frames of our ethertype read from the packet socket within `timeout`.
+fn receive_ours(p: &OwnedFd, timeout: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut found = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline && found.is_empty() {
+        // SAFETY: reading into a buffer we own.
+        let n = unsafe { libc::recv(p.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+        if n >= 14 && buf[12..14] == ETHERTYPE.to_be_bytes() {
+            found.push(buf[..n as usize].to_vec());
+        }
+    }
+    found
+}
+
+fn wait_for_interrupt(irq: &EventFd, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while irq.read().is_err() {
+        assert!(Instant::now() < deadline, "no interrupt for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn run_in_own_netns() -> Result<(), String> {
+    // SAFETY: affects only this (test) thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "SKIP unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let tap = open_tap(TAP).map_err(|e| format!("SKIP {e}"))?;
+    // No IPv6 chatter (router solicitations) into the guest's buffers.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TAP}/disable_ipv6"), "1");
+    let (packets, ifindex) = packet_socket().map_err(|e| format!("packet socket: {e}"))?;
+
+    let mut dev = Net::new(tap, GUEST_MAC, SeccompMode::Kill).map_err(|e| e.to_string())?;
+    assert_eq!(dev.device_type(), VIRTIO_ID_NET);
+    let mut mac = [0u8; 6];
+    dev.read_config(0, &mut mac);
+    assert_eq!(mac, GUEST_MAC, "MAC in config space");
+
+    let mem = create_guest_memory(16).unwrap();
+    let (rx, tx) = (queue(0, 256), queue(1, 256));
+    // rx: four 2 KiB buffers, all available.
+    for i in 0..4u16 {
+        descriptor(
+            &mem,
+            &rx,
+            i,
+            0x20_0000 + u64::from(i) * 0x800,
+            0x800,
+            DESC_WRITE,
+            0,
+        );
+        mem.write_obj(i, GuestAddress(rx.avail_ring() + 4 + 2 * u64::from(i)))
+            .unwrap();
+    }
+    mem.write_obj(4u16, GuestAddress(rx.avail_ring() + 2))
+        .unwrap();
+    // tx: one frame behind a zero virtio_net_hdr_v1.
+    let out = frame([0xff; 6], GUEST_MAC, b"husk-tx");
+    let mut tx_buf = vec![0u8; VNET_HDR_LEN];
+    tx_buf.extend_from_slice(&out);
+    mem.write_slice(&tx_buf, GuestAddress(0x30_0000)).unwrap();
+    descriptor(&mem, &tx, 0, 0x30_0000, tx_buf.len() as u32, 0, 0);
+    mem.write_obj(0u16, GuestAddress(tx.avail_ring() + 4))
+        .unwrap();
+    mem.write_obj(1u16, GuestAddress(tx.avail_ring() + 2))
+        .unwrap();
+    let (rx_used, tx_used) = (rx.used_ring(), tx.used_ring());
+
+    let kicks: Vec<Arc<EventFd>> = (0..2)
+        .map(|_| Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()))
+        .collect();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let queues: Vec<(Queue, Arc<EventFd>)> = vec![(rx, kicks[0].clone()), (tx, kicks[1].clone())];
+    dev.activate(
+        mem.clone(),
+        1 << 32,
+        queues,
+        Interrupt::new(irq.try_clone().unwrap()),
+    )
+    .map_err(|e| e.to_string())?;
+    kicks[1].write(1).unwrap();
+
+    // Guest -> TAP.
+    let seen = receive_ours(&packets, Duration::from_secs(5));
+    assert_eq!(
+        seen.first(),
+        Some(&out),
+        "the guest's frame came out of {TAP}"
+    );
+    // The device writes the TAP first, then returns the chain.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mem.read_obj::<u16>(GuestAddress(tx_used + 2)).unwrap() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "tx chain not returned to the guest"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_for_interrupt(&irq, "tx");
+
+    // TAP -> guest.
+    let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], b"husk-rx");
+    // SAFETY: sending a buffer we own to an address we built.
+    let sent = unsafe {
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
+        libc::sendto(
+            packets.as_raw_fd(),
+            inbound.as_ptr() as *const _,
+            inbound.len(),
+            0,
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(
+        sent,
+        inbound.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        let idx: u16 = mem.read_obj(GuestAddress(rx_used + 2)).unwrap();
+        let ours = (0..idx).find_map(|i| {
+            let e = rx_used + 4 + 8 * u64::from(i);
+            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap();
+            let mut b = vec![0u8; len as usize];
+            mem.read_slice(&mut b, GuestAddress(0x20_0000 + u64::from(id) * 0x800))
+                .unwrap();
+            (b.len() > VNET_HDR_LEN + 14
+                && b[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == ETHERTYPE.to_be_bytes())
+            .then_some(b)
+        });
+        if let Some(b) = ours {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no frame in the guest's rx buffers (used idx {idx})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(&got[VNET_HDR_LEN..], &inbound[..], "frame after the header");
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+    wait_for_interrupt(&irq, "rx");
+    drop(dev);
+    Ok(())
+}
+
+#[test]
+fn frames_cross_between_guest_queues_and_a_tap_device() {
+    // A thread of its own: the network namespace is per thread, and the
+    // device thread started from it inherits it.
+    let result = std::thread::spawn(run_in_own_netns).join().unwrap();
+    match result {
+        Err(e) if e.starts_with("SKIP ") => println!("SKIPPED: {}", &e[5..]),
+        Err(e) => panic!("{e}"),
+        Ok(()) => {}
+    }
+}
