@@ -12,4 +12,6 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 # Two tests at a time: each end-to-end test boots TCG VMs, and more than
 # two at once on a 2-core machine only makes every guest slower.
-cargo test --locked --workspace -- --test-threads=2
+cargo test --locked --workspace -- --test-threads=2 --skip husk_matches_runc_scenario_by_scenario
+echo "== parity table (runc against husk)"
+cargo test --locked -p husk-tests --test parity -- --nocapture
