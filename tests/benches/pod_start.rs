@@ -18,7 +18,11 @@ fn pod_start(cri: &Cri, handler: &str, i: usize) -> f64 {
     let log = pod.log_dir.join(&spec.log_path);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" stdout F ready")) {
-        assert!(Instant::now() < deadline, "no log line in {}", log.display());
+        assert!(
+            Instant::now() < deadline,
+            "no log line in {}",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -37,7 +41,9 @@ fn main() {
         .filter(|&n| n > 0)
         .unwrap_or(5);
     let cri = Cri::start();
-    println!("\npod start benchmark: {runs} pods per handler, RunPodSandbox to the first log line\n");
+    println!(
+        "\npod start benchmark: {runs} pods per handler, RunPodSandbox to the first log line\n"
+    );
     println!("{:<36} {:>9} {:>9} {:>9}", "ms", "min", "median", "max");
     for handler in [RUNC, HUSK] {
         let mut v: Vec<f64> = (0..runs).map(|i| pod_start(&cri, handler, i)).collect();
