@@ -16,6 +16,12 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// the pod): `PORT <n>\n`, then `OK\n` or `ERR <reason>\n`, then raw bytes.
 pub const FORWARD_VSOCK_PORT: u32 = 1025;
 
+/// The guest's own shared-memory tmpfs. A pod is one VM, so this is the
+/// pod's /dev/shm: the shim points the pod's /dev/shm bind mounts (CRI
+/// binds a host directory per sandbox) here, keeping shared memory in the
+/// guest's RAM and cgroups instead of on a host tmpfs.
+pub const GUEST_POD_SHM: &str = "/dev/shm";
+
 /// The virtio-fs tag of the directory the host shares with the guest.
 pub const SHARED_FS_TAG: &str = "husk-shared";
 

@@ -9,6 +9,7 @@
 //! The crate is pinned to 0.10: it is the last with the task v2 API that
 //! containerd 1.6 and 1.7 speak (0.11 moved to v3, which only 2.x serves).
 
+mod cgroup;
 mod container;
 mod io;
 mod metrics;

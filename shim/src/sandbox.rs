@@ -19,12 +19,19 @@ pub struct Sandbox {
     network: Option<PodNetwork>,
     /// The namespace's localhost carried into the guest (port-forward).
     forward: Option<crate::portforward::LocalForward>,
+    /// The pod's cgroup on the host, holding the VM's processes.
+    cgroup: Option<crate::cgroup::HostCgroup>,
 }
 
 impl Sandbox {
     /// Boots the VM `vm_id` as `config` says (sized for its pod), with a
     /// NIC on the pod network `netns` when there is one.
-    pub async fn start(config: &Config, vm_id: &str, netns: Option<&Path>) -> anyhow::Result<Self> {
+    pub async fn start(
+        config: &Config,
+        vm_id: &str,
+        netns: Option<&Path>,
+        cgroups_path: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let network = match netns {
             Some(ns) => {
                 let ns = ns.to_owned();
@@ -48,12 +55,14 @@ impl Sandbox {
                     },
                     None => None,
                 };
+                let cgroup = cgroups_path.and_then(|p| join_cgroup(&vm, vm_id, p));
                 Ok(Self {
                     vm,
                     agent,
                     shared,
                     network,
                     forward,
+                    cgroup,
                 })
             }
             Err(e) => {
@@ -117,11 +126,41 @@ impl Sandbox {
             let _ = tokio::task::spawn_blocking(move || f.stop()).await;
         }
         self.vm.stop().await;
+        if let Some(c) = self.cgroup.take() {
+            c.remove();
+        }
         remove_shared_dir(&self.shared);
         if let Some(n) = self.network.take() {
             let _ = tokio::task::spawn_blocking(move || n.detach()).await;
         }
     }
+}
+
+/// Moves the VM's host processes into the spec's cgroup; a failure is
+/// logged (the pod runs, outside its cgroup's accounting).
+fn join_cgroup(vm: &MicroVm, vm_id: &str, spec_path: &str) -> Option<crate::cgroup::HostCgroup> {
+    let Some(rel) = crate::cgroup::cgroupfs_path(spec_path) else {
+        tracing::warn!(
+            vm_id,
+            cgroups_path = spec_path,
+            "not a cgroupfs path; the VM stays in the shim's cgroup"
+        );
+        return None;
+    };
+    let cgroup = match crate::cgroup::HostCgroup::create(&rel) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(vm_id, cgroups_path = spec_path, %e, "cannot make the pod cgroup");
+            return None;
+        }
+    };
+    let pids = vm.pids();
+    for pid in [pids.vmm, pids.virtiofsd, pids.vsock_backend] {
+        if let Err(e) = cgroup.add(pid) {
+            tracing::warn!(vm_id, pid, %e, "cannot move a VM process into the pod cgroup");
+        }
+    }
+    Some(cgroup)
 }
 
 /// Removes the shared directory after unmounting anything still bound in
@@ -148,4 +187,15 @@ pub fn cleanup_after_crash(config: &Config, id: &str, bundle: &Path) {
     remove_shared_dir(&shared);
     rootfs::unmount_all(&bundle.join("rootfs"));
     let _ = std::fs::remove_dir_all(runtime_dir.join("vms").join(id));
+    // The pod cgroup the VM's processes were in, now empty.
+    let cgroups_path = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|s| s.pointer("/linux/cgroupsPath")?.as_str().map(str::to_owned));
+    if let Some(rel) = cgroups_path
+        .as_deref()
+        .and_then(crate::cgroup::cgroupfs_path)
+    {
+        crate::cgroup::HostCgroup::existing(&rel).remove();
+    }
 }

@@ -32,6 +32,8 @@ pub struct GuestSpec {
     /// The network namespace the spec names by path (a pod's, from CNI):
     /// the VM's network is connected to it.
     pub netns: Option<PathBuf>,
+    /// linux.cgroupsPath: where the VM's processes go on the host.
+    pub cgroups_path: Option<String>,
     pub binds: Vec<HostBind>,
 }
 
@@ -95,6 +97,10 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
         if !is_bind {
             continue;
         }
+        if m.get("destination").and_then(|d| d.as_str()) == Some("/dev/shm") {
+            m["source"] = husk_proto::GUEST_POD_SHM.into();
+            continue;
+        }
         let Some(source) = m.get("source").and_then(|s| s.as_str()) else {
             bail!("mounts[{i}].source: a bind mount needs a source");
         };
@@ -113,10 +119,15 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
         });
         m["source"] = format!("{}/{id}/mounts/{i}", husk_proto::GUEST_SHARED_DIR).into();
     }
+    let cgroups_path = spec
+        .pointer("/linux/cgroupsPath")
+        .and_then(|p| p.as_str())
+        .map(str::to_owned);
     Ok(GuestSpec {
         spec,
         host_root,
         netns,
+        cgroups_path,
         binds,
     })
 }

@@ -213,7 +213,15 @@ impl Inner {
         let mut agent = {
             let mut sandbox = self.sandbox.lock().await;
             if sandbox.is_none() {
-                *sandbox = Some(Sandbox::start(config, &self.vm_id, guest.netns.as_deref()).await?);
+                *sandbox = Some(
+                    Sandbox::start(
+                        config,
+                        &self.vm_id,
+                        guest.netns.as_deref(),
+                        guest.cgroups_path.as_deref(),
+                    )
+                    .await?,
+                );
                 vm_boot_ms = boot_started.elapsed().as_millis() as u64;
             }
             sandbox.as_ref().map(|s| s.agent.clone()).expect("just set")

@@ -724,6 +724,33 @@ impl Cri {
             .expect("container stats")
     }
 
+    /// ListContainerStats of one pod's containers.
+    pub fn list_container_stats(&self, pod_id: &str) -> Vec<cri::ContainerStats> {
+        let mut client = self.client();
+        let request = cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod_id.into(),
+                ..Default::default()
+            }),
+        };
+        self.call(async move { client.list_container_stats(request).await })
+            .unwrap_or_else(|e| panic!("ListContainerStats: {}", e))
+            .into_inner()
+            .stats
+    }
+
+    /// PodSandboxStats, with the error (containerd may not implement it).
+    pub fn pod_sandbox_stats(&self, pod_id: &str) -> Result<cri::PodSandboxStats, String> {
+        let mut client = self.client();
+        let request = cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.into(),
+        };
+        self.call(async move { client.pod_sandbox_stats(request).await })?
+            .into_inner()
+            .stats
+            .ok_or_else(|| "no stats in the answer".into())
+    }
+
     /// ListContainers, of one pod or of all.
     pub fn list_containers(&self, pod_id: Option<&str>) -> Vec<cri::Container> {
         let mut client = self.client();

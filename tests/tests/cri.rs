@@ -565,3 +565,65 @@ fn husk_refuses_pods_sized_outside_the_bounds() {
         );
     }
 }
+
+/// A container that puts 64 MiB in the pod's /dev/shm: ContainerStats and
+/// ListContainerStats report at least that much memory, because a husk
+/// pod's /dev/shm is the guest's own tmpfs (charged to the container's
+/// cgroup in the guest), not a host directory; PodSandboxStats, read from
+/// the pod's cgroup on the host where the VM's processes are, too.
+#[test]
+fn husk_stats_count_memory_the_container_allocated() {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(HUSK, &PodSpec::new("stats64"));
+    let spec = ContainerSpec::new(
+        "filler",
+        &[
+            "sh",
+            "-c",
+            "head -c 67108864 /dev/zero > /dev/shm/fill; echo filled; sleep 3600",
+        ],
+    );
+    let id = cri.create_and_start(&pod, &spec);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !logged(&pod, &spec, "stdout").contains(&"filled".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the container never filled /dev/shm"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stats = cri.container_stats(&id);
+    let working_set = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(
+        working_set >= 64 << 20,
+        "working set {working_set} < 64 MiB: {stats:?}"
+    );
+    let listed = cri.list_container_stats(&pod.id);
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.attributes.as_ref().is_some_and(|a| a.id == id)),
+        "ListContainerStats lacks {id}: {listed:?}"
+    );
+    // The pod's cgroup on the host holds the VM: PodSandboxStats is the
+    // VM's cost (guest RAM it touched included).
+    let sandbox = cri
+        .pod_sandbox_stats(&pod.id)
+        .unwrap_or_else(|e| panic!("PodSandboxStats: {e}"));
+    let vm_memory = sandbox
+        .linux
+        .as_ref()
+        .and_then(|l| l.memory.as_ref())
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(
+        vm_memory >= 64 << 20,
+        "the pod's VM uses {vm_memory} bytes: {sandbox:?}"
+    );
+    cri.stop_and_remove(&pod);
+    cri.assert_pod_gone(&pod);
+}
