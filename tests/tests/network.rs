@@ -79,7 +79,39 @@ impl TestNetns {
             "via",
             &ns.host_ip,
         ]);
+        // IPv6 too, without duplicate address detection (both ends are
+        // ours), so the addresses are usable at once.
+        let (host6, pod6) = (ns.host_ip6(), ns.pod_ip6());
+        ip(&[
+            "addr",
+            "add",
+            &format!("{host6}/64"),
+            "dev",
+            &ns.host_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{pod6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n", &ns.name, "-6", "route", "add", "default", "via", &host6,
+        ]);
         ns
+    }
+
+    fn host_ip6(&self) -> String {
+        format!("fd00:213:{}::1", std::process::id() % 200)
+    }
+
+    fn pod_ip6(&self) -> String {
+        format!("fd00:213:{}::2", std::process::id() % 200)
     }
 
     fn path(&self) -> String {
@@ -160,7 +192,9 @@ fn scenario(
         runtime,
         &["--with-ns", &with_ns],
         &format!("net-show-{tag}"),
-        &["sh", "-c", "ip -o -4 addr show eth0 | tr -s ' ' | cut -d' ' -f2,4; ip -4 route; ip link show eth0 | grep -o 'mtu [0-9]*'"],
+        &["sh", "-c", "ip -o -4 addr show eth0 | tr -s ' ' | cut -d' ' -f2,4; ip -4 route; \
+             ip -o -6 addr show eth0 scope global | tr -s ' ' | cut -d' ' -f2,4; ip -6 route show default | cut -d' ' -f1-5; \
+             ip link show eth0 | grep -o 'mtu [0-9]*'"],
         None,
     );
     assert!(seen.status.success(), "{}", text(&seen.stderr));
@@ -200,6 +234,17 @@ fn a_network_namespace_reaches_the_vm_as_it_reaches_runc() {
     );
     assert!(
         husk.0.contains(&format!("default via {}", ns.host_ip)),
+        "{}",
+        husk.0
+    );
+    assert!(
+        husk.0.contains(&format!("eth0 {}/64", ns.pod_ip6())),
+        "{}",
+        husk.0
+    );
+    assert!(
+        husk.0
+            .contains(&format!("default via {} dev eth0", ns.host_ip6())),
         "{}",
         husk.0
     );
