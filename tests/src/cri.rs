@@ -792,6 +792,37 @@ impl Cri {
             .url
     }
 
+    /// Exec (streaming): the URL a client connects to for `cmd`'s stdio.
+    pub fn exec_url(&self, id: &str, cmd: &[&str]) -> String {
+        let mut client = self.client();
+        let request = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        self.call(async move { client.exec(request).await })
+            .unwrap_or_else(|e| panic!("Exec {id}: {}", e))
+            .into_inner()
+            .url
+    }
+
+    /// Attach: the URL a client connects to for a container's output.
+    pub fn attach_url(&self, id: &str) -> String {
+        let mut client = self.client();
+        let request = cri::AttachRequest {
+            container_id: id.into(),
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        self.call(async move { client.attach(request).await })
+            .unwrap_or_else(|e| panic!("Attach {id}: {}", e))
+            .into_inner()
+            .url
+    }
+
     pub fn stop_pod(&self, pod: &Pod) {
         self.stop_pod_id(&pod.id)
             .unwrap_or_else(|e| panic!("StopPodSandbox {}: {}", pod.id, e));

@@ -183,3 +183,4 @@ mod tests {
 pub mod containerd;
 pub mod cri;
 pub mod ctr;
+pub mod streaming;

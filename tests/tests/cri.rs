@@ -627,3 +627,86 @@ fn husk_stats_count_memory_the_container_allocated() {
     cri.stop_and_remove(&pod);
     cri.assert_pod_gone(&pod);
 }
+
+/// PortForward through containerd's streaming server, as kubectl
+/// port-forward uses it: bytes sent to a port of the pod come back from an
+/// echo server there.
+fn port_forward_carries_data_both_ways(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("portfwd"));
+    cri.create_and_start(
+        &pod,
+        &ContainerSpec::new("echo", &["nc", "-ll", "-p", "8080", "-e", "cat"]),
+    );
+    let message = b"both ways through port-forward\n";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        // A fresh URL per attempt: each is good for one connection.
+        let url = cri.port_forward(&pod, &[8080]);
+        match husk_tests::streaming::port_forward_exchange(&url, 8080, message, message.len()) {
+            Ok(got) if !got.is_empty() => break got,
+            // The server may not be listening yet.
+            other => assert!(
+                Instant::now() < deadline,
+                "port-forward never answered: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(message)
+    );
+    cri.stop_and_remove(&pod);
+}
+
+#[test]
+fn runc_port_forward_carries_data_both_ways() {
+    port_forward_carries_data_both_ways(RUNC);
+}
+
+#[test]
+fn husk_port_forward_carries_data_both_ways() {
+    port_forward_carries_data_both_ways(HUSK);
+}
+
+/// Exec and Attach through the streaming server, as kubectl exec and
+/// kubectl attach use them: separate stdout and stderr, the exit status in
+/// the status frame, and the live output of a running container.
+fn exec_and_attach_stream(handler: &str) {
+    let Some(cri) = harness() else { return };
+    let pod = cri.run_pod(handler, &PodSpec::new("streams"));
+    let id = cri.create_and_start(
+        &pod,
+        &ContainerSpec::new(
+            "ticker",
+            &["sh", "-c", "while true; do echo tick; sleep 0.5; done"],
+        ),
+    );
+    let url = cri.exec_url(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let exec = husk_tests::streaming::read_stream(&url, |_| false).unwrap();
+    assert_eq!(
+        (exec.stdout.as_str(), exec.stderr.as_str()),
+        ("out\n", "err\n"),
+        "{exec:?}"
+    );
+    assert!(
+        exec.status.contains("NonZeroExitCode") && exec.status.contains("\"3\""),
+        "{exec:?}"
+    );
+    let url = cri.attach_url(&id);
+    let attached =
+        husk_tests::streaming::read_stream(&url, |o| o.stdout.contains("tick\ntick\n")).unwrap();
+    assert!(attached.stdout.contains("tick\ntick\n"), "{attached:?}");
+    cri.stop_and_remove(&pod);
+}
+
+#[test]
+fn runc_exec_and_attach_stream() {
+    exec_and_attach_stream(RUNC);
+}
+
+#[test]
+fn husk_exec_and_attach_stream() {
+    exec_and_attach_stream(HUSK);
+}

@@ -1,0 +1,137 @@
+//! A client for port-forward through containerd's CRI streaming server,
+//! as kubectl port-forward speaks it: a WebSocket with the
+//! `v4.channel.k8s.io` subprotocol, `?port=N` in the URL, and binary frames
+//! whose first byte is the channel (0 data, 1 error for the first port).
+//! Each channel opens with one frame carrying the port (2 bytes, little
+//! endian), which is skipped.
+
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::Message;
+
+/// Sends `data` to `port` through the PortForward `url` and returns what
+/// comes back until `expect_len` bytes arrived (or the stream ends).
+pub fn port_forward_exchange(
+    url: &str,
+    port: u16,
+    data: &[u8],
+    expect_len: usize,
+) -> Result<Vec<u8>, String> {
+    let ws_url = format!("{}?port={port}", url.replacen("http://", "ws://", 1));
+    let mut request = ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("{ws_url}: {e}"))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().expect("a header value"),
+    );
+    let (mut ws, _) =
+        tungstenite::connect(request).map_err(|e| format!("connecting {ws_url}: {e}"))?;
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(data);
+    ws.send(Message::Binary(frame))
+        .map_err(|e| format!("sending: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_port = [false; 2];
+    let mut received = Vec::new();
+    while received.len() < expect_len && Instant::now() < deadline {
+        let msg = match ws.read() {
+            Ok(m) => m,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                continue
+            }
+            Err(e) => return Err(format!("reading: {e} (after {received:?})")),
+        };
+        let Message::Binary(bytes) = msg else {
+            continue;
+        };
+        let Some((&channel, payload)) = bytes.split_first() else {
+            continue;
+        };
+        let channel = channel as usize;
+        if channel > 1 {
+            continue;
+        }
+        if !seen_port[channel] {
+            seen_port[channel] = true;
+            continue;
+        }
+        if channel == 1 && !payload.is_empty() {
+            return Err(format!(
+                "port-forward error: {}",
+                String::from_utf8_lossy(payload)
+            ));
+        }
+        received.extend_from_slice(payload);
+    }
+    let _ = ws.close(None);
+    Ok(received)
+}
+
+/// What an exec or attach stream carried: stdout, stderr, and the final
+/// status frame (JSON; empty if the stream ended without one).
+#[derive(Debug, Default)]
+pub struct StreamOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: String,
+}
+
+/// Reads an exec or attach stream (`v4.channel.k8s.io`: channel 1 stdout,
+/// 2 stderr, 3 the status) until it closes, or until `until` returns true
+/// on what has arrived.
+pub fn read_stream(
+    url: &str,
+    until: impl Fn(&StreamOutput) -> bool,
+) -> Result<StreamOutput, String> {
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut request = ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("{ws_url}: {e}"))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().expect("a header value"),
+    );
+    let (mut ws, _) =
+        tungstenite::connect(request).map_err(|e| format!("connecting {ws_url}: {e}"))?;
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = StreamOutput::default();
+    while Instant::now() < deadline && !until(&out) {
+        let msg = match ws.read() {
+            Ok(m) => m,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                continue
+            }
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                break
+            }
+            Err(e) => return Err(format!("reading: {e} (after {out:?})")),
+        };
+        let bytes = match msg {
+            Message::Binary(b) => b,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let Some((&channel, payload)) = bytes.split_first() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(payload);
+        match channel {
+            1 => out.stdout.push_str(&text),
+            2 => out.stderr.push_str(&text),
+            3 => out.status.push_str(&text),
+            _ => {}
+        }
+    }
+    let _ = ws.close(None);
+    Ok(out)
+}
