@@ -72,7 +72,12 @@ impl Default for PodConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// The built-in VMM where KVM can run a guest (vmx/svm), QEMU otherwise.
     #[default]
+    Auto,
+    /// husk-vmm, the built-in VMM on KVM.
+    Builtin,
+    /// qemu-system-x86_64 -M microvm, on KVM or TCG.
     Qemu,
 }
 
@@ -96,6 +101,8 @@ pub struct HypervisorConfig {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub qemu_path: PathBuf,
+    /// The built-in VMM's binary.
+    pub vmm_path: PathBuf,
     pub virtiofsd_path: PathBuf,
     pub vsock_backend_path: PathBuf,
     pub runtime_dir: PathBuf,
@@ -104,7 +111,7 @@ pub struct HypervisorConfig {
 impl Default for HypervisorConfig {
     fn default() -> Self {
         Self {
-            backend: Backend::Qemu,
+            backend: Backend::Auto,
             accelerator: AcceleratorChoice::Auto,
             kernel: "/usr/local/share/husk/vmlinux".into(),
             initrd: "/usr/local/share/husk/husk-initrd.cpio".into(),
@@ -112,6 +119,7 @@ impl Default for HypervisorConfig {
             vcpus: 1,
             memory_mib: 256,
             qemu_path: "/usr/bin/qemu-system-x86_64".into(),
+            vmm_path: "/usr/local/bin/husk-vmm".into(),
             virtiofsd_path: "/usr/local/bin/virtiofsd".into(),
             vsock_backend_path: "/usr/local/bin/vhost-device-vsock".into(),
             runtime_dir: "/run/husk".into(),
@@ -303,6 +311,7 @@ impl Config {
             ("hypervisor.kernel", &h.kernel),
             ("hypervisor.initrd", &h.initrd),
             ("hypervisor.qemu_path", &h.qemu_path),
+            ("hypervisor.vmm_path", &h.vmm_path),
             ("hypervisor.virtiofsd_path", &h.virtiofsd_path),
             ("hypervisor.vsock_backend_path", &h.vsock_backend_path),
             ("hypervisor.runtime_dir", &h.runtime_dir),

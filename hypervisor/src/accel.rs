@@ -163,3 +163,84 @@ mod tests {
         println!("this host: {} ({})", d.accelerator, d.reason);
     }
 }
+
+/// Which VMM runs a VM, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendDecision {
+    /// Builtin or Qemu (never Auto).
+    pub backend: husk_config::Backend,
+    pub reason: String,
+}
+
+/// Resolves `hypervisor.backend`: the built-in VMM needs KVM (it has no
+/// emulator), so "auto" takes it only where the accelerator resolved to
+/// KVM and husk-vmm is installed.
+pub fn resolve_backend(
+    choice: husk_config::Backend,
+    accel: &AcceleratorDecision,
+    vmm_installed: bool,
+) -> BackendDecision {
+    use husk_config::Backend;
+    let pick = |backend, reason: String| BackendDecision { backend, reason };
+    match choice {
+        Backend::Qemu => pick(
+            Backend::Qemu,
+            "hypervisor.backend = \"qemu\" in the configuration".into(),
+        ),
+        Backend::Builtin => pick(
+            Backend::Builtin,
+            "hypervisor.backend = \"builtin\" in the configuration".into(),
+        ),
+        Backend::Auto => match (accel.accelerator, vmm_installed) {
+            (Accelerator::Kvm, true) => pick(
+                Backend::Builtin,
+                format!("KVM runs guests here ({})", accel.reason),
+            ),
+            (Accelerator::Kvm, false) => pick(
+                Backend::Qemu,
+                "KVM runs guests here, but husk-vmm (hypervisor.vmm_path) is not installed".into(),
+            ),
+            (Accelerator::Tcg, _) => pick(
+                Backend::Qemu,
+                format!(
+                    "the built-in VMM needs KVM, and this host gets TCG ({})",
+                    accel.reason
+                ),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use super::*;
+    use husk_config::Backend;
+
+    fn accel(accelerator: Accelerator) -> AcceleratorDecision {
+        AcceleratorDecision {
+            accelerator,
+            reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn auto_takes_the_builtin_vmm_only_on_kvm_with_husk_vmm() {
+        let d = resolve_backend(Backend::Auto, &accel(Accelerator::Kvm), true);
+        assert_eq!(d.backend, Backend::Builtin);
+        let d = resolve_backend(Backend::Auto, &accel(Accelerator::Kvm), false);
+        assert_eq!(d.backend, Backend::Qemu);
+        assert!(d.reason.contains("husk-vmm"), "{}", d.reason);
+        let d = resolve_backend(Backend::Auto, &accel(Accelerator::Tcg), true);
+        assert_eq!(d.backend, Backend::Qemu);
+        assert!(d.reason.contains("needs KVM"), "{}", d.reason);
+    }
+
+    #[test]
+    fn a_named_backend_is_taken_as_named() {
+        for b in [Backend::Qemu, Backend::Builtin] {
+            let d = resolve_backend(b, &accel(Accelerator::Tcg), false);
+            assert_eq!(d.backend, b);
+            assert!(d.reason.contains("in the configuration"), "{}", d.reason);
+        }
+    }
+}

@@ -21,7 +21,10 @@ mod qemu;
 mod vm;
 mod vsock;
 
-pub use accel::{detect_accelerator, resolve_accelerator, Accelerator, AcceleratorDecision};
+pub use accel::{
+    detect_accelerator, resolve_accelerator, resolve_backend, Accelerator, AcceleratorDecision,
+    BackendDecision,
+};
 pub use daemon::MAX_PASSED_FDS;
 pub use error::Error;
 pub use qemu::Qemu;

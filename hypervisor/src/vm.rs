@@ -83,7 +83,6 @@ impl MicroVm {
         preflight::check_kernel(&h.kernel)?;
         preflight::check_initrd(&h.initrd)?;
         preflight::check_shared_dir(&spec.shared_dir)?;
-        preflight::check_executable("hypervisor.qemu_path", &h.qemu_path)?;
         preflight::check_executable("hypervisor.virtiofsd_path", &h.virtiofsd_path)?;
         preflight::check_executable("hypervisor.vsock_backend_path", &h.vsock_backend_path)?;
         let dir = h.runtime_dir.join("vms").join(&spec.id);
@@ -100,14 +99,38 @@ impl MicroVm {
             Accelerator::Kvm => config.timeouts.kvm,
             Accelerator::Tcg => config.timeouts.tcg,
         };
-        let hypervisor: Box<dyn Hypervisor> = match h.backend {
-            Backend::Qemu => Box::new(Qemu {
-                binary: h.qemu_path.clone(),
-            }),
+        let backend = crate::resolve_backend(
+            h.backend,
+            &decision,
+            preflight::check_executable("hypervisor.vmm_path", &h.vmm_path).is_ok(),
+        );
+        let hypervisor: Box<dyn Hypervisor> = match backend.backend {
+            Backend::Builtin => {
+                if decision.accelerator != Accelerator::Kvm {
+                    return Err(Error::InvalidSpec {
+                        field: "hypervisor.backend",
+                        message: format!(
+                            "the built-in VMM needs KVM, and the accelerator is TCG: {}",
+                            decision.reason
+                        ),
+                    });
+                }
+                preflight::check_executable("hypervisor.vmm_path", &h.vmm_path)?;
+                Box::new(crate::builtin::backend::Builtin {
+                    binary: h.vmm_path.clone(),
+                })
+            }
+            _ => {
+                preflight::check_executable("hypervisor.qemu_path", &h.qemu_path)?;
+                Box::new(Qemu {
+                    binary: h.qemu_path.clone(),
+                })
+            }
         };
         tracing::info!(
             vm_id = %spec.id,
             backend = hypervisor.name(),
+            backend_reason = %backend.reason,
             accelerator = %decision.accelerator,
             reason = %decision.reason,
             "starting VM"

@@ -159,3 +159,49 @@ async fn sigkill_of_qemu_leaves_no_process_socket_or_directory() {
 fn libc_sigkill() -> i32 {
     Signal::SIGKILL as i32
 }
+
+/// The built-in VMM boots the same guest (kernel, agent, vsock, virtio-fs)
+/// where KVM can run it. On a host without vmx/svm (these build machines'
+/// PVM /dev/kvm) it cannot, and the test says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_vmm_boots_the_guest_where_kvm_allows() {
+    let decision = husk_hypervisor::detect_accelerator();
+    if decision.accelerator != husk_hypervisor::Accelerator::Kvm {
+        println!(
+            "SKIPPED: the built-in VMM needs KVM with vmx/svm: {}",
+            decision.reason
+        );
+        return;
+    }
+    let runtime = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut config = test_config(runtime.path());
+    require_guest_artifacts(&config);
+    config.hypervisor.backend = husk_config::Backend::Builtin;
+    config.hypervisor.vmm_path = husk_tests::containerd::build_bin_dir().join("husk-vmm");
+    std::fs::write(shared.path().join("f"), b"through virtio-fs\n").unwrap();
+    let mut vm = MicroVm::start(&config, spec("builtin", shared.path()))
+        .await
+        .expect("VM start on the built-in VMM");
+    let mut agent = vm.agent().await.unwrap();
+    let info = agent
+        .guest_info(GuestInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        Some(info.kernel_release),
+        kernel_release_of(&config.hypervisor.kernel)
+    );
+    let file = agent
+        .read_shared_file(ReadSharedFileRequest {
+            path: "f".into(),
+            max_bytes: 64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(file.content, b"through virtio-fs\n");
+    vm.stop().await;
+    assert!(entries(&runtime.path().join("vms")).is_empty());
+}
