@@ -10,15 +10,12 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
-/// Sends `data` to `port` through the PortForward `url` and returns what
-/// comes back until `expect_len` bytes arrived (or the stream ends).
-pub fn port_forward_exchange(
-    url: &str,
-    port: u16,
-    data: &[u8],
-    expect_len: usize,
-) -> Result<Vec<u8>, String> {
-    let ws_url = format!("{}?port={port}", url.replacen("http://", "ws://", 1));
+type Socket = tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>>;
+
+/// Opens a streaming URL (http://...) as a `v4.channel.k8s.io` WebSocket
+/// whose reads give up after 5 s, so a silent stream cannot hang a test.
+fn connect(url: &str) -> Result<Socket, String> {
+    let ws_url = url.replacen("http://", "ws://", 1);
     let mut request = ws_url
         .as_str()
         .into_client_request()
@@ -27,11 +24,22 @@ pub fn port_forward_exchange(
         "Sec-WebSocket-Protocol",
         "v4.channel.k8s.io".parse().expect("a header value"),
     );
-    let (mut ws, _) =
-        tungstenite::connect(request).map_err(|e| format!("connecting {ws_url}: {e}"))?;
+    let (ws, _) = tungstenite::connect(request).map_err(|e| format!("connecting {ws_url}: {e}"))?;
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     }
+    Ok(ws)
+}
+
+/// Sends `data` to `port` through the PortForward `url` and returns what
+/// comes back until `expect_len` bytes arrived (or the stream ends).
+pub fn port_forward_exchange(
+    url: &str,
+    port: u16,
+    data: &[u8],
+    expect_len: usize,
+) -> Result<Vec<u8>, String> {
+    let mut ws = connect(&format!("{url}?port={port}"))?;
     let mut frame = vec![0u8];
     frame.extend_from_slice(data);
     ws.send(Message::Binary(frame))
@@ -89,20 +97,7 @@ pub fn read_stream(
     url: &str,
     until: impl Fn(&StreamOutput) -> bool,
 ) -> Result<StreamOutput, String> {
-    let ws_url = url.replacen("http://", "ws://", 1);
-    let mut request = ws_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("{ws_url}: {e}"))?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "v4.channel.k8s.io".parse().expect("a header value"),
-    );
-    let (mut ws, _) =
-        tungstenite::connect(request).map_err(|e| format!("connecting {ws_url}: {e}"))?;
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    }
+    let mut ws = connect(url)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out = StreamOutput::default();
     while Instant::now() < deadline && !until(&out) {

@@ -348,16 +348,33 @@ fn lifecycle(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
     outcome(seen.join("\n"), Some(0))
 }
 
+/// `ctr events` running beside a scenario.
+struct EventWatch(std::process::Child);
+
+impl EventWatch {
+    fn start(ctx: &Ctx) -> Self {
+        EventWatch(
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(&ctx.ctrd.socket)
+                .arg("events")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Ends it and returns what it printed.
+    fn stop(mut self) -> String {
+        let _ = self.0.kill();
+        text(&self.0.wait_with_output().unwrap().stdout)
+    }
+}
+
 /// The task events `ctr events` shows for a container taken through
 /// create, start, exec, pause, resume and kill, in order.
 fn events(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
-    let mut watch = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&ctx.ctrd.socket)
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let watch = EventWatch::start(ctx);
     with_sleeper(ctx, runtime, id, &[], || {
         let exec = ctx
             .ctrd
@@ -369,8 +386,7 @@ fn events(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
         outcome(String::new(), Some(0))
     });
     std::thread::sleep(Duration::from_millis(500));
-    let _ = watch.kill();
-    let log = text(&watch.wait_with_output().unwrap().stdout);
+    let log = watch.stop();
     let topics: Vec<&str> = log
         .lines()
         .filter(|l| l.contains(&format!("\"{id}\"")))
@@ -520,13 +536,7 @@ fn oom_kill_child(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
 }
 
 fn oom(ctx: &Ctx, runtime: &str, id: &str, script: &str) -> Outcome {
-    let mut events = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&ctx.ctrd.socket)
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let events = EventWatch::start(ctx);
     let out = run_with(
         &ctx.ctrd,
         runtime,
@@ -536,8 +546,7 @@ fn oom(ctx: &Ctx, runtime: &str, id: &str, script: &str) -> Outcome {
         None,
     );
     std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let log = text(&events.wait_with_output().unwrap().stdout);
+    let log = events.stop();
     let oom = log
         .lines()
         .any(|l| l.contains("/tasks/oom") && l.contains(id));

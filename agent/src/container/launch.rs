@@ -158,31 +158,13 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
     if let Some(join) = &plan.join {
         // An exec: enter the container's namespaces (its PID namespace was
         // entered by the thread that cloned us).
-        for (i, (path, flag)) in join.namespaces.iter().enumerate() {
-            let fd = match nix::fcntl::open(
-                path.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(e) => fail(Step::JoinNamespace, i, e),
-            };
-            step!(Step::JoinNamespace, i, nix::sched::setns(borrow(fd), *flag));
-            let _ = unistd::close(fd);
+        if let Err((i, e)) = enter_namespaces(&join.namespaces) {
+            fail(Step::JoinNamespace, i, e)
         }
     } else {
         // A pod's shared namespaces, named by path, before any mount.
-        for (i, (path, flag)) in plan.enter.iter().enumerate() {
-            let fd = match nix::fcntl::open(
-                path.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(e) => fail(Step::JoinNamespace, i, e),
-            };
-            step!(Step::JoinNamespace, i, nix::sched::setns(borrow(fd), *flag));
-            let _ = unistd::close(fd);
+        if let Err((i, e)) = enter_namespaces(&plan.enter) {
+            fail(Step::JoinNamespace, i, e)
         }
         // Join the container's cgroup ourselves, then make the cgroup
         // namespace, so that its root is that cgroup (as under runc).
@@ -587,6 +569,24 @@ pub fn child_main(plan: &LaunchPlan, fds: &ChildFds) -> isize {
     }
     let Err(e) = unistd::execve(program.as_c_str(), &plan.args, &plan.env);
     fail(Step::Exec, 0, e)
+}
+
+/// setns into each (namespace file, kind); on failure, which one and why.
+fn enter_namespaces(
+    namespaces: &[(std::ffi::CString, nix::sched::CloneFlags)],
+) -> Result<(), (usize, Errno)> {
+    for (i, (path, flag)) in namespaces.iter().enumerate() {
+        let fd = nix::fcntl::open(
+            path.as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| (i, e))?;
+        let joined = nix::sched::setns(borrow(fd), *flag);
+        let _ = unistd::close(fd);
+        joined.map_err(|e| (i, e))?;
+    }
+    Ok(())
 }
 
 /// What `make_path` makes of the last component of a path.
