@@ -25,7 +25,7 @@ fi
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev
     cpio xz-utils libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
     busybox-static containerd runc iproute2 procps binutils
-    containernetworking-plugins)
+    containernetworking-plugins iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
