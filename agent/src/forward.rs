@@ -48,17 +48,13 @@ async fn forward(stream: VsockStream) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
     (&mut stream).take(MAX_REQUEST).read_line(&mut line).await?;
-    let port = match parse_request(&line) {
-        Ok(p) => p,
-        Err(e) => {
-            stream
-                .get_mut()
-                .write_all(format!("ERR {e}\n").as_bytes())
-                .await?;
-            return Ok(());
-        }
+    let target = match parse_request(&line) {
+        Ok(port) => tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
     };
-    let mut target = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+    let mut target = match target {
         Ok(t) => t,
         Err(e) => {
             stream

@@ -35,56 +35,53 @@ pub fn cgroupfs_path(spec_path: &str) -> Option<PathBuf> {
     Some(p.strip_prefix("/").ok()?.to_owned())
 }
 
+/// The cgroup directories `rel` has, or would have: (dir, whether
+/// processes are moved into it). v2: one; v1: one per controller
+/// hierarchy (not systemd's or the unified one).
+fn layout(rel: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
+    let root = Path::new(ROOT);
+    if root.join("cgroup.controllers").exists() {
+        return Ok(vec![(root.join(rel), true)]);
+    }
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(root)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let hierarchy = entry.path();
+        if name == "systemd" || name == "unified" || !hierarchy.join("cgroup.procs").exists() {
+            continue;
+        }
+        dirs.push((hierarchy.join(rel), JOINABLE_V1.contains(&name.as_str())));
+    }
+    Ok(dirs)
+}
+
 impl HostCgroup {
     /// Makes the cgroup `rel` in every hierarchy (v1: every controller
     /// mounted, since containerd reads them all back).
     pub fn create(rel: &Path) -> std::io::Result<Self> {
-        let root = Path::new(ROOT);
-        let (dirs, joined) = if root.join("cgroup.controllers").exists() {
-            let dir = root.join(rel);
-            (vec![dir.clone()], vec![dir])
-        } else {
-            let mut dirs = Vec::new();
-            let mut joined = Vec::new();
-            for entry in std::fs::read_dir(root)?.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let hierarchy = entry.path();
-                // Controller hierarchies only (not systemd's or unified).
-                if name == "systemd"
-                    || name == "unified"
-                    || !hierarchy.join("cgroup.procs").exists()
-                {
-                    continue;
-                }
-                let dir = hierarchy.join(rel);
-                if JOINABLE_V1.contains(&name.as_str()) {
-                    joined.push(dir.clone());
-                }
-                dirs.push(dir);
-            }
-            (dirs, joined)
-        };
-        for d in &dirs {
+        let layout = layout(rel)?;
+        for (d, _) in &layout {
             std::fs::create_dir_all(d)?;
         }
-        Ok(Self { dirs, joined })
+        Ok(Self {
+            joined: layout
+                .iter()
+                .filter(|(_, j)| *j)
+                .map(|(d, _)| d.clone())
+                .collect(),
+            dirs: layout.into_iter().map(|(d, _)| d).collect(),
+        })
     }
 
-    /// The directories `create` would make for `rel`, without making
-    /// them: what is left to remove after a crash.
+    /// The directories `create` would make for `rel` that exist, without
+    /// making any: what is left to remove after a crash.
     pub fn existing(rel: &Path) -> Self {
-        let root = Path::new(ROOT);
-        let dirs: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
-            vec![root.join(rel)]
-        } else {
-            std::fs::read_dir(root)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join(rel))
-                .filter(|d| d.is_dir())
-                .collect()
-        };
+        let dirs = layout(rel)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| d.is_dir())
+            .collect();
         Self {
             dirs,
             joined: Vec::new(),

@@ -62,8 +62,29 @@ pub struct PodNetwork {
     pod_if_index: u32,
 }
 
-/// Runs `f` with a netlink handle inside the network namespace `netns`,
-/// on a thread of its own (setns changes only the calling thread).
+/// Runs `f` on a thread of its own inside the network namespace `netns`
+/// (setns changes only the calling thread, so the shim's own threads stay
+/// where they are). Sockets `f` makes belong to that namespace for good.
+pub fn on_thread_in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, NetworkError> {
+    let ns_err = |message: String| NetworkError::Namespace {
+        path: netns.to_owned(),
+        message,
+    };
+    let file = std::fs::File::open(netns).map_err(|e| ns_err(e.to_string()))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"))?;
+        f()
+    })
+    .join()
+    .map_err(|_| ns_err("the thread in the namespace panicked".into()))?
+    .map_err(ns_err)
+}
+
+/// Runs `f` with a netlink handle inside the network namespace `netns`.
 fn in_netns<T: Send + 'static>(
     netns: &Path,
     f: impl FnOnce(
@@ -73,33 +94,24 @@ fn in_netns<T: Send + 'static>(
         + Send
         + 'static,
 ) -> Result<T, NetworkError> {
-    let path = netns.to_owned();
-    let ns_err = move |message: String| NetworkError::Namespace {
-        path: path.clone(),
-        message,
-    };
-    let file = std::fs::File::open(netns).map_err(|e| ns_err(e.to_string()))?;
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| ns_err(format!("setns: {e}")))?;
+    let result = on_thread_in_netns(netns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| ns_err(e.to_string()))?;
-        runtime.block_on(async move {
+            .map_err(|e| e.to_string())?;
+        Ok(runtime.block_on(async move {
             let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(|e| ns_err(e.to_string()))?;
+                rtnetlink::new_connection().map_err(|e| NetworkError::Netlink {
+                    context: "connecting",
+                    message: e.to_string(),
+                })?;
             let task = tokio::spawn(connection);
             let result = f(handle).await;
             task.abort();
             result
-        })
-    })
-    .join()
-    .map_err(|_| NetworkError::Namespace {
-        path: netns.to_owned(),
-        message: "the netlink thread panicked".into(),
-    })?
+        }))
+    });
+    result?
 }
 
 fn attr<T>(link: &LinkMessage, f: impl Fn(&LinkAttribute) -> Option<T>) -> Option<T> {

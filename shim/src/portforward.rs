@@ -79,21 +79,18 @@ fn iptables(netns: &Path, args: &[String]) -> Result<(), ForwardError> {
 
 /// A listener on 127.0.0.1 in `netns` (made on a thread that entered it).
 fn listen_in(netns: &Path) -> Result<std::net::TcpListener, ForwardError> {
-    let fail = |message: String| ForwardError::Listen {
-        netns: netns.to_owned(),
-        message,
-    };
-    let file = std::fs::File::open(netns).map_err(|e| fail(e.to_string()))?;
-    let listener = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.set_nonblocking(true)?;
+    crate::network::on_thread_in_netns(netns, || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
         Ok(l)
     })
-    .join()
-    .map_err(|_| fail("the listener thread panicked".into()))?
-    .map_err(|e| fail(e.to_string()))?;
-    Ok(listener)
+    .map_err(|e| ForwardError::Listen {
+        netns: netns.to_owned(),
+        message: match e {
+            crate::network::NetworkError::Namespace { message, .. } => message,
+            other => other.to_string(),
+        },
+    })
 }
 
 pub async fn start(netns: &Path, agent_socket: PathBuf) -> Result<LocalForward, ForwardError> {

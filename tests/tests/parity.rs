@@ -465,46 +465,46 @@ fn exec_tty(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
     })
 }
 
+/// `ctr run --rm -t ... sh -c <script>` on a terminal of `rows` x `cols`.
+fn run_on_terminal(
+    ctx: &Ctx,
+    runtime: &str,
+    id: &str,
+    script: &str,
+    rows: u16,
+    cols: u16,
+) -> PtyCtr {
+    let args = [
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        runtime,
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        script,
+    ];
+    PtyCtr::spawn(&ctx.ctrd, &args, rows, cols)
+}
+
 fn run_tty(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
-    let pty = PtyCtr::spawn(
-        &ctx.ctrd,
-        &[
-            "run",
-            "--rm",
-            "-t",
-            "--runtime",
-            runtime,
-            IMAGE,
-            id,
-            "sh",
-            "-c",
-            "sleep 1; tty; stty size; echo $TERM",
-        ],
+    run_on_terminal(
+        ctx,
+        runtime,
+        id,
+        "sleep 1; tty; stty size; echo $TERM",
         33,
         111,
-    );
-    pty.finish()
+    )
+    .finish()
 }
 
 /// A window size change reaches the process (ctr → containerd → runtime).
 fn tty_resize(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
-    let pty = PtyCtr::spawn(
-        &ctx.ctrd,
-        &[
-            "run",
-            "--rm",
-            "-t",
-            "--runtime",
-            runtime,
-            IMAGE,
-            id,
-            "sh",
-            "-c",
-            "sleep 1; stty size; echo ready; read x; stty size",
-        ],
-        24,
-        80,
-    );
+    let script = "sleep 1; stty size; echo ready; read x; stty size";
+    let pty = run_on_terminal(ctx, runtime, id, script, 24, 80);
     pty.wait_for("ready");
     pty.resize(40, 132);
     // The resize travels asynchronously; the process reads after "go".
