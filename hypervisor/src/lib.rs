@@ -48,6 +48,9 @@ pub struct VmLaunch {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
+    /// The VM's run directory (sockets, logs). The built-in VMM confines
+    /// itself to it once set up.
+    pub run_dir: PathBuf,
     /// Where the serial console is written.
     pub console_log: PathBuf,
     /// vhost-user socket of the vsock backend (vhost-device-vsock).

@@ -100,6 +100,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd".into(),
             cmdline: "console=ttyS0 reboot=t".into(),
+            run_dir: "/run/x".into(),
             console_log: "/run/x/console.log".into(),
             vsock_vhost_socket: "/run/x/vhost-vsock.sock".into(),
             fs_vhost_socket: "/run/x/vhost-fs.sock".into(),

@@ -209,6 +209,7 @@ impl MicroVm {
             kernel: h.kernel.clone(),
             initrd: h.initrd.clone(),
             cmdline: kernel_cmdline(&h.kernel_params),
+            run_dir: self.dir.clone(),
             console_log: self.console_log(),
             vsock_vhost_socket: vsock_socket,
             fs_vhost_socket: fs_socket,

@@ -20,6 +20,16 @@ const HUSK_VMM: &str = env!("CARGO_BIN_EXE_husk-vmm");
 /// shared and a hung VMM must not hang the suite.
 const VMM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `--jail` needs CAP_SYS_ADMIN (a mount namespace and pivot_root).
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: husk-vmm --jail needs root");
+            return;
+        }
+    };
+}
+
 macro_rules! require_kvm {
     () => {
         if let Err(why) = kvm_runs_guest_code() {
@@ -71,6 +81,22 @@ impl Guest {
             .unwrap()
     }
 
+    /// Waits until the guest has written `want` to the console.
+    fn wait_for_console(&self, child: &mut Child, want: &[u8]) {
+        poll_running(child, VMM_TIMEOUT, || {
+            let got = std::fs::read(self.console()).unwrap_or_default();
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "guest did not write {:?}; console: {:?}",
+                    String::from_utf8_lossy(want),
+                    String::from_utf8_lossy(&got)
+                ))
+            }
+        })
+    }
+
     fn run(&self, kernel: &Path, extra: &[&str]) -> Run {
         let child = self.spawn(kernel, extra);
         self.finish(child)
@@ -112,6 +138,131 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `check` until it gives a value. Past `timeout`, or if husk-vmm
+/// exits first, kills husk-vmm and fails with the last reason and its
+/// stderr.
+fn poll_running<T>(
+    child: &mut Child,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match check() {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let status = child.wait();
+            let mut stderr = String::new();
+            use std::io::Read;
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            panic!("{why}\nhusk-vmm {status:?}, stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The names of husk-vmm's threads if every one of them has a seccomp
+/// filter, no capability and no_new_privs; which one has not otherwise.
+/// KVM may attach its own kernel workers (kvm-nx-lpage-recovery) to the
+/// VM's process; they are not ours to count.
+fn hardened_threads(pid: u32) -> Result<Vec<String>, String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    for t in tasks {
+        let t = t.unwrap().path();
+        let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if name.starts_with("kvm-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.join("status")).map_err(|e| e.to_string())?;
+        for want in [
+            "Seccomp:\t2",
+            "NoNewPrivs:\t1",
+            "CapEff:\t0000000000000000",
+            "CapPrm:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "CapAmb:\t0000000000000000",
+        ] {
+            if !status.lines().any(|l| l == want) {
+                return Err(format!("thread {name:?} without {want:?}:\n{status}"));
+            }
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// vhost-device-vsock and virtiofsd serving `d/vsock.sock` and
+/// `d/fs.sock` (sharing `d/shared`); None (SKIPPED printed) where either
+/// is not installed.
+struct Daemons {
+    _vsock: common::Daemon,
+    _fs: common::Daemon,
+    vsock_socket: PathBuf,
+    fs_socket: PathBuf,
+}
+
+impl Daemons {
+    fn start(d: &Path) -> Option<Daemons> {
+        let vsock = common::daemon(
+            "HUSK_VHOST_DEVICE_VSOCK",
+            "/usr/local/bin/vhost-device-vsock",
+        )?;
+        let fsd = common::daemon("HUSK_VIRTIOFSD", "/usr/local/bin/virtiofsd")?;
+        std::fs::create_dir(d.join("shared")).unwrap();
+        let (vsock_socket, fs_socket) = (d.join("vsock.sock"), d.join("fs.sock"));
+        let _vsock = common::Daemon(
+            Command::new(vsock)
+                .args(["--guest-cid", "3", "--socket"])
+                .arg(&vsock_socket)
+                .arg("--uds-path")
+                .arg(d.join("vm.vsock"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let _fs = common::Daemon(
+            Command::new(fsd)
+                .arg("--socket-path")
+                .arg(&fs_socket)
+                .arg("--shared-dir")
+                .arg(d.join("shared"))
+                .args(["--sandbox", "none"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        common::wait_for(&vsock_socket, "vsock socket");
+        common::wait_for(&fs_socket, "virtiofsd socket");
+        Some(Daemons {
+            _vsock,
+            _fs,
+            vsock_socket,
+            fs_socket,
+        })
+    }
+
+    /// husk-vmm's arguments for attaching both.
+    fn args(&self) -> Vec<&str> {
+        vec![
+            "--vsock-socket",
+            self.vsock_socket.to_str().unwrap(),
+            "--fs-socket",
+            self.fs_socket.to_str().unwrap(),
+            "--fs-tag",
+            "husk",
+        ]
     }
 }
 
@@ -363,58 +514,14 @@ fn sigterm_stops_a_hardened_running_guest_and_husk_vmm_exits_cleanly() {
     a.dx_com1().out_str(b"up\n").hlt_loop();
     let kernel = g.file("idle.elf", &guest_image::elf(&a.code, 0, false));
     let mut child = g.spawn(&kernel, &[]);
-    let deadline = Instant::now() + VMM_TIMEOUT;
-    while std::fs::read(g.console()).unwrap_or_default() != b"up\n" {
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            let r = g.finish(child);
-            panic!(
-                "guest did not come up: {:?} {:?}\n{}",
-                r.status, r.console, r.stderr
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let child_pid = child.id();
+    g.wait_for_console(&mut child, b"up\n");
     // Hardening, seen from outside: every thread (main, signals, vcpu0)
     // has a seccomp filter, no capability and no_new_privs. The main
     // thread installs its filter last, so wait for it a little.
-    let hardened = |pid: u32| -> Result<Vec<String>, String> {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
-        let mut names = Vec::new();
-        for t in tasks {
-            let t = t.unwrap().path();
-            let status = std::fs::read_to_string(t.join("status")).map_err(|e| e.to_string())?;
-            for want in [
-                "Seccomp:\t2",
-                "NoNewPrivs:\t1",
-                "CapEff:\t0000000000000000",
-                "CapPrm:\t0000000000000000",
-                "CapBnd:\t0000000000000000",
-            ] {
-                if !status.lines().any(|l| l == want) {
-                    return Err(format!("thread without {want:?}:\n{status}"));
-                }
-            }
-            names.push(std::fs::read_to_string(t.join("comm")).unwrap_or_default());
-        }
-        Ok(names)
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut threads = loop {
-        match hardened(child.id()) {
-            Ok(names) => break names,
-            Err(e) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = g.finish(child);
-                panic!("{e}");
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    // KVM may attach its own kernel workers (kvm-nx-lpage-recovery) to
-    // the VM's process; they are not ours to count.
-    threads.retain(|n| !n.starts_with("kvm-"));
-    threads.sort();
+    let threads = poll_running(&mut child, Duration::from_secs(5), || {
+        hardened_threads(child_pid)
+    });
     assert_eq!(threads, ["husk-vmm\n", "signals\n", "vcpu0\n"]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -432,8 +539,106 @@ fn sigterm_stops_a_hardened_running_guest_and_husk_vmm_exits_cleanly() {
     );
 }
 
+#[test]
+fn a_jailed_husk_vmm_sees_only_its_run_directory_read_only_and_every_thread_is_hardened() {
+    require_kvm!();
+    require_root!();
+    let g = Guest::new();
+    let d = g.dir.path();
+    let Some(daemons) = Daemons::start(d) else {
+        return;
+    };
+    let mut a = Asm::long_mode();
+    a.dx_com1().out_str(b"up\n").hlt_loop();
+    let kernel = g.file("idle.elf", &guest_image::elf(&a.code, 0, false));
+    let mut args = daemons.args();
+    args.extend(["--jail", d.to_str().unwrap()]);
+    let mut child = g.spawn(&kernel, &args);
+    let pid = child.id();
+    // The vCPU starts only once husk-vmm is in its jail: this output was
+    // written by a jailed VMM.
+    g.wait_for_console(&mut child, b"up\n");
+    // The device threads, started during setup, harden themselves too.
+    let threads = poll_running(&mut child, Duration::from_secs(5), || hardened_threads(pid));
+    assert_eq!(
+        threads,
+        [
+            "husk-vmm\n",
+            "signals\n",
+            "vcpu0\n",
+            "vhost-fs\n",
+            "vhost-vsock\n"
+        ]
+    );
+
+    // Its root is the run directory and nothing else.
+    let names = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert_eq!(names(&root), names(d));
+    assert!(names(d).contains(&"console.log".to_string()));
+    // Its only mount is that directory: read-only, nosuid, nodev, noexec.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let mounts: Vec<Vec<&str>> = mountinfo.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(mounts.len(), 1, "{mountinfo}");
+    assert_eq!(mounts[0][4], "/", "{mountinfo}");
+    let options: Vec<&str> = mounts[0][5].split(',').collect();
+    for want in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(options.contains(&want), "{want} missing: {mountinfo}");
+    }
+    let e = std::fs::write(root.join("written-through-the-jail"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // Its own mount namespace; its bind mount is not seen by the host.
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(ns(&pid.to_string()), ns("self"));
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.lines().any(|l| l.split(' ').nth(4) == d.to_str()),
+        "the jail's bind mount leaked into the host:\n{host}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = g.finish(child);
+    assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
+    assert!(
+        r.stderr.contains("confined to the jail directory"),
+        "{}",
+        r.stderr
+    );
+}
+
 // Bad input: each is refused with an error naming it, before any vCPU
 // runs (the console log is created only after all input checks).
+
+#[test]
+fn a_jail_that_is_not_an_absolute_directory_is_refused() {
+    let g = Guest::new();
+    let kernel = g.file("k.elf", &guest_image::elf(&[0xf4], 0, false));
+    let missing = g.dir.path().join("no-such-dir");
+    for (jail, want) in [
+        (missing.to_str().unwrap(), "not a directory"),
+        ("relative/dir", "must be an absolute path"),
+    ] {
+        let r = g.run(&kernel, &["--jail", jail]);
+        assert_eq!(r.status.code(), Some(1), "{jail}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("--jail {jail}: {want}")),
+            "{jail}: {}",
+            r.stderr
+        );
+        assert!(!r.console_exists, "{jail}: console log created");
+    }
+}
 
 #[test]
 fn a_kernel_that_is_neither_elf_nor_bzimage_is_refused() {
@@ -548,43 +753,10 @@ mod common;
 #[test]
 fn husk_vmm_attaches_real_vsock_and_fs_daemons_that_the_guest_finds_over_mmio() {
     require_kvm!();
-    let (Some(vsock), Some(fsd)) = (
-        common::daemon(
-            "HUSK_VHOST_DEVICE_VSOCK",
-            "/usr/local/bin/vhost-device-vsock",
-        ),
-        common::daemon("HUSK_VIRTIOFSD", "/usr/local/bin/virtiofsd"),
-    ) else {
+    let g = Guest::new();
+    let Some(daemons) = Daemons::start(g.dir.path()) else {
         return;
     };
-    let g = Guest::new();
-    let d = g.dir.path();
-    std::fs::create_dir(d.join("shared")).unwrap();
-    let _vsockd = common::Daemon(
-        Command::new(vsock)
-            .args(["--guest-cid", "3", "--socket"])
-            .arg(d.join("vsock.sock"))
-            .arg("--uds-path")
-            .arg(d.join("vm.vsock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let _fsd = common::Daemon(
-        Command::new(fsd)
-            .arg("--socket-path")
-            .arg(d.join("fs.sock"))
-            .arg("--shared-dir")
-            .arg(d.join("shared"))
-            .args(["--sandbox", "none"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    common::wait_for(&d.join("vsock.sock"), "vsock socket");
-    common::wait_for(&d.join("fs.sock"), "virtiofsd socket");
 
     let b = husk_hypervisor::builtin::memory::VIRTIO_MMIO_BASE as u32;
     let mut a = Asm::protected_mode();
@@ -602,19 +774,7 @@ fn husk_vmm_attaches_real_vsock_and_fs_daemons_that_the_guest_finds_over_mmio() 
     ]);
     a.triple_fault();
     let kernel = g.file("devices.elf", &guest_image::elf(&a.code, 0, true));
-    let vsock_sock = d.join("vsock.sock");
-    let fs_sock = d.join("fs.sock");
-    let r = g.run(
-        &kernel,
-        &[
-            "--vsock-socket",
-            vsock_sock.to_str().unwrap(),
-            "--fs-socket",
-            fs_sock.to_str().unwrap(),
-            "--fs-tag",
-            "husk",
-        ],
-    );
+    let r = g.run(&kernel, &daemons.args());
     assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
     let mut rep = Report(&r.console);
     rep.expect(b"D");
@@ -698,45 +858,14 @@ fn husk_vmm_puts_a_tap_nic_on_virtio_mmio() {
 #[test]
 fn the_builtin_backend_command_starts_husk_vmm_with_the_daemons() {
     require_kvm!();
-    let (Some(vsock), Some(fsd)) = (
-        common::daemon(
-            "HUSK_VHOST_DEVICE_VSOCK",
-            "/usr/local/bin/vhost-device-vsock",
-        ),
-        common::daemon("HUSK_VIRTIOFSD", "/usr/local/bin/virtiofsd"),
-    ) else {
-        return;
-    };
+    require_root!();
     use husk_hypervisor::builtin::backend::Builtin;
     use husk_hypervisor::{Accelerator, Hypervisor, VmLaunch};
     let g = Guest::new();
     let d = g.dir.path();
-    std::fs::create_dir(d.join("shared")).unwrap();
-    let _vsockd = common::Daemon(
-        Command::new(vsock)
-            .arg("--socket")
-            .arg(d.join("vsock.sock"))
-            .arg("--uds-path")
-            .arg(d.join("vm.vsock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let _fsd = common::Daemon(
-        Command::new(fsd)
-            .arg("--socket-path")
-            .arg(d.join("fs.sock"))
-            .arg("--shared-dir")
-            .arg(d.join("shared"))
-            .args(["--sandbox", "none"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    common::wait_for(&d.join("vsock.sock"), "vsock socket");
-    common::wait_for(&d.join("fs.sock"), "virtiofsd socket");
+    let Some(daemons) = Daemons::start(d) else {
+        return;
+    };
     let mut a = Asm::long_mode();
     a.dx_com1().out_str(b"backend\n").triple_fault();
     let launch = VmLaunch {
@@ -747,9 +876,10 @@ fn the_builtin_backend_command_starts_husk_vmm_with_the_daemons() {
         kernel: g.file("k.elf", &guest_image::elf(&a.code, 0, false)),
         initrd: g.file("initrd", b"initrd"),
         cmdline: "console=ttyS0 reboot=t".into(),
+        run_dir: d.to_path_buf(),
         console_log: g.console(),
-        vsock_vhost_socket: d.join("vsock.sock"),
-        fs_vhost_socket: d.join("fs.sock"),
+        vsock_vhost_socket: daemons.vsock_socket.clone(),
+        fs_vhost_socket: daemons.fs_socket.clone(),
         fs_tag: "husk".into(),
         nets: Vec::new(),
     };

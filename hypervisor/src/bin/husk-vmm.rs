@@ -6,6 +6,7 @@
 //! 1 when the VM could not be set up or KVM failed while running it.
 
 use anyhow::{bail, Context, Result};
+use husk_hypervisor::builtin::jail::Jail;
 use husk_hypervisor::builtin::seccomp::{self, SeccompMode, ThreadKind};
 use husk_hypervisor::builtin::virtio::net::{open_tap, Net};
 use husk_hypervisor::builtin::virtio::vhost_user::VhostUserDevice;
@@ -18,7 +19,8 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
 [--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
-[--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME [--net-mac MAC]]";
+[--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME|fd:N [--net-mac MAC]] \
+[--jail DIR]";
 
 /// The MAC address of the guest's NIC when none is given (locally
 /// administered, QEMU's default prefix).
@@ -32,6 +34,8 @@ struct Args {
     vsock_socket: Option<PathBuf>,
     fs: Option<(PathBuf, String)>,
     net: Option<(String, [u8; 6])>,
+    /// The directory husk-vmm confines itself to once set up.
+    jail: Option<PathBuf>,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6]> {
@@ -59,6 +63,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
     let mut seccomp = SeccompMode::Kill;
     let (mut vsock_socket, mut fs_socket, mut fs_tag) = (None, None, None);
     let (mut net_tap, mut net_mac) = (None, None);
+    let mut jail = None;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -87,6 +92,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
             "--fs-tag" => fs_tag = Some(value()?),
             "--net-tap" => net_tap = Some(value()?),
             "--net-mac" => net_mac = Some(parse_mac(&value()?)?),
+            "--jail" => jail = Some(PathBuf::from(value()?)),
             "--help" | "-h" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -115,12 +121,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         vsock_socket,
         fs,
         net,
+        jail,
     })
 }
 
 fn run() -> Result<()> {
     let args = parse_args(std::env::args().skip(1))?;
     let config = args.vm;
+    // While this is the only thread: a mount namespace entered later would
+    // hold only the thread that entered it.
+    let jail = args.jail.as_deref().map(Jail::prepare).transpose()?;
     // Block the stop signals before any thread exists, so every thread
     // inherits the mask and only the waiter below ever receives them.
     let mut stop_signals = SigSet::empty();
@@ -165,7 +175,13 @@ fn run() -> Result<()> {
         memory_mib = config.memory_mib,
         "starting guest"
     );
-    // Everything privileged (/dev/kvm, the memfd, the console log) is open.
+    // Everything from the host (/dev/kvm, the memfd, kernel and initrd,
+    // the console log, the daemons' sockets, the TAP) is open or loaded.
+    if let Some(jail) = jail {
+        let dir = jail.dir().to_path_buf();
+        jail.enter()?;
+        tracing::info!(jail = %dir.display(), "confined to the jail directory");
+    }
     if config.seccomp != SeccompMode::Off {
         seccomp::drop_capabilities()?;
     }
@@ -175,7 +191,7 @@ fn run() -> Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Err(e) = seccomp::apply(ThreadKind::Signals, mode) {
+            if let Err(e) = seccomp::harden_thread(ThreadKind::Signals, mode) {
                 let _ = terminator.send(VmEvent::Failed(format!("signal thread: {e}")));
                 return;
             }
@@ -265,7 +281,9 @@ mod tests {
             (2, 128, SeccompMode::Kill)
         );
         assert!(c.initrd.is_none() && c.cmdline.is_empty());
-        assert!(a.vsock_socket.is_none() && a.fs.is_none());
+        assert!(a.vsock_socket.is_none() && a.fs.is_none() && a.jail.is_none());
+        let a = parse_args(args("--kernel k --console-log c --jail /run/vm1")).unwrap();
+        assert_eq!(a.jail, Some("/run/vm1".into()));
         let a = parse_args(args("--kernel k --console-log c --fs-socket s --fs-tag t")).unwrap();
         assert_eq!(a.fs, Some(("s".into(), "t".into())));
         let a = parse_args(args("--kernel k --console-log c --net-tap tap0")).unwrap();

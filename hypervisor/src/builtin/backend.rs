@@ -1,8 +1,8 @@
-//! The `builtin` backend of the [`Hypervisor`] trait: how `MicroVm` would
-//! launch `husk-vmm` for a [`VmLaunch`], with the same vhost-user daemons
-//! QEMU uses. Not selectable yet: on hosts without vmx/svm (the build
-//! machines' PVM) it cannot boot the guest kernel, so the configuration
-//! does not offer it until that is shown on a KVM host.
+//! The `builtin` backend of the [`Hypervisor`] trait: how `MicroVm`
+//! launches `husk-vmm` for a [`VmLaunch`], with the same vhost-user
+//! daemons QEMU uses. `hypervisor.backend = "auto"` selects it where KVM
+//! has vmx/svm (see `resolve_backend`); it has no emulator, so it is never
+//! used with TCG.
 
 use crate::{Hypervisor, VmLaunch};
 use std::path::PathBuf;
@@ -27,7 +27,8 @@ impl Hypervisor for Builtin {
 
 /// husk-vmm's arguments for `l`. husk-vmm exits when the guest resets
 /// (`reboot=t`), like QEMU with `-no-reboot`, and appends the
-/// `virtio_mmio.device=` entries itself, like QEMU's microvm.
+/// `virtio_mmio.device=` entries itself, like QEMU's microvm. Once set
+/// up it confines itself to the VM's run directory (`--jail`).
 pub fn husk_vmm_args(l: &VmLaunch) -> Vec<String> {
     let mut args = base_args(l);
     // husk-vmm drives one NIC: a pod has one interface.
@@ -62,6 +63,8 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
         l.fs_vhost_socket.display().to_string(),
         "--fs-tag".into(),
         l.fs_tag.clone(),
+        "--jail".into(),
+        l.run_dir.display().to_string(),
     ]
 }
 
@@ -80,6 +83,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd".into(),
             cmdline: "console=ttyS0 reboot=t".into(),
+            run_dir: "/run/x".into(),
             console_log: "/run/x/console.log".into(),
             vsock_vhost_socket: "/run/x/vhost-vsock.sock".into(),
             fs_vhost_socket: "/run/x/vhost-fs.sock".into(),
@@ -103,6 +107,7 @@ mod tests {
         assert_eq!(after("--vsock-socket"), "/run/x/vhost-vsock.sock");
         assert_eq!(after("--fs-socket"), "/run/x/vhost-fs.sock");
         assert_eq!(after("--fs-tag"), "husk-shared");
+        assert_eq!(after("--jail"), "/run/x");
         assert_eq!(
             Builtin {
                 binary: "/x".into()

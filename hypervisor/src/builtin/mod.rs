@@ -5,11 +5,13 @@
 //! One module per concern: [`memory`] (guest RAM and layout), [`loader`]
 //! (kernel, initrd, command line, boot structures), [`regs`] (vCPU boot
 //! state), [`serial`] (the console), [`bus`] (exit dispatch), [`vcpu`]
-//! (run loop) and [`vmm`] (putting it together). See docs/builtin-vmm.md.
+//! (run loop), [`vmm`] (putting it together), [`seccomp`] and [`jail`]
+//! (hardening). See docs/builtin-vmm.md.
 
 pub mod backend;
 pub mod bus;
 pub mod guest_image;
+pub mod jail;
 pub mod loader;
 pub mod memory;
 pub mod mptable;

@@ -183,19 +183,35 @@ pub fn apply(kind: ThreadKind, mode: SeccompMode) -> Result<(), HardeningError> 
     seccompiler::apply_filter(&prog).map_err(|source| HardeningError::Install { kind, source })
 }
 
+/// Hardens the calling thread for its life as `kind`: drops every
+/// capability (unless hardening is off) and installs the thread's filter.
+/// Each VMM thread calls it first thing: capabilities are per thread, so a
+/// device thread started during setup would otherwise keep root's.
+pub fn harden_thread(kind: ThreadKind, mode: SeccompMode) -> Result<(), HardeningError> {
+    if mode != SeccompMode::Off {
+        drop_capabilities()?;
+    }
+    apply(kind, mode)
+}
+
 /// Drops every capability of the calling thread (and so of the threads it
 /// starts afterwards): bounding set, ambient set, then effective,
 /// permitted and inheritable. Call it once all privileged setup (opening
-/// /dev/kvm, TAP devices) is done.
+/// /dev/kvm, TAP devices, entering the jail) is done. It reads no file (the
+/// VMM may be jailed already) and may be called again: capabilities
+/// already gone from the bounding set are left alone, as dropping one
+/// needs CAP_SETPCAP.
 pub fn drop_capabilities() -> Result<(), HardeningError> {
     let err = |what| move |source| HardeningError::Capabilities { what, source };
-    let last: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .map_err(err("reading /proc/sys/kernel/cap_last_cap"))?
-        .trim()
-        .parse()
-        .map_err(|e| err("parsing cap_last_cap")(std::io::Error::other(e)))?;
-    for cap in 0..=last {
+    // PR_CAPBSET_READ answers EINVAL past the kernel's last capability.
+    for cap in 0.. {
         // SAFETY: prctl with integer arguments only.
+        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } {
+            0 => continue,
+            1 => {}
+            _ => break,
+        }
+        // SAFETY: as above.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
             return Err(err("PR_CAPBSET_DROP")(std::io::Error::last_os_error()));
         }

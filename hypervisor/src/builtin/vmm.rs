@@ -232,7 +232,7 @@ impl Vmm {
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let why = match seccomp::apply(ThreadKind::Vcpu, mode) {
+                    let why = match seccomp::harden_thread(ThreadKind::Vcpu, mode) {
                         Ok(()) => vcpu.run(&bus, &stop),
                         Err(e) => VcpuStop::Failed(e.to_string()),
                     };

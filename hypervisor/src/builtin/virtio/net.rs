@@ -110,13 +110,14 @@ pub struct Net {
 
 impl Net {
     /// A device on `tap` with MAC address `mac`. Its thread starts now,
-    /// before any seccomp filter, and installs its own.
+    /// before any seccomp filter, and hardens itself (no capabilities, its
+    /// own filter) before it waits for the activation.
     pub fn new(tap: File, mac: [u8; 6], seccomp: SeccompMode) -> Result<Self, NetError> {
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
             .name("virtio-net".into())
             .spawn(move || {
-                if let Err(e) = seccomp::apply(ThreadKind::DeviceIo, seccomp) {
+                if let Err(e) = seccomp::harden_thread(ThreadKind::DeviceIo, seccomp) {
                     tracing::error!("virtio-net: {e}");
                     return;
                 }

@@ -6,7 +6,8 @@
 //! interrupt status plus irqfd.
 //!
 //! All socket traffic after setup happens on the device's own thread,
-//! started in [`VhostUserDevice::connect`] before any seccomp filter:
+//! started in [`VhostUserDevice::connect`] before any seccomp filter
+//! (it drops its capabilities and installs its own filter first):
 //! `activate` runs on a filtered vCPU thread and only sends it a message.
 
 use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
@@ -199,7 +200,7 @@ impl VhostUserDevice {
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
             .spawn(move || {
-                if let Err(e) = seccomp::apply(ThreadKind::VhostUser, seccomp) {
+                if let Err(e) = seccomp::harden_thread(ThreadKind::VhostUser, seccomp) {
                     let (lock, cv) = &*verdict;
                     *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err(e.to_string()));
                     cv.notify_all();
