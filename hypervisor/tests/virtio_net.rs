@@ -2,12 +2,14 @@
 //! of its own, the test plays the guest driver. A frame the "guest" puts
 //! on the tx queue must come out of the TAP interface (seen by a packet
 //! socket), and a frame sent into the interface must land in a guest rx
-//! buffer behind a virtio_net_hdr with num_buffers = 1.
+//! buffer behind a virtio_net_hdr with num_buffers = 1. After a driver
+//! reset the old rings must stay untouched, and a second activation must
+//! serve the new ones.
 
 mod common;
 
 use common::{descriptor, queue, DESC_WRITE};
-use husk_hypervisor::builtin::memory::create_guest_memory;
+use husk_hypervisor::builtin::memory::{create_guest_memory, GuestMemoryMmap};
 use husk_hypervisor::builtin::seccomp::SeccompMode;
 use husk_hypervisor::builtin::virtio::net::{open_tap, Net, VIRTIO_ID_NET, VNET_HDR_LEN};
 use husk_hypervisor::builtin::virtio::{Interrupt, Queue, QueueT, VirtioDevice};
@@ -136,21 +138,7 @@ fn run_in_own_netns() -> Result<(), String> {
     let mem = create_guest_memory(16).unwrap();
     let (rx, tx) = (queue(0, 256), queue(1, 256));
     // rx: four 2 KiB buffers, all available.
-    for i in 0..4u16 {
-        descriptor(
-            &mem,
-            &rx,
-            i,
-            0x20_0000 + u64::from(i) * 0x800,
-            0x800,
-            DESC_WRITE,
-            0,
-        );
-        mem.write_obj(i, GuestAddress(rx.avail_ring() + 4 + 2 * u64::from(i)))
-            .unwrap();
-    }
-    mem.write_obj(4u16, GuestAddress(rx.avail_ring() + 2))
-        .unwrap();
+    rx_buffers(&mem, &rx, 0x20_0000);
     // tx: one frame behind a zero virtio_net_hdr_v1.
     let out = frame([0xff; 6], GUEST_MAC, b"husk-tx");
     let mut tx_buf = vec![0u8; VNET_HDR_LEN];
@@ -197,6 +185,75 @@ fn run_in_own_netns() -> Result<(), String> {
 
     // TAP -> guest.
     let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], b"husk-rx");
+    send_into_tap(&packets, ifindex, &inbound);
+    let got = wait_for_ours(&mem, rx_used, 0x20_0000);
+    assert_eq!(&got[VNET_HDR_LEN..], &inbound[..], "frame after the header");
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+    wait_for_interrupt(&irq, "rx");
+
+    // The driver resets the device: once reset() returns the old rings
+    // are not touched, even with a frame waiting and buffers available.
+    dev.reset();
+    let rx_used_idx =
+        |mem: &GuestMemoryMmap| mem.read_obj::<u16>(GuestAddress(rx_used + 2)).unwrap();
+    let before = rx_used_idx(&mem);
+    let after_reset = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], b"after-reset");
+    send_into_tap(&packets, ifindex, &after_reset);
+    kicks[0].write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rx_used_idx(&mem),
+        before,
+        "a reset device used the old rx ring"
+    );
+
+    // The driver sets the device up again with rings elsewhere: the frame
+    // that waited in the TAP arrives there.
+    let (rx2, tx2) = (queue(2, 256), queue(3, 256));
+    let rx2_used = rx2.used_ring();
+    rx_buffers(&mem, &rx2, 0x40_0000);
+    let kicks2: Vec<Arc<EventFd>> = (0..2)
+        .map(|_| Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()))
+        .collect();
+    dev.activate(
+        mem.clone(),
+        1 << 32,
+        vec![(rx2, kicks2[0].clone()), (tx2, kicks2[1].clone())],
+        Interrupt::new(irq.try_clone().unwrap()),
+    )
+    .map_err(|e| e.to_string())?;
+    let got = wait_for_ours(&mem, rx2_used, 0x40_0000);
+    assert_eq!(
+        &got[VNET_HDR_LEN..],
+        &after_reset[..],
+        "the frame that waited"
+    );
+    assert_eq!(rx_used_idx(&mem), before, "the old rx ring stays untouched");
+    drop(dev);
+    Ok(())
+}
+
+/// Four 2 KiB device-writable buffers at `base`, all available in `rx`.
+fn rx_buffers(mem: &GuestMemoryMmap, rx: &Queue, base: u64) {
+    for i in 0..4u16 {
+        descriptor(
+            mem,
+            rx,
+            i,
+            base + u64::from(i) * 0x800,
+            0x800,
+            DESC_WRITE,
+            0,
+        );
+        mem.write_obj(i, GuestAddress(rx.avail_ring() + 4 + 2 * u64::from(i)))
+            .unwrap();
+    }
+    mem.write_obj(4u16, GuestAddress(rx.avail_ring() + 2))
+        .unwrap();
+}
+
+/// Sends `f` into the TAP interface from the host side.
+fn send_into_tap(packets: &OwnedFd, ifindex: i32, f: &[u8]) {
     // SAFETY: sending a buffer we own to an address we built.
     let sent = unsafe {
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
@@ -206,8 +263,8 @@ fn run_in_own_netns() -> Result<(), String> {
         sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
         libc::sendto(
             packets.as_raw_fd(),
-            inbound.as_ptr() as *const _,
-            inbound.len(),
+            f.as_ptr() as *const _,
+            f.len(),
             0,
             &sll as *const _ as *const libc::sockaddr,
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
@@ -215,38 +272,38 @@ fn run_in_own_netns() -> Result<(), String> {
     };
     assert_eq!(
         sent,
-        inbound.len() as isize,
+        f.len() as isize,
         "{}",
         std::io::Error::last_os_error()
     );
+}
+
+/// The first frame of our ethertype the device put in the rx buffers at
+/// `buffers` (see `rx_buffers`), header included; fails after 5 s.
+fn wait_for_ours(mem: &GuestMemoryMmap, rx_used: u64, buffers: u64) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let got = loop {
+    loop {
         let idx: u16 = mem.read_obj(GuestAddress(rx_used + 2)).unwrap();
         let ours = (0..idx).find_map(|i| {
             let e = rx_used + 4 + 8 * u64::from(i);
             let id: u32 = mem.read_obj(GuestAddress(e)).unwrap();
             let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap();
             let mut b = vec![0u8; len as usize];
-            mem.read_slice(&mut b, GuestAddress(0x20_0000 + u64::from(id) * 0x800))
+            mem.read_slice(&mut b, GuestAddress(buffers + u64::from(id) * 0x800))
                 .unwrap();
             (b.len() > VNET_HDR_LEN + 14
                 && b[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == ETHERTYPE.to_be_bytes())
             .then_some(b)
         });
         if let Some(b) = ours {
-            break b;
+            return b;
         }
         assert!(
             Instant::now() < deadline,
             "no frame in the guest's rx buffers (used idx {idx})"
         );
         std::thread::sleep(Duration::from_millis(5));
-    };
-    assert_eq!(&got[VNET_HDR_LEN..], &inbound[..], "frame after the header");
-    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
-    wait_for_interrupt(&irq, "rx");
-    drop(dev);
-    Ok(())
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@
 pub mod mmio;
 pub mod net;
 pub mod vhost_user;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -7,15 +7,14 @@
 //! The TAP carries the 12-byte `virtio_net_hdr_v1` itself (IFF_VNET_HDR),
 //! so a frame is one read or write on both sides.
 
+use super::worker::{Next, Worker, WorkerEnd};
 use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
 use crate::builtin::memory::GuestMemoryMmap;
 use crate::builtin::seccomp::{self, SeccompMode, ThreadKind};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use virtio_queue::QueueOwnedT;
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
@@ -104,8 +103,7 @@ struct Activation {
 
 pub struct Net {
     mac: [u8; 6],
-    to_thread: Option<Sender<Activation>>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker<Activation>,
 }
 
 impl Net {
@@ -113,24 +111,22 @@ impl Net {
     /// before any seccomp filter, and hardens itself (no capabilities, its
     /// own filter) before it waits for the activation.
     pub fn new(tap: File, mac: [u8; 6], seccomp: SeccompMode) -> Result<Self, NetError> {
-        let (tx, rx) = channel();
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || {
-                if let Err(e) = seccomp::harden_thread(ThreadKind::DeviceIo, seccomp) {
-                    tracing::error!("virtio-net: {e}");
-                    return;
+        let worker = Worker::spawn("virtio-net".into(), move |end| {
+            if let Err(e) = seccomp::harden_thread(ThreadKind::DeviceIo, seccomp) {
+                tracing::error!("virtio-net: {e}");
+                return;
+            }
+            let mut tap = tap;
+            while let Some(act) = end.wait_activation() {
+                match io_loop(&mut tap, act, &end) {
+                    // The queues were dropped with io_loop's frame.
+                    Next::Reset => end.ack_reset(),
+                    _ => return,
                 }
-                if let Ok(act) = rx.recv() {
-                    io_loop(tap, act, &rx);
-                }
-            })
-            .map_err(NetError::Thread)?;
-        Ok(Net {
-            mac,
-            to_thread: Some(tx),
-            thread: Some(thread),
+            }
         })
+        .map_err(NetError::Thread)?;
+        Ok(Net { mac, worker })
     }
 }
 
@@ -172,33 +168,29 @@ impl VirtioDevice for Net {
             device: "net",
             reason: "its thread has ended".into(),
         };
-        let tx = self.to_thread.as_ref().ok_or_else(gone)?;
-        tx.send(Activation {
-            mem,
-            queues,
-            interrupt,
-        })
-        .map_err(|_| gone())
+        self.worker
+            .activate(Activation {
+                mem,
+                queues,
+                interrupt,
+            })
+            .map_err(|_| gone())
     }
     fn reset(&mut self) {
-        tracing::warn!("net: reset by the guest driver is not supported");
-    }
-}
-
-impl Drop for Net {
-    /// Closing the channel ends the thread within one poll period.
-    fn drop(&mut self) {
-        self.to_thread.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Frames the guest had queued and not yet sent are dropped, as on
+        // real hardware; the TAP keeps what arrives until the next
+        // activation.
+        if !self.worker.reset() {
+            tracing::error!("net: the device thread did not stop in time for the reset");
         }
     }
 }
 
-/// Moves frames until the device is dropped: guest tx chains to the TAP,
-/// TAP frames into guest rx chains. The TAP is polled only while the
-/// guest has rx buffers, so a full guest does not spin this thread.
-fn io_loop(mut tap: File, act: Activation, rx: &Receiver<Activation>) {
+/// Moves frames until the driver resets the device or the device is
+/// dropped (which of the two it returns): guest tx chains to the TAP, TAP
+/// frames into guest rx chains. The TAP is polled only while the guest has
+/// rx buffers, so a full guest does not spin this thread.
+fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next {
     let Activation {
         mem,
         mut queues,
@@ -225,11 +217,19 @@ fn io_loop(mut tap: File, act: Activation, rx: &Receiver<Activation>) {
                 events: if rx_blocked { 0 } else { libc::POLLIN },
                 revents: 0,
             },
+            libc::pollfd {
+                fd: end.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid pollfd array of its length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
-        if let Err(TryRecvError::Disconnected) = rx.try_recv() {
-            return;
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if fds[3].revents & libc::POLLIN != 0 {
+            match end.next() {
+                Next::Serve => {}
+                stop => return stop,
+            }
         }
         let mut used = false;
         if fds[0].revents & libc::POLLIN != 0 {

@@ -10,14 +10,13 @@
 //! (it drops its capabilities and installs its own filter first):
 //! `activate` runs on a filtered vCPU thread and only sends it a message.
 
+use super::worker::{Next, Worker, WorkerEnd};
 use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
 use crate::builtin::memory::GuestMemoryMmap;
 use crate::builtin::seccomp::{self, SeccompMode, ThreadKind};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{
@@ -102,6 +101,12 @@ struct Activation {
 /// The device thread's verdict on the activation, once it has one.
 type Activated = Arc<(Mutex<Option<Result<(), String>>>, Condvar)>;
 
+fn set_verdict(activated: &Activated, verdict: Option<Result<(), String>>) {
+    let (lock, cv) = &**activated;
+    *lock.lock().unwrap_or_else(|e| e.into_inner()) = verdict;
+    cv.notify_all();
+}
+
 pub struct VhostUserDevice {
     activated: Activated,
     name: &'static str,
@@ -110,8 +115,7 @@ pub struct VhostUserDevice {
     /// Offered to the driver: the daemon's, without the vhost-user bit.
     features: u64,
     config: Vec<u8>,
-    to_thread: Option<Sender<Activation>>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker<Activation>,
 }
 
 impl VhostUserDevice {
@@ -193,22 +197,17 @@ impl VhostUserDevice {
                 config.copy_from_slice(&payload);
             }
         }
-        let (tx, rx) = channel();
         let socket_path = socket.to_path_buf();
         let activated: Activated = Default::default();
         let verdict = activated.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("vhost-{name}"))
-            .spawn(move || {
-                if let Err(e) = seccomp::harden_thread(ThreadKind::VhostUser, seccomp) {
-                    let (lock, cv) = &*verdict;
-                    *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err(e.to_string()));
-                    cv.notify_all();
-                    return;
-                }
-                device_thread(name, socket_path, fe, offered, rx, verdict)
-            })
-            .map_err(|e| VhostUserError::Thread(e, name))?;
+        let worker = Worker::spawn(format!("vhost-{name}"), move |end| {
+            if let Err(e) = seccomp::harden_thread(ThreadKind::VhostUser, seccomp) {
+                set_verdict(&verdict, Some(Err(e.to_string())));
+                return;
+            }
+            device_thread(name, socket_path, fe, offered, end, verdict)
+        })
+        .map_err(|e| VhostUserError::Thread(e, name))?;
         Ok(VhostUserDevice {
             activated,
             name,
@@ -216,8 +215,7 @@ impl VhostUserDevice {
             queue_sizes: queue_sizes.to_vec(),
             features: offered & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
             config,
-            to_thread: Some(tx),
-            thread: Some(thread),
+            worker,
         })
     }
 }
@@ -270,63 +268,97 @@ impl VirtioDevice for VhostUserDevice {
             device: self.name,
             reason: "its vhost-user thread has ended".into(),
         };
-        let tx = self.to_thread.as_ref().ok_or_else(gone)?;
-        tx.send(Activation {
-            mem,
-            features,
-            queues,
-            interrupt,
-        })
-        .map_err(|_| gone())
+        self.worker
+            .activate(Activation {
+                mem,
+                features,
+                queues,
+                interrupt,
+            })
+            .map_err(|_| gone())
     }
     fn reset(&mut self) {
-        // The guest driver reset the device. vhost-user has no cheap way
-        // back; the daemon keeps its rings until the VM ends.
-        tracing::warn!("{}: reset by the guest driver is not supported", self.name);
-    }
-}
-
-impl Drop for VhostUserDevice {
-    /// Closing the channel ends the thread: waiting for an activation it
-    /// returns at once, relaying it notices within one poll period.
-    fn drop(&mut self) {
-        self.to_thread.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Returns once the daemon has stopped every ring: the driver may
+        // reuse the ring memory as soon as the reset is done.
+        if !self.worker.reset() {
+            tracing::error!(
+                "{}: the daemon did not stop its rings in time for the reset",
+                self.name
+            );
         }
     }
 }
 
-/// Waits for the activation, sets the daemon up, then relays its call
-/// eventfds into the transport's interrupt until the VM ends.
+/// For each activation: sets the daemon up, then relays its call eventfds
+/// into the transport's interrupt until the driver resets the device
+/// (then stops the daemon's rings and waits for the next activation) or
+/// the device is dropped.
 fn device_thread(
     name: &'static str,
     socket: PathBuf,
     mut fe: Frontend,
     offered: u64,
-    rx: Receiver<Activation>,
+    end: WorkerEnd<Activation>,
     activated: Activated,
 ) {
-    let Ok(act) = rx.recv() else {
-        return;
-    };
-    let result = setup_daemon(&mut fe, offered, &act);
-    {
-        let (lock, cv) = &*activated;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(result.as_ref().map(|_| ()).map_err(Clone::clone));
-        cv.notify_all();
-    }
-    let calls = match result {
-        Ok(calls) => calls,
-        Err(e) => {
-            // The driver sees a device that never answers; the host sees
-            // why in the log.
-            tracing::error!("vhost-user {name} at {}: {e}", socket.display());
+    while let Some(act) = end.wait_activation() {
+        let result = setup_daemon(&mut fe, offered, &act);
+        set_verdict(
+            &activated,
+            Some(result.as_ref().map(|_| ()).map_err(Clone::clone)),
+        );
+        let next = match result {
+            Ok(calls) => relay_interrupts(name, &calls, &act.interrupt, &end),
+            Err(e) => {
+                // The driver sees a device that never answers until it
+                // resets it; the host sees why in the log.
+                tracing::error!("vhost-user {name} at {}: {e}", socket.display());
+                wait_for_reset(&end)
+            }
+        };
+        if next == Next::Exit {
             return;
         }
-    };
-    relay_interrupts(name, &calls, &act.interrupt, &rx);
+        stop_rings(name, &mut fe, offered, act.queues.len());
+        set_verdict(&activated, None);
+        end.ack_reset();
+    }
+}
+
+/// Blocks until the driver resets the device or the device is dropped.
+fn wait_for_reset(end: &WorkerEnd<Activation>) -> Next {
+    loop {
+        let mut p = libc::pollfd {
+            fd: end.wake_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, -1) };
+        match end.next() {
+            Next::Serve => continue,
+            stop => return stop,
+        }
+    }
+}
+
+/// Stops the daemon's rings (vhost-user: "Stopping a ring" is
+/// GET_VRING_BASE, which the daemon answers once it no longer touches
+/// it), disabling them first where the protocol allows, as QEMU does on a
+/// device reset. The next activation sets everything up again.
+fn stop_rings(name: &'static str, fe: &mut Frontend, offered: u64, queues: usize) {
+    let enable_known = offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+    for index in 0..queues {
+        if enable_known {
+            if let Err(e) = fe.set_vring_enable(index, false) {
+                tracing::warn!("vhost-user {name}: disabling ring {index}: {e}");
+            }
+        }
+        match fe.get_vring_base(index) {
+            Ok(base) => tracing::debug!("vhost-user {name}: ring {index} stopped at {base}"),
+            Err(e) => tracing::warn!("vhost-user {name}: stopping ring {index}: {e}"),
+        }
+    }
 }
 
 /// The vhost-user setup sequence: features, memory table, and per queue
@@ -393,26 +425,28 @@ fn relay_interrupts(
     name: &'static str,
     calls: &[(usize, EventFd)],
     interrupt: &Interrupt,
-    rx: &Receiver<Activation>,
-) {
+    end: &WorkerEnd<Activation>,
+) -> Next {
     let mut fds: Vec<libc::pollfd> = calls
         .iter()
-        .map(|(_, c)| libc::pollfd {
-            fd: c.as_raw_fd(),
+        .map(|(_, c)| c.as_raw_fd())
+        .chain([end.wake_fd()])
+        .map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         })
         .collect();
     loop {
-        // Wake up now and then to notice the device being dropped.
         // SAFETY: `fds` is a valid array of pollfd for its length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             tracing::error!(
                 "vhost-user {name}: poll: {}",
                 std::io::Error::last_os_error()
             );
-            return;
+            // Serve nothing more, but still answer a reset or the drop.
+            return wait_for_reset(end);
         }
         let mut fired = false;
         for (pfd, (_, call)) in fds.iter_mut().zip(calls) {
@@ -426,8 +460,12 @@ fn relay_interrupts(
                 tracing::error!("vhost-user {name}: raising the interrupt: {e}");
             }
         }
-        if let Err(std::sync::mpsc::TryRecvError::Disconnected) = rx.try_recv() {
-            return;
+        let wake = fds.last_mut().map(|p| std::mem::take(&mut p.revents));
+        if wake.is_some_and(|r| r & libc::POLLIN != 0) {
+            match end.next() {
+                Next::Serve => {}
+                stop => return stop,
+            }
         }
     }
 }
