@@ -22,6 +22,13 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// The hardware RNG feeding the guest kernel's entropy pool.
+pub fn hw_rng() -> String {
+    std::fs::read_to_string("/sys/class/misc/hw_random/rng_current")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 pub fn online_cpus() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get() as u32)

@@ -373,6 +373,7 @@ impl Agent for AgentService {
             memory_total_kib,
             memory_available_kib,
             online_cpus: guest::online_cpus(),
+            hw_rng: guest::hw_rng(),
             shared_dir: self
                 .shared_dir
                 .as_ref()

@@ -83,6 +83,11 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
         format!("socket,id=fs0,path={}", l.fs_vhost_socket.display()),
         "-device".into(),
         format!("vhost-user-fs-device,chardev=fs0,tag={}", l.fs_tag),
+        // Entropy for the guest from its first second, as husk-vmm's --rng.
+        "-object".into(),
+        "rng-random,id=rng0,filename=/dev/urandom".into(),
+        "-device".into(),
+        "virtio-rng-device,rng=rng0".into(),
     ]
 }
 
@@ -148,6 +153,10 @@ mod tests {
         );
         assert!(
             args.contains("vhost-user-fs-device,chardev=fs0,tag=husk-shared"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-device,rng=rng0"),
             "{args}"
         );
         assert!(args.contains("-serial file:/run/x/console.log"), "{args}");

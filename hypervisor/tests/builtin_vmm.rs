@@ -552,7 +552,7 @@ fn a_jailed_husk_vmm_sees_only_its_run_directory_read_only_and_every_thread_is_h
     a.dx_com1().out_str(b"up\n").hlt_loop();
     let kernel = g.file("idle.elf", &guest_image::elf(&a.code, 0, false));
     let mut args = daemons.args();
-    args.extend(["--jail", d.to_str().unwrap()]);
+    args.extend(["--rng", "--jail", d.to_str().unwrap()]);
     let mut child = g.spawn(&kernel, &args);
     let pid = child.id();
     // The vCPU starts only once husk-vmm is in its jail: this output was
@@ -567,7 +567,8 @@ fn a_jailed_husk_vmm_sees_only_its_run_directory_read_only_and_every_thread_is_h
             "signals\n",
             "vcpu0\n",
             "vhost-fs\n",
-            "vhost-vsock\n"
+            "vhost-vsock\n",
+            "virtio-rng\n"
         ]
     );
 
@@ -751,7 +752,7 @@ fn multi_vcpu_guest_sees_the_mp_table_and_runs_on_apic_id_0() {
 mod common;
 
 #[test]
-fn husk_vmm_attaches_real_vsock_and_fs_daemons_that_the_guest_finds_over_mmio() {
+fn husk_vmm_attaches_vsock_fs_and_rng_that_the_guest_finds_over_mmio() {
     require_kvm!();
     let g = Guest::new();
     let Some(daemons) = Daemons::start(g.dir.path()) else {
@@ -761,7 +762,7 @@ fn husk_vmm_attaches_real_vsock_and_fs_daemons_that_the_guest_finds_over_mmio() 
     let b = husk_hypervisor::builtin::memory::VIRTIO_MMIO_BASE as u32;
     let mut a = Asm::protected_mode();
     a.dx_com1().out_byte(b'D');
-    for dev in [b, b + 0x1000] {
+    for dev in [b, b + 0x1000, b + 0x2000] {
         // magic, version, device id, first config word
         for reg in [0x000, 0x004, 0x008, 0x100] {
             a.load_eax_abs(dev + reg).out_ax_bytes(4);
@@ -774,23 +775,28 @@ fn husk_vmm_attaches_real_vsock_and_fs_daemons_that_the_guest_finds_over_mmio() 
     ]);
     a.triple_fault();
     let kernel = g.file("devices.elf", &guest_image::elf(&a.code, 0, true));
-    let r = g.run(&kernel, &daemons.args());
+    let mut args = daemons.args();
+    args.push("--rng");
+    let r = g.run(&kernel, &args);
     assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
     let mut rep = Report(&r.console);
     rep.expect(b"D");
-    for (id, config) in [(19u64, 3u64), (26, u64::from(u32::from_le_bytes(*b"husk")))] {
+    let tag = u64::from(u32::from_le_bytes(*b"husk"));
+    for (id, config) in [(19u64, 3u64), (26, tag), (4, 0)] {
         assert_eq!(rep.take(4), 0x7472_6976, "magic of device {id}");
         assert_eq!(rep.take(4), 2, "version of device {id}");
         assert_eq!(rep.take(4), id, "device id");
         assert_eq!(
             rep.take(4),
             config,
-            "config of device {id}: guest CID / tag"
+            "config of device {id}: guest CID / tag / none"
         );
     }
     let expect = format!(
-        "virtio_mmio.device=4K@{b:#x}:5 virtio_mmio.device=4K@{:#x}:6",
-        b + 0x1000
+        "virtio_mmio.device=4K@{b:#x}:5 virtio_mmio.device=4K@{:#x}:6 \
+         virtio_mmio.device=4K@{:#x}:7",
+        b + 0x1000,
+        b + 0x2000
     );
     rep.expect(expect.as_bytes());
     assert!(

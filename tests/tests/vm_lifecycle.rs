@@ -57,6 +57,7 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
     assert!(info.agent_serving_ms <= info.uptime_ms);
     assert_eq!(info.boot_id.len(), 36, "boot id {:?}", info.boot_id);
     assert_eq!(info.shared_dir, husk_proto::GUEST_SHARED_DIR);
+    assert_eq!(info.hw_rng, "virtio_rng.0", "the guest's entropy source");
 
     // A file written before boot and one written while the guest runs.
     let read = |path: &str| ReadSharedFileRequest {
@@ -193,6 +194,7 @@ async fn the_builtin_vmm_boots_the_guest_where_kvm_allows() {
         Some(info.kernel_release),
         kernel_release_of(&config.hypervisor.kernel)
     );
+    assert_eq!(info.hw_rng, "virtio_rng.0", "husk-vmm's --rng");
     let file = agent
         .read_shared_file(ReadSharedFileRequest {
             path: "f".into(),

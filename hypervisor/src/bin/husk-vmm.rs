@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use husk_hypervisor::builtin::jail::Jail;
 use husk_hypervisor::builtin::seccomp::{self, SeccompMode, ThreadKind};
 use husk_hypervisor::builtin::virtio::net::{open_tap, Net};
+use husk_hypervisor::builtin::virtio::rng::Rng;
 use husk_hypervisor::builtin::virtio::vhost_user::VhostUserDevice;
 use husk_hypervisor::builtin::virtio::VirtioDevice;
 use husk_hypervisor::builtin::{vcpu::VcpuStop, VmConfig, VmEvent, Vmm};
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
 [--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
 [--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME|fd:N [--net-mac MAC]] \
-[--jail DIR]";
+[--rng] [--jail DIR]";
 
 /// The MAC address of the guest's NIC when none is given (locally
 /// administered, QEMU's default prefix).
@@ -34,6 +35,8 @@ struct Args {
     vsock_socket: Option<PathBuf>,
     fs: Option<(PathBuf, String)>,
     net: Option<(String, [u8; 6])>,
+    /// Attach a virtio-rng.
+    rng: bool,
     /// The directory husk-vmm confines itself to once set up.
     jail: Option<PathBuf>,
 }
@@ -64,6 +67,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
     let (mut vsock_socket, mut fs_socket, mut fs_tag) = (None, None, None);
     let (mut net_tap, mut net_mac) = (None, None);
     let mut jail = None;
+    let mut rng = false;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -93,6 +97,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
             "--net-tap" => net_tap = Some(value()?),
             "--net-mac" => net_mac = Some(parse_mac(&value()?)?),
             "--jail" => jail = Some(PathBuf::from(value()?)),
+            "--rng" => rng = true,
             "--help" | "-h" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -121,6 +126,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         vsock_socket,
         fs,
         net,
+        rng,
         jail,
     })
 }
@@ -164,6 +170,11 @@ fn run() -> Result<()> {
             None => open_tap(tap)?,
         };
         devices.push(Box::new(Net::new(tap, *mac, config.seccomp)?));
+    }
+    if args.rng {
+        devices.push(Box::new(
+            Rng::new(config.seccomp).context("starting the virtio-rng thread")?,
+        ));
     }
     let vmm = Vmm::with_devices(&config, devices).context("setting up the VM")?;
     let boot = vmm.boot_entry();
@@ -282,8 +293,10 @@ mod tests {
         );
         assert!(c.initrd.is_none() && c.cmdline.is_empty());
         assert!(a.vsock_socket.is_none() && a.fs.is_none() && a.jail.is_none());
-        let a = parse_args(args("--kernel k --console-log c --jail /run/vm1")).unwrap();
+        assert!(!a.rng);
+        let a = parse_args(args("--kernel k --console-log c --jail /run/vm1 --rng")).unwrap();
         assert_eq!(a.jail, Some("/run/vm1".into()));
+        assert!(a.rng);
         let a = parse_args(args("--kernel k --console-log c --fs-socket s --fs-tag t")).unwrap();
         assert_eq!(a.fs, Some(("s".into(), "t".into())));
         let a = parse_args(args("--kernel k --console-log c --net-tap tap0")).unwrap();

@@ -63,6 +63,7 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
         l.fs_vhost_socket.display().to_string(),
         "--fs-tag".into(),
         l.fs_tag.clone(),
+        "--rng".into(),
         "--jail".into(),
         l.run_dir.display().to_string(),
     ]
@@ -108,6 +109,7 @@ mod tests {
         assert_eq!(after("--fs-socket"), "/run/x/vhost-fs.sock");
         assert_eq!(after("--fs-tag"), "husk-shared");
         assert_eq!(after("--jail"), "/run/x");
+        assert!(args.iter().any(|a| a == "--rng"));
         assert_eq!(
             Builtin {
                 binary: "/x".into()

@@ -56,8 +56,8 @@ pub enum ThreadKind {
     /// A vhost-user device: sets its daemon up over the socket at
     /// activation, then relays the daemon's interrupts.
     VhostUser,
-    /// An in-process device's I/O thread (virtio-net): reads and writes
-    /// its fd and guest memory, waits in poll.
+    /// An in-process device's I/O thread (virtio-net, virtio-rng): reads
+    /// and writes its fd and guest memory, waits in poll, and getrandom.
     DeviceIo,
 }
 
@@ -144,6 +144,8 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         ThreadKind::DeviceIo => {
             map.insert(libc::SYS_poll, Vec::new());
             map.insert(libc::SYS_ppoll, Vec::new());
+            // virtio-rng's source.
+            map.insert(libc::SYS_getrandom, Vec::new());
         }
         ThreadKind::VhostUser => {
             // vhost-user messages (with fds), the call eventfds it makes,

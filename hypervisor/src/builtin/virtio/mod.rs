@@ -7,6 +7,7 @@
 
 pub mod mmio;
 pub mod net;
+pub mod rng;
 pub mod vhost_user;
 pub mod worker;
 
@@ -82,7 +83,7 @@ pub struct ActivateError {
 pub trait VirtioDevice: Send {
     /// Short name for logs and errors, e.g. "vsock".
     fn name(&self) -> &'static str;
-    /// Virtio device ID (virtio 1.2, 5: 1 net, 19 vsock, 26 fs).
+    /// Virtio device ID (virtio 1.2, 5: 1 net, 4 rng, 19 vsock, 26 fs).
     fn device_type(&self) -> u32;
     /// The most descriptors each queue may have; one entry per queue.
     fn queue_max_sizes(&self) -> &[u16];
