@@ -31,6 +31,15 @@ fn connect(url: &str) -> Result<Socket, String> {
     Ok(ws)
 }
 
+/// A read that timed out (the socket has a read timeout) or was
+/// interrupted by a signal (a child's SIGCHLD): try again.
+fn retryable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
 /// Sends `data` to `port` through the PortForward `url` and returns what
 /// comes back until `expect_len` bytes arrived (or the stream ends).
 pub fn port_forward_exchange(
@@ -50,9 +59,7 @@ pub fn port_forward_exchange(
     while received.len() < expect_len && Instant::now() < deadline {
         let msg = match ws.read() {
             Ok(m) => m,
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                continue
-            }
+            Err(tungstenite::Error::Io(e)) if retryable(&e) => continue,
             Err(e) => return Err(format!("reading: {e} (after {received:?})")),
         };
         let Message::Binary(bytes) = msg else {
@@ -103,9 +110,7 @@ pub fn read_stream(
     while Instant::now() < deadline && !until(&out) {
         let msg = match ws.read() {
             Ok(m) => m,
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                continue
-            }
+            Err(tungstenite::Error::Io(e)) if retryable(&e) => continue,
             Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
                 break
             }
