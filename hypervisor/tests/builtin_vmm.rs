@@ -859,6 +859,106 @@ fn husk_vmm_puts_a_tap_nic_on_virtio_mmio() {
     assert!(rep.0.is_empty(), "trailing {:?}", rep.0);
 }
 
+/// A TAP made the way the shim made it before husk TAPs carried the vnet
+/// header: IFF_TAP | IFF_NO_PI only.
+fn plain_tap(name: &str) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: open, then TUNSETIFF on an ifreq we own.
+    unsafe {
+        let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let f = std::fs::File::from_raw_fd(fd);
+        let mut ifr = [0u8; 40];
+        ifr[..name.len()].copy_from_slice(name.as_bytes());
+        ifr[16..18].copy_from_slice(&((libc::IFF_TAP | libc::IFF_NO_PI) as i16).to_le_bytes());
+        let tunsetiff: libc::c_ulong = 0x4004_54ca;
+        assert_eq!(
+            libc::ioctl(fd, tunsetiff as _, ifr.as_mut_ptr()),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        f
+    }
+}
+
+/// husk-vmm with `tap` at fd 3, as `MicroVm` passes the pod's TAP.
+fn spawn_with_tap_at_fd3(g: &Guest, kernel: &Path, tap: &std::fs::File) -> Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = tap.as_raw_fd();
+    let mut cmd = Command::new(HUSK_VMM);
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .arg("--console-log")
+        .arg(g.console())
+        .args(["--net-tap", "fd:3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) != 3 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+#[test]
+fn a_passed_tap_must_carry_the_vnet_header() {
+    // A thread in a network namespace of its own makes the TAPs; husk-vmm
+    // started from it inherits the namespace.
+    let result = std::thread::spawn(|| -> Result<(), String> {
+        // SAFETY: affects only this thread.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "SKIP unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let g = Guest::new();
+        let mut a = Asm::long_mode();
+        a.dx_com1().out_str(b"tap\n").triple_fault();
+        let kernel = g.file("tap.elf", &guest_image::elf(&a.code, 0, false));
+
+        let r = g.finish(spawn_with_tap_at_fd3(&g, &kernel, &plain_tap("plain0")));
+        assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("TAP --net-tap fd:3 (plain0): opened with flags")
+                && r.stderr
+                    .contains("not a TAP with IFF_NO_PI and IFF_VNET_HDR"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.console_exists, "refused before the VM was made");
+
+        if let Err(why) = kvm_runs_guest_code() {
+            println!("SKIPPED (the accepted half): KVM cannot run guest code here: {why}");
+            return Ok(());
+        }
+        let tap = husk_hypervisor::tap::open_tap("husk0").map_err(|e| e.to_string())?;
+        let r = g.finish(spawn_with_tap_at_fd3(&g, &kernel, &tap));
+        assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
+        assert_eq!(r.console, b"tap\n");
+        Ok(())
+    })
+    .join()
+    .unwrap();
+    match result {
+        Err(e) if e.starts_with("SKIP ") => println!("SKIPPED: {}", &e[5..]),
+        Err(e) => panic!("{e}"),
+        Ok(()) => {}
+    }
+}
+
 /// The `builtin` backend's command line, run for real: what `MicroVm`
 /// would start is accepted by husk-vmm, with both daemons attached.
 #[test]

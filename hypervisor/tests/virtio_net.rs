@@ -11,8 +11,9 @@ mod common;
 use common::{descriptor, queue, DESC_WRITE};
 use husk_hypervisor::builtin::memory::{create_guest_memory, GuestMemoryMmap};
 use husk_hypervisor::builtin::seccomp::SeccompMode;
-use husk_hypervisor::builtin::virtio::net::{open_tap, Net, VIRTIO_ID_NET, VNET_HDR_LEN};
+use husk_hypervisor::builtin::virtio::net::{Net, VIRTIO_ID_NET};
 use husk_hypervisor::builtin::virtio::{Interrupt, Queue, QueueT, VirtioDevice};
+use husk_hypervisor::tap::{open_tap, VNET_HDR_LEN};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,8 +138,7 @@ fn run_in_own_netns() -> Result<(), String> {
 
     let mem = create_guest_memory(16).unwrap();
     let (rx, tx) = (queue(0, 256), queue(1, 256));
-    // rx: four 2 KiB buffers, all available.
-    rx_buffers(&mem, &rx, 0x20_0000);
+    rx_buffers(&mem, &rx, 0x20_0000, 4, 0x800);
     // tx: one frame behind a zero virtio_net_hdr_v1.
     let out = frame([0xff; 6], GUEST_MAC, b"husk-tx");
     let mut tx_buf = vec![0u8; VNET_HDR_LEN];
@@ -211,7 +211,7 @@ fn run_in_own_netns() -> Result<(), String> {
     // that waited in the TAP arrives there.
     let (rx2, tx2) = (queue(2, 256), queue(3, 256));
     let rx2_used = rx2.used_ring();
-    rx_buffers(&mem, &rx2, 0x40_0000);
+    rx_buffers(&mem, &rx2, 0x40_0000, 4, 0x800);
     let kicks2: Vec<Arc<EventFd>> = (0..2)
         .map(|_| Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()))
         .collect();
@@ -233,22 +233,23 @@ fn run_in_own_netns() -> Result<(), String> {
     Ok(())
 }
 
-/// Four 2 KiB device-writable buffers at `base`, all available in `rx`.
-fn rx_buffers(mem: &GuestMemoryMmap, rx: &Queue, base: u64) {
-    for i in 0..4u16 {
+/// `count` device-writable buffers of `size` bytes from `base`, all
+/// available in `rx`.
+fn rx_buffers(mem: &GuestMemoryMmap, rx: &Queue, base: u64, count: u16, size: u32) {
+    for i in 0..count {
         descriptor(
             mem,
             rx,
             i,
-            base + u64::from(i) * 0x800,
-            0x800,
+            base + u64::from(i) * u64::from(size),
+            size,
             DESC_WRITE,
             0,
         );
         mem.write_obj(i, GuestAddress(rx.avail_ring() + 4 + 2 * u64::from(i)))
             .unwrap();
     }
-    mem.write_obj(4u16, GuestAddress(rx.avail_ring() + 2))
+    mem.write_obj(count, GuestAddress(rx.avail_ring() + 2))
         .unwrap();
 }
 
@@ -311,6 +312,279 @@ fn frames_cross_between_guest_queues_and_a_tap_device() {
     // A thread of its own: the network namespace is per thread, and the
     // device thread started from it inherits it.
     let result = std::thread::spawn(run_in_own_netns).join().unwrap();
+    match result {
+        Err(e) if e.starts_with("SKIP ") => println!("SKIPPED: {}", &e[5..]),
+        Err(e) => panic!("{e}"),
+        Ok(()) => {}
+    }
+}
+
+// Offloads. A 3000-byte TCP send with TSO metadata goes into the TAP from
+// the host side (a packet socket with PACKET_VNET_HDR), as the pod
+// network would hand the VM a large segment.
+
+const GSO_PAYLOAD: usize = 3000;
+const GSO_SIZE: u16 = 1000;
+/// Ethernet + IPv4 + TCP headers.
+const HEADERS: usize = 14 + 20 + 20;
+
+/// An Ethernet frame carrying one IPv4/TCP segment of `payload` to the
+/// guest's MAC.
+fn tcp_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 20 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]); // id, DF, ttl, TCP
+    ip.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    let sum = ip
+        .chunks(2)
+        .fold(0u32, |a, w| a + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    // ports 40000 -> 80, seq 1, ack 1, data offset 5, ACK|PSH, window.
+    f.extend_from_slice(&[
+        0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff,
+    ]);
+    f.extend_from_slice(&[0, 0, 0, 0]); // checksum (partial), urgent
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A packet socket that takes a `virtio_net_hdr` (10 bytes) before each
+/// frame it sends.
+fn gso_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: socket and setsockopt on values we own.
+    unsafe {
+        let p = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        if p < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let p = OwnedFd::from_raw_fd(p);
+        let on: libc::c_int = 1;
+        const PACKET_VNET_HDR: libc::c_int = 15;
+        if libc::setsockopt(
+            p.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            &on as *const _ as *const _,
+            std::mem::size_of::<libc::c_int>() as u32,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(p)
+    }
+}
+
+/// Sends `frame` into the TAP as one TCPv4 segment to be cut into
+/// `GSO_SIZE` pieces, its TCP checksum left to whoever segments it.
+fn send_gso(sock: &OwnedFd, ifindex: i32, frame: &[u8]) {
+    let mut b = vec![1u8, 1]; // NEEDS_CSUM, GSO_TCPV4
+    b.extend_from_slice(&(HEADERS as u16).to_le_bytes());
+    b.extend_from_slice(&GSO_SIZE.to_le_bytes());
+    b.extend_from_slice(&34u16.to_le_bytes()); // csum_start: the TCP header
+    b.extend_from_slice(&16u16.to_le_bytes()); // csum_offset: its checksum
+    b.extend_from_slice(frame);
+    send_raw(sock, ifindex, &b);
+}
+
+fn send_raw(sock: &OwnedFd, ifindex: i32, bytes: &[u8]) {
+    // SAFETY: sending a buffer we own to an address we built.
+    let sent = unsafe {
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = 0x0800u16.to_be();
+        sll.sll_ifindex = ifindex;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
+        libc::sendto(
+            sock.as_raw_fd(),
+            bytes.as_ptr() as *const _,
+            bytes.len(),
+            0,
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(
+        sent,
+        bytes.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn set_tap_mtu(mtu: i32) {
+    // SAFETY: SIOCSIFMTU with an ifreq we own.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(s >= 0);
+        let s = OwnedFd::from_raw_fd(s);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in TAP.bytes().enumerate() {
+            ifr.ifr_name[i] = b as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_mtu = mtu;
+        assert_eq!(
+            libc::ioctl(s.as_raw_fd(), libc::SIOCSIFMTU, &ifr),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether the TAP does TCP segmentation offload now (ETHTOOL_GTSO): it
+/// hands its reader whole segments only then.
+fn tap_tso() -> bool {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut v = EthtoolValue { cmd: 0x1e, data: 0 };
+    // SAFETY: SIOCETHTOOL with an ifreq pointing at `v`, both ours.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(s >= 0);
+        let s = OwnedFd::from_raw_fd(s);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in TAP.bytes().enumerate() {
+            ifr.ifr_name[i] = b as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = &mut v as *mut EthtoolValue as *mut libc::c_char;
+        assert_eq!(
+            libc::ioctl(s.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+    v.data != 0
+}
+
+/// The first `want` frames in `rx`'s used ring, each with its header,
+/// from one-descriptor buffers of `size` bytes at `base`.
+fn wait_for_frames(
+    mem: &GuestMemoryMmap,
+    rx_used: u64,
+    base: u64,
+    size: u64,
+    want: u16,
+) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mem.read_obj::<u16>(GuestAddress(rx_used + 2)).unwrap() < want {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {want} frames arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (0..u64::from(want))
+        .map(|i| {
+            let e = rx_used + 4 + 8 * i;
+            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap();
+            let mut b = vec![0u8; len as usize];
+            mem.read_slice(&mut b, GuestAddress(base + u64::from(id) * size))
+                .unwrap();
+            b
+        })
+        .collect()
+}
+
+fn offloads_in_own_netns() -> Result<(), String> {
+    // SAFETY: affects only this (test) thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "SKIP unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let tap = open_tap(TAP).map_err(|e| format!("SKIP {e}"))?;
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TAP}/disable_ipv6"), "1");
+    let (packets, ifindex) = packet_socket().map_err(|e| format!("packet socket: {e}"))?;
+    let gso = gso_socket().map_err(|e| format!("PACKET_VNET_HDR socket: {e}"))?;
+    let mut dev = Net::new(tap, GUEST_MAC, SeccompMode::Kill).map_err(|e| e.to_string())?;
+    let offered = dev.features();
+    for bit in [0, 1, 7, 8, 11, 12] {
+        assert_ne!(offered & (1 << bit), 0, "feature bit {bit} offered");
+    }
+    let mem = create_guest_memory(16).unwrap();
+    let payload: Vec<u8> = (0..GSO_PAYLOAD).map(|i| (i % 251) as u8).collect();
+    let segment = tcp_frame(&payload);
+    let kick = || Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    let irq = || Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+
+    // A driver without offloads: the segment reaches it cut into
+    // GSO_SIZE pieces with plain headers.
+    let (rx, tx) = (queue(0, 256), queue(1, 256));
+    let rx_used = rx.used_ring();
+    rx_buffers(&mem, &rx, 0x20_0000, 8, 0x800);
+    dev.activate(
+        mem.clone(),
+        1 << 32,
+        vec![(rx, kick()), (tx, kick())],
+        irq(),
+    )
+    .map_err(|e| e.to_string())?;
+    assert!(!tap_tso(), "no TSO on the TAP for a driver without it");
+    // First a plain frame larger than the driver's 2 KiB buffers (the
+    // link's MTU allows it): dropped, not truncated into a buffer.
+    set_tap_mtu(4000);
+    send_into_tap(
+        &packets,
+        ifindex,
+        &frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], &[7u8; 3000]),
+    );
+    send_gso(&gso, ifindex, &segment);
+    let frames = wait_for_frames(&mem, rx_used, 0x20_0000, 0x800, 3);
+    let mut joined = Vec::new();
+    for f in &frames {
+        assert_eq!(f.len(), VNET_HDR_LEN + HEADERS + usize::from(GSO_SIZE));
+        assert_eq!(&f[..2], &[0, 0], "flags and gso_type: a plain frame");
+        joined.extend_from_slice(&f[VNET_HDR_LEN + HEADERS..]);
+    }
+    assert_eq!(joined, payload, "the pieces carry the payload in order");
+    dev.reset();
+
+    // A driver that takes checksum offload and TSO4, with 64 KiB
+    // buffers: the segment arrives whole, its metadata in the header.
+    let (rx, tx) = (queue(2, 256), queue(3, 256));
+    let rx_used = rx.used_ring();
+    rx_buffers(&mem, &rx, 0x40_0000, 4, 0x1_0000);
+    let tso4 = (1 << 32) | (1 << 1) | (1 << 7);
+    dev.activate(mem.clone(), tso4, vec![(rx, kick()), (tx, kick())], irq())
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !tap_tso() {
+        assert!(Instant::now() < deadline, "the TAP's TSO stayed off");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    send_gso(&gso, ifindex, &segment);
+    let frames = wait_for_frames(&mem, rx_used, 0x40_0000, 0x1_0000, 1);
+    let f = &frames[0];
+    assert_eq!(f.len(), VNET_HDR_LEN + segment.len(), "one whole segment");
+    assert_eq!(f[0] & 1, 1, "NEEDS_CSUM: the guest finishes the checksum");
+    assert_eq!(f[1], 1, "gso_type TCPV4");
+    assert_eq!(u16::from_le_bytes([f[4], f[5]]), GSO_SIZE, "gso_size");
+    assert_eq!(&f[VNET_HDR_LEN + HEADERS..], &payload[..]);
+
+    // A reset takes the offloads back: the next driver may not want them.
+    dev.reset();
+    assert!(!tap_tso(), "TSO still on after the reset");
+    drop(dev);
+    Ok(())
+}
+
+#[test]
+fn offloads_follow_the_drivers_features_and_end_with_a_reset() {
+    let result = std::thread::spawn(offloads_in_own_netns).join().unwrap();
     match result {
         Err(e) if e.starts_with("SKIP ") => println!("SKIPPED: {}", &e[5..]),
         Err(e) => panic!("{e}"),

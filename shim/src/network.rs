@@ -20,7 +20,7 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// The TAP's name in the pod's namespace.
@@ -40,7 +40,9 @@ pub enum NetworkError {
         message: String,
     },
     #[error("creating the TAP device: {0}")]
-    Tap(std::io::Error),
+    Tap(#[from] husk_hypervisor::tap::TapError),
+    #[error("the TAP {0} vanished after it was created")]
+    TapVanished(&'static str),
 }
 
 fn netlink(context: &'static str) -> impl Fn(rtnetlink::Error) -> NetworkError {
@@ -195,7 +197,7 @@ async fn attach_in_ns(handle: Handle, netns: PathBuf) -> Result<Option<PodNetwor
         .await
         .map_err(netlink("finding the TAP"))?
         .map(|l| l.header.index)
-        .ok_or_else(|| NetworkError::Tap(std::io::Error::other("the TAP vanished")))?;
+        .ok_or(NetworkError::TapVanished(TAP_NAME))?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).up().build())
@@ -317,34 +319,11 @@ where
         .collect())
 }
 
-/// /dev/net/tun with TUNSETIFF: a TAP without packet information headers.
-/// Not persistent, so it goes away with the last open fd.
+/// The pod's TAP, as both VMMs take it (vnet header on, offloads off
+/// until the guest driver asks). Not persistent, so it goes away with the
+/// last open fd.
 fn open_tap(name: &str) -> Result<OwnedFd, NetworkError> {
-    use nix::libc;
-    let fd = nix::fcntl::open(
-        c"/dev/net/tun",
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| NetworkError::Tap(e.into()))?;
-    // SAFETY: open returned this fd and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *dst = src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    // SAFETY: TUNSETIFF reads and writes one ifreq.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut ifr) } == -1 {
-        return Err(NetworkError::Tap(std::io::Error::last_os_error()));
-    }
-    Ok(fd)
+    Ok(husk_hypervisor::tap::open_tap(name)?.into())
 }
 
 impl PodNetwork {

@@ -8,11 +8,12 @@
 use anyhow::{bail, Context, Result};
 use husk_hypervisor::builtin::jail::Jail;
 use husk_hypervisor::builtin::seccomp::{self, SeccompMode, ThreadKind};
-use husk_hypervisor::builtin::virtio::net::{open_tap, Net};
+use husk_hypervisor::builtin::virtio::net::Net;
 use husk_hypervisor::builtin::virtio::rng::Rng;
 use husk_hypervisor::builtin::virtio::vhost_user::VhostUserDevice;
 use husk_hypervisor::builtin::virtio::VirtioDevice;
 use husk_hypervisor::builtin::{vcpu::VcpuStop, VmConfig, VmEvent, Vmm};
+use husk_hypervisor::tap::{adopt_tap, open_tap};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -165,7 +166,8 @@ fn run() -> Result<()> {
                     .with_context(|| format!("--net-tap {tap:?}: no such open fd"))?;
                 // SAFETY: the fd was passed to this process for this use and
                 // nothing else here owns it (checked open just above).
-                unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+                let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                adopt_tap(file, &format!("--net-tap {tap}"))?
             }
             None => open_tap(tap)?,
         };

@@ -146,6 +146,14 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             map.insert(libc::SYS_ppoll, Vec::new());
             // virtio-rng's source.
             map.insert(libc::SYS_getrandom, Vec::new());
+            // virtio-net: the TAP's offloads follow the driver's features.
+            let offload = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                crate::tap::TUNSETOFFLOAD() as u64,
+            )?;
+            map.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![offload])?]);
         }
         ThreadKind::VhostUser => {
             // vhost-user messages (with fds), the call eventfds it makes,
