@@ -12,6 +12,7 @@
 
 use husk_hypervisor::builtin::guest_image::{self, Asm};
 use husk_hypervisor::builtin::probe::kvm_runs_guest_code;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,16 +73,41 @@ fn main() {
     let kernel = dir.path().join("first.elf");
     std::fs::write(&kernel, guest_image::elf(&a.code, 0, false)).unwrap();
 
+    let plain = measure("plain", &kernel, dir.path(), runs, &[]);
+    print_table("husk-vmm alone", runs, plain);
+    // As the shim starts it, less the daemons: with virtio-rng and jailed.
+    if nix::unistd::geteuid().is_root() {
+        let jail = dir.path().to_str().unwrap().to_owned();
+        let hardened = measure(
+            "jailed",
+            &kernel,
+            dir.path(),
+            runs,
+            &["--rng", "--jail", &jail],
+        );
+        print_table("husk-vmm --rng --jail", runs, hardened);
+    } else {
+        println!("SKIPPED (--jail row): --jail needs root");
+    }
+}
+
+/// `runs` starts of husk-vmm with `extra` arguments (`tag` names the
+/// console logs): (ms from spawn to the
+/// guest's first instruction, VMM RSS without guest RAM, guest RAM
+/// resident), one sample per run.
+fn measure(tag: &str, kernel: &Path, dir: &Path, runs: usize, extra: &[&str]) -> [Vec<f64>; 3] {
     let (mut start_ms, mut rss, mut guest) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        let log = dir.path().join(format!("console-{i}.log"));
+        // A fresh name per configuration: an old log would read as output.
+        let log = dir.join(format!("console-{tag}-{i}.log"));
         let t0 = Instant::now();
         let mut child = Command::new(HUSK_VMM)
             .arg("--kernel")
-            .arg(&kernel)
+            .arg(kernel)
             .arg("--console-log")
             .arg(&log)
             .args(["--memory-mib", &GUEST_MIB.to_string()])
+            .args(extra)
             .env("HUSK_VMM_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -116,7 +142,11 @@ fn main() {
         assert!(status.success(), "run {i}: husk-vmm exited {status:?}");
     }
 
-    println!("husk-vmm start, {runs} runs, guest {GUEST_MIB} MiB, 1 vCPU:");
+    [start_ms, rss, guest]
+}
+
+fn print_table(what: &str, runs: usize, [mut start_ms, mut rss, mut guest]: [Vec<f64>; 3]) {
+    println!("{what}, {runs} runs, guest {GUEST_MIB} MiB, 1 vCPU:");
     println!("| metric | min | median | max |");
     println!("|---|---|---|---|");
     let row = |name: &str, v: &mut [f64], unit: &str| {
