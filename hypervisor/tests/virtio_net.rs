@@ -255,28 +255,7 @@ fn rx_buffers(mem: &GuestMemoryMmap, rx: &Queue, base: u64, count: u16, size: u3
 
 /// Sends `f` into the TAP interface from the host side.
 fn send_into_tap(packets: &OwnedFd, ifindex: i32, f: &[u8]) {
-    // SAFETY: sending a buffer we own to an address we built.
-    let sent = unsafe {
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
-        libc::sendto(
-            packets.as_raw_fd(),
-            f.as_ptr() as *const _,
-            f.len(),
-            0,
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(
-        sent,
-        f.len() as isize,
-        "{}",
-        std::io::Error::last_os_error()
-    );
+    send_raw(packets, ifindex, f, 0);
 }
 
 /// The first frame of our ethertype the device put in the rx buffers at
@@ -390,15 +369,17 @@ fn send_gso(sock: &OwnedFd, ifindex: i32, frame: &[u8]) {
     b.extend_from_slice(&34u16.to_le_bytes()); // csum_start: the TCP header
     b.extend_from_slice(&16u16.to_le_bytes()); // csum_offset: its checksum
     b.extend_from_slice(frame);
-    send_raw(sock, ifindex, &b);
+    send_raw(sock, ifindex, &b, 0x0800);
 }
 
-fn send_raw(sock: &OwnedFd, ifindex: i32, bytes: &[u8]) {
+/// Sends `bytes` on packet socket `sock` out of interface `ifindex` to
+/// the guest's MAC, as `protocol` (0: the socket's own).
+fn send_raw(sock: &OwnedFd, ifindex: i32, bytes: &[u8], protocol: u16) {
     // SAFETY: sending a buffer we own to an address we built.
     let sent = unsafe {
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = 0x0800u16.to_be();
+        sll.sll_protocol = protocol.to_be();
         sll.sll_ifindex = ifindex;
         sll.sll_halen = 6;
         sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);

@@ -146,18 +146,15 @@ impl VirtioDevice for Net {
                 reason: format!("{} queues ready, rx and tx needed", queues.len()),
             });
         }
-        let gone = || ActivateError {
-            device: "net",
-            reason: "its thread has ended".into(),
-        };
-        self.worker
-            .activate(Activation {
+        self.worker.activate_device(
+            "net",
+            Activation {
                 mem,
                 features,
                 queues,
                 interrupt,
-            })
-            .map_err(|_| gone())
+            },
+        )
     }
     fn reset(&mut self) {
         // Frames the guest had queued and not yet sent are dropped, as on

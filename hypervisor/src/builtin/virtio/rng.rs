@@ -80,14 +80,15 @@ impl VirtioDevice for Rng {
             (Some(q), true) => q,
             _ => return Err(err("exactly one queue must be ready".into())),
         };
-        self.worker
-            .activate(Activation {
+        self.worker.activate_device(
+            "rng",
+            Activation {
                 mem,
                 queue,
                 kick,
                 interrupt,
-            })
-            .map_err(|e| err(e.to_string()))
+            },
+        )
     }
     fn reset(&mut self) {
         if !self.worker.reset() {

@@ -264,18 +264,15 @@ impl VirtioDevice for VhostUserDevice {
         queues: Vec<(Queue, Arc<EventFd>)>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let gone = || ActivateError {
-            device: self.name,
-            reason: "its vhost-user thread has ended".into(),
-        };
-        self.worker
-            .activate(Activation {
+        self.worker.activate_device(
+            self.name,
+            Activation {
                 mem,
                 features,
                 queues,
                 interrupt,
-            })
-            .map_err(|_| gone())
+            },
+        )
     }
     fn reset(&mut self) {
         // Returns once the daemon has stopped every ring: the driver may
@@ -313,7 +310,7 @@ fn device_thread(
                 // The driver sees a device that never answers until it
                 // resets it; the host sees why in the log.
                 tracing::error!("vhost-user {name} at {}: {e}", socket.display());
-                wait_for_reset(&end)
+                end.wait_until_stopped()
             }
         };
         if next == Next::Exit {
@@ -322,23 +319,6 @@ fn device_thread(
         stop_rings(name, &mut fe, offered, act.queues.len());
         set_verdict(&activated, None);
         end.ack_reset();
-    }
-}
-
-/// Blocks until the driver resets the device or the device is dropped.
-fn wait_for_reset(end: &WorkerEnd<Activation>) -> Next {
-    loop {
-        let mut p = libc::pollfd {
-            fd: end.wake_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, -1) };
-        match end.next() {
-            Next::Serve => continue,
-            stop => return stop,
-        }
     }
 }
 
@@ -446,7 +426,7 @@ fn relay_interrupts(
                 std::io::Error::last_os_error()
             );
             // Serve nothing more, but still answer a reset or the drop.
-            return wait_for_reset(end);
+            return end.wait_until_stopped();
         }
         let mut fired = false;
         for (pfd, (_, call)) in fds.iter_mut().zip(calls) {

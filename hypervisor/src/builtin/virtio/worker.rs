@@ -9,6 +9,7 @@
 //! of them. A wake eventfd beside the thread's own fds makes that prompt,
 //! and lets the thread sleep in poll without a timeout.
 
+use super::ActivateError;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
@@ -97,6 +98,15 @@ impl<A: Send + 'static> Worker<A> {
         self.send(Control::Activate(a))
     }
 
+    /// [`activate`](Self::activate) for `device`'s
+    /// [`VirtioDevice::activate`](super::VirtioDevice::activate).
+    pub fn activate_device(&self, device: &'static str, a: A) -> Result<(), ActivateError> {
+        self.activate(a).map_err(|e| ActivateError {
+            device,
+            reason: e.to_string(),
+        })
+    }
+
     /// Tells the thread to let go of the queues and waits until it has
     /// (or has ended). False if it did not answer in [`RESET_TIMEOUT`].
     pub fn reset(&self) -> bool {
@@ -162,6 +172,24 @@ impl<A> WorkerEnd<A> {
         }
     }
 
+    /// Blocks until the driver resets the device or the device is dropped
+    /// (for a thread with nothing else to wait on).
+    pub fn wait_until_stopped(&self) -> Next {
+        loop {
+            let mut p = libc::pollfd {
+                fd: self.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, -1) };
+            match self.next() {
+                Next::Serve => continue,
+                stop => return stop,
+            }
+        }
+    }
+
     /// The queues are let go of: the vCPU thread's reset may return.
     pub fn ack_reset(&self) {
         let _ = self.reset_done.send(());
@@ -178,24 +206,11 @@ mod tests {
         let w = Worker::spawn("t".into(), move |end: WorkerEnd<u32>| {
             while let Some(a) = end.wait_activation() {
                 seen_tx.send(format!("activate {a}")).unwrap();
-                loop {
-                    let mut p = libc::pollfd {
-                        fd: end.wake_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, -1) };
-                    match end.next() {
-                        Next::Serve => continue,
-                        Next::Reset => {
-                            seen_tx.send("let go".into()).unwrap();
-                            end.ack_reset();
-                            break;
-                        }
-                        Next::Exit => return,
-                    }
+                if end.wait_until_stopped() == Next::Exit {
+                    return;
                 }
+                seen_tx.send("let go".into()).unwrap();
+                end.ack_reset();
             }
         })
         .unwrap();
@@ -217,20 +232,10 @@ mod tests {
         let w = Worker::spawn("t".into(), |end: WorkerEnd<()>| {
             while end.wait_activation().is_some() {
                 // Serve until reset, as a device does.
-                loop {
-                    let mut p = libc::pollfd {
-                        fd: end.wake_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, -1) };
-                    match end.next() {
-                        Next::Serve => continue,
-                        Next::Reset => break end.ack_reset(),
-                        Next::Exit => return,
-                    }
+                if end.wait_until_stopped() == Next::Exit {
+                    return;
                 }
+                end.ack_reset();
             }
         })
         .unwrap();
