@@ -117,7 +117,11 @@ fn wait_for_interrupt(irq: &EventFd, what: &str) {
     }
 }
 
-fn run_in_own_netns() -> Result<(), String> {
+/// In a new network namespace for the calling thread: the TAP, up and
+/// without IPv6 (no router solicitations into the guest's buffers), and a
+/// packet socket bound to it with its ifindex. Err("SKIP ...") where
+/// namespaces or TAPs are not allowed.
+fn tap_in_own_netns() -> Result<(std::fs::File, OwnedFd, i32), String> {
     // SAFETY: affects only this (test) thread.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(format!(
@@ -126,9 +130,23 @@ fn run_in_own_netns() -> Result<(), String> {
         ));
     }
     let tap = open_tap(TAP).map_err(|e| format!("SKIP {e}"))?;
-    // No IPv6 chatter (router solicitations) into the guest's buffers.
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TAP}/disable_ipv6"), "1");
     let (packets, ifindex) = packet_socket().map_err(|e| format!("packet socket: {e}"))?;
+    Ok((tap, packets, ifindex))
+}
+
+/// Runs `test` on a thread of its own: the network namespace is per
+/// thread, and the device thread started from it inherits it.
+fn in_own_thread(test: fn() -> Result<(), String>) {
+    match std::thread::spawn(test).join().unwrap() {
+        Err(e) if e.starts_with("SKIP ") => println!("SKIPPED: {}", &e[5..]),
+        Err(e) => panic!("{e}"),
+        Ok(()) => {}
+    }
+}
+
+fn run_in_own_netns() -> Result<(), String> {
+    let (tap, packets, ifindex) = tap_in_own_netns()?;
 
     let mut dev = Net::new(tap, GUEST_MAC, SeccompMode::Kill).map_err(|e| e.to_string())?;
     assert_eq!(dev.device_type(), VIRTIO_ID_NET);
@@ -288,14 +306,7 @@ fn wait_for_ours(mem: &GuestMemoryMmap, rx_used: u64, buffers: u64) -> Vec<u8> {
 
 #[test]
 fn frames_cross_between_guest_queues_and_a_tap_device() {
-    // A thread of its own: the network namespace is per thread, and the
-    // device thread started from it inherits it.
-    let result = std::thread::spawn(run_in_own_netns).join().unwrap();
-    match result {
-        Err(e) if e.starts_with("SKIP ") => println!("SKIPPED: {}", &e[5..]),
-        Err(e) => panic!("{e}"),
-        Ok(()) => {}
-    }
+    in_own_thread(run_in_own_netns);
 }
 
 // Offloads. A 3000-byte TCP send with TSO metadata goes into the TAP from
@@ -480,16 +491,7 @@ fn wait_for_frames(
 }
 
 fn offloads_in_own_netns() -> Result<(), String> {
-    // SAFETY: affects only this (test) thread.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "SKIP unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let tap = open_tap(TAP).map_err(|e| format!("SKIP {e}"))?;
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TAP}/disable_ipv6"), "1");
-    let (packets, ifindex) = packet_socket().map_err(|e| format!("packet socket: {e}"))?;
+    let (tap, packets, ifindex) = tap_in_own_netns()?;
     let gso = gso_socket().map_err(|e| format!("PACKET_VNET_HDR socket: {e}"))?;
     let mut dev = Net::new(tap, GUEST_MAC, SeccompMode::Kill).map_err(|e| e.to_string())?;
     let offered = dev.features();
@@ -565,10 +567,5 @@ fn offloads_in_own_netns() -> Result<(), String> {
 
 #[test]
 fn offloads_follow_the_drivers_features_and_end_with_a_reset() {
-    let result = std::thread::spawn(offloads_in_own_netns).join().unwrap();
-    match result {
-        Err(e) if e.starts_with("SKIP ") => println!("SKIPPED: {}", &e[5..]),
-        Err(e) => panic!("{e}"),
-        Ok(()) => {}
-    }
+    in_own_thread(offloads_in_own_netns);
 }
