@@ -18,6 +18,7 @@ mod daemon;
 mod error;
 mod preflight;
 mod qemu;
+mod supervisor;
 pub mod tap;
 mod vm;
 mod vsock;

@@ -70,6 +70,8 @@ pub struct MicroVm {
     fs: Option<Daemon>,
     vsock: Option<Daemon>,
     vmm: Option<Daemon>,
+    /// Kills the VMM when a device daemon dies (see `supervisor`).
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl MicroVm {
@@ -147,6 +149,7 @@ impl MicroVm {
             fs: None,
             vsock: None,
             vmm: None,
+            watcher: None,
         };
         match vm.boot(config, &spec, hypervisor.as_ref(), started).await {
             Ok(()) => Ok(vm),
@@ -230,6 +233,7 @@ impl MicroVm {
             &self.dir.join(VMM_LOG),
         )?);
         self.timings.vmm_spawn = vmm_started.elapsed();
+        self.watcher = self.watch_daemons();
 
         self.wait_for_agent().await?;
         self.timings.agent_ready = vmm_started.elapsed();
@@ -241,6 +245,28 @@ impl MicroVm {
             "VM ready"
         );
         Ok(())
+    }
+
+    /// Starts the watch that fails the VM when a device daemon dies; None
+    /// (logged) where pidfds are not available.
+    fn watch_daemons(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let open = |d: &Daemon| crate::supervisor::Pidfd::open(d.pid());
+        let result = (|| {
+            let vmm = open(self.vmm.as_ref()?);
+            let daemons = [&self.fs, &self.vsock]
+                .into_iter()
+                .flatten()
+                .map(|d| open(d).map(|fd| (d.name, fd)))
+                .collect::<std::io::Result<Vec<_>>>();
+            Some(vmm.and_then(|vmm| Ok((vmm, daemons?))))
+        })()?;
+        match result {
+            Ok((vmm, daemons)) => Some(crate::supervisor::watch(self.id.clone(), vmm, daemons)),
+            Err(err) => {
+                tracing::warn!(vm_id = %self.id, %err, "cannot watch the device daemons (pidfd_open)");
+                None
+            }
+        }
     }
 
     /// Waits for the agent's console marker, then probes Health until it
@@ -357,6 +383,10 @@ impl MicroVm {
     /// ends the daemons and removes the run directory. Safe to call again.
     /// Returns how the VMM ended (None if it never started).
     pub async fn stop(&mut self) -> Option<ExitStatus> {
+        // Daemons end on purpose from here on.
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
         let grace = Duration::from_secs(self.timeouts.shutdown_secs);
         let running = self.vmm.as_mut().is_some_and(|v| v.try_exit().is_none());
         if running {
@@ -414,6 +444,9 @@ impl Drop for MicroVm {
     /// Last resort when `stop` was not awaited: the daemons are SIGKILLed by
     /// `kill_on_drop`; the directory goes here.
     fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -45,6 +45,7 @@ impl Containerd {
         let husk_config = d.join("husk.toml");
         let mut config = husk_config::Config::load_default().expect("husk configuration");
         config.hypervisor.runtime_dir = husk_runtime.clone();
+        println!("{}", crate::backend_line(&config));
         std::fs::write(&husk_config, config.to_toml()).unwrap();
         let cfg = d.join("config.toml");
         let plugins = match cri {

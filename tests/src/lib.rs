@@ -14,6 +14,23 @@ pub fn test_config(runtime_dir: &Path) -> Config {
     config
 }
 
+/// The VMM the end-to-end suites get on this host, resolved as the shim
+/// resolves it, as one line for their output. Where `auto` cannot take
+/// the built-in VMM (no vmx/svm, as on PVM) the suite's run on it is
+/// SKIPPED, and the line says why.
+pub fn backend_line(config: &Config) -> String {
+    let accel = husk_hypervisor::detect_accelerator();
+    let d = husk_hypervisor::resolve_backend(
+        config.hypervisor.backend,
+        &accel,
+        config.hypervisor.vmm_path.exists(),
+    );
+    match d.backend {
+        husk_config::Backend::Builtin => format!("VMM: built-in husk-vmm ({})", d.reason),
+        _ => format!("VMM: QEMU. SKIPPED on the built-in VMM: {}", d.reason),
+    }
+}
+
 /// Fails the test with the fix when the guest artifacts are missing: they are
 /// built here, so their absence is a setup error, not a reason to skip.
 pub fn require_guest_artifacts(config: &Config) {

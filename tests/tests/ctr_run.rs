@@ -3,7 +3,7 @@
 //! shared with runc is compared scenario by scenario in `parity.rs`. Each
 //! test starts its own containerd and checks that nothing of the VM is left.
 
-use husk_tests::containerd::processes_mentioning;
+use husk_tests::containerd::{processes_mentioning, Containerd};
 use husk_tests::ctr::*;
 use husk_tests::*;
 use std::process::{Command, Stdio};
@@ -82,26 +82,48 @@ fn missing_entrypoint_fails_like_runc_and_leaves_nothing() {
     assert_nothing_left(&ctrd);
 }
 
+/// SIGKILLs the one process of VM `id` whose name starts with `comm`.
+fn kill_vm_process(ctrd: &Containerd, id: &str, comm: &str) {
+    let vm_dir = ctrd.husk_runtime.join("vms").join(id).display().to_string();
+    let found: Vec<u32> = processes_mentioning(&vm_dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with(comm))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one {comm} per VM: {found:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(found[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
 #[test]
 fn vm_killed_mid_run_fails_the_task_without_hanging() {
     let ctrd = setup();
     let mut child = spawn_sleeper(&ctrd, HUSK, "crash");
     wait_running(&ctrd, "crash");
-    let vm_dir = ctrd.husk_runtime.join("vms/crash").display().to_string();
-    let qemu: Vec<u32> = processes_mentioning(&vm_dir)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
-        })
-        .collect();
-    assert_eq!(qemu.len(), 1, "one QEMU per VM: {qemu:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(qemu[0] as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_vm_process(&ctrd, "crash", "qemu");
     let status = wait_exit(&mut child, "ctr run hangs after the VM died");
     assert!(!status.success(), "the task should fail when its VM dies");
+    assert_nothing_left(&ctrd);
+}
+
+/// The container's root file system is virtiofsd's: when it dies the VM
+/// goes down with it (nothing could reconnect it), so the task fails
+/// instead of hanging on its next file access.
+#[test]
+fn a_dead_virtiofsd_fails_the_task_without_hanging() {
+    let ctrd = setup();
+    let mut child = spawn_sleeper(&ctrd, HUSK, "nofs");
+    wait_running(&ctrd, "nofs");
+    kill_vm_process(&ctrd, "nofs", "virtiofsd");
+    let status = wait_exit(&mut child, "ctr run hangs after virtiofsd died");
+    assert!(
+        !status.success(),
+        "the task should fail when virtiofsd dies"
+    );
     assert_nothing_left(&ctrd);
 }
 

@@ -157,6 +157,42 @@ async fn sigkill_of_qemu_leaves_no_process_socket_or_directory() {
     assert!(entries(&runtime.path().join("vms")).is_empty());
 }
 
+/// A device daemon that dies takes its VM down: neither VMM can reconnect
+/// a vhost-user device, and a guest waiting on it would hang. The VMM gets
+/// SIGKILL from the watcher, and stop() leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_device_daemon_takes_the_vm_down() {
+    for daemon in ["virtiofsd", "vhost-device-vsock"] {
+        let runtime = tempfile::tempdir().unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        let config = test_config(runtime.path());
+        require_guest_artifacts(&config);
+        let mut vm = MicroVm::start(&config, spec("orphaned", shared.path()))
+            .await
+            .expect("VM start");
+        let pids = vm.pids();
+        let victim = match daemon {
+            "virtiofsd" => pids.virtiofsd,
+            _ => pids.vsock_backend,
+        };
+        kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(20), vm.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the VM outlived its {daemon}"))
+            .unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(libc_sigkill()),
+            "{daemon} died: the VMM should have been killed, it ended with {status}"
+        );
+        vm.stop().await;
+        for pid in [pids.vmm, pids.virtiofsd, pids.vsock_backend] {
+            assert!(!process_alive(pid), "{daemon}: pid {pid} survived");
+        }
+        assert!(entries(&runtime.path().join("vms")).is_empty());
+    }
+}
+
 fn libc_sigkill() -> i32 {
     Signal::SIGKILL as i32
 }
