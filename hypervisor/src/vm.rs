@@ -250,17 +250,16 @@ impl MicroVm {
     /// Starts the watch that fails the VM when a device daemon dies; None
     /// (logged) where pidfds are not available.
     fn watch_daemons(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let open = |d: &Daemon| crate::supervisor::Pidfd::open(d.pid());
-        let result = (|| {
-            let vmm = open(self.vmm.as_ref()?);
+        let open = |d: &Daemon| crate::supervisor::Pidfd::open(d.pid()).map(|fd| (d.name, fd));
+        let opened = open(self.vmm.as_ref()?).and_then(|(_, vmm)| {
             let daemons = [&self.fs, &self.vsock]
                 .into_iter()
                 .flatten()
-                .map(|d| open(d).map(|fd| (d.name, fd)))
-                .collect::<std::io::Result<Vec<_>>>();
-            Some(vmm.and_then(|vmm| Ok((vmm, daemons?))))
-        })()?;
-        match result {
+                .map(open)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            Ok((vmm, daemons))
+        });
+        match opened {
             Ok((vmm, daemons)) => Some(crate::supervisor::watch(self.id.clone(), vmm, daemons)),
             Err(err) => {
                 tracing::warn!(vm_id = %self.id, %err, "cannot watch the device daemons (pidfd_open)");
