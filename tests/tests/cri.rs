@@ -303,10 +303,23 @@ fn pause_image_reaps_orphans_and_stops_on_sigterm(handler: &str) {
     let mut spec = ContainerSpec::new("pause", &[]);
     spec.image = PAUSE_IMAGE.into();
     let id = cri.create_and_start(&pod, &spec);
-    let procs = processes_seen_by(&cri, &id);
+    // The script's own `sleep` must be there before the orphan is made:
+    // seen only afterwards, it would count as a second orphan.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let procs = loop {
+        let procs = processes_seen_by(&cri, &id);
+        if procs.iter().any(|p| p.1 == "sleep" && p.3 == 1) || Instant::now() > deadline {
+            break procs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         procs.iter().any(|p| p.0 == 1 && p.1 == "pause"),
         "PID 1 is not the pause script: {procs:?}"
+    );
+    assert!(
+        procs.iter().any(|p| p.1 == "sleep" && p.3 == 1),
+        "the pause script never started its sleep: {procs:?}"
     );
     let before: Vec<u32> = procs.iter().map(|p| p.0).collect();
     // The orphan lets go of the exec's output, or ExecSync waits for it.
