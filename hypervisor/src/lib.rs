@@ -20,6 +20,8 @@ mod preflight;
 mod qemu;
 mod supervisor;
 pub mod tap;
+#[cfg(test)]
+mod test_support;
 mod vm;
 mod vsock;
 

@@ -94,33 +94,8 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{launch, value_after};
     use crate::NetLaunch;
-
-    fn launch(accelerator: Accelerator) -> VmLaunch {
-        VmLaunch {
-            id: "t1".into(),
-            accelerator,
-            vcpus: 2,
-            memory_mib: 128,
-            kernel: "/k/vmlinux".into(),
-            initrd: "/k/initrd".into(),
-            cmdline: "console=ttyS0 reboot=t".into(),
-            run_dir: "/run/x".into(),
-            console_log: "/run/x/console.log".into(),
-            vsock_vhost_socket: "/run/x/vhost-vsock.sock".into(),
-            fs_vhost_socket: "/run/x/vhost-fs.sock".into(),
-            fs_tag: "husk-shared".into(),
-            nets: Vec::new(),
-        }
-    }
-
-    fn value_after(args: &[String], flag: &str) -> String {
-        let i = args
-            .iter()
-            .position(|a| a == flag)
-            .unwrap_or_else(|| panic!("{flag} missing"));
-        args[i + 1].clone()
-    }
 
     #[test]
     fn tcg_uses_cpu_max_and_kvm_uses_cpu_host() {

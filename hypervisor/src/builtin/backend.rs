@@ -72,38 +72,24 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{launch, value_after};
     use crate::Accelerator;
 
     #[test]
     fn arguments_carry_every_field_of_the_launch() {
-        let l = VmLaunch {
-            id: "t1".into(),
-            accelerator: Accelerator::Kvm,
-            vcpus: 2,
-            memory_mib: 128,
-            kernel: "/k/vmlinux".into(),
-            initrd: "/k/initrd".into(),
-            cmdline: "console=ttyS0 reboot=t".into(),
-            run_dir: "/run/x".into(),
-            console_log: "/run/x/console.log".into(),
-            vsock_vhost_socket: "/run/x/vhost-vsock.sock".into(),
-            fs_vhost_socket: "/run/x/vhost-fs.sock".into(),
-            fs_tag: "husk-shared".into(),
-            nets: vec![crate::NetLaunch {
-                mac: "02:00:00:00:00:07".into(),
-            }],
-        };
+        let mut l = launch(Accelerator::Kvm);
+        l.nets = vec![crate::NetLaunch {
+            mac: "02:00:00:00:00:07".into(),
+        }];
         let args = husk_vmm_args(&l);
-        let after = |flag: &str| {
-            let i = args.iter().position(|a| a == flag).unwrap();
-            args[i + 1].as_str()
-        };
+        let after = |flag: &str| value_after(&args, flag);
         assert_eq!(after("--kernel"), "/k/vmlinux");
         assert_eq!(after("--net-tap"), "fd:3");
         assert_eq!(after("--net-mac"), "02:00:00:00:00:07");
         assert_eq!(after("--initrd"), "/k/initrd");
         assert_eq!(after("--cmdline"), "console=ttyS0 reboot=t");
-        assert_eq!((after("--memory-mib"), after("--vcpus")), ("128", "2"));
+        assert_eq!(after("--memory-mib"), "128");
+        assert_eq!(after("--vcpus"), "2");
         assert_eq!(after("--console-log"), "/run/x/console.log");
         assert_eq!(after("--vsock-socket"), "/run/x/vhost-vsock.sock");
         assert_eq!(after("--fs-socket"), "/run/x/vhost-fs.sock");
