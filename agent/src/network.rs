@@ -71,34 +71,41 @@ fn name_of(link: &LinkMessage) -> Option<&str> {
     })
 }
 
-pub async fn configure(req: &ConfigureNetworkRequest) -> Result<(), NetworkError> {
+/// Runs `f` with a netlink handle on a connection of its own, closed after.
+async fn on_netlink<T, Fut>(f: impl FnOnce(Handle) -> Fut) -> Result<T, NetworkError>
+where
+    Fut: std::future::Future<Output = Result<T, NetworkError>>,
+{
     let (connection, handle, _) =
         rtnetlink::new_connection().map_err(|e| NetworkError::Netlink(e.to_string()))?;
     let task = tokio::spawn(connection);
-    let result = apply(&handle, req).await;
+    let result = f(handle).await;
     task.abort();
     result
+}
+
+async fn list_links(handle: &Handle) -> Result<Vec<LinkMessage>, NetworkError> {
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing links"))
+}
+
+pub async fn configure(req: &ConfigureNetworkRequest) -> Result<(), NetworkError> {
+    on_netlink(|handle| async move { apply(&handle, req).await }).await
 }
 
 /// Brings loopback up: a pod without a network (or before it has one)
 /// still has localhost, as its containers expect.
 pub async fn loopback_up() -> Result<(), NetworkError> {
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(|e| NetworkError::Netlink(e.to_string()))?;
-    let task = tokio::spawn(connection);
-    let result = async {
-        let links: Vec<LinkMessage> = handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(netlink("listing links"))?;
+    on_netlink(|handle| async move {
+        let links = list_links(&handle).await?;
         set_loopback_up(&handle, &links).await
-    }
-    .await;
-    task.abort();
-    result
+    })
+    .await
 }
 
 async fn set_loopback_up(handle: &Handle, links: &[LinkMessage]) -> Result<(), NetworkError> {
@@ -114,13 +121,7 @@ async fn set_loopback_up(handle: &Handle, links: &[LinkMessage]) -> Result<(), N
 }
 
 async fn apply(handle: &Handle, req: &ConfigureNetworkRequest) -> Result<(), NetworkError> {
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(netlink("listing links"))?;
+    let links = list_links(handle).await?;
     set_loopback_up(handle, &links).await?;
     let mut names = Vec::new();
     for (i, nic) in req.interfaces.iter().enumerate() {
