@@ -182,13 +182,6 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
         // The TAP then hands over only plain frames: slower, still right.
         tracing::warn!("net: TUNSETOFFLOAD {offloads:#x}: {e}");
     }
-    let stop = |why: Next, tap: &File| {
-        // A reset driver, or the next one, may not take offloaded frames.
-        if let Err(e) = set_offloads(tap, 0) {
-            tracing::warn!("net: clearing the TAP's offloads: {e}");
-        }
-        why
-    };
     let (mut tx_q, tx_kick) = queues.remove(TX);
     let (mut rx_q, rx_kick) = queues.remove(RX);
     let mut frame = vec![0u8; MAX_FRAME];
@@ -222,9 +215,14 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
         // SAFETY: `fds` is a valid pollfd array of its length.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if fds[3].revents & libc::POLLIN != 0 {
-            match end.next() {
-                Next::Serve => {}
-                why => return stop(why, tap),
+            let next = end.next();
+            if next != Next::Serve {
+                // A reset driver, or the next one, may not take offloaded
+                // frames.
+                if let Err(e) = set_offloads(tap, 0) {
+                    tracing::warn!("net: clearing the TAP's offloads: {e}");
+                }
+                return next;
             }
         }
         let mut used = false;
