@@ -43,19 +43,9 @@ fn packet_socket() -> std::io::Result<(OwnedFd, i32)> {
         if ifindex == 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let s = OwnedFd::from_raw_fd(s);
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in TAP.bytes().enumerate() {
-            ifr.ifr_name[i] = b as libc::c_char;
-        }
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_NOARP) as i16;
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        tap_ioctl(libc::SIOCSIFFLAGS, |ifr| {
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_NOARP) as i16;
+        })?;
         let p = libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
@@ -411,24 +401,29 @@ fn send_raw(sock: &OwnedFd, ifindex: i32, bytes: &[u8], protocol: u16) {
     );
 }
 
-fn set_tap_mtu(mtu: i32) {
-    // SAFETY: SIOCSIFMTU with an ifreq we own.
+/// An interface ioctl on `TAP`, its ifreq filled in by `fill`.
+fn tap_ioctl(request: libc::c_ulong, fill: impl FnOnce(&mut libc::ifreq)) -> std::io::Result<()> {
+    // SAFETY: a socket we own, and an ifreq we own carrying the name.
     unsafe {
         let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        assert!(s >= 0);
+        if s < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let s = OwnedFd::from_raw_fd(s);
         let mut ifr: libc::ifreq = std::mem::zeroed();
         for (i, b) in TAP.bytes().enumerate() {
             ifr.ifr_name[i] = b as libc::c_char;
         }
-        ifr.ifr_ifru.ifru_mtu = mtu;
-        assert_eq!(
-            libc::ioctl(s.as_raw_fd(), libc::SIOCSIFMTU, &ifr),
-            0,
-            "{}",
-            std::io::Error::last_os_error()
-        );
+        fill(&mut ifr);
+        if libc::ioctl(s.as_raw_fd(), request, &mut ifr) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
+    Ok(())
+}
+
+fn set_tap_mtu(mtu: i32) {
+    tap_ioctl(libc::SIOCSIFMTU, |ifr| ifr.ifr_ifru.ifru_mtu = mtu).expect("SIOCSIFMTU");
 }
 
 /// Whether the TAP does TCP segmentation offload now (ETHTOOL_GTSO): it
@@ -440,23 +435,11 @@ fn tap_tso() -> bool {
         data: u32,
     }
     let mut v = EthtoolValue { cmd: 0x1e, data: 0 };
-    // SAFETY: SIOCETHTOOL with an ifreq pointing at `v`, both ours.
-    unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        assert!(s >= 0);
-        let s = OwnedFd::from_raw_fd(s);
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in TAP.bytes().enumerate() {
-            ifr.ifr_name[i] = b as libc::c_char;
-        }
+    // The kernel writes the answer into `v` through the ifreq's pointer.
+    tap_ioctl(libc::SIOCETHTOOL, |ifr| {
         ifr.ifr_ifru.ifru_data = &mut v as *mut EthtoolValue as *mut libc::c_char;
-        assert_eq!(
-            libc::ioctl(s.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr),
-            0,
-            "{}",
-            std::io::Error::last_os_error()
-        );
-    }
+    })
+    .expect("ETHTOOL_GTSO");
     v.data != 0
 }
 
