@@ -12,6 +12,7 @@
 //! generic over the runtime handler.
 
 use crate::containerd::{mounts_under, processes_mentioning, Containerd};
+use crate::ip;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::collections::HashMap;
@@ -43,15 +44,7 @@ const SUBNET_PREFIX: [u8; 2] = [10, 250];
 
 /// The pause image archive built by scripts/setup.sh.
 pub fn pause_archive() -> PathBuf {
-    let path = std::env::var_os("HUSK_PAUSE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/local/share/husk/pause-oci.tar"));
-    assert!(
-        path.exists(),
-        "{} missing: run `sudo bash scripts/setup.sh`",
-        path.display()
-    );
-    path
+    crate::installed_archive("HUSK_PAUSE_IMAGE", "/usr/local/share/husk/pause-oci.tar")
 }
 
 /// Why the CRI harness cannot run on this host, if it cannot: the tests
@@ -198,15 +191,6 @@ impl Drop for PodNetwork {
             .args(["link", "del", &self.bridge])
             .output();
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// IPv4 prefixes in use on this host: interface addresses and routes.

@@ -16,15 +16,7 @@ pub const RUNC: &str = "io.containerd.runc.v2";
 
 /// The test image archive built by scripts/setup.sh.
 pub fn image_archive() -> PathBuf {
-    let path = std::env::var_os("HUSK_TEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/local/share/husk/busybox-oci.tar"));
-    assert!(
-        path.exists(),
-        "{} missing: run `sudo bash scripts/setup.sh`",
-        path.display()
-    );
-    path
+    crate::installed_archive("HUSK_TEST_IMAGE", "/usr/local/share/husk/busybox-oci.tar")
 }
 
 pub fn setup() -> Containerd {

@@ -197,6 +197,33 @@ mod tests {
         assert!(rss > 0);
     }
 }
+/// An image archive that scripts/setup.sh installs at `default` (or the
+/// path in `env`); fails the test with the fix when it is missing.
+pub fn installed_archive(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.exists(),
+        "{} missing: run `sudo bash scripts/setup.sh`",
+        path.display()
+    );
+    path
+}
+
+/// Runs `ip` with `args`; fails the test with its stderr if it fails.
+pub fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub mod containerd;
 pub mod cri;
 pub mod ctr;

@@ -7,6 +7,7 @@
 //! container, nothing of husk stays in the namespace.
 
 use husk_tests::ctr::*;
+use husk_tests::ip;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,15 +18,6 @@ struct TestNetns {
     host_if: String,
     host_ip: String,
     pod_ip: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl TestNetns {
@@ -137,16 +129,13 @@ impl Drop for TestNetns {
     }
 }
 
-/// Reads what a server in the pod at `ip:port` sends, retrying while it
-/// starts (bash's /dev/tcp: the host has no nc).
-fn fetch(ip: &str, port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// Runs `command` until it prints something or `patience` is over,
+/// every 300 ms: a server answers only once it has started, and takes one
+/// connection at a time. Returns what it printed last.
+fn output_when_ready(patience: Duration, command: impl Fn() -> Command) -> String {
+    let deadline = Instant::now() + patience;
     loop {
-        let out = Command::new("timeout")
-            .args(["3", "bash", "-c", &format!("cat < /dev/tcp/{ip}/{port}")])
-            .output()
-            .unwrap();
-        let got = text(&out.stdout);
+        let got = text(&command().output().unwrap().stdout);
         if !got.is_empty() || Instant::now() > deadline {
             return got;
         }
@@ -154,30 +143,30 @@ fn fetch(ip: &str, port: u16) -> String {
     }
 }
 
+/// Reads what a server in the pod at `ip:port` sends (bash's /dev/tcp:
+/// the host has no nc).
+fn fetch(ip: &str, port: u16) -> String {
+    output_when_ready(Duration::from_secs(120), || {
+        let mut c = Command::new("timeout");
+        c.args(["3", "bash", "-c", &format!("cat < /dev/tcp/{ip}/{port}")]);
+        c
+    })
+}
+
 /// What containerd's PortForward does: enter the pod's namespace and dial
 /// localhost there.
 fn fetch_in_netns(ns: &TestNetns, port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .args([
-                "timeout",
-                "5",
-                "bash",
-                "-c",
-                &format!("cat < /dev/tcp/127.0.0.1/{port}"),
-            ])
-            .output()
-            .unwrap();
-        let got = text(&out.stdout);
-        // The server takes one connection at a time: retry while it is
-        // between two.
-        if !got.is_empty() || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    output_when_ready(Duration::from_secs(60), || {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", ns.path())).args([
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            &format!("cat < /dev/tcp/127.0.0.1/{port}"),
+        ]);
+        c
+    })
 }
 
 fn scenario(

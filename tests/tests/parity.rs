@@ -693,35 +693,39 @@ fn missing_entrypoint(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
     o
 }
 
+/// Runs `args` with host path `src` bind-mounted at `dst` with `options`.
+fn run_with_bind(
+    ctx: &Ctx,
+    runtime: &str,
+    id: &str,
+    (src, dst, options): (&str, &str, &str),
+    args: &[&str],
+) -> std::process::Output {
+    let mount = format!("type=bind,src={src},dst={dst},options={options}");
+    run_with(&ctx.ctrd, runtime, &["--mount", &mount], id, args, None)
+}
+
 fn bind_ro(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
-    let mount = format!(
-        "type=bind,src={},dst=/h,options=rbind:ro",
-        ctx.host_dir.path().display()
-    );
-    let out = run_with(
-        &ctx.ctrd,
+    let dir = ctx.host_dir.path().display().to_string();
+    let out = run_with_bind(
+        ctx,
         runtime,
-        &["--mount", &mount],
         id,
+        (&dir, "/h", "rbind:ro"),
         &["sh", "-c", "cat /h/file; touch /h/new 2>&1; echo status=$?"],
-        None,
     );
     Outcome::of(&out)
 }
 
 /// Written in the container, seen on the host, removed by the container.
 fn bind_rw(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
-    let mount = format!(
-        "type=bind,src={},dst=/h,options=rbind:rw",
-        ctx.host_dir.path().display()
-    );
-    let out = run_with(
-        &ctx.ctrd,
+    let dir = ctx.host_dir.path().display().to_string();
+    let out = run_with_bind(
+        ctx,
         runtime,
-        &["--mount", &mount],
         id,
+        (&dir, "/h", "rbind:rw"),
         &["sh", "-c", "echo written in the container > /h/rw"],
-        None,
     );
     let on_host = std::fs::read_to_string(ctx.host_path("rw")).unwrap_or_default();
     let _ = std::fs::remove_file(ctx.host_path("rw"));
@@ -731,17 +735,13 @@ fn bind_rw(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
 }
 
 fn bind_file(ctx: &Ctx, runtime: &str, id: &str) -> Outcome {
-    let mount = format!(
-        "type=bind,src={},dst=/etc/hostfile,options=bind:ro",
-        ctx.host_path("file")
-    );
-    Outcome::of(&run_with(
-        &ctx.ctrd,
+    let file = ctx.host_path("file");
+    Outcome::of(&run_with_bind(
+        ctx,
         runtime,
-        &["--mount", &mount],
         id,
+        (&file, "/etc/hostfile", "bind:ro"),
         &["cat", "/etc/hostfile"],
-        None,
     ))
 }
 

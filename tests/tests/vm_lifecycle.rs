@@ -9,6 +9,28 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::process::ExitStatusExt;
 
+/// A runtime directory, a directory to share with the guest, and the
+/// configuration that puts VMs in the first; fails the test when the guest
+/// artifacts are missing.
+struct Fixture {
+    runtime: tempfile::TempDir,
+    shared: tempfile::TempDir,
+    config: husk_config::Config,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let runtime = tempfile::tempdir().unwrap();
+        let config = test_config(runtime.path());
+        require_guest_artifacts(&config);
+        Fixture {
+            runtime,
+            shared: tempfile::tempdir().unwrap(),
+            config,
+        }
+    }
+}
+
 fn spec(id: &str, shared: &std::path::Path) -> VmSpec {
     VmSpec {
         id: id.into(),
@@ -19,10 +41,11 @@ fn spec(id: &str, shared: &std::path::Path) -> VmSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
-    let runtime = tempfile::tempdir().unwrap();
-    let shared = tempfile::tempdir().unwrap();
-    let config = test_config(runtime.path());
-    require_guest_artifacts(&config);
+    let Fixture {
+        runtime,
+        shared,
+        config,
+    } = Fixture::new();
     let built_release = kernel_release_of(&config.hypervisor.kernel)
         .expect("the guest kernel image has no 'Linux version' banner");
 
@@ -112,10 +135,11 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_qemu_leaves_no_process_socket_or_directory() {
-    let runtime = tempfile::tempdir().unwrap();
-    let shared = tempfile::tempdir().unwrap();
-    let config = test_config(runtime.path());
-    require_guest_artifacts(&config);
+    let Fixture {
+        runtime,
+        shared,
+        config,
+    } = Fixture::new();
 
     let mut vm = MicroVm::start(&config, spec("killed", shared.path()))
         .await
@@ -163,10 +187,11 @@ async fn sigkill_of_qemu_leaves_no_process_socket_or_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_device_daemon_takes_the_vm_down() {
     for daemon in ["virtiofsd", "vhost-device-vsock"] {
-        let runtime = tempfile::tempdir().unwrap();
-        let shared = tempfile::tempdir().unwrap();
-        let config = test_config(runtime.path());
-        require_guest_artifacts(&config);
+        let Fixture {
+            runtime,
+            shared,
+            config,
+        } = Fixture::new();
         let mut vm = MicroVm::start(&config, spec("orphaned", shared.path()))
             .await
             .expect("VM start");
@@ -210,10 +235,11 @@ async fn the_builtin_vmm_boots_the_guest_where_kvm_allows() {
         );
         return;
     }
-    let runtime = tempfile::tempdir().unwrap();
-    let shared = tempfile::tempdir().unwrap();
-    let mut config = test_config(runtime.path());
-    require_guest_artifacts(&config);
+    let Fixture {
+        runtime,
+        shared,
+        mut config,
+    } = Fixture::new();
     config.hypervisor.backend = husk_config::Backend::Builtin;
     config.hypervisor.vmm_path = husk_tests::containerd::build_bin_dir().join("husk-vmm");
     std::fs::write(shared.path().join("f"), b"through virtio-fs\n").unwrap();
