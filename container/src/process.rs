@@ -86,10 +86,8 @@ impl Process {
         cgroup: &Cgroup,
         on_clone: impl FnOnce(i32) -> T,
     ) -> Result<(Process, T), ProcessError> {
-        let (status_r, status_w) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ProcessError::Pipe)?;
-        let (start_r, start_w) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ProcessError::Pipe)?;
+        let (status_r, status_w) = pipe()?;
+        let (start_r, start_w) = pipe()?;
         let stdio = if plan.process.terminal {
             Stdio::terminal()?
         } else {
@@ -103,21 +101,7 @@ impl Process {
             start: start_r.as_raw_fd(),
             console: stdio.console_child.as_ref().map_or(-1, |c| c.as_raw_fd()),
         };
-        let pid = match &plan.namespaces.pid {
-            None => clone_child(&plan, fds)?,
-            Some(path) => {
-                let ns = std::fs::File::open(path).map_err(ProcessError::OpenPidNamespace)?;
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)
-                            .map_err(ProcessError::EnterPidNamespace)?;
-                        clone_child(&plan, fds)
-                    })
-                    .join()
-                    .map_err(|_| ProcessError::ThreadPanicked)?
-                })?
-            }
-        };
+        let pid = clone_in_pid_namespace(&plan, fds)?;
         let watch = on_clone(pid);
         // The child holds its ends now; ours would keep the output open.
         let Stdio {
@@ -127,23 +111,12 @@ impl Process {
             console_child,
         } = stdio;
         drop((status_w, start_r, child, console_child));
-        let kill_it = || {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        };
-        if let Err(e) = cgroup.add(pid) {
-            kill_it();
-            return Err(ProcessError::JoinCgroup(e));
-        }
-        let status_r = match read_report(status_r)? {
-            Some((report, status_r)) if report.step == Step::Created => status_r,
-            Some((report, _)) => return Err(ChildFailure::new(&plan, report).into()),
-            None => return Err(ProcessError::DiedDuringSetup),
-        };
+        let status_r = joined_and_created(&plan, pid, cgroup, status_r)?;
         // A terminal's master was sent by the child before its report.
         let parent = match console {
             Some(socket) => stdio::receive_terminal(socket, plan.process.console_size, stdin)
                 .map_err(|e| {
-                    kill_it();
+                    kill_child(pid);
                     ProcessError::ReceiveTerminal(e)
                 })?,
             None => parent,
@@ -211,6 +184,54 @@ impl Start {
             Some((report, _)) => Err(ChildFailure::new(&self.plan, report).into()),
         }
     }
+}
+
+/// Moves the new child into `cgroup` (killing it if it cannot) and waits
+/// for its "created" report; returns the status pipe, which will report
+/// its exec. A child that reports a failure has exited.
+fn joined_and_created(
+    plan: &Plan,
+    pid: i32,
+    cgroup: &Cgroup,
+    status_r: OwnedFd,
+) -> Result<OwnedFd, ProcessError> {
+    cgroup.add(pid).map_err(|e| {
+        kill_child(pid);
+        ProcessError::JoinCgroup(e)
+    })?;
+    match read_report(status_r)? {
+        Some((report, status_r)) if report.step == Step::Created => Ok(status_r),
+        Some((report, _)) => Err(ChildFailure::new(plan, report).into()),
+        None => Err(ProcessError::DiedDuringSetup),
+    }
+}
+
+/// SIGKILL to a child that is set up only half.
+fn kill_child(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> Result<(OwnedFd, OwnedFd), ProcessError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ProcessError::Pipe)
+}
+
+/// Clones the child in the PID namespace the plan names, if any, from a
+/// thread of its own that ends after the clone.
+fn clone_in_pid_namespace(plan: &Plan, fds: ChildFds) -> Result<i32, ProcessError> {
+    let Some(path) = &plan.namespaces.pid else {
+        return clone_child(plan, fds);
+    };
+    let ns = std::fs::File::open(path).map_err(ProcessError::OpenPidNamespace)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)
+                .map_err(ProcessError::EnterPidNamespace)?;
+            clone_child(plan, fds)
+        })
+        .join()
+        .map_err(|_| ProcessError::ThreadPanicked)?
+    })
 }
 
 /// Clones the child, which runs `child::main` and never returns here.

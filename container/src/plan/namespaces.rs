@@ -27,72 +27,67 @@ pub(crate) struct Namespaces {
 
 impl Namespaces {
     pub fn from_spec(linux: Option<&Linux>) -> Result<Self, SpecError> {
-        let mut clone_flags = CloneFlags::empty();
-        let mut enter = Vec::new();
-        let mut pid = None;
-        for (i, ns) in linux
+        let mut ns = Namespaces {
+            clone_flags: CloneFlags::empty(),
+            unshare_cgroup: false,
+            enter: Vec::new(),
+            pid: None,
+        };
+        for (i, n) in linux
             .and_then(|l| l.namespaces().as_ref())
             .into_iter()
             .flatten()
             .enumerate()
         {
-            if let Some(path) = ns.path() {
-                let field = format!("linux.namespaces[{i}].path");
-                let (flag, name) = match ns.typ() {
-                    LinuxNamespaceType::Ipc => (CloneFlags::CLONE_NEWIPC, "ipc"),
-                    LinuxNamespaceType::Uts => (CloneFlags::CLONE_NEWUTS, "uts"),
-                    LinuxNamespaceType::Network => (CloneFlags::CLONE_NEWNET, "net"),
-                    LinuxNamespaceType::Pid => (CloneFlags::CLONE_NEWPID, "pid"),
-                    other => {
-                        return Err(bad(
-                            field,
-                            format!("joining an existing {other:?} namespace is not supported"),
-                        ))
-                    }
-                };
-                // Only another guest process's namespace: /proc/<pid>/ns/<name>.
-                if !is_proc_ns_path(path, name) {
-                    return Err(bad(
-                        field,
-                        format!(
-                            "{} is not /proc/<pid>/ns/{name} of a guest process",
-                            path.display()
-                        ),
-                    ));
-                }
-                if flag == CloneFlags::CLONE_NEWPID {
-                    pid = Some(path.display().to_string());
-                } else {
-                    enter.push((path_cstring(&field, path)?, flag));
-                }
-                continue;
+            match n.path() {
+                Some(path) => ns.enter_by_path(i, n.typ(), path)?,
+                None => ns.clone_flags |= clone_flag(n.typ())?,
             }
-            clone_flags |= match ns.typ() {
-                LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
-                LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
-                LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
-                LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
-                LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-                LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-                other => {
-                    return Err(bad(
-                        "linux.namespaces",
-                        format!("{other:?} namespaces are not supported in the guest"),
-                    ))
-                }
-            };
         }
-        let unshare_cgroup = clone_flags.contains(CloneFlags::CLONE_NEWCGROUP);
-        clone_flags.remove(CloneFlags::CLONE_NEWCGROUP);
-        if !clone_flags.contains(CloneFlags::CLONE_NEWNS) {
+        ns.unshare_cgroup = ns.clone_flags.contains(CloneFlags::CLONE_NEWCGROUP);
+        ns.clone_flags.remove(CloneFlags::CLONE_NEWCGROUP);
+        if !ns.clone_flags.contains(CloneFlags::CLONE_NEWNS) {
             return Err(bad("linux.namespaces", "a mount namespace is required"));
         }
-        Ok(Namespaces {
-            clone_flags,
-            unshare_cgroup,
-            enter,
-            pid,
-        })
+        Ok(ns)
+    }
+
+    /// linux.namespaces[i] names an existing namespace by `path`: only
+    /// another guest process's IPC, UTS, network or PID one.
+    fn enter_by_path(
+        &mut self,
+        i: usize,
+        typ: LinuxNamespaceType,
+        path: &Path,
+    ) -> Result<(), SpecError> {
+        let field = format!("linux.namespaces[{i}].path");
+        let (flag, name) = match typ {
+            LinuxNamespaceType::Ipc => (CloneFlags::CLONE_NEWIPC, "ipc"),
+            LinuxNamespaceType::Uts => (CloneFlags::CLONE_NEWUTS, "uts"),
+            LinuxNamespaceType::Network => (CloneFlags::CLONE_NEWNET, "net"),
+            LinuxNamespaceType::Pid => (CloneFlags::CLONE_NEWPID, "pid"),
+            other => {
+                return Err(bad(
+                    field,
+                    format!("joining an existing {other:?} namespace is not supported"),
+                ))
+            }
+        };
+        if !is_proc_ns_path(path, name) {
+            return Err(bad(
+                field,
+                format!(
+                    "{} is not /proc/<pid>/ns/{name} of a guest process",
+                    path.display()
+                ),
+            ));
+        }
+        if flag == CloneFlags::CLONE_NEWPID {
+            self.pid = Some(path.display().to_string());
+        } else {
+            self.enter.push((path_cstring(&field, path)?, flag));
+        }
+        Ok(())
     }
 
     /// Every kind of namespace the container's processes live in.
@@ -132,6 +127,24 @@ impl Namespaces {
             pid: Some(format!("/proc/{init_pid}/ns/pid")),
         }
     }
+}
+
+/// A namespace to make, as a clone flag (cgroup's is taken out later).
+fn clone_flag(typ: LinuxNamespaceType) -> Result<CloneFlags, SpecError> {
+    Ok(match typ {
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        other => {
+            return Err(bad(
+                "linux.namespaces",
+                format!("{other:?} namespaces are not supported in the guest"),
+            ))
+        }
+    })
 }
 
 /// `/proc/<digits>/ns/<name>`, nothing else.

@@ -14,6 +14,7 @@ use libseccomp::{
 };
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+    LinuxSyscall,
 };
 use std::io::{Read, Seek};
 
@@ -90,6 +91,27 @@ pub(crate) fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SpecErro
         profile.default_action(),
         profile.default_errno_ret(),
     )?;
+    let flags = filter_flags(profile)?;
+    let mut ctx = ScmpFilterContext::new_filter(default).map_err(lib)?;
+    for a in profile
+        .architectures()
+        .iter()
+        .flatten()
+        .filter_map(|a| arch(*a))
+    {
+        ctx.add_arch(a).map_err(lib)?;
+    }
+    for (i, rule) in profile.syscalls().iter().flatten().enumerate() {
+        add_rule(&mut ctx, i, rule, default)?;
+    }
+    Ok(SeccompProgram {
+        filter: export(&ctx)?,
+        flags,
+    })
+}
+
+/// linux.seccomp.flags as seccomp(2) flags.
+fn filter_flags(profile: &LinuxSeccomp) -> Result<u32, SpecError> {
     let mut flags = 0;
     for f in profile.flags().iter().flatten() {
         flags |= match f {
@@ -105,57 +127,53 @@ pub(crate) fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SpecErro
             }
         };
     }
-    let mut ctx = ScmpFilterContext::new_filter(default).map_err(lib)?;
-    for a in profile
-        .architectures()
+    Ok(flags)
+}
+
+/// linux.seccomp.syscalls[i], unless its action is the default one.
+fn add_rule(
+    ctx: &mut ScmpFilterContext,
+    i: usize,
+    rule: &LinuxSyscall,
+    default: ScmpAction,
+) -> Result<(), SpecError> {
+    let field = format!("linux.seccomp.syscalls[{i}]");
+    let act = action(&format!("{field}.action"), rule.action(), rule.errno_ret())?;
+    if act == default {
+        return Ok(());
+    }
+    let args = rule.args().clone().unwrap_or_default();
+    let conditions: Vec<ScmpArgCompare> = args
         .iter()
-        .flatten()
-        .filter_map(|a| arch(*a))
-    {
-        ctx.add_arch(a).map_err(lib)?;
-    }
-    for (i, rule) in profile.syscalls().iter().flatten().enumerate() {
-        let field = format!("linux.seccomp.syscalls[{i}]");
-        let act = action(&format!("{field}.action"), rule.action(), rule.errno_ret())?;
-        if act == default {
+        .map(|a| {
+            let (op, datum) = compare(a.op(), a.value(), a.value_two());
+            ScmpArgCompare::new(a.index() as u32, op, datum)
+        })
+        .collect();
+    let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let one_rule = indexes.len() == args.len();
+    for name in rule.names() {
+        let Ok(syscall) = ScmpSyscall::from_name(name) else {
+            tracing::debug!(syscall = %name, "seccomp: unknown syscall skipped");
             continue;
-        }
-        let args = rule.args().clone().unwrap_or_default();
-        let conditions: Vec<ScmpArgCompare> = args
-            .iter()
-            .map(|a| {
-                let (op, datum) = compare(a.op(), a.value(), a.value_two());
-                ScmpArgCompare::new(a.index() as u32, op, datum)
-            })
-            .collect();
-        let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
-        indexes.sort_unstable();
-        indexes.dedup();
-        let one_rule = indexes.len() == args.len();
-        for name in rule.names() {
-            let Ok(syscall) = ScmpSyscall::from_name(name) else {
-                tracing::debug!(syscall = %name, "seccomp: unknown syscall skipped");
-                continue;
-            };
-            let result = if conditions.is_empty() {
-                ctx.add_rule(act, syscall)
-            } else if one_rule {
-                ctx.add_rule_conditional(act, syscall, &conditions)
-            } else {
-                conditions
-                    .iter()
-                    .try_for_each(|c| ctx.add_rule_conditional(act, syscall, &[*c]))
-            };
-            result.map_err(|source| SpecError::Seccomp {
-                field: format!("{field} ({name})"),
-                source,
-            })?;
-        }
+        };
+        let result = if conditions.is_empty() {
+            ctx.add_rule(act, syscall)
+        } else if one_rule {
+            ctx.add_rule_conditional(act, syscall, &conditions)
+        } else {
+            conditions
+                .iter()
+                .try_for_each(|c| ctx.add_rule_conditional(act, syscall, &[*c]))
+        };
+        result.map_err(|source| SpecError::Seccomp {
+            field: format!("{field} ({name})"),
+            source,
+        })?;
     }
-    Ok(SeccompProgram {
-        filter: export(&ctx)?,
-        flags,
-    })
+    Ok(())
 }
 
 /// The filter as BPF instructions (libseccomp writes them to an fd).
