@@ -140,10 +140,14 @@ impl Default for Timeouts {
             kvm: AccelTimeouts {
                 agent_ready_secs: 10,
                 shutdown_secs: 5,
+                agent_call_secs: 10,
+                kill_grace_secs: 5,
             },
             tcg: AccelTimeouts {
                 agent_ready_secs: 120,
                 shutdown_secs: 30,
+                agent_call_secs: DEFAULT_AGENT_CALL_SECS,
+                kill_grace_secs: DEFAULT_KILL_GRACE_SECS,
             },
         }
     }
@@ -154,6 +158,28 @@ impl Default for Timeouts {
 pub struct AccelTimeouts {
     pub agent_ready_secs: u64,
     pub shutdown_secs: u64,
+    /// Deadline of every agent call that has an answer to wait for (all
+    /// but waiting for a process's exit and its output streams).
+    #[serde(default = "default_agent_call_secs")]
+    pub agent_call_secs: u64,
+    /// After SIGKILL is sent to a container (or the agent did not take
+    /// it), how long its processes have to be reported gone before the
+    /// shim stops the whole VM.
+    #[serde(default = "default_kill_grace_secs")]
+    pub kill_grace_secs: u64,
+}
+
+/// Defaults of the timeouts added after the first two, for files that
+/// do not set them (generous: right under TCG, harmless under KVM).
+const DEFAULT_AGENT_CALL_SECS: u64 = 60;
+const DEFAULT_KILL_GRACE_SECS: u64 = 30;
+
+fn default_agent_call_secs() -> u64 {
+    DEFAULT_AGENT_CALL_SECS
+}
+
+fn default_kill_grace_secs() -> u64 {
+    DEFAULT_KILL_GRACE_SECS
 }
 
 impl Config {
@@ -226,18 +252,16 @@ impl Config {
             (bytes.div_ceil(1 << 20) + self.hypervisor.memory_mib as u64)
                 .min(self.pod.max_memory_mib as u64)
         });
-        let mut annotations = annotations.clone();
-        if let Some(cpus) = from_limits_cpus {
-            annotations
-                .entry(VCPUS_ANNOTATION.into())
-                .or_insert_with(|| cpus.to_string());
-        }
-        if let Some(mib) = from_limits_mib {
-            annotations
-                .entry(MEMORY_ANNOTATION.into())
-                .or_insert_with(|| mib.to_string());
-        }
-        let annotations = &annotations;
+        // With limits, annotations may size the VM within them (never
+        // above what the pod pays for); within `[pod]` always.
+        let (cpu_max, cpu_bound) = match from_limits_cpus {
+            Some(c) => (c as u32, "the pod's CPU limit"),
+            None => (self.pod.max_vcpus, "pod.max_vcpus"),
+        };
+        let (mem_max, mem_bound) = match from_limits_mib {
+            Some(m) => (m as u32, "the pod's memory limit plus hypervisor.memory_mib"),
+            None => (self.pod.max_memory_mib, "pod.max_memory_mib"),
+        };
         let get = |key: &'static str, default: u32, min: u32, max: u32, bound: &str| {
             let Some(text) = annotations.get(key) else {
                 return Ok(default);
@@ -253,17 +277,17 @@ impl Config {
         Ok((
             get(
                 VCPUS_ANNOTATION,
-                self.hypervisor.vcpus,
+                from_limits_cpus.map_or(self.hypervisor.vcpus, |c| c as u32),
                 1,
-                self.pod.max_vcpus,
-                "pod.max_vcpus",
+                cpu_max,
+                cpu_bound,
             )?,
             get(
                 MEMORY_ANNOTATION,
-                self.hypervisor.memory_mib,
+                from_limits_mib.map_or(self.hypervisor.memory_mib, |m| m as u32),
                 MIN_MEMORY_MIB,
-                self.pod.max_memory_mib,
-                "pod.max_memory_mib",
+                mem_max,
+                mem_bound,
             )?,
         ))
     }
@@ -335,7 +359,11 @@ impl Config {
             ("timeouts.kvm", &self.timeouts.kvm),
             ("timeouts.tcg", &self.timeouts.tcg),
         ] {
-            if t.agent_ready_secs == 0 || t.shutdown_secs == 0 {
+            if t.agent_ready_secs == 0
+                || t.shutdown_secs == 0
+                || t.agent_call_secs == 0
+                || t.kill_grace_secs == 0
+            {
                 return Err(invalid(key, "timeouts must be at least 1 second".into()));
             }
         }
@@ -434,6 +462,22 @@ mod tests {
             (SANDBOX_MEMORY.to_string(), (128u64 << 20).to_string()),
         ]);
         assert_eq!(c.pod_size(&limits).unwrap(), (2, 384));
+        // Within its limits, an annotation may size the VM; above them it
+        // is refused, naming the annotation and the limit.
+        let mut within = limits.clone();
+        within.extend(ann("1", "300"));
+        assert_eq!(c.pod_size(&within).unwrap(), (1, 300));
+        let mut above = limits.clone();
+        above.extend(ann("4", "384"));
+        let e = c.pod_size(&above).unwrap_err().to_string();
+        assert!(e.contains("io.husk.vcpus") && e.contains("CPU limit"), "{e}");
+        let mut above = limits.clone();
+        above.extend(ann("2", "2048"));
+        let e = c.pod_size(&above).unwrap_err().to_string();
+        assert!(
+            e.contains("io.husk.memory_mib") && e.contains("memory limit") && e.contains("384"),
+            "{e}"
+        );
     }
 
     #[test]
