@@ -480,9 +480,12 @@ fn create_run_dir(dir: &Path) -> Result<(), Error> {
 }
 
 /// `reboot=t` + the VMM's no-reboot turn a guest reboot into VMM exit;
-/// `panic=-1` makes an agent crash (PID 1 exit) end the VM at once.
+/// `panic=-1` makes an agent crash (PID 1 exit) end the VM at once;
+/// `no_timer_check` skips the IO-APIC timer probe, which fails ("IO-APIC +
+/// timer doesn't work!", a panic) when a TCG vCPU is descheduled on a
+/// loaded host, as Kata's guests do.
 fn kernel_cmdline(extra: &str) -> String {
-    let base = "console=ttyS0 reboot=t panic=-1 quiet";
+    let base = "console=ttyS0 reboot=t panic=-1 no_timer_check quiet";
     if extra.trim().is_empty() {
         base.to_owned()
     } else {
@@ -496,10 +499,13 @@ mod tests {
 
     #[test]
     fn cmdline_appends_configured_params() {
-        assert_eq!(kernel_cmdline(""), "console=ttyS0 reboot=t panic=-1 quiet");
+        assert_eq!(
+            kernel_cmdline(""),
+            "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"
+        );
         assert_eq!(
             kernel_cmdline(" loglevel=7 "),
-            "console=ttyS0 reboot=t panic=-1 quiet loglevel=7"
+            "console=ttyS0 reboot=t panic=-1 no_timer_check quiet loglevel=7"
         );
     }
 
