@@ -1,7 +1,6 @@
-//! What the shim knows of one container: its bundle and rootfs share, its
-//! init process and its exec processes, each with its stdio, its state as
-//! containerd sees it, and the output relays to drain before its exit is
-//! reported.
+//! What the shim knows of one container: its bundle, its init process and
+//! its exec processes, each with its stdio, its state as containerd sees it, and the output relays to drain
+//! before its exit is reported.
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use std::collections::HashMap;
@@ -22,7 +21,7 @@ pub enum State {
 }
 
 /// A process of the container: the init (exec id "") or an exec.
-pub struct Proc {
+pub struct Process {
     pub exec_id: String,
     pub pid: u32,
     pub stdin: String,
@@ -34,7 +33,7 @@ pub struct Proc {
     outputs: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Proc {
+impl Process {
     pub fn new(
         exec_id: String,
         pid: u32,
@@ -90,7 +89,7 @@ impl Proc {
 
     /// Stops relays that are still running (the process is going away).
     pub fn abort_outputs(&self) {
-        crate::io::unblock_stdin(&self.stdin);
+        crate::relay::unblock_stdin(&self.stdin);
         for handle in self
             .outputs
             .lock()
@@ -105,38 +104,26 @@ impl Proc {
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
-    /// The rootfs bind in the shared directory.
-    pub share_at: PathBuf,
-    /// Whether the shim mounted `<bundle>/rootfs` (and must unmount it).
-    pub mounted_bundle_rootfs: bool,
-    pub init: Arc<Proc>,
-    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
 }
 
 impl Container {
-    pub fn new(
-        id: String,
-        bundle: PathBuf,
-        share_at: PathBuf,
-        mounted_bundle_rootfs: bool,
-        init: Proc,
-    ) -> Self {
+    pub fn new(id: String, bundle: PathBuf, init: Process) -> Self {
         Self {
             id,
             bundle,
-            share_at,
-            mounted_bundle_rootfs,
             init: Arc::new(init),
             execs: Mutex::default(),
         }
     }
 
-    fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Proc>>> {
+    fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
         self.execs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The init for an empty exec id, else that exec.
-    pub fn process(&self, exec_id: &str) -> Option<Arc<Proc>> {
+    pub fn process(&self, exec_id: &str) -> Option<Arc<Process>> {
         if exec_id.is_empty() {
             Some(self.init.clone())
         } else {
@@ -148,15 +135,15 @@ impl Container {
         self.execs().contains_key(exec_id)
     }
 
-    pub fn add_exec(&self, proc: Proc) {
+    pub fn add_exec(&self, proc: Process) {
         self.execs().insert(proc.exec_id.clone(), Arc::new(proc));
     }
 
-    pub fn remove_exec(&self, exec_id: &str) -> Option<Arc<Proc>> {
+    pub fn remove_exec(&self, exec_id: &str) -> Option<Arc<Process>> {
         self.execs().remove(exec_id)
     }
 
-    pub fn all_execs(&self) -> Vec<Arc<Proc>> {
+    pub fn all_execs(&self) -> Vec<Arc<Process>> {
         self.execs().values().cloned().collect()
     }
 }

@@ -1,18 +1,19 @@
 //! stdio between containerd's FIFOs and the agent's streams. Output is
 //! relayed until the agent's stream ends (the process's pipe hit EOF), so
-//! the exit is reported only after the last byte is written.
+//! the exit is reported only after the last byte is written; what the
+//! agent sends is bounded per message (`agent::VsockAgent::read_output`)
+//! and never held beyond one chunk.
 
-use husk_proto::agent::agent_client::AgentClient;
-use husk_proto::agent::{OutputStream, ReadOutputRequest, StdinChunk};
+use crate::agent::AgentApi;
+use husk_proto::agent::{ContainerRequest, OutputStream};
 use std::io::Read;
 use tokio::io::AsyncWriteExt;
-use tonic::transport::Channel;
+use tokio_stream::StreamExt;
 
-/// Copies one output stream of `container_id` into the FIFO at `path`.
-pub async fn relay_output(
-    mut agent: AgentClient<Channel>,
-    container_id: String,
-    exec_id: String,
+/// Copies one output stream of the process into the FIFO at `path`.
+pub async fn relay_output<A: AgentApi>(
+    agent: A,
+    process: ContainerRequest,
     stream: OutputStream,
     path: String,
 ) -> anyhow::Result<()> {
@@ -20,29 +21,21 @@ pub async fn relay_output(
     let mut fifo = tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_sender(&path)?;
-    let mut chunks = agent
-        .read_output(ReadOutputRequest {
-            container_id,
-            exec_id,
-            stream: stream as i32,
-        })
-        .await?
-        .into_inner();
-    while let Some(chunk) = chunks.message().await? {
-        fifo.write_all(&chunk.data).await?;
+    let mut chunks = agent.read_output(process, stream).await?;
+    while let Some(chunk) = chunks.next().await {
+        fifo.write_all(&chunk?).await?;
     }
     Ok(())
 }
 
 /// Copies the stdin FIFO at `path` to the process until EOF, which the
 /// process then sees as its own EOF.
-pub async fn relay_stdin(
-    mut agent: AgentClient<Channel>,
-    container_id: String,
-    exec_id: String,
+pub async fn relay_stdin<A: AgentApi>(
+    agent: A,
+    process: ContainerRequest,
     path: String,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<StdinChunk>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     // A FIFO opened without a writer reads as EOF at once; a blocking open
     // waits for containerd's writer, so it runs on a blocking thread.
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -53,26 +46,12 @@ pub async fn relay_stdin(
             if n == 0 {
                 return Ok(());
             }
-            let chunk = StdinChunk {
-                data: buf[..n].to_vec(),
-                ..Default::default()
-            };
-            if tx.blocking_send(chunk).is_err() {
+            if tx.blocking_send(buf[..n].to_vec()).is_err() {
                 return Ok(());
             }
         }
     });
-    // The agent learns the container id from the first message, so an
-    // empty input still sends one message naming it.
-    let opening = tokio_stream::once(StdinChunk {
-        container_id,
-        exec_id,
-        data: Vec::new(),
-    });
-    let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
-    agent
-        .write_stdin(tokio_stream::StreamExt::chain(opening, rest))
-        .await?;
+    agent.write_stdin(process, rx).await?;
     Ok(())
 }
 

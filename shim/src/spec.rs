@@ -75,7 +75,10 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
         Some(p) => bundle.join(p),
         None => bail!("root.path: missing"),
     };
-    root.insert("path".into(), crate::rootfs::guest_rootfs(id).into());
+    root.insert(
+        "path".into(),
+        crate::share::ShareTree::guest_rootfs(id).into(),
+    );
 
     let mut binds = Vec::new();
     for (i, m) in spec
