@@ -80,7 +80,7 @@ pub fn assert_nothing_left(ctrd: &Containerd) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for sub in ["vms", "shared"] {
+    for sub in ["vms", "pods", "shared"] {
         let left = entries(&ctrd.husk_runtime.join(sub));
         assert!(left.is_empty(), "{sub}/ still holds {left:?}");
     }
