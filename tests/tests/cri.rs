@@ -374,8 +374,20 @@ fn cri_plugin_config_has_both_handlers() {
         runtimes[HUSK]["ContainerAnnotations"],
         serde_json::json!(["io.husk.*"])
     );
-    assert_eq!(config["sandboxImage"], PAUSE_IMAGE);
-    assert_eq!(config["cni"]["binDir"], "/usr/lib/cni");
+    let shim = husk_tests::containerd::build_bin_dir().join("containerd-shim-husk-v2");
+    assert_eq!(runtimes[HUSK]["runtimePath"], shim.to_str().unwrap());
+    if cri.containerd().release.config_version() >= 3 {
+        // 2.x reports the runtime service's config only; the sandbox image
+        // is the images service's (pinned_images.sandbox), which every pod
+        // start here uses.
+        assert_eq!(
+            config["cni"]["binDirs"],
+            serde_json::json!(["/usr/lib/cni"])
+        );
+    } else {
+        assert_eq!(config["sandboxImage"], PAUSE_IMAGE);
+        assert_eq!(config["cni"]["binDir"], "/usr/lib/cni");
+    }
 }
 
 /// Dropping the harness with a pod still running leaves nothing: no
