@@ -226,5 +226,7 @@ pub fn ip(args: &[&str]) {
 
 pub mod containerd;
 pub mod cri;
+pub mod cri_config;
 pub mod ctr;
+pub mod release;
 pub mod streaming;

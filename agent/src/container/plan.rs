@@ -349,7 +349,11 @@ impl LaunchPlan {
         };
 
         let device_nodes = device_nodes(&rootfs, linux.and_then(|l| l.devices().as_ref()))?;
-        let sysctls = sysctls(linux.and_then(|l| l.sysctl().as_ref()), clone_flags)?;
+        // As runc: a namespace joined by path isolates a sysctl as a new
+        // one does (a pod's network namespace is joined by path; in the
+        // guest that is the guest's own, which holds the pod's network).
+        let own_namespaces = enter.iter().fold(clone_flags, |f, (_, flag)| f | *flag);
+        let sysctls = sysctls(linux.and_then(|l| l.sysctl().as_ref()), own_namespaces)?;
         let seccomp = linux
             .and_then(|l| l.seccomp().as_ref())
             .map(super::seccomp::compile)
@@ -555,8 +559,8 @@ fn device_nodes(
 }
 
 /// linux.sysctl, limited as runc limits it to what the container's own
-/// namespaces isolate: writing anything else would change the whole VM,
-/// which other containers of the pod share.
+/// namespaces (made or joined: `flags`) isolate: writing anything else
+/// would change the whole VM, which other containers of the pod share.
 fn sysctls(
     map: Option<&std::collections::HashMap<String, String>>,
     flags: CloneFlags,
@@ -830,6 +834,30 @@ mod tests {
         assert_eq!(plan.clone_flags, CloneFlags::CLONE_NEWNS);
         assert!(!is_proc_ns_path(Path::new("/proc/12/ns/../ns/ipc"), "ipc"));
         assert!(!is_proc_ns_path(Path::new("/proc/self/ns/ipc"), "ipc"));
+    }
+
+    /// A pod's sandbox joins its network namespace by path (in the guest:
+    /// the guest's own, /proc/1/ns/net); its net.* sysctls go there, as
+    /// runc writes them into the pod's namespace it joined.
+    #[test]
+    fn net_sysctls_are_allowed_in_a_joined_network_namespace() {
+        let root = tempfile::tempdir().unwrap();
+        let plan = LaunchPlan::from_spec(&spec(
+            root.path(),
+            serde_json::json!({"linux": {
+                "namespaces": [{"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}],
+                "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"}
+            }}),
+        ))
+        .unwrap();
+        assert_eq!(
+            plan.sysctls,
+            vec![(
+                c"/proc/sys/net/ipv4/ip_unprivileged_port_start".to_owned(),
+                c"0".to_owned()
+            )]
+        );
+        assert!(!plan.clone_flags.contains(CloneFlags::CLONE_NEWNET));
     }
 
     #[test]
