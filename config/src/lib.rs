@@ -259,7 +259,10 @@ impl Config {
             None => (self.pod.max_vcpus, "pod.max_vcpus"),
         };
         let (mem_max, mem_bound) = match from_limits_mib {
-            Some(m) => (m as u32, "the pod's memory limit plus hypervisor.memory_mib"),
+            Some(m) => (
+                m as u32,
+                "the pod's memory limit plus hypervisor.memory_mib",
+            ),
             None => (self.pod.max_memory_mib, "pod.max_memory_mib"),
         };
         let get = |key: &'static str, default: u32, min: u32, max: u32, bound: &str| {
@@ -470,7 +473,10 @@ mod tests {
         let mut above = limits.clone();
         above.extend(ann("4", "384"));
         let e = c.pod_size(&above).unwrap_err().to_string();
-        assert!(e.contains("io.husk.vcpus") && e.contains("CPU limit"), "{e}");
+        assert!(
+            e.contains("io.husk.vcpus") && e.contains("CPU limit"),
+            "{e}"
+        );
         let mut above = limits.clone();
         above.extend(ann("2", "2048"));
         let e = c.pod_size(&above).unwrap_err().to_string();
