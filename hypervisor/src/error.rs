@@ -5,6 +5,16 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] husk_config::ConfigError),
+    /// The launch is outside what husk-vmm takes (its limits, checked
+    /// before it is spawned).
+    #[error("husk-vmm launch: {0}")]
+    HuskVmm(#[from] husk_vmm_config::ConfigError),
+    #[error("network device MAC {mac:?}: {source}")]
+    Mac {
+        mac: String,
+        #[source]
+        source: husk_vmm_config::MacError,
+    },
     #[error("invalid VM spec: {field}: {message}")]
     InvalidSpec {
         field: &'static str,
