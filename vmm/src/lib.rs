@@ -6,15 +6,16 @@
 //! arguments with the same type (crate husk-vmm-config).
 //!
 //! Layout, one concern per module (docs/husk-vmm.md):
-//! - [`vm`](Vmm) and `vcpu`: the VM and its vCPUs (boot registers in
-//!   `vcpu::regs`), [`memory`]: guest RAM and the guest-physical layout;
+//! - `vm` ([`Vmm`]) and `vcpu`: the VM and its vCPUs (boot registers in
+//!   `vcpu::regs`); [`memory`]: guest RAM and the guest-physical layout;
 //! - `boot`: kernel, initrd and command line (`loader`), the MP table;
 //! - [`devices`]: the exit bus, the serial console, virtio-mmio and each
 //!   virtio device;
 //! - `security`: seccomp filters and capability drop per thread, the jail;
 //! - [`probe`]: can this `/dev/kvm` run guest code at all;
-//! - [`test_util`] (feature `test-util`): hand-encoded guest programs and
-//!   the boot-protocol constants tests check them against.
+//! - `test_util` (feature `test-util`): hand-encoded guest programs and
+//!   the boot-protocol constants tests check them against;
+//! - `run`: the process around a VM (devices, jail, signals, seccomp).
 //!
 //! The public surface is what a caller composes a VM from: [`run`] for the
 //! whole process, or [`Vmm`] with [`devices`] on [`memory`]. Boot,
