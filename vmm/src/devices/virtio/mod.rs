@@ -1,6 +1,6 @@
 //! husk-vmm's virtio devices and what they share: the
 //! [`VirtioDevice`] interface a device implements, and the
-//! [`Interrupt`] it raises. The transport is virtio-mmio ([`mmio`]): the
+//! [`Interrupt`] it raises. The transport is virtio-mmio (`mmio`): the
 //! guest finds devices on the kernel command line
 //! (`virtio_mmio.device=<size>@<addr>:<irq>`), queue notifications arrive
 //! on ioeventfds, interrupts leave through irqfds.

@@ -13,7 +13,7 @@
 //! would go to is dropped, not truncated.
 //!
 //! The TAP carries the 12-byte `virtio_net_hdr_v1` itself (IFF_VNET_HDR,
-//! see [`crate::tap`]), so a frame is one read or write on both sides.
+//! see [`husk_vmm_config::tap`]), so a frame is one read or write on both sides.
 
 use super::worker::{Next, Worker, WorkerEnd};
 use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
