@@ -70,7 +70,7 @@ log "husk workspace"
 (cd "$repo" && cargo build --locked --workspace --all-targets)
 # containerd finds runtime v2 shims on its PATH.
 install -m 0755 "$repo/target/debug/containerd-shim-husk-v2" /usr/local/bin/containerd-shim-husk-v2
-# The built-in VMM, which hypervisor.backend = "auto" uses where KVM can
+# husk-vmm, which hypervisor.backend = "auto" uses where KVM can
 # run guests (vmx/svm); QEMU otherwise.
 install -m 0755 "$repo/target/debug/husk-vmm" /usr/local/bin/husk-vmm
 

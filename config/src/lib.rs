@@ -13,11 +13,15 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/configuration.toml";
 /// Environment variable naming another configuration file.
 pub const CONFIG_ENV: &str = "HUSK_CONFIG";
 
-/// Bounds on the guest size. The lower memory bound is what the guest kernel
-/// and agent need to boot; the upper bounds are KVM's and QEMU's limits.
+/// Bounds on the guest size. The lower memory bound is what husk's guest
+/// kernel and agent need to boot (above husk-vmm's own minimum); the upper
+/// bounds are husk-vmm's, taken from the crate that checks its command
+/// line, for every backend: `auto` may pick either VMM, so a configuration
+/// must mean the same on both (QEMU alone would allow more vCPUs).
 pub const MIN_MEMORY_MIB: u32 = 64;
-pub const MAX_MEMORY_MIB: u32 = 1 << 20;
-pub const MAX_VCPUS: u32 = 255;
+pub const MAX_MEMORY_MIB: u32 = husk_vmm_config::MAX_MEMORY_MIB;
+pub const MAX_VCPUS: u32 = husk_vmm_config::MAX_VCPUS as u32;
+const _: () = assert!(MIN_MEMORY_MIB >= husk_vmm_config::MIN_MEMORY_MIB);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,8 +30,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: &'static str, message: String },
     #[error("pod annotation {key}: {message}")]
@@ -72,13 +80,26 @@ impl Default for PodConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// The built-in VMM where KVM can run a guest (vmx/svm), QEMU otherwise.
+    /// husk-vmm where KVM can run a guest (vmx/svm), QEMU otherwise.
     #[default]
     Auto,
-    /// husk-vmm, the built-in VMM on KVM.
-    Builtin,
+    /// husk-vmm, husk's own VMM, on KVM. `"builtin"`, its earlier name, is
+    /// still read as a deprecated alias.
+    #[serde(rename = "husk-vmm", alias = "builtin")]
+    HuskVmm,
     /// qemu-system-x86_64 -M microvm, on KVM or TCG.
     Qemu,
+}
+
+impl Backend {
+    /// The name `hypervisor.backend` takes for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::HuskVmm => "husk-vmm",
+            Backend::Qemu => "qemu",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -101,7 +122,7 @@ pub struct HypervisorConfig {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub qemu_path: PathBuf,
-    /// The built-in VMM's binary.
+    /// The husk-vmm binary.
     pub vmm_path: PathBuf,
     pub virtiofsd_path: PathBuf,
     pub vsock_backend_path: PathBuf,
@@ -205,9 +226,9 @@ impl Config {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
-                message,
+                source,
             },
             other => other,
         })
@@ -221,9 +242,9 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: PathBuf::from("<text>"),
-            message: e.to_string(),
+            source,
         })?;
         config.validate()?;
         Ok(config)
@@ -385,7 +406,7 @@ mod tests {
     const SHIPPED: &str = include_str!("../configuration.toml");
 
     #[test]
-    fn shipped_file_documents_the_builtin_defaults() {
+    fn shipped_file_documents_the_defaults() {
         assert_eq!(Config::parse(SHIPPED).unwrap(), Config::default());
     }
 
@@ -416,6 +437,52 @@ mod tests {
     fn zero_vcpus_names_the_key() {
         let err = Config::parse("[hypervisor]\nvcpus = 0\n").unwrap_err();
         assert!(err.to_string().contains("hypervisor.vcpus"), "{err}");
+    }
+
+    #[test]
+    fn backend_names_husk_vmm_and_still_reads_builtin() {
+        for (text, backend) in [
+            ("auto", Backend::Auto),
+            ("husk-vmm", Backend::HuskVmm),
+            ("builtin", Backend::HuskVmm),
+            ("qemu", Backend::Qemu),
+        ] {
+            let c = Config::parse(&format!("[hypervisor]\nbackend = \"{text}\"\n")).unwrap();
+            assert_eq!(c.hypervisor.backend, backend, "{text}");
+        }
+        let mut c = Config::default();
+        c.hypervisor.backend = Backend::HuskVmm;
+        assert!(
+            c.to_toml().contains("backend = \"husk-vmm\""),
+            "{}",
+            c.to_toml()
+        );
+        assert_eq!(Backend::HuskVmm.as_str(), "husk-vmm");
+        let e = Config::parse("[hypervisor]\nbackend = \"firecracker\"\n").unwrap_err();
+        assert!(e.to_string().contains("husk-vmm"), "{e}");
+    }
+
+    /// The bounds are husk-vmm's: what loads here, husk-vmm accepts.
+    #[test]
+    fn vcpu_and_memory_bounds_are_husk_vmms() {
+        let size = |vcpus: u32, mib: u32| {
+            Config::parse(&format!(
+                "[hypervisor]\nvcpus = {vcpus}\nmemory_mib = {mib}\n\
+                 [pod]\nmax_vcpus = {vcpus}\nmax_memory_mib = {mib}\n"
+            ))
+        };
+        let (max_vcpus, max_mib) = (husk_vmm_config::MAX_VCPUS, husk_vmm_config::MAX_MEMORY_MIB);
+        assert!(size(u32::from(max_vcpus), max_mib).is_ok());
+        let e = size(u32::from(max_vcpus) + 1, 256).unwrap_err().to_string();
+        assert!(e.contains("hypervisor.vcpus") && e.contains("254"), "{e}");
+        let e = size(1, max_mib + 1).unwrap_err().to_string();
+        assert!(e.contains("hypervisor.memory_mib"), "{e}");
+        // And husk-vmm takes the largest VM husk-config lets through.
+        let mut vm = husk_vmm_config::VmmConfig::new("/k", "/c");
+        (vm.vcpus, vm.memory_mib) = (max_vcpus, MAX_MEMORY_MIB);
+        vm.validate().unwrap();
+        vm.memory_mib = MIN_MEMORY_MIB;
+        vm.validate().unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! daemons, VMM, boot until the agent answers, stop, cleanup.
 
 use crate::daemon::{log_tail, Daemon};
-use crate::{preflight, Accelerator, Error, Hypervisor, Qemu, VmLaunch};
+use crate::{preflight, Accelerator, Error, HuskVmm, Hypervisor, MacAddr, Qemu, VmLaunch};
 use husk_config::{AccelTimeouts, Backend, Config};
 use husk_proto::agent::agent_client::AgentClient;
 use husk_proto::agent::{HealthRequest, SetClockRequest, ShutdownRequest};
@@ -107,18 +107,18 @@ impl MicroVm {
             preflight::check_executable("hypervisor.vmm_path", &h.vmm_path).is_ok(),
         );
         let hypervisor: Box<dyn Hypervisor> = match backend.backend {
-            Backend::Builtin => {
+            Backend::HuskVmm => {
                 if decision.accelerator != Accelerator::Kvm {
                     return Err(Error::InvalidSpec {
                         field: "hypervisor.backend",
                         message: format!(
-                            "the built-in VMM needs KVM, and the accelerator is TCG: {}",
+                            "husk-vmm needs KVM, and the accelerator is TCG: {}",
                             decision.reason
                         ),
                     });
                 }
                 preflight::check_executable("hypervisor.vmm_path", &h.vmm_path)?;
-                Box::new(crate::builtin::backend::Builtin {
+                Box::new(HuskVmm {
                     binary: h.vmm_path.clone(),
                 })
             }
@@ -220,11 +220,17 @@ impl MicroVm {
             nets: spec
                 .nets
                 .iter()
-                .map(|n| crate::NetLaunch { mac: n.mac.clone() })
-                .collect(),
+                .map(|n| {
+                    let mac = n.mac.parse::<MacAddr>().map_err(|source| Error::Mac {
+                        mac: n.mac.clone(),
+                        source,
+                    })?;
+                    Ok(crate::NetLaunch { mac })
+                })
+                .collect::<Result<_, Error>>()?,
         };
         let vmm_started = Instant::now();
-        let mut command = hypervisor.command(&launch);
+        let mut command = hypervisor.command(&launch)?;
         let taps: Vec<_> = spec.nets.iter().map(|n| n.tap).collect();
         crate::daemon::pass_fds(&mut command, taps, crate::FIRST_TAP_FD);
         self.vmm = Some(Daemon::spawn(
