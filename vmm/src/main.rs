@@ -32,6 +32,14 @@ fn error_chain(e: &(dyn Error + 'static)) -> String {
 }
 
 fn main() -> ExitCode {
+    // A panic on any thread ends the VM: a vCPU or device thread that died
+    // half-way is worse than no VM (release builds unwind for the shim's
+    // sake; here the default hook prints, then the process aborts).
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Plain text when stderr is a log file, as under the shim.
