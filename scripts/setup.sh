@@ -6,6 +6,8 @@
 #      busybox test image and the CRI pod sandbox (pause) image (OCI
 #      archives for `ctr images import`)
 #   4. the husk workspace, and containerd-shim-husk-v2 on containerd's PATH
+#   5. containerd 1.7 (Debian 13) and 2.x (Debian unstable) for the tests,
+#      unpacked beside the system's 1.6 (scripts/fetch-containerd.sh)
 # Artifacts are cached under $HUSK_CACHE (default /var/cache/husk) and
 # installed where configuration.toml's defaults point. Needs root.
 set -euo pipefail
@@ -68,7 +70,10 @@ log "husk workspace"
 (cd "$repo" && cargo build --locked --workspace --all-targets)
 # containerd finds runtime v2 shims on its PATH.
 install -m 0755 "$repo/target/debug/containerd-shim-husk-v2" /usr/local/bin/containerd-shim-husk-v2
-# The built-in VMM, which hypervisor.backend = "auto" uses where KVM can
+# husk-vmm, which hypervisor.backend = "auto" uses where KVM can
 # run guests (vmx/svm); QEMU otherwise.
 install -m 0755 "$repo/target/debug/husk-vmm" /usr/local/bin/husk-vmm
+
+log "containerd 1.7 and 2.x for the tests (cached in $HUSK_CACHE/containerd)"
+bash "$repo/scripts/fetch-containerd.sh"
 log "done"

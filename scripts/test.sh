@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The test command: sets the host up (scripts/setup.sh), then runs the
-# format and lint checks and every test of the workspace, VM tests included.
+# format and lint checks and every test of the workspace, VM tests included,
+# on the system's containerd (Debian 12: 1.6); then the ctr suite and a CRI
+# subset again on containerd 1.7 and 2.1 (fetched by setup.sh). The restart
+# tests (tests/tests/restart.rs) cover all three lines themselves.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup.sh"
@@ -9,9 +12,31 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== cargo test"
+echo "== cargo test, every suite, on $(containerd --version)"
 # Two tests at a time: each end-to-end test boots TCG VMs, and more than
 # two at once on a 2-core machine only makes every guest slower.
 cargo test --locked --workspace -- --test-threads=2 --skip husk_matches_runc_scenario_by_scenario
 echo "== parity table (runc against husk)"
 cargo test --locked -p husk-tests --test parity -- --nocapture
+
+# The CRI scenarios that make a pod usable: start with a reachable IP,
+# exec, logs, status and stats, teardown leaving nothing; under husk, with
+# runc's as the oracle for the first three, the network sysctls of a
+# pod under both, and the parsed plugin config.
+cri_subset=(
+    cri_plugin_config_has_both_handlers
+    husk_pod_ip_is_reachable_from_the_host
+    husk_exec_sync_returns_output_and_exit_code
+    husk_container_log_is_in_cri_format
+    husk_status_stats_mounts_and_resources
+    husk_harness_drop_leaves_nothing
+    runc_pod_ip_is_reachable_from_the_host
+    runc_exec_sync_returns_output_and_exit_code
+    runc_container_log_is_in_cri_format
+    pod_network_sysctls_match_runc
+)
+for line in 1.7 2.1; do
+    echo "== containerd $line: ctr_run and the CRI subset"
+    HUSK_CONTAINERD=$line cargo test --locked -p husk-tests --test ctr_run -- --test-threads=2
+    HUSK_CONTAINERD=$line cargo test --locked -p husk-tests --test cri -- --test-threads=2 --exact "${cri_subset[@]}"
+done

@@ -13,11 +13,15 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/configuration.toml";
 /// Environment variable naming another configuration file.
 pub const CONFIG_ENV: &str = "HUSK_CONFIG";
 
-/// Bounds on the guest size. The lower memory bound is what the guest kernel
-/// and agent need to boot; the upper bounds are KVM's and QEMU's limits.
+/// Bounds on the guest size. The lower memory bound is what husk's guest
+/// kernel and agent need to boot (above husk-vmm's own minimum); the upper
+/// bounds are husk-vmm's, taken from the crate that checks its command
+/// line, for every backend: `auto` may pick either VMM, so a configuration
+/// must mean the same on both (QEMU alone would allow more vCPUs).
 pub const MIN_MEMORY_MIB: u32 = 64;
-pub const MAX_MEMORY_MIB: u32 = 1 << 20;
-pub const MAX_VCPUS: u32 = 255;
+pub const MAX_MEMORY_MIB: u32 = husk_vmm_config::MAX_MEMORY_MIB;
+pub const MAX_VCPUS: u32 = husk_vmm_config::MAX_VCPUS as u32;
+const _: () = assert!(MIN_MEMORY_MIB >= husk_vmm_config::MIN_MEMORY_MIB);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,8 +30,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: &'static str, message: String },
     #[error("pod annotation {key}: {message}")]
@@ -72,13 +80,26 @@ impl Default for PodConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// The built-in VMM where KVM can run a guest (vmx/svm), QEMU otherwise.
+    /// husk-vmm where KVM can run a guest (vmx/svm), QEMU otherwise.
     #[default]
     Auto,
-    /// husk-vmm, the built-in VMM on KVM.
-    Builtin,
+    /// husk-vmm, husk's own VMM, on KVM. `"builtin"`, its earlier name, is
+    /// still read as a deprecated alias.
+    #[serde(rename = "husk-vmm", alias = "builtin")]
+    HuskVmm,
     /// qemu-system-x86_64 -M microvm, on KVM or TCG.
     Qemu,
+}
+
+impl Backend {
+    /// The name `hypervisor.backend` takes for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::HuskVmm => "husk-vmm",
+            Backend::Qemu => "qemu",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -101,7 +122,7 @@ pub struct HypervisorConfig {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub qemu_path: PathBuf,
-    /// The built-in VMM's binary.
+    /// The husk-vmm binary.
     pub vmm_path: PathBuf,
     pub virtiofsd_path: PathBuf,
     pub vsock_backend_path: PathBuf,
@@ -140,10 +161,14 @@ impl Default for Timeouts {
             kvm: AccelTimeouts {
                 agent_ready_secs: 10,
                 shutdown_secs: 5,
+                agent_call_secs: 10,
+                kill_grace_secs: 5,
             },
             tcg: AccelTimeouts {
                 agent_ready_secs: 120,
                 shutdown_secs: 30,
+                agent_call_secs: DEFAULT_AGENT_CALL_SECS,
+                kill_grace_secs: DEFAULT_KILL_GRACE_SECS,
             },
         }
     }
@@ -154,6 +179,28 @@ impl Default for Timeouts {
 pub struct AccelTimeouts {
     pub agent_ready_secs: u64,
     pub shutdown_secs: u64,
+    /// Deadline of every agent call that has an answer to wait for (all
+    /// but waiting for a process's exit and its output streams).
+    #[serde(default = "default_agent_call_secs")]
+    pub agent_call_secs: u64,
+    /// After SIGKILL is sent to a container (or the agent did not take
+    /// it), how long its processes have to be reported gone before the
+    /// shim stops the whole VM.
+    #[serde(default = "default_kill_grace_secs")]
+    pub kill_grace_secs: u64,
+}
+
+/// Defaults of the timeouts added after the first two, for files that
+/// do not set them (generous: right under TCG, harmless under KVM).
+const DEFAULT_AGENT_CALL_SECS: u64 = 60;
+const DEFAULT_KILL_GRACE_SECS: u64 = 30;
+
+fn default_agent_call_secs() -> u64 {
+    DEFAULT_AGENT_CALL_SECS
+}
+
+fn default_kill_grace_secs() -> u64 {
+    DEFAULT_KILL_GRACE_SECS
 }
 
 impl Config {
@@ -179,9 +226,9 @@ impl Config {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
-                message,
+                source,
             },
             other => other,
         })
@@ -195,9 +242,9 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: PathBuf::from("<text>"),
-            message: e.to_string(),
+            source,
         })?;
         config.validate()?;
         Ok(config)
@@ -226,18 +273,19 @@ impl Config {
             (bytes.div_ceil(1 << 20) + self.hypervisor.memory_mib as u64)
                 .min(self.pod.max_memory_mib as u64)
         });
-        let mut annotations = annotations.clone();
-        if let Some(cpus) = from_limits_cpus {
-            annotations
-                .entry(VCPUS_ANNOTATION.into())
-                .or_insert_with(|| cpus.to_string());
-        }
-        if let Some(mib) = from_limits_mib {
-            annotations
-                .entry(MEMORY_ANNOTATION.into())
-                .or_insert_with(|| mib.to_string());
-        }
-        let annotations = &annotations;
+        // With limits, annotations may size the VM within them (never
+        // above what the pod pays for); within `[pod]` always.
+        let (cpu_max, cpu_bound) = match from_limits_cpus {
+            Some(c) => (c as u32, "the pod's CPU limit"),
+            None => (self.pod.max_vcpus, "pod.max_vcpus"),
+        };
+        let (mem_max, mem_bound) = match from_limits_mib {
+            Some(m) => (
+                m as u32,
+                "the pod's memory limit plus hypervisor.memory_mib",
+            ),
+            None => (self.pod.max_memory_mib, "pod.max_memory_mib"),
+        };
         let get = |key: &'static str, default: u32, min: u32, max: u32, bound: &str| {
             let Some(text) = annotations.get(key) else {
                 return Ok(default);
@@ -253,17 +301,17 @@ impl Config {
         Ok((
             get(
                 VCPUS_ANNOTATION,
-                self.hypervisor.vcpus,
+                from_limits_cpus.map_or(self.hypervisor.vcpus, |c| c as u32),
                 1,
-                self.pod.max_vcpus,
-                "pod.max_vcpus",
+                cpu_max,
+                cpu_bound,
             )?,
             get(
                 MEMORY_ANNOTATION,
-                self.hypervisor.memory_mib,
+                from_limits_mib.map_or(self.hypervisor.memory_mib, |m| m as u32),
                 MIN_MEMORY_MIB,
-                self.pod.max_memory_mib,
-                "pod.max_memory_mib",
+                mem_max,
+                mem_bound,
             )?,
         ))
     }
@@ -335,7 +383,11 @@ impl Config {
             ("timeouts.kvm", &self.timeouts.kvm),
             ("timeouts.tcg", &self.timeouts.tcg),
         ] {
-            if t.agent_ready_secs == 0 || t.shutdown_secs == 0 {
+            if t.agent_ready_secs == 0
+                || t.shutdown_secs == 0
+                || t.agent_call_secs == 0
+                || t.kill_grace_secs == 0
+            {
                 return Err(invalid(key, "timeouts must be at least 1 second".into()));
             }
         }
@@ -354,7 +406,7 @@ mod tests {
     const SHIPPED: &str = include_str!("../configuration.toml");
 
     #[test]
-    fn shipped_file_documents_the_builtin_defaults() {
+    fn shipped_file_documents_the_defaults() {
         assert_eq!(Config::parse(SHIPPED).unwrap(), Config::default());
     }
 
@@ -385,6 +437,52 @@ mod tests {
     fn zero_vcpus_names_the_key() {
         let err = Config::parse("[hypervisor]\nvcpus = 0\n").unwrap_err();
         assert!(err.to_string().contains("hypervisor.vcpus"), "{err}");
+    }
+
+    #[test]
+    fn backend_names_husk_vmm_and_still_reads_builtin() {
+        for (text, backend) in [
+            ("auto", Backend::Auto),
+            ("husk-vmm", Backend::HuskVmm),
+            ("builtin", Backend::HuskVmm),
+            ("qemu", Backend::Qemu),
+        ] {
+            let c = Config::parse(&format!("[hypervisor]\nbackend = \"{text}\"\n")).unwrap();
+            assert_eq!(c.hypervisor.backend, backend, "{text}");
+        }
+        let mut c = Config::default();
+        c.hypervisor.backend = Backend::HuskVmm;
+        assert!(
+            c.to_toml().contains("backend = \"husk-vmm\""),
+            "{}",
+            c.to_toml()
+        );
+        assert_eq!(Backend::HuskVmm.as_str(), "husk-vmm");
+        let e = Config::parse("[hypervisor]\nbackend = \"firecracker\"\n").unwrap_err();
+        assert!(e.to_string().contains("husk-vmm"), "{e}");
+    }
+
+    /// The bounds are husk-vmm's: what loads here, husk-vmm accepts.
+    #[test]
+    fn vcpu_and_memory_bounds_are_husk_vmms() {
+        let size = |vcpus: u32, mib: u32| {
+            Config::parse(&format!(
+                "[hypervisor]\nvcpus = {vcpus}\nmemory_mib = {mib}\n\
+                 [pod]\nmax_vcpus = {vcpus}\nmax_memory_mib = {mib}\n"
+            ))
+        };
+        let (max_vcpus, max_mib) = (husk_vmm_config::MAX_VCPUS, husk_vmm_config::MAX_MEMORY_MIB);
+        assert!(size(u32::from(max_vcpus), max_mib).is_ok());
+        let e = size(u32::from(max_vcpus) + 1, 256).unwrap_err().to_string();
+        assert!(e.contains("hypervisor.vcpus") && e.contains("254"), "{e}");
+        let e = size(1, max_mib + 1).unwrap_err().to_string();
+        assert!(e.contains("hypervisor.memory_mib"), "{e}");
+        // And husk-vmm takes the largest VM husk-config lets through.
+        let mut vm = husk_vmm_config::VmmConfig::new("/k", "/c");
+        (vm.vcpus, vm.memory_mib) = (max_vcpus, MAX_MEMORY_MIB);
+        vm.validate().unwrap();
+        vm.memory_mib = MIN_MEMORY_MIB;
+        vm.validate().unwrap();
     }
 
     #[test]
@@ -434,6 +532,25 @@ mod tests {
             (SANDBOX_MEMORY.to_string(), (128u64 << 20).to_string()),
         ]);
         assert_eq!(c.pod_size(&limits).unwrap(), (2, 384));
+        // Within its limits, an annotation may size the VM; above them it
+        // is refused, naming the annotation and the limit.
+        let mut within = limits.clone();
+        within.extend(ann("1", "300"));
+        assert_eq!(c.pod_size(&within).unwrap(), (1, 300));
+        let mut above = limits.clone();
+        above.extend(ann("4", "384"));
+        let e = c.pod_size(&above).unwrap_err().to_string();
+        assert!(
+            e.contains("io.husk.vcpus") && e.contains("CPU limit"),
+            "{e}"
+        );
+        let mut above = limits.clone();
+        above.extend(ann("2", "2048"));
+        let e = c.pod_size(&above).unwrap_err().to_string();
+        assert!(
+            e.contains("io.husk.memory_mib") && e.contains("memory limit") && e.contains("384"),
+            "{e}"
+        );
     }
 
     #[test]

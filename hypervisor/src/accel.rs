@@ -5,6 +5,7 @@
 
 use husk_config::AcceleratorChoice;
 use std::fmt;
+use std::os::fd::AsRawFd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accelerator {
@@ -55,10 +56,26 @@ pub fn detect_accelerator() -> AcceleratorDecision {
     decide(kvm_api_version(), &cpuinfo)
 }
 
+/// KVM_GET_API_VERSION: `_IO(KVMIO, 0x00)` with KVMIO = 0xAE
+/// (linux/kvm.h). One ioctl, so the shim needs no KVM crate for it.
+const KVM_GET_API_VERSION: libc::c_ulong = 0xae00;
+
 fn kvm_api_version() -> Result<i32, String> {
-    kvm_ioctls::Kvm::new()
-        .map(|kvm| kvm.get_api_version())
-        .map_err(|e| format!("/dev/kvm: {e}"))
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and touches no memory
+    // of ours; `kvm` is an open fd for the whole call.
+    let version = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if version < 0 {
+        return Err(format!(
+            "/dev/kvm: KVM_GET_API_VERSION: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(version)
 }
 
 fn decide(kvm: Result<i32, String>, cpuinfo: &str) -> AcceleratorDecision {
@@ -167,14 +184,14 @@ mod tests {
 /// Which VMM runs a VM, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendDecision {
-    /// Builtin or Qemu (never Auto).
+    /// HuskVmm or Qemu (never Auto).
     pub backend: husk_config::Backend,
     pub reason: String,
 }
 
-/// Resolves `hypervisor.backend`: the built-in VMM needs KVM (it has no
-/// emulator), so "auto" takes it only where the accelerator resolved to
-/// KVM and husk-vmm is installed.
+/// Resolves `hypervisor.backend`: husk-vmm needs KVM (it has no emulator),
+/// so "auto" takes it only where the accelerator resolved to KVM and
+/// husk-vmm is installed.
 pub fn resolve_backend(
     choice: husk_config::Backend,
     accel: &AcceleratorDecision,
@@ -183,17 +200,16 @@ pub fn resolve_backend(
     use husk_config::Backend;
     let pick = |backend, reason: String| BackendDecision { backend, reason };
     match choice {
-        Backend::Qemu => pick(
-            Backend::Qemu,
-            "hypervisor.backend = \"qemu\" in the configuration".into(),
-        ),
-        Backend::Builtin => pick(
-            Backend::Builtin,
-            "hypervisor.backend = \"builtin\" in the configuration".into(),
+        Backend::Qemu | Backend::HuskVmm => pick(
+            choice,
+            format!(
+                "hypervisor.backend = \"{}\" in the configuration",
+                choice.as_str()
+            ),
         ),
         Backend::Auto => match (accel.accelerator, vmm_installed) {
             (Accelerator::Kvm, true) => pick(
-                Backend::Builtin,
+                Backend::HuskVmm,
                 format!("KVM runs guests here ({})", accel.reason),
             ),
             (Accelerator::Kvm, false) => pick(
@@ -203,7 +219,7 @@ pub fn resolve_backend(
             (Accelerator::Tcg, _) => pick(
                 Backend::Qemu,
                 format!(
-                    "the built-in VMM needs KVM, and this host gets TCG ({})",
+                    "husk-vmm needs KVM, and this host gets TCG ({})",
                     accel.reason
                 ),
             ),
@@ -224,9 +240,9 @@ mod backend_tests {
     }
 
     #[test]
-    fn auto_takes_the_builtin_vmm_only_on_kvm_with_husk_vmm() {
+    fn auto_takes_husk_vmm_only_on_kvm_with_husk_vmm_installed() {
         let d = resolve_backend(Backend::Auto, &accel(Accelerator::Kvm), true);
-        assert_eq!(d.backend, Backend::Builtin);
+        assert_eq!(d.backend, Backend::HuskVmm);
         let d = resolve_backend(Backend::Auto, &accel(Accelerator::Kvm), false);
         assert_eq!(d.backend, Backend::Qemu);
         assert!(d.reason.contains("husk-vmm"), "{}", d.reason);
@@ -237,10 +253,11 @@ mod backend_tests {
 
     #[test]
     fn a_named_backend_is_taken_as_named() {
-        for b in [Backend::Qemu, Backend::Builtin] {
+        for b in [Backend::Qemu, Backend::HuskVmm] {
             let d = resolve_backend(b, &accel(Accelerator::Tcg), false);
             assert_eq!(d.backend, b);
             assert!(d.reason.contains("in the configuration"), "{}", d.reason);
+            assert!(d.reason.contains(b.as_str()), "{}", d.reason);
         }
     }
 }

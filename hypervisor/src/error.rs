@@ -1,3 +1,6 @@
+//! husk-hypervisor's one error type: what can go wrong bringing a VM up
+//! or down, each with the cause it came from.
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong bringing a VM up or down.
@@ -5,16 +8,33 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] husk_config::ConfigError),
+    /// The launch is outside what husk-vmm takes (its limits, checked
+    /// before it is spawned).
+    #[error("husk-vmm launch: {0}")]
+    HuskVmm(#[from] husk_vmm_config::ConfigError),
+    #[error("network device MAC {mac:?}: {source}")]
+    Mac {
+        mac: String,
+        #[source]
+        source: husk_vmm_config::MacError,
+    },
     #[error("invalid VM spec: {field}: {message}")]
     InvalidSpec {
         field: &'static str,
         message: String,
     },
-    #[error("{key}: {path}: {reason}")]
+    #[error("{key}: {path}: {problem}")]
     Artifact {
         key: &'static str,
         path: PathBuf,
-        reason: String,
+        problem: &'static str,
+    },
+    #[error("{key}: {path}: {source}")]
+    ArtifactIo {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{context}: {source}")]
     Io {
@@ -53,8 +73,25 @@ pub enum Error {
         last_error: String,
         log_tail: String,
     },
+    /// The guest's side of the handshake was not what hybrid vsock says.
     #[error("hybrid vsock {socket}: {reason}")]
     Vsock { socket: PathBuf, reason: String },
+    #[error("hybrid vsock {socket}: {what}: {source}")]
+    VsockIo {
+        socket: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// tonic's error says only "transport error"; the message carries its
+    /// causes too.
+    #[error("hybrid vsock {socket}: gRPC connect to port {port}: {}", crate::vsock::error_chain(.source))]
+    AgentConnect {
+        socket: PathBuf,
+        port: u32,
+        #[source]
+        source: tonic::transport::Error,
+    },
     /// Boxed: a Status is large and would bloat every Result here.
     #[error("agent RPC failed: {0}")]
     Rpc(Box<tonic::Status>),

@@ -1,25 +1,27 @@
 //! husk-hypervisor: everything that turns a configuration into a running
-//! micro-VM whose agent answers, and back into nothing.
+//! micro-VM whose agent answers, and back into nothing, on the host side.
 //!
 //! - [`MicroVm`] owns one VM's lifecycle: preflight checks, the per-VM run
 //!   directory, the device daemons (virtiofsd, vhost-device-vsock), the VMM
 //!   process, boot until the agent answers, graceful stop and cleanup.
 //! - [`Hypervisor`] is the part that differs between VMMs: how to launch the
-//!   VMM process for a VM. `qemu` is the one in use; [`builtin`] is the
-//!   built-in rust-vmm VMM (`husk-vmm`), speaking to the same vhost-user
-//!   daemons, not selectable until it is shown to boot the guest kernel on
-//!   a KVM host (docs/builtin-vmm.md).
+//!   VMM process for a VM. One backend per VMM: [`Qemu`] and [`HuskVmm`]
+//!   (husk's own VMM, the `husk-vmm` crate and binary, launched with the
+//!   arguments husk-vmm-config's `VmmConfig` writes). `hypervisor.backend`
+//!   picks one; `auto` takes husk-vmm where KVM can run a guest
+//!   ([`resolve_backend`], docs/husk-vmm.md).
 //! - [`agent_channel`] is the host end of hybrid vsock: a Unix socket,
 //!   `CONNECT <port>\n`, `OK <port>\n`, then gRPC to the agent.
+//! - [`tap`] opens the TAP a VM's NIC is backed by (husk-vmm-config's, as
+//!   husk-vmm checks the same TAP on its side).
 
 mod accel;
-pub mod builtin;
 mod daemon;
 mod error;
+mod husk_vmm;
 mod preflight;
 mod qemu;
 mod supervisor;
-pub mod tap;
 #[cfg(test)]
 mod test_support;
 mod vm;
@@ -31,6 +33,8 @@ pub use accel::{
 };
 pub use daemon::MAX_PASSED_FDS;
 pub use error::Error;
+pub use husk_vmm::HuskVmm;
+pub use husk_vmm_config::{tap, MacAddr};
 pub use qemu::Qemu;
 pub use vm::{BootTimings, MicroVm, VmPids, VmSpec};
 pub use vsock::{agent_channel, hybrid_vsock_connect};
@@ -52,8 +56,8 @@ pub struct VmLaunch {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
-    /// The VM's run directory (sockets, logs). The built-in VMM confines
-    /// itself to it once set up.
+    /// The VM's run directory (sockets, logs). husk-vmm confines itself to
+    /// it once set up.
     pub run_dir: PathBuf,
     /// Where the serial console is written.
     pub console_log: PathBuf,
@@ -74,8 +78,8 @@ pub const FIRST_TAP_FD: i32 = 3;
 /// One virtio-net device as the VMM sees it.
 #[derive(Debug, Clone)]
 pub struct NetLaunch {
-    /// The guest NIC's MAC address (aa:bb:cc:dd:ee:ff).
-    pub mac: String,
+    /// The guest NIC's MAC address.
+    pub mac: MacAddr,
 }
 
 /// A network device for a VM: a TAP the caller opened (in whichever
@@ -92,6 +96,7 @@ pub trait Hypervisor: Send + Sync {
     /// Short name for logs and errors, e.g. "qemu".
     fn name(&self) -> &'static str;
     /// The VMM process for `launch`. It must exit when the guest resets
-    /// (the guest kernel runs with `reboot=t`).
-    fn command(&self, launch: &VmLaunch) -> Command;
+    /// (the guest kernel runs with `reboot=t`). Fails when `launch` is
+    /// outside what this VMM takes.
+    fn command(&self, launch: &VmLaunch) -> Result<Command, Error>;
 }

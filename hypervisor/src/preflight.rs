@@ -18,7 +18,7 @@ pub fn check_kernel(path: &Path) -> Result<(), Error> {
         return Err(artifact(
             "hypervisor.kernel",
             path,
-            "neither an ELF vmlinux nor a bzImage".into(),
+            "neither an ELF vmlinux nor a bzImage",
         ));
     }
     Ok(())
@@ -27,15 +27,15 @@ pub fn check_kernel(path: &Path) -> Result<(), Error> {
 pub fn check_initrd(path: &Path) -> Result<(), Error> {
     let head = read_head(path, "hypervisor.initrd", 1)?;
     if head.is_empty() {
-        return Err(artifact("hypervisor.initrd", path, "file is empty".into()));
+        return Err(artifact("hypervisor.initrd", path, "file is empty"));
     }
     Ok(())
 }
 
 pub fn check_executable(key: &'static str, path: &Path) -> Result<(), Error> {
-    let meta = std::fs::metadata(path).map_err(|e| artifact(key, path, e.to_string()))?;
+    let meta = std::fs::metadata(path).map_err(io(key, path))?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(artifact(key, path, "not an executable file".into()));
+        return Err(artifact(key, path, "not an executable file"));
     }
     Ok(())
 }
@@ -70,23 +70,31 @@ pub fn check_vm_id(id: &str) -> Result<(), Error> {
 
 /// Reads up to `len` bytes from the start of a regular file.
 fn read_head(path: &Path, key: &'static str, len: usize) -> Result<Vec<u8>, Error> {
-    let meta = std::fs::metadata(path).map_err(|e| artifact(key, path, e.to_string()))?;
+    let meta = std::fs::metadata(path).map_err(io(key, path))?;
     if !meta.is_file() {
-        return Err(artifact(key, path, "not a regular file".into()));
+        return Err(artifact(key, path, "not a regular file"));
     }
-    let file = std::fs::File::open(path).map_err(|e| artifact(key, path, e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(io(key, path))?;
     let mut head = Vec::with_capacity(len);
     file.take(len as u64)
         .read_to_end(&mut head)
-        .map_err(|e| artifact(key, path, e.to_string()))?;
+        .map_err(io(key, path))?;
     Ok(head)
 }
 
-fn artifact(key: &'static str, path: &Path, reason: String) -> Error {
+fn artifact(key: &'static str, path: &Path, problem: &'static str) -> Error {
     Error::Artifact {
         key,
         path: path.to_owned(),
-        reason,
+        problem,
+    }
+}
+
+fn io<'a>(key: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
+    move |source| Error::ArtifactIo {
+        key,
+        path: path.to_owned(),
+        source,
     }
 }
 

@@ -2,7 +2,7 @@
 //! memfd so the vhost-user daemons can map it; without ACPI, QEMU appends
 //! `virtio_mmio.device=` entries for the devices to the kernel command line.
 
-use crate::{Accelerator, Hypervisor, VmLaunch};
+use crate::{Accelerator, Error, Hypervisor, VmLaunch};
 use std::path::PathBuf;
 use tokio::process::Command;
 
@@ -15,10 +15,10 @@ impl Hypervisor for Qemu {
         "qemu"
     }
 
-    fn command(&self, l: &VmLaunch) -> Command {
+    fn command(&self, l: &VmLaunch) -> Result<Command, Error> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(qemu_args(l));
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -144,7 +144,7 @@ mod tests {
     fn each_tap_is_a_virtio_net_device_with_its_mac() {
         let mut l = launch(Accelerator::Tcg);
         l.nets = vec![NetLaunch {
-            mac: "02:00:00:00:00:01".into(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
         }];
         let args = qemu_args(&l).join(" ");
         assert!(

@@ -2,7 +2,7 @@
 //! daemons, VMM, boot until the agent answers, stop, cleanup.
 
 use crate::daemon::{log_tail, Daemon};
-use crate::{preflight, Accelerator, Error, Hypervisor, Qemu, VmLaunch};
+use crate::{preflight, Accelerator, Error, HuskVmm, Hypervisor, MacAddr, Qemu, VmLaunch};
 use husk_config::{AccelTimeouts, Backend, Config};
 use husk_proto::agent::agent_client::AgentClient;
 use husk_proto::agent::{HealthRequest, SetClockRequest, ShutdownRequest};
@@ -107,18 +107,18 @@ impl MicroVm {
             preflight::check_executable("hypervisor.vmm_path", &h.vmm_path).is_ok(),
         );
         let hypervisor: Box<dyn Hypervisor> = match backend.backend {
-            Backend::Builtin => {
+            Backend::HuskVmm => {
                 if decision.accelerator != Accelerator::Kvm {
                     return Err(Error::InvalidSpec {
                         field: "hypervisor.backend",
                         message: format!(
-                            "the built-in VMM needs KVM, and the accelerator is TCG: {}",
+                            "husk-vmm needs KVM, and the accelerator is TCG: {}",
                             decision.reason
                         ),
                     });
                 }
                 preflight::check_executable("hypervisor.vmm_path", &h.vmm_path)?;
-                Box::new(crate::builtin::backend::Builtin {
+                Box::new(HuskVmm {
                     binary: h.vmm_path.clone(),
                 })
             }
@@ -220,11 +220,17 @@ impl MicroVm {
             nets: spec
                 .nets
                 .iter()
-                .map(|n| crate::NetLaunch { mac: n.mac.clone() })
-                .collect(),
+                .map(|n| {
+                    let mac = n.mac.parse::<MacAddr>().map_err(|source| Error::Mac {
+                        mac: n.mac.clone(),
+                        source,
+                    })?;
+                    Ok(crate::NetLaunch { mac })
+                })
+                .collect::<Result<_, Error>>()?,
         };
         let vmm_started = Instant::now();
-        let mut command = hypervisor.command(&launch);
+        let mut command = hypervisor.command(&launch)?;
         let taps: Vec<_> = spec.nets.iter().map(|n| n.tap).collect();
         crate::daemon::pass_fds(&mut command, taps, crate::FIRST_TAP_FD);
         self.vmm = Some(Daemon::spawn(
@@ -480,9 +486,12 @@ fn create_run_dir(dir: &Path) -> Result<(), Error> {
 }
 
 /// `reboot=t` + the VMM's no-reboot turn a guest reboot into VMM exit;
-/// `panic=-1` makes an agent crash (PID 1 exit) end the VM at once.
+/// `panic=-1` makes an agent crash (PID 1 exit) end the VM at once;
+/// `no_timer_check` skips the IO-APIC timer probe, which fails ("IO-APIC +
+/// timer doesn't work!", a panic) when a TCG vCPU is descheduled on a
+/// loaded host, as Kata's guests do.
 fn kernel_cmdline(extra: &str) -> String {
-    let base = "console=ttyS0 reboot=t panic=-1 quiet";
+    let base = "console=ttyS0 reboot=t panic=-1 no_timer_check quiet";
     if extra.trim().is_empty() {
         base.to_owned()
     } else {
@@ -496,10 +505,13 @@ mod tests {
 
     #[test]
     fn cmdline_appends_configured_params() {
-        assert_eq!(kernel_cmdline(""), "console=ttyS0 reboot=t panic=-1 quiet");
+        assert_eq!(
+            kernel_cmdline(""),
+            "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"
+        );
         assert_eq!(
             kernel_cmdline(" loglevel=7 "),
-            "console=ttyS0 reboot=t panic=-1 quiet loglevel=7"
+            "console=ttyS0 reboot=t panic=-1 no_timer_check quiet loglevel=7"
         );
     }
 

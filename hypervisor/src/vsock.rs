@@ -21,21 +21,26 @@ pub async fn hybrid_vsock_connect(socket: &Path, port: u32) -> Result<UnixStream
         socket: socket.to_owned(),
         reason,
     };
+    let io = |what: String| {
+        move |source| Error::VsockIo {
+            socket: socket.to_owned(),
+            what,
+            source,
+        }
+    };
     let mut stream = UnixStream::connect(socket)
         .await
-        .map_err(|e| fail(format!("connect: {e}")))?;
+        .map_err(io("connect".into()))?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
-        .map_err(|e| fail(format!("writing CONNECT: {e}")))?;
+        .map_err(io("writing CONNECT".into()))?;
     // Byte by byte: anything after the newline already belongs to the guest.
     let mut reply = Vec::with_capacity(MAX_REPLY);
     loop {
-        let byte = stream.read_u8().await.map_err(|e| {
-            fail(format!(
-                "no reply to CONNECT {port} (is the guest listening?): {e}"
-            ))
-        })?;
+        let byte = stream.read_u8().await.map_err(io(format!(
+            "no reply to CONNECT {port} (is the guest listening?)"
+        )))?;
         if byte == b'\n' {
             break;
         }
@@ -75,13 +80,15 @@ pub async fn agent_channel(socket: &Path, port: u32, timeout: Duration) -> Resul
             async move { hybrid_vsock_connect(&path, port).await.map(TokioIo::new) }
         }))
         .await
-        .map_err(|e| Error::Vsock {
+        .map_err(|source| Error::AgentConnect {
             socket: socket.to_owned(),
-            reason: format!("gRPC connect to port {port}: {}", error_chain(&e)),
+            port,
+            source,
         })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its causes, "outer: inner: ...".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,35 +1,25 @@
 //! containerd-shim-husk-v2: the containerd runtime v2 shim of husk.
 //!
-//! containerd starts one shim per container (`ctr run`) or per pod; the shim
-//! boots a micro-VM with `husk-hypervisor` on the first Create, shares each
-//! container's rootfs with the guest through virtio-fs, and drives the
-//! guest agent over vsock for every Task call. Built on the `containerd-shim`
-//! crate, which handles the start/delete actions and the ttrpc server.
+//! containerd runs it with an action: `start` (answer with the pod's shim
+//! address, starting the shim), `delete` (clean up after a dead shim), or
+//! none (serve the Task API on the socket `start` chose). `-v` and `-info`
+//! describe it. Serving is the `containerd-shim` crate's ttrpc server over
+//! husk's Task service (husk_shim::service); the actions are husk's own
+//! (husk_shim::bootstrap).
 //!
 //! The crate is pinned to 0.10: it is the last with the task v2 API that
 //! containerd 1.6 and 1.7 speak (0.11 moved to v3, which only 2.x serves).
 
-mod cgroup;
-mod container;
-mod io;
-mod metrics;
-mod network;
-mod portforward;
-mod rootfs;
-mod sandbox;
-mod spec;
-mod task;
-
 use async_trait::async_trait;
-use containerd_shim::asynchronous::{run, spawn, ExitSignal, Shim};
+use containerd_shim::asynchronous::{run, ExitSignal, Shim};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Error, Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
+use husk_shim::{bootstrap, RUNTIME_ID};
+use std::io::Write;
 use std::sync::Arc;
 
-/// The runtime name users give containerd (`--runtime io.containerd.husk.v2`).
-pub const RUNTIME_ID: &str = "io.containerd.husk.v2";
-
+/// The serving shim, as the crate drives it.
 struct HuskShim {
     id: String,
     namespace: String,
@@ -40,7 +30,7 @@ struct HuskShim {
 
 #[async_trait]
 impl Shim for HuskShim {
-    type T = task::HuskTask;
+    type T = husk_shim::service::TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         HuskShim {
@@ -51,36 +41,13 @@ impl Shim for HuskShim {
         }
     }
 
-    /// One shim, and so one VM, per pod: containers name their pod's
-    /// sandbox in a CRI annotation, and a shim started for the same
-    /// sandbox finds the socket taken and hands back that shim's address.
-    /// Without the annotation (`ctr run`) the container is its own group.
-    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let grouping = std::fs::read("config.json")
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|spec| {
-                spec.pointer("/annotations/io.kubernetes.cri.sandbox-id")?
-                    .as_str()
-                    .filter(|s| husk_proto::is_safe_id(s, 128))
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| opts.id.clone());
-        spawn(opts, &grouping, Vec::new()).await
+    // `start` and `delete` never reach the crate (see main).
+    async fn start_shim(&mut self, _opts: StartOpts) -> Result<String, Error> {
+        Err(Error::InvalidArgument("start is handled by husk".into()))
     }
 
-    /// Called by containerd after the shim died (or was killed): the shim
-    /// process, and with it (PDEATHSIG) the VM, is gone; unmount and remove
-    /// what it left, and report the task as killed, as runc's shim does.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        let bundle = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
-        let config = husk_config::Config::load_default().unwrap_or_default();
-        sandbox::cleanup_after_crash(&config, &self.id, &bundle);
-        Ok(DeleteResponse {
-            exit_status: 128 + nix::libc::SIGKILL as u32,
-            exited_at: Some(containerd_shim::util::timestamp()?).into(),
-            ..Default::default()
-        })
+        Err(Error::InvalidArgument("delete is handled by husk".into()))
     }
 
     async fn wait(&mut self) {
@@ -89,13 +56,13 @@ impl Shim for HuskShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         init_logging();
-        task::HuskTask::new(
-            self.id.clone(),
-            self.namespace.clone(),
-            self.socket.clone(),
-            publisher,
-            self.exit.clone(),
-        )
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let pod_id = bootstrap::pod_id(&bundle, &self.id);
+        let config = husk_config::Config::load_default().map_err(|e| e.to_string());
+        let events = husk_shim::events::Publisher::start(publisher, self.namespace.clone());
+        let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), config);
+        let manager = husk_shim::manager::Manager::new(pod_id, pod, Arc::new(events));
+        husk_shim::service::TaskService::new(manager, self.socket.clone(), self.exit.clone())
     }
 }
 
@@ -127,23 +94,56 @@ fn init_logging() {
 }
 
 fn main() {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => fail(anyhow::anyhow!("{e}")),
+    };
+    let out = |bytes: &[u8]| {
+        let mut stdout = std::io::stdout();
+        if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+            fail(anyhow::Error::new(e).context("writing stdout"));
+        }
+    };
+    if flags.version {
+        return out(bootstrap::version().as_bytes());
+    }
+    if flags.info {
+        return match bootstrap::info() {
+            Ok(b) => out(&b),
+            Err(e) => fail(e),
+        };
+    }
+    match flags.action.as_str() {
+        "start" => {
+            if let Err(e) = bootstrap::start(&flags) {
+                fail(e.context("start"));
+            }
+        }
+        "delete" => match bootstrap::delete(&flags) {
+            Ok(b) => out(&b),
+            Err(e) => fail(e.context("delete")),
+        },
+        "" => serve(),
+        other => fail(anyhow::anyhow!(
+            "unknown action {other:?}: expected start, delete or none"
+        )),
+    }
+}
+
+fn fail(e: anyhow::Error) -> ! {
+    eprintln!("{RUNTIME_ID}: {e:#}");
+    std::process::exit(1);
+}
+
+fn serve() {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{RUNTIME_ID}: cannot start the tokio runtime: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => fail(anyhow::Error::new(e).context("starting the tokio runtime")),
     };
-    runtime.block_on(serve());
-    // A blocking FIFO open that never found its writer must not keep the
-    // shim alive after containerd told it to go.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-}
-
-async fn serve() {
     let config = Config {
         // tracing instead of the crate's `log` FIFO logger.
         no_setup_logger: true,
@@ -153,5 +153,8 @@ async fn serve() {
         no_sub_reaper: true,
         ..Default::default()
     };
-    run::<HuskShim>(RUNTIME_ID, Some(config)).await;
+    runtime.block_on(run::<HuskShim>(RUNTIME_ID, Some(config)));
+    // A blocking FIFO open that never found its writer must not keep the
+    // shim alive after containerd told it to go.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
 }

@@ -135,10 +135,8 @@ fn limit(max: u64) -> u64 {
     }
 }
 
-pub fn to_any(s: &ContainerStatsResponse) -> Result<Any, String> {
-    let value = to_metrics(s)
-        .write_to_bytes()
-        .map_err(|e| format!("encoding metrics: {e}"))?;
+pub fn to_any(s: &ContainerStatsResponse) -> Result<Any, containerd_shim_protos::protobuf::Error> {
+    let value = to_metrics(s).write_to_bytes()?;
     Ok(Any {
         type_url: METRICS_TYPE_URL.into(),
         value,

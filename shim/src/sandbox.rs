@@ -1,21 +1,41 @@
-//! The VM behind a shim: booted on the first container, stopped with the
-//! last. Also the clean-up containerd asks of a shim that died.
+//! [`VmPod`]: the [`Pod`] the shim runs — one micro-VM per pod, booted at
+//! its first container and stopped after its last, with the pod's network
+//! namespace, port-forward and host cgroup attached, and each container's
+//! files shared through the pod's share tree (`share`).
 
+use crate::agent::VsockAgent;
+use crate::error::TaskError;
 use crate::network::PodNetwork;
-use crate::rootfs;
-use anyhow::Context;
+use crate::pod::{ContainerPlan, Pod, PodTimeouts};
+use crate::share::{ContainerShare, ShareTree};
+use anyhow::{anyhow, Context};
+use async_trait::async_trait;
+use containerd_shim_protos::api::{CreateTaskRequest, Mount};
 use husk_config::Config;
 use husk_hypervisor::{MicroVm, NetDevice, VmSpec};
-use husk_proto::agent::agent_client::AgentClient;
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use tonic::transport::Channel;
+use std::time::Duration;
 
-pub struct Sandbox {
-    pub vm: MicroVm,
-    pub agent: AgentClient<Channel>,
-    pub shared: PathBuf,
-    /// The pod network namespace connected to the VM, if any.
+pub struct VmPod {
+    pod_id: String,
+    config: Result<Config, String>,
+    tree: Option<ShareTree>,
+    state: tokio::sync::Mutex<PodState>,
+}
+
+#[derive(Default)]
+struct PodState {
+    vm: Option<RunningVm>,
+    /// What was shared for each container, and the bundle rootfs the shim
+    /// mounted for it (None when the spec's own root was shared).
+    shares: HashMap<String, (ContainerShare, Option<PathBuf>)>,
+}
+
+/// A booted VM and what is attached to it.
+struct RunningVm {
+    vm: MicroVm,
     network: Option<PodNetwork>,
     /// The namespace's localhost carried into the guest (port-forward).
     forward: Option<crate::portforward::LocalForward>,
@@ -23,105 +43,311 @@ pub struct Sandbox {
     cgroup: Option<crate::cgroup::HostCgroup>,
 }
 
-impl Sandbox {
-    /// Boots the VM `vm_id` as `config` says (sized for its pod), with a
-    /// NIC on the pod network `netns` when there is one.
-    pub async fn start(
-        config: &Config,
-        vm_id: &str,
-        netns: Option<&Path>,
-        cgroups_path: Option<&str>,
-    ) -> anyhow::Result<Self> {
-        let network = match netns {
-            Some(ns) => {
-                let ns = ns.to_owned();
-                tokio::task::spawn_blocking(move || crate::network::attach(&ns))
-                    .await
-                    .context("network attach")??
-            }
-            None => None,
-        };
-        let result = Self::boot(config, vm_id, &network).await;
-        match result {
-            Ok((vm, agent, shared)) => {
-                let forward = match &network {
-                    Some(n) => match crate::portforward::start(&n.netns, vm.agent_socket()).await {
-                        Ok(f) => Some(f),
-                        Err(e) => {
-                            // The pod works without it; port-forward does not.
-                            tracing::warn!(vm_id, "port-forward into the pod is unavailable: {e}");
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                let cgroup = cgroups_path.and_then(|p| join_cgroup(&vm, vm_id, p));
-                Ok(Self {
-                    vm,
-                    agent,
-                    shared,
-                    network,
-                    forward,
-                    cgroup,
-                })
-            }
-            Err(e) => {
-                if let Some(n) = network {
-                    let _ = tokio::task::spawn_blocking(move || n.detach()).await;
+impl VmPod {
+    pub fn new(pod_id: String, config: Result<Config, String>) -> Self {
+        let tree = config
+            .as_ref()
+            .ok()
+            .map(|c| ShareTree::new(&c.hypervisor.runtime_dir, &pod_id));
+        Self {
+            pod_id,
+            config,
+            tree,
+            state: tokio::sync::Mutex::default(),
+        }
+    }
+
+    fn config(&self) -> Result<&Config, TaskError> {
+        self.config
+            .as_ref()
+            .map_err(|e| TaskError::Config(e.clone()))
+    }
+
+    fn tree(&self) -> Result<&ShareTree, TaskError> {
+        self.config()?;
+        self.tree
+            .as_ref()
+            .ok_or_else(|| TaskError::Config("no share tree".into()))
+    }
+}
+
+#[async_trait]
+impl Pod for VmPod {
+    type Agent = VsockAgent;
+
+    fn plan(&self, req: &CreateTaskRequest) -> Result<ContainerPlan, TaskError> {
+        let config = self.config()?;
+        let guest =
+            crate::spec::prepare(Path::new(&req.bundle), &req.id).map_err(TaskError::Invalid)?;
+        refuse_host_network(&guest)?;
+        // The pod's VM size, from the sandbox's annotations; checked here so
+        // that a bad one fails RunPodSandbox before anything is made.
+        let annotations: HashMap<String, String> = guest
+            .spec
+            .get("annotations")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
+            .unwrap_or_default();
+        let (vcpus, memory_mib) = config
+            .pod_size(&annotations)
+            .map_err(|e| TaskError::Invalid(e.into()))?;
+        Ok(ContainerPlan {
+            guest,
+            vcpus,
+            memory_mib,
+        })
+    }
+
+    async fn share(
+        &self,
+        container_id: &str,
+        req: &CreateTaskRequest,
+        plan: &ContainerPlan,
+    ) -> Result<(), TaskError> {
+        let tree = self.tree()?.clone();
+        let mut state = self.state.lock().await;
+        let (id, mounts, bundle) = (
+            container_id.to_owned(),
+            req.rootfs.clone(),
+            PathBuf::from(&req.bundle),
+        );
+        let (host_root, binds) = (plan.guest.host_root.clone(), plan.guest.binds.clone());
+        let had_vm = state.vm.is_some();
+        let shared = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            tree.create()?;
+            let (rootfs, mounted) = mount_bundle_rootfs(&mounts, &bundle, &host_root)?;
+            match tree.share_container(&id, &rootfs, &binds) {
+                Ok(share) => Ok((share, mounted)),
+                Err(e) => {
+                    if let Some(m) = &mounted {
+                        crate::share::unmount(m);
+                    }
+                    Err(e.into())
                 }
-                Err(e)
+            }
+        })
+        .await
+        .map_err(|e| TaskError::Host(anyhow!(e)))?;
+        match shared {
+            Ok(record) => {
+                state.shares.insert(container_id.to_owned(), record);
+                Ok(())
+            }
+            Err(e) => {
+                if !had_vm && state.shares.is_empty() {
+                    if let Ok(tree) = self.tree() {
+                        tree.remove();
+                    }
+                }
+                Err(TaskError::Invalid(e))
             }
         }
     }
 
-    async fn boot(
-        config: &Config,
-        vm_id: &str,
-        network: &Option<PodNetwork>,
-    ) -> anyhow::Result<(MicroVm, AgentClient<Channel>, PathBuf)> {
-        let shared = rootfs::shared_dir(&config.hypervisor.runtime_dir, vm_id);
-        std::fs::create_dir_all(&shared)
-            .with_context(|| format!("creating the shared directory {}", shared.display()))?;
-        let spec = VmSpec {
-            id: vm_id.to_owned(),
-            shared_dir: shared.clone(),
-            nets: network
-                .iter()
-                .map(|n| NetDevice {
-                    tap: n.tap.as_raw_fd(),
-                    mac: n.mac.clone(),
-                })
-                .collect(),
+    async fn unshare(&self, container_id: &str) {
+        let Ok(tree) = self.tree().cloned() else {
+            return;
         };
-        let vm = match MicroVm::start(config, spec).await {
-            Ok(vm) => vm,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&shared);
-                return Err(e).context("starting the VM");
+        let mut state = self.state.lock().await;
+        let record = state.shares.remove(container_id);
+        let last = state.shares.is_empty() && state.vm.is_none();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some((share, mounted)) = record {
+                tree.unshare(share);
+                if let Some(m) = mounted {
+                    crate::share::unmount(&m);
+                }
             }
-        };
-        let mut vm = vm;
-        let agent = match vm.agent().await {
-            Ok(agent) => agent,
-            Err(e) => {
-                vm.stop().await;
-                let _ = std::fs::remove_dir_all(&shared);
-                return Err(e).context("connecting to the agent");
+            if last {
+                tree.remove();
             }
-        };
-        if let Some(n) = network {
-            let mut a = agent.clone();
-            if let Err(e) = a.configure_network(n.guest.clone()).await {
-                vm.stop().await;
-                let _ = std::fs::remove_dir_all(&shared);
-                anyhow::bail!("configuring the guest network: {}", e.message());
-            }
-            tracing::info!(vm_id, mac = %n.mac, netns = %n.netns.display(), "pod network connected");
-        }
-        Ok((vm, agent, shared))
+        })
+        .await;
     }
 
-    pub async fn stop(mut self) {
+    async fn boot(&self, plan: &ContainerPlan) -> Result<VsockAgent, TaskError> {
+        let mut config = self.config()?.clone();
+        config.hypervisor.vcpus = plan.vcpus;
+        config.hypervisor.memory_mib = plan.memory_mib;
+        let shared_dir = self.tree()?.shared_dir();
+        let mut state = self.state.lock().await;
+        let running = boot(
+            &config,
+            &self.pod_id,
+            shared_dir,
+            plan.guest.netns.as_deref(),
+            plan.guest.cgroups_path.as_deref(),
+        )
+        .await?;
+        let client =
+            running.vm.agent().await.map_err(|e| {
+                TaskError::Host(anyhow::Error::new(e).context("connecting to the agent"))
+            });
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                running.stop(&self.pod_id).await;
+                return Err(e);
+            }
+        };
+        state.vm = Some(running);
+        Ok(VsockAgent::new(client))
+    }
+
+    async fn stop(&self) {
+        let mut state = self.state.lock().await;
+        if let Some(vm) = state.vm.take() {
+            vm.stop(&self.pod_id).await;
+        }
+        if state.shares.is_empty() {
+            if let Ok(tree) = self.tree().cloned() {
+                let _ = tokio::task::spawn_blocking(move || tree.remove()).await;
+            }
+        }
+    }
+
+    fn timeouts(&self) -> PodTimeouts {
+        let t = match &self.config {
+            Ok(c) => {
+                match husk_hypervisor::resolve_accelerator(c.hypervisor.accelerator).accelerator {
+                    husk_hypervisor::Accelerator::Kvm => c.timeouts.kvm,
+                    husk_hypervisor::Accelerator::Tcg => c.timeouts.tcg,
+                }
+            }
+            Err(_) => husk_config::Timeouts::default().tcg,
+        };
+        PodTimeouts {
+            agent_call: Duration::from_secs(t.agent_call_secs),
+            kill_grace: Duration::from_secs(t.kill_grace_secs),
+        }
+    }
+}
+
+/// A spec without a network namespace asks for the host's network
+/// (`hostNetwork: true`, `ctr run --net-host`). A VM cannot join the
+/// host's network namespace, and a workload silently given a private one
+/// would not be reachable where it expects: refused, as other VM runtimes
+/// do.
+fn refuse_host_network(guest: &crate::spec::GuestSpec) -> Result<(), TaskError> {
+    let has_network = guest
+        .spec
+        .pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .is_some_and(|n| {
+            n.iter()
+                .any(|ns| ns.get("type").and_then(|t| t.as_str()) == Some("network"))
+        });
+    if guest.netns.is_some() || has_network {
+        return Ok(());
+    }
+    Err(TaskError::Invalid(anyhow!(
+        "linux.namespaces: no network namespace, so the host's network is asked for \
+         (hostNetwork: true or --net-host); husk runs the pod in a VM, which cannot \
+         share the host's network namespace: run host-network pods with runc"
+    )))
+}
+
+/// Mounts containerd's rootfs mounts at `<bundle>/rootfs` as runc's shim
+/// does; with none, the spec's own root (`ctr run --rootfs`) is shared as
+/// it is. Returns the directory to share and what was mounted.
+fn mount_bundle_rootfs(
+    mounts: &[Mount],
+    bundle: &Path,
+    host_root: &Path,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    if mounts.is_empty() {
+        return Ok((host_root.to_owned(), None));
+    }
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+    for m in mounts {
+        let fstype = Some(m.type_.as_str()).filter(|s| !s.is_empty());
+        let source = Some(m.source.as_str()).filter(|s| !s.is_empty());
+        if let Err(e) = containerd_shim::mount::mount_rootfs(fstype, source, &m.options, &rootfs) {
+            crate::share::unmount(&rootfs);
+            return Err(anyhow!("mounting the rootfs at {}: {e}", rootfs.display()));
+        }
+    }
+    Ok((rootfs.clone(), Some(rootfs)))
+}
+
+/// Boots the VM `vm_id` (sized in `config`) sharing `shared_dir`, with a
+/// NIC on the pod network `netns` when there is one. On error nothing of
+/// it is left; the share tree is the caller's.
+async fn boot(
+    config: &Config,
+    vm_id: &str,
+    shared_dir: PathBuf,
+    netns: Option<&Path>,
+    cgroups_path: Option<&str>,
+) -> Result<RunningVm, TaskError> {
+    let network = match netns {
+        Some(ns) => {
+            let ns = ns.to_owned();
+            tokio::task::spawn_blocking(move || crate::network::attach(&ns))
+                .await
+                .map_err(|e| TaskError::Host(anyhow!(e)))?
+                .map_err(|e| TaskError::Host(anyhow::Error::new(e).context("network attach")))?
+        }
+        None => None,
+    };
+    let spec = VmSpec {
+        id: vm_id.to_owned(),
+        shared_dir,
+        nets: network
+            .iter()
+            .map(|n| NetDevice {
+                tap: n.tap.as_raw_fd(),
+                mac: n.mac.clone(),
+            })
+            .collect(),
+    };
+    let vm = match MicroVm::start(config, spec).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            if let Some(n) = network {
+                let _ = tokio::task::spawn_blocking(move || n.detach()).await;
+            }
+            return Err(TaskError::Host(
+                anyhow::Error::new(e).context("starting the VM"),
+            ));
+        }
+    };
+    let mut running = RunningVm {
+        vm,
+        network,
+        forward: None,
+        cgroup: None,
+    };
+    if let Some(n) = &running.network {
+        let configured = async {
+            let mut agent = running.vm.agent().await?;
+            agent
+                .configure_network(n.guest.clone())
+                .await
+                .map_err(|s| anyhow!("{}", crate::agent::sanitize(s.message())))?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = configured {
+            running.stop(vm_id).await;
+            return Err(TaskError::Host(e.context("configuring the guest network")));
+        }
+        tracing::info!(pod_id = vm_id, mac = %n.mac, netns = %n.netns.display(), "pod network connected");
+        match crate::portforward::start(&n.netns, running.vm.agent_socket()).await {
+            Ok(f) => running.forward = Some(f),
+            // The pod works without it; port-forward does not.
+            Err(e) => tracing::warn!(
+                pod_id = vm_id,
+                "port-forward into the pod is unavailable: {e}"
+            ),
+        }
+    }
+    running.cgroup = cgroups_path.and_then(|p| join_cgroup(&running.vm, vm_id, p));
+    Ok(running)
+}
+
+impl RunningVm {
+    async fn stop(mut self, pod_id: &str) {
         if let Some(f) = self.forward.take() {
             let _ = tokio::task::spawn_blocking(move || f.stop()).await;
         }
@@ -129,10 +355,10 @@ impl Sandbox {
         if let Some(c) = self.cgroup.take() {
             c.remove();
         }
-        remove_shared_dir(&self.shared);
         if let Some(n) = self.network.take() {
             let _ = tokio::task::spawn_blocking(move || n.detach()).await;
         }
+        tracing::info!(pod_id, "VM stopped");
     }
 }
 
@@ -141,7 +367,7 @@ impl Sandbox {
 fn join_cgroup(vm: &MicroVm, vm_id: &str, spec_path: &str) -> Option<crate::cgroup::HostCgroup> {
     let Some(rel) = crate::cgroup::cgroupfs_path(spec_path) else {
         tracing::warn!(
-            vm_id,
+            pod_id = vm_id,
             cgroups_path = spec_path,
             "not a cgroupfs path; the VM stays in the shim's cgroup"
         );
@@ -150,43 +376,35 @@ fn join_cgroup(vm: &MicroVm, vm_id: &str, spec_path: &str) -> Option<crate::cgro
     let cgroup = match crate::cgroup::HostCgroup::create(&rel) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(vm_id, cgroups_path = spec_path, %e, "cannot make the pod cgroup");
+            tracing::warn!(pod_id = vm_id, cgroups_path = spec_path, %e, "cannot make the pod cgroup");
             return None;
         }
     };
     let pids = vm.pids();
     for pid in [pids.vmm, pids.virtiofsd, pids.vsock_backend] {
         if let Err(e) = cgroup.add(pid) {
-            tracing::warn!(vm_id, pid, %e, "cannot move a VM process into the pod cgroup");
+            tracing::warn!(pod_id = vm_id, pid, %e, "cannot move a VM process into the pod cgroup");
         }
     }
     Some(cgroup)
 }
 
-/// Removes the shared directory after unmounting anything still bound in
-/// it; remove_dir (not remove_dir_all) below it, so a mount that would not
-/// go away can never make us delete a container's files.
-fn remove_shared_dir(shared: &Path) {
-    if let Ok(entries) = std::fs::read_dir(shared) {
-        for entry in entries.flatten() {
-            rootfs::release(Path::new(""), &entry.path(), false);
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(shared) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %shared.display(), %e, "cannot remove the shared directory");
-        }
-    }
-}
-
-/// After a shim crash: its VM processes died with it (PDEATHSIG); unmount
-/// the rootfs binds and remove the directories it left.
-pub fn cleanup_after_crash(config: &Config, id: &str, bundle: &Path) {
+/// After a shim died (containerd runs `delete`): its VM processes died
+/// with it (PDEATHSIG). Unmounts and removes what it left for container
+/// `id` of pod `pod_id`: the whole pod's when `id` is the pod's own.
+pub fn cleanup_after_crash(config: &Config, pod_id: &str, id: &str, bundle: &Path) {
     let runtime_dir = &config.hypervisor.runtime_dir;
-    let shared = rootfs::shared_dir(runtime_dir, id);
-    remove_shared_dir(&shared);
-    rootfs::unmount_all(&bundle.join("rootfs"));
-    let _ = std::fs::remove_dir_all(runtime_dir.join("vms").join(id));
+    let tree = ShareTree::new(runtime_dir, pod_id);
+    tree.remove_container(id);
+    crate::share::unmount(&bundle.join("rootfs"));
+    if id != pod_id {
+        return;
+    }
+    tree.remove();
+    let vm_dir = runtime_dir.join("vms").join(pod_id);
+    if vm_dir.exists() && crate::share::mounts_under(&vm_dir).is_empty() {
+        let _ = std::fs::remove_dir_all(&vm_dir);
+    }
     // The pod cgroup the VM's processes were in, now empty.
     let cgroups_path = std::fs::read(bundle.join("config.json"))
         .ok()
@@ -197,5 +415,41 @@ pub fn cleanup_after_crash(config: &Config, id: &str, bundle: &Path) {
         .and_then(crate::cgroup::cgroupfs_path)
     {
         crate::cgroup::HostCgroup::existing(&rel).remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(namespaces: serde_json::Value) -> crate::spec::GuestSpec {
+        let bundle = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({
+            "root": {"path": "rootfs"},
+            "process": {"args": ["sh"]},
+            "linux": {"namespaces": namespaces}
+        });
+        std::fs::write(bundle.path().join("config.json"), spec.to_string()).unwrap();
+        crate::spec::prepare(bundle.path(), "c1").unwrap()
+    }
+
+    #[test]
+    fn host_network_pods_are_refused_with_the_reason() {
+        let host = guest(serde_json::json!([{"type": "pid"}, {"type": "mount"}]));
+        let e = refuse_host_network(&host).unwrap_err();
+        assert_eq!(
+            e.code(),
+            containerd_shim_protos::ttrpc::Code::INVALID_ARGUMENT
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("hostNetwork") && text.contains("runc"),
+            "{text}"
+        );
+        // A pod's CNI namespace, and a new one (ctr run), are the guest's.
+        let cni = guest(serde_json::json!([{"type": "network", "path": "/var/run/netns/cni-1"}]));
+        refuse_host_network(&cni).unwrap();
+        let new = guest(serde_json::json!([{"type": "network"}]));
+        refuse_host_network(&new).unwrap();
     }
 }

@@ -8,10 +8,21 @@
 //! - Paths are rewritten to the guest's view: `root.path` to the rootfs in
 //!   the shared directory, and each bind mount's source to its own share
 //!   point, `<container dir>/mounts/<i>` (see `rootfs::mount_binds`).
+//! - A network namespace named by path (a pod's, from CNI, or another
+//!   container's) becomes the guest's own network namespace, which holds
+//!   the pod's network (the VM's NIC): the container joins it by path, as
+//!   under runc it joins the pod's. So `net.*` sysctls (containerd 2.x puts
+//!   `net.ipv4.ip_unprivileged_port_start` into every sandbox) are written
+//!   where the pod's network is, and stay refused by the agent where the
+//!   spec has no network namespace at all, as runc refuses them.
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+/// The guest's own network namespace, where the pod's network is: that of
+/// the agent, PID 1 in the guest.
+pub const GUEST_NETNS: &str = "/proc/1/ns/net";
 
 /// A host path bind-mounted into the container through the shared
 /// directory.
@@ -50,23 +61,20 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
     check_capabilities(&spec)?;
     check_memory_limit(&spec)?;
     // The VM is the pod, and its network namespace is the pod's network:
-    // a network namespace named by a host path (CNI's, for a pod) means
-    // the guest's own; one without a path stays a new, empty one.
+    // a network namespace named by a path (CNI's, for a pod) means the
+    // guest's own; one without a path stays a new, empty one.
     let mut netns = None;
-    if let Some(namespaces) = spec
+    for ns in spec
         .pointer_mut("/linux/namespaces")
         .and_then(|n| n.as_array_mut())
+        .into_iter()
+        .flatten()
     {
-        namespaces.retain(|ns| {
-            let path = ns.get("path").and_then(|p| p.as_str());
-            match (ns.get("type").and_then(|t| t.as_str()), path) {
-                (Some("network"), Some(p)) => {
-                    netns = Some(PathBuf::from(p));
-                    false
-                }
-                _ => true,
-            }
-        });
+        let path = ns.get("path").and_then(|p| p.as_str());
+        if let (Some("network"), Some(p)) = (ns.get("type").and_then(|t| t.as_str()), path) {
+            netns = Some(PathBuf::from(p));
+            ns["path"] = GUEST_NETNS.into();
+        }
     }
     let Some(root) = spec.get_mut("root").and_then(|r| r.as_object_mut()) else {
         bail!("root: missing");
@@ -75,7 +83,10 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
         Some(p) => bundle.join(p),
         None => bail!("root.path: missing"),
     };
-    root.insert("path".into(), crate::rootfs::guest_rootfs(id).into());
+    root.insert(
+        "path".into(),
+        crate::share::ShareTree::guest_rootfs(id).into(),
+    );
 
     let mut binds = Vec::new();
     for (i, m) in spec
@@ -241,12 +252,53 @@ mod tests {
         .unwrap();
         assert_eq!(
             g.spec["linux"]["namespaces"],
-            json!([{"type": "ipc", "path": "/proc/7/ns/ipc"}, {"type": "mount"}])
+            json!([
+                {"type": "network", "path": "/proc/1/ns/net"},
+                {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "mount"}
+            ])
         );
         assert_eq!(
             g.netns.as_deref(),
             Some(Path::new("/var/run/netns/cni-1234"))
         );
+    }
+
+    /// containerd 2.x's sandbox spec: the CNI namespace by path and
+    /// `net.ipv4.ip_unprivileged_port_start`. The guest spec joins the
+    /// guest's network by path, so the sysctl has a network namespace
+    /// (the pod's) to go to; without any network namespace, or with a new
+    /// one, nothing changes.
+    #[test]
+    fn net_sysctls_go_to_the_guests_network() {
+        let sysctl = json!({"net.ipv4.ip_unprivileged_port_start": "0"});
+        let g = for_guest(
+            spec(json!({"linux": {
+                "namespaces": [{"type": "mount"}, {"type": "network", "path": "/run/netns/cni-1"}],
+                "sysctl": sysctl
+            }})),
+            Path::new("/b"),
+            "pause",
+        )
+        .unwrap();
+        assert_eq!(g.spec["linux"]["sysctl"], sysctl);
+        assert_eq!(
+            g.spec["linux"]["namespaces"][1],
+            json!({"type": "network", "path": GUEST_NETNS})
+        );
+        for namespaces in [
+            json!([{"type": "mount"}, {"type": "network"}]),
+            json!([{"type": "mount"}]),
+        ] {
+            let g = for_guest(
+                spec(json!({"linux": {"namespaces": namespaces, "sysctl": sysctl}})),
+                Path::new("/b"),
+                "c1",
+            )
+            .unwrap();
+            assert_eq!(g.spec["linux"]["namespaces"], namespaces);
+            assert_eq!(g.netns, None);
+        }
     }
 
     #[test]

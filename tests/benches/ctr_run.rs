@@ -11,7 +11,7 @@
 use husk_tests::containerd::Containerd;
 use husk_tests::ctr::{remove_task, run_detached};
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 const IMAGE: &str = "docker.io/husk/busybox:test";
@@ -27,8 +27,8 @@ fn time_run(ctrd: &Containerd, runtime: &str, id: &str) -> (f64, f64) {
 /// (ms to first output byte, ms to exit) of `ctr args...`.
 fn time_ctr(ctrd: &Containerd, args: &[&str]) -> (f64, f64) {
     let started = Instant::now();
-    let mut child = Command::new("ctr")
-        .args(["--address", ctrd.socket.to_str().unwrap()])
+    let mut child = ctrd
+        .ctr_command()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
-//! A CRI test harness: a private containerd (tests/src/containerd.rs) with
-//! its CRI plugin enabled, runtime handlers `runc` and `husk` (the latter
-//! from config/containerd-cri.toml, verbatim), the busybox pause image as
+//! A CRI test harness: a private containerd (tests/src/containerd.rs) of
+//! any release line, with its CRI plugin enabled, runtime handlers `runc`
+//! and `husk` (the latter from the operator files in config/, see
+//! tests/src/cri_config.rs), the busybox pause image as
 //! sandbox image and a private CNI network (its own bridge, /24 subnet,
 //! IPAM state and network namespaces), plus a small typed CRI v1 client
 //! (k8s-cri over tonic) that drives it the way kubelet does. Dropping the
@@ -11,8 +12,9 @@
 //! The end-to-end tests in tests/tests/cri.rs are written against it,
 //! generic over the runtime handler.
 
-use crate::containerd::{mounts_under, processes_mentioning, Containerd};
+use crate::containerd::{build_bin_dir, mounts_under, processes_mentioning, Containerd};
 use crate::ip;
+use crate::release::Release;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::collections::HashMap;
@@ -32,9 +34,6 @@ pub const K8S_NAMESPACE: &str = "k8s.io";
 /// Runtime handler names (RuntimeClass handlers) the harness configures.
 pub const RUNC: &str = "runc";
 pub const HUSK: &str = "husk";
-/// What an operator adds to containerd's config for husk; the harness
-/// appends it verbatim.
-pub const OPERATOR_SNIPPET: &str = include_str!("../../config/containerd-cri.toml");
 
 /// Every CRI call gets this long; a pod that runs in a VM under TCG takes
 /// seconds to start, none takes minutes.
@@ -330,10 +329,16 @@ pub struct ExecResult {
 }
 
 impl Cri {
-    /// Starts the private containerd with CRI and imports the pause and
-    /// busybox images into `k8s.io`; returns once CRI reports the runtime
-    /// and the network ready and sees both images.
+    /// Starts the private containerd (of the release `HUSK_CONTAINERD`
+    /// selects) with CRI and imports the pause and busybox images into
+    /// `k8s.io`; returns once CRI reports the runtime and the network ready
+    /// and sees both images.
     pub fn start() -> Self {
+        Self::start_release(&Release::selected())
+    }
+
+    /// `start`, on containerd `release`.
+    pub fn start_release(release: &Release) -> Self {
         let pause = pause_archive();
         let busybox = crate::ctr::image_archive();
         // Short on purpose: the husk runtime directory inside it holds
@@ -358,8 +363,24 @@ impl Cri {
         let stream_port = free_tcp_port();
         let stream_addr = format!("127.0.0.1:{stream_port}");
         let cgroup_parent = format!("/husk-cri-{}", net.index);
-        let config = cri_config(&d, &conf_dir, stream_port);
-        let ctrd = Containerd::start_in(dir, Some(&config));
+        let shim = build_bin_dir().join("containerd-shim-husk-v2");
+        let config = crate::cri_config::cri_config(
+            release,
+            &crate::cri_config::Private {
+                dir: &d,
+                cni_conf_dir: &conf_dir,
+                stream_port,
+                pause_image: PAUSE_IMAGE,
+                default_runtime: RUNC,
+                runc_type: crate::ctr::RUNC,
+                shim: &shim,
+            },
+        );
+        if let Some(drop_in) = &config.drop_in {
+            std::fs::create_dir_all(d.join("conf.d")).unwrap();
+            std::fs::write(d.join("conf.d/husk.toml"), drop_in).unwrap();
+        }
+        let ctrd = Containerd::start_in(dir, release, Some(&config.main));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -389,6 +410,20 @@ impl Cri {
 
     pub fn containerd(&self) -> &Containerd {
         self.ctrd.as_ref().expect("containerd")
+    }
+
+    /// Restarts containerd on the same root, state and sockets (see
+    /// `Containerd::restart`), reconnects, and returns once CRI reports
+    /// the runtime and the network ready again.
+    pub fn restart_containerd(&mut self, signal: nix::sys::signal::Signal) {
+        self.ctrd.as_mut().expect("containerd").restart(signal);
+        let channel = self
+            .rt
+            .block_on(containerd_client::connect(&self.containerd().socket))
+            .expect("reconnecting to containerd's CRI socket");
+        self.client = RuntimeServiceClient::new(channel.clone());
+        self.images = k8s_cri::v1::image_service_client::ImageServiceClient::new(channel);
+        self.wait_ready();
     }
 
     /// Imports an OCI archive into the CRI plugin's namespace.
@@ -967,17 +1002,7 @@ fn netns_of(info: &serde_json::Value) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// The socket of the shim serving task `id` of namespace `ns`: containerd
-/// 1.6 and both shim libraries put it at /run/containerd/s/<sha256 of
-/// "<containerd address>/<ns>/<id>">, outside any private directory, so a
-/// shim that dies without removing it leaves it behind.
-pub fn shim_socket(containerd_socket: &Path, ns: &str, id: &str) -> PathBuf {
-    use sha2::Digest;
-    let key = containerd_socket.join(ns).join(id);
-    let digest = sha2::Sha256::digest(key.as_os_str().as_encoded_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Path::new("/run/containerd/s").join(hex)
-}
+pub use crate::containerd::shim_socket;
 
 fn is_mounted(path: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -985,38 +1010,6 @@ fn is_mounted(path: &Path) -> bool {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
         .any(|m| Path::new(m) == path)
-}
-
-/// The CRI part of the harness' containerd config: everything private to
-/// the harness, then the operator's snippet for the husk handler.
-fn cri_config(dir: &Path, cni_conf_dir: &Path, stream_port: u16) -> String {
-    let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
-    format!(
-        "[{cri}]\n\
-         \x20 sandbox_image = {PAUSE_IMAGE:?}\n\
-         \x20 # Negative oom_score_adj needs CAP_SYS_RESOURCE, which this host lacks.\n\
-         \x20 restrict_oom_score_adj = true\n\
-         \x20 # Network namespaces under the harness' state, not /var/run/netns.\n\
-         \x20 netns_mounts_under_state_dir = true\n\
-         \x20 stream_server_address = \"127.0.0.1\"\n\
-         \x20 stream_server_port = \"{stream_port}\"\n\
-         [{cri}.cni]\n\
-         \x20 bin_dir = \"/usr/lib/cni\"\n\
-         \x20 conf_dir = {conf:?}\n\
-         \x20 max_conf_num = 1\n\
-         [{cri}.containerd]\n\
-         \x20 snapshotter = \"overlayfs\"\n\
-         \x20 default_runtime_name = {RUNC:?}\n\
-         [{cri}.containerd.runtimes.runc]\n\
-         \x20 runtime_type = {runc_type:?}\n\
-         [{cri}.containerd.runtimes.runc.options]\n\
-         \x20 # runc's state with the harness', not in /run/containerd/runc.\n\
-         \x20 Root = {runc_root:?}\n\
-         {OPERATOR_SNIPPET}",
-        conf = cni_conf_dir,
-        runc_type = crate::ctr::RUNC,
-        runc_root = dir.join("state/runc"),
-    )
 }
 
 /// A TCP port nobody listens on now, for containerd's streaming server.
@@ -1187,27 +1180,5 @@ mod tests {
         assert!(overlaps((a("10.250.3.0"), 24), (a("0.0.0.0"), 0)));
         assert!(!overlaps((a("10.250.3.0"), 24), (a("10.250.4.0"), 24)));
         assert!(!overlaps((a("10.250.3.0"), 24), (a("192.0.2.0"), 24)));
-    }
-
-    #[test]
-    fn harness_config_carries_the_operator_snippet() {
-        let config = cri_config(Path::new("/x"), Path::new("/x/cni"), 1234);
-        assert!(config.ends_with(OPERATOR_SNIPPET));
-        let parsed: toml::Table = config.parse().expect("the CRI config is TOML");
-        let plugin = &parsed["plugins"]["io.containerd.grpc.v1.cri"];
-        let runtimes = &plugin["containerd"]["runtimes"];
-        assert_eq!(
-            runtimes["husk"]["runtime_type"].as_str(),
-            Some("io.containerd.husk.v2")
-        );
-        assert_eq!(
-            runtimes["runc"]["runtime_type"].as_str(),
-            Some(crate::ctr::RUNC)
-        );
-        assert_eq!(plugin["sandbox_image"].as_str(), Some(PAUSE_IMAGE));
-        assert_eq!(plugin["cni"]["bin_dir"].as_str(), Some("/usr/lib/cni"));
-        assert!(OPERATOR_SNIPPET.contains(r#"runtime_type = "io.containerd.husk.v2""#));
-        assert!(OPERATOR_SNIPPET.contains(r#"pod_annotations = ["io.husk.*"]"#));
-        assert!(OPERATOR_SNIPPET.contains(r#"container_annotations = ["io.husk.*"]"#));
     }
 }

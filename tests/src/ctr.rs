@@ -6,7 +6,7 @@ use crate::containerd::{mounts_under, processes_mentioning, Containerd};
 use crate::*;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,7 @@ pub fn assert_nothing_left(ctrd: &Containerd) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for sub in ["vms", "shared"] {
+    for sub in ["vms", "pods", "shared"] {
         let left = entries(&ctrd.husk_runtime.join(sub));
         assert!(left.is_empty(), "{sub}/ still holds {left:?}");
     }
@@ -97,11 +97,8 @@ pub fn assert_nothing_left(ctrd: &Containerd) {
 /// `ctr run --rm <image> <id> sleep 1000` in the background, as a user's
 /// foreground `ctr run` would be.
 pub fn spawn_sleeper(ctrd: &Containerd, runtime: &str, id: &str) -> std::process::Child {
-    let socket = ctrd.socket.to_str().unwrap();
-    Command::new("ctr")
+    ctrd.ctr_command()
         .args([
-            "--address",
-            socket,
             "run",
             "--rm",
             "--runtime",
@@ -216,9 +213,8 @@ impl PtyCtr {
         let pty = nix::pty::openpty(None, None).expect("openpty");
         set_size(&pty.slave, rows, cols);
         let slave = std::fs::File::from(pty.slave);
-        let child = Command::new("ctr")
-            .arg("--address")
-            .arg(&ctrd.socket)
+        let child = ctrd
+            .ctr_command()
             .args(args)
             .stdin(slave.try_clone().unwrap())
             .stdout(slave.try_clone().unwrap())

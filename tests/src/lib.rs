@@ -16,8 +16,8 @@ pub fn test_config(runtime_dir: &Path) -> Config {
 
 /// The VMM the end-to-end suites get on this host, resolved as the shim
 /// resolves it, as one line for their output. Where `auto` cannot take
-/// the built-in VMM (no vmx/svm, as on PVM) the suite's run on it is
-/// SKIPPED, and the line says why.
+/// husk-vmm (no vmx/svm, as on PVM) the suite's run on it is SKIPPED, and
+/// the line says why.
 pub fn backend_line(config: &Config) -> String {
     let accel = husk_hypervisor::detect_accelerator();
     let d = husk_hypervisor::resolve_backend(
@@ -26,8 +26,8 @@ pub fn backend_line(config: &Config) -> String {
         config.hypervisor.vmm_path.exists(),
     );
     match d.backend {
-        husk_config::Backend::Builtin => format!("VMM: built-in husk-vmm ({})", d.reason),
-        _ => format!("VMM: QEMU. SKIPPED on the built-in VMM: {}", d.reason),
+        husk_config::Backend::HuskVmm => format!("VMM: husk-vmm ({})", d.reason),
+        _ => format!("VMM: QEMU. SKIPPED on husk-vmm: {}", d.reason),
     }
 }
 
@@ -226,5 +226,7 @@ pub fn ip(args: &[&str]) {
 
 pub mod containerd;
 pub mod cri;
+pub mod cri_config;
 pub mod ctr;
+pub mod release;
 pub mod streaming;

@@ -356,9 +356,43 @@ fn pause_image_reaps_orphans_and_stops_on_sigterm(handler: &str) {
     cri.stop_and_remove(&pod);
 }
 
+/// The network sysctls containerd puts into every sandbox (2.x:
+/// `enable_unprivileged_ports` and `enable_unprivileged_icmp`, on by
+/// default) reach the pod's network under husk as under runc: a container
+/// of the pod reads the same values. (Under husk the sandbox joins the
+/// guest's network, which is the pod's; see shim/src/spec.rs.)
+#[test]
+fn pod_network_sysctls_match_runc() {
+    let Some(cri) = harness() else { return };
+    let read = |handler: &str| {
+        let pod = cri.run_pod(handler, &PodSpec::new("sysctl"));
+        let id = cri.create_and_start(&pod, &ContainerSpec::new("sleeper", &["sleep", "3600"]));
+        let r = cri.exec_sync(
+            &id,
+            &[
+                "cat",
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+                "/proc/sys/net/ipv4/ping_group_range",
+            ],
+            60,
+        );
+        assert_eq!(r.exit_code, 0, "{handler}: {r:?}");
+        cri.stop_and_remove(&pod);
+        r.stdout
+    };
+    let runc = read(RUNC);
+    let husk = read(HUSK);
+    println!("runc:\n{runc}husk:\n{husk}");
+    assert_eq!(husk, runc);
+    if cri.containerd().release.major >= 2 {
+        assert!(runc.starts_with("0\n"), "2.x opens all ports: {runc}");
+    }
+}
+
 /// containerd parsed the CRI config as the harness and the operator
-/// snippet meant: both handlers with their runtime types, husk with the
-/// io.husk.* annotation passthrough, the private CNI and the pause image.
+/// file (v2 snippet or v3 drop-in) meant: both handlers with their runtime
+/// types, husk with its shim path and the io.husk.* annotation
+/// passthrough, the private CNI and (1.x) the pause image.
 #[test]
 fn cri_plugin_config_has_both_handlers() {
     let Some(cri) = harness() else { return };
@@ -374,8 +408,20 @@ fn cri_plugin_config_has_both_handlers() {
         runtimes[HUSK]["ContainerAnnotations"],
         serde_json::json!(["io.husk.*"])
     );
-    assert_eq!(config["sandboxImage"], PAUSE_IMAGE);
-    assert_eq!(config["cni"]["binDir"], "/usr/lib/cni");
+    let shim = husk_tests::containerd::build_bin_dir().join("containerd-shim-husk-v2");
+    assert_eq!(runtimes[HUSK]["runtimePath"], shim.to_str().unwrap());
+    if cri.containerd().release.config_version() >= 3 {
+        // 2.x reports the runtime service's config only; the sandbox image
+        // is the images service's (pinned_images.sandbox), which every pod
+        // start here uses.
+        assert_eq!(
+            config["cni"]["binDirs"],
+            serde_json::json!(["/usr/lib/cni"])
+        );
+    } else {
+        assert_eq!(config["sandboxImage"], PAUSE_IMAGE);
+        assert_eq!(config["cni"]["binDir"], "/usr/lib/cni");
+    }
 }
 
 /// Dropping the harness with a pod still running leaves nothing: no

@@ -354,9 +354,8 @@ struct EventWatch(std::process::Child);
 impl EventWatch {
     fn start(ctx: &Ctx) -> Self {
         EventWatch(
-            std::process::Command::new("ctr")
-                .arg("--address")
-                .arg(&ctx.ctrd.socket)
+            ctx.ctrd
+                .ctr_command()
                 .arg("events")
                 .stdout(std::process::Stdio::piped())
                 .spawn()

@@ -222,15 +222,15 @@ fn libc_sigkill() -> i32 {
     Signal::SIGKILL as i32
 }
 
-/// The built-in VMM boots the same guest (kernel, agent, vsock, virtio-fs)
-/// where KVM can run it. On a host without vmx/svm (these build machines'
-/// PVM /dev/kvm) it cannot, and the test says so.
+/// husk-vmm boots the same guest (kernel, agent, vsock, virtio-fs) where
+/// KVM can run it. On a host without vmx/svm (these build machines' PVM
+/// /dev/kvm) it cannot, and the test says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_builtin_vmm_boots_the_guest_where_kvm_allows() {
+async fn husk_vmm_boots_the_guest_where_kvm_allows() {
     let decision = husk_hypervisor::detect_accelerator();
     if decision.accelerator != husk_hypervisor::Accelerator::Kvm {
         println!(
-            "SKIPPED: the built-in VMM needs KVM with vmx/svm: {}",
+            "SKIPPED: husk-vmm needs KVM with vmx/svm: {}",
             decision.reason
         );
         return;
@@ -240,12 +240,12 @@ async fn the_builtin_vmm_boots_the_guest_where_kvm_allows() {
         shared,
         mut config,
     } = Fixture::new();
-    config.hypervisor.backend = husk_config::Backend::Builtin;
+    config.hypervisor.backend = husk_config::Backend::HuskVmm;
     config.hypervisor.vmm_path = husk_tests::containerd::build_bin_dir().join("husk-vmm");
     std::fs::write(shared.path().join("f"), b"through virtio-fs\n").unwrap();
-    let mut vm = MicroVm::start(&config, spec("builtin", shared.path()))
+    let mut vm = MicroVm::start(&config, spec("husk-vmm", shared.path()))
         .await
-        .expect("VM start on the built-in VMM");
+        .expect("VM start on husk-vmm");
     let mut agent = vm.agent().await.unwrap();
     let info = agent
         .guest_info(GuestInfoRequest {})

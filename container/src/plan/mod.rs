@@ -78,7 +78,7 @@ impl Plan {
             devices: Devices::from_spec(&rootfs, linux.and_then(|l| l.devices().as_ref()))?,
             sysctls: sysctls::from_spec(
                 linux.and_then(|l| l.sysctl().as_ref()),
-                namespaces.clone_flags,
+                namespaces.kinds(),
             )?,
             seccomp: linux
                 .and_then(|l| l.seccomp().as_ref())
@@ -207,6 +207,34 @@ pub(crate) mod tests {
             plan.namespaces.clone_flags,
             CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC
         );
+    }
+
+    /// A pod's sandbox joins its network namespace by path (in the guest:
+    /// the guest's own, /proc/1/ns/net); its net.* sysctls go there, as
+    /// runc writes them into the pod's namespace it joined.
+    #[test]
+    fn net_sysctls_are_allowed_in_a_joined_network_namespace() {
+        let root = tempfile::tempdir().unwrap();
+        let plan = Plan::from_spec(&spec(
+            root.path(),
+            serde_json::json!({"linux": {
+                "namespaces": [{"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}],
+                "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"}
+            }}),
+        ))
+        .unwrap();
+        let paths: Vec<_> = plan.sysctls.iter().map(|s| s.path.as_c_str()).collect();
+        assert_eq!(paths, [c"/proc/sys/net/ipv4/ip_unprivileged_port_start"]);
+        assert!(!plan
+            .namespaces
+            .clone_flags
+            .contains(CloneFlags::CLONE_NEWNET));
+        // Without any network namespace, net.* stays refused.
+        let e = err(
+            root.path(),
+            serde_json::json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "1"}}}),
+        );
+        assert!(e.to_string().contains("network namespace"), "{e}");
     }
 
     #[test]

@@ -90,8 +90,12 @@ impl Namespaces {
         Ok(())
     }
 
-    /// Every kind of namespace the container's processes live in.
-    fn kinds(&self) -> CloneFlags {
+    /// Every kind of namespace the container has of its own, made or
+    /// joined by path (not the PID one, which the cloning thread enters).
+    /// As under runc, a namespace joined by path isolates a sysctl as a new
+    /// one does: a pod's network namespace is joined by path, and in the
+    /// guest that is the guest's own, which holds the pod's network.
+    pub fn kinds(&self) -> CloneFlags {
         let mut kinds = self.clone_flags;
         kinds.set(CloneFlags::CLONE_NEWCGROUP, self.unshare_cgroup);
         // Namespaces the init entered by path are its namespaces too.

@@ -29,8 +29,8 @@ pub(crate) struct Sysctl {
     pub value: CString,
 }
 
-/// The spec's sysctls in name order; `namespaces` are the ones the
-/// container makes.
+/// The spec's sysctls in name order; `namespaces` are the container's own
+/// (made, or joined by path).
 pub(crate) fn from_spec(
     map: Option<&HashMap<String, String>>,
     namespaces: CloneFlags,

@@ -1,0 +1,480 @@
+//! husk-vmm's command line: [`VmmConfig::to_args`] writes it and
+//! [`VmmConfig::parse`] reads it, from one list of flags, so the launcher
+//! and the VMM cannot disagree on a name or a format.
+
+use crate::{
+    ConfigError, FsShare, MacAddr, NetConfig, NetTap, SeccompMode, ValueError, VmmConfig,
+    DEFAULT_MAC, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+};
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+
+/// The flags, as written on the command line.
+pub(crate) mod flag {
+    pub const KERNEL: &str = "--kernel";
+    pub const INITRD: &str = "--initrd";
+    pub const CMDLINE: &str = "--cmdline";
+    pub const MEMORY_MIB: &str = "--memory-mib";
+    pub const VCPUS: &str = "--vcpus";
+    pub const CONSOLE_LOG: &str = "--console-log";
+    pub const SECCOMP: &str = "--seccomp";
+    pub const VSOCK_SOCKET: &str = "--vsock-socket";
+    pub const FS_SOCKET: &str = "--fs-socket";
+    pub const FS_TAG: &str = "--fs-tag";
+    pub const NET_TAP: &str = "--net-tap";
+    pub const NET_MAC: &str = "--net-mac";
+    pub const RNG: &str = "--rng";
+    pub const JAIL: &str = "--jail";
+
+    /// Every flag; only `--rng` takes no value.
+    pub const ALL: [&str; 14] = [
+        KERNEL,
+        INITRD,
+        CMDLINE,
+        MEMORY_MIB,
+        VCPUS,
+        CONSOLE_LOG,
+        SECCOMP,
+        VSOCK_SOCKET,
+        FS_SOCKET,
+        FS_TAG,
+        NET_TAP,
+        NET_MAC,
+        RNG,
+        JAIL,
+    ];
+}
+
+/// `--net-tap fd:N`: a descriptor passed down, not an interface name.
+pub(crate) const TAP_FD_PREFIX: &str = "fd:";
+
+pub const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
+[--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
+[--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME|fd:N [--net-mac MAC]] \
+[--rng] [--jail DIR]";
+
+pub(crate) fn tap_arg(tap: &NetTap) -> String {
+    match tap {
+        NetTap::Fd(fd) => format!("{TAP_FD_PREFIX}{fd}"),
+        NetTap::Name(name) => name.clone(),
+    }
+}
+
+impl VmmConfig {
+    /// Each flag this VM is written with, and its value (None for a
+    /// switch), in the order of [`USAGE`].
+    pub(crate) fn flags(&self) -> Vec<(&'static str, Option<OsString>)> {
+        let value = |v: &dyn AsRef<OsStr>| Some(v.as_ref().to_owned());
+        let mut f = vec![(flag::KERNEL, value(&self.kernel))];
+        if let Some(initrd) = &self.initrd {
+            f.push((flag::INITRD, value(initrd)));
+        }
+        f.extend([
+            (flag::CMDLINE, value(&self.cmdline)),
+            (flag::MEMORY_MIB, value(&self.memory_mib.to_string())),
+            (flag::VCPUS, value(&self.vcpus.to_string())),
+            (flag::CONSOLE_LOG, value(&self.console_log)),
+            (flag::SECCOMP, value(&self.seccomp.as_str())),
+        ]);
+        if let Some(socket) = &self.vsock_socket {
+            f.push((flag::VSOCK_SOCKET, value(socket)));
+        }
+        if let Some(fs) = &self.fs {
+            f.push((flag::FS_SOCKET, value(&fs.socket)));
+            f.push((flag::FS_TAG, value(&fs.tag)));
+        }
+        if let Some(net) = &self.net {
+            f.push((flag::NET_TAP, value(&tap_arg(&net.tap))));
+            f.push((flag::NET_MAC, value(&net.mac.to_string())));
+        }
+        if self.rng {
+            f.push((flag::RNG, None));
+        }
+        if let Some(jail) = &self.jail {
+            f.push((flag::JAIL, value(jail)));
+        }
+        f
+    }
+
+    /// husk-vmm's arguments for this VM (without the program name); every
+    /// field is written, defaults included. [`parse`](Self::parse) of them
+    /// gives this configuration back.
+    pub fn to_args(&self) -> Vec<OsString> {
+        self.flags()
+            .into_iter()
+            .flat_map(|(flag, value)| std::iter::once(OsString::from(flag)).chain(value))
+            .collect()
+    }
+
+    /// Reads husk-vmm's arguments (without the program name) and checks
+    /// them with [`validate`](Self::validate). A flag given twice is an
+    /// error, not the last one winning.
+    pub fn parse<I>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: Into<OsString>,
+    {
+        let mut args = args.into_iter().map(Into::into);
+        let mut seen: Vec<&'static str> = Vec::new();
+        let (mut kernel, mut console_log) = (None, None);
+        let mut config = VmmConfig::new("", "");
+        let (mut fs_socket, mut fs_tag, mut net_tap, mut net_mac) = (None, None, None, None);
+        while let Some(arg) = args.next() {
+            let name = arg.to_str().unwrap_or_default();
+            if name == "--help" || name == "-h" {
+                return Err(ConfigError::Help);
+            }
+            let Some(flag) = flag::ALL.into_iter().find(|f| *f == name) else {
+                return Err(ConfigError::UnknownArgument {
+                    arg: arg.to_string_lossy().into(),
+                });
+            };
+            if seen.contains(&flag) {
+                return Err(ConfigError::Duplicate { flag });
+            }
+            seen.push(flag);
+            if flag == flag::RNG {
+                config.rng = true;
+                continue;
+            }
+            let value = args.next().ok_or(ConfigError::MissingValue { flag })?;
+            match flag {
+                flag::KERNEL => kernel = Some(PathBuf::from(value)),
+                flag::INITRD => config.initrd = Some(value.into()),
+                flag::CMDLINE => config.cmdline = text(flag, &value)?.into(),
+                flag::MEMORY_MIB => {
+                    let (min, max) = (MIN_MEMORY_MIB.into(), MAX_MEMORY_MIB.into());
+                    config.memory_mib = number(flag, &value, min, max)? as u32;
+                }
+                flag::VCPUS => {
+                    config.vcpus = number(flag, &value, 1, MAX_VCPUS.into())? as u8;
+                }
+                flag::CONSOLE_LOG => console_log = Some(PathBuf::from(value)),
+                flag::SECCOMP => {
+                    let v = text(flag, &value)?;
+                    config.seccomp = v
+                        .parse::<SeccompMode>()
+                        .map_err(|e| ConfigError::value(flag, v, e))?;
+                }
+                flag::VSOCK_SOCKET => config.vsock_socket = Some(value.into()),
+                flag::FS_SOCKET => fs_socket = Some(PathBuf::from(value)),
+                flag::FS_TAG => fs_tag = Some(text(flag, &value)?.to_owned()),
+                flag::NET_TAP => net_tap = Some(tap(flag, &value)?),
+                flag::NET_MAC => {
+                    let v = text(flag, &value)?;
+                    let mac = v
+                        .parse::<MacAddr>()
+                        .map_err(|e| ConfigError::value(flag, v, e.into()))?;
+                    net_mac = Some(mac);
+                }
+                flag::JAIL => config.jail = Some(value.into()),
+                _ => unreachable!("every flag of flag::ALL is matched"),
+            }
+        }
+        config.kernel = kernel.ok_or(ConfigError::Required { flag: flag::KERNEL })?;
+        config.console_log = console_log.ok_or(ConfigError::Required {
+            flag: flag::CONSOLE_LOG,
+        })?;
+        config.fs = match (fs_socket, fs_tag) {
+            (Some(socket), Some(tag)) => Some(FsShare { socket, tag }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Together {
+                    flag: flag::FS_SOCKET,
+                    with: flag::FS_TAG,
+                })
+            }
+        };
+        config.net = match (net_tap, net_mac) {
+            (Some(tap), mac) => Some(NetConfig {
+                tap,
+                mac: mac.unwrap_or(DEFAULT_MAC),
+            }),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::Needs {
+                    flag: flag::NET_MAC,
+                    needs: flag::NET_TAP,
+                })
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn text<'a>(flag: &'static str, value: &'a OsStr) -> Result<&'a str, ConfigError> {
+    value
+        .to_str()
+        .ok_or_else(|| ConfigError::value(flag, &value.to_string_lossy(), ValueError::NotUtf8))
+}
+
+/// A whole number from `min` to `max`.
+fn number(flag: &'static str, value: &OsStr, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let v = text(flag, value)?;
+    let n = v.parse::<u64>().map_err(|source| {
+        ConfigError::value(flag, v, ValueError::NotANumber { min, max, source })
+    })?;
+    crate::check_range(flag, n, min, max).map(|()| n)
+}
+
+fn tap(flag: &'static str, value: &OsStr) -> Result<NetTap, ConfigError> {
+    let v = text(flag, value)?;
+    match v.strip_prefix(TAP_FD_PREFIX) {
+        Some(n) => n
+            .parse()
+            .map(NetTap::Fd)
+            .map_err(|_| ConfigError::value(flag, v, ValueError::Descriptor)),
+        None => Ok(NetTap::Name(v.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<VmmConfig, ConfigError> {
+        VmmConfig::parse(s.split_whitespace())
+    }
+
+    /// A VM with every field away from its default.
+    fn everything() -> VmmConfig {
+        VmmConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd".into()),
+            cmdline: "console=ttyS0 reboot=t quiet".into(),
+            memory_mib: 512,
+            vcpus: MAX_VCPUS,
+            console_log: "/run/x/console.log".into(),
+            seccomp: SeccompMode::Log,
+            vsock_socket: Some("/run/x/vhost-vsock.sock".into()),
+            fs: Some(FsShare {
+                socket: "/run/x/vhost-fs.sock".into(),
+                tag: "husk-shared".into(),
+            }),
+            net: Some(NetConfig {
+                tap: NetTap::Fd(3),
+                mac: "02:00:00:aa:bb:0c".parse().unwrap(),
+            }),
+            rng: true,
+            jail: Some("/run/x".into()),
+        }
+    }
+
+    #[test]
+    fn to_args_then_parse_gives_the_same_vm() {
+        let mut named_tap = everything();
+        named_tap.net.as_mut().unwrap().tap = NetTap::Name("tap0".into());
+        let mut odd_paths = VmmConfig::new("/k/a kernel with spaces", "/c");
+        // Paths are not text: a byte that is not UTF-8 survives too.
+        use std::os::unix::ffi::OsStringExt;
+        odd_paths.initrd = Some(OsString::from_vec(b"/k/\xffinitrd".to_vec()).into());
+        odd_paths.memory_mib = MIN_MEMORY_MIB;
+        for config in [
+            everything(),
+            named_tap,
+            odd_paths,
+            VmmConfig::new("/k", "/c"),
+        ] {
+            let args = config.to_args();
+            let back = VmmConfig::parse(args.clone())
+                .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
+            assert_eq!(back, config, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn to_args_writes_each_flag_with_its_value() {
+        let args = everything().to_args();
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        let after = |f: &str| {
+            let i = args
+                .iter()
+                .position(|a| *a == f)
+                .unwrap_or_else(|| panic!("{f} missing"));
+            args[i + 1]
+        };
+        assert_eq!(after("--kernel"), "/k/vmlinux");
+        assert_eq!(after("--initrd"), "/k/initrd");
+        assert_eq!(after("--cmdline"), "console=ttyS0 reboot=t quiet");
+        assert_eq!(after("--memory-mib"), "512");
+        assert_eq!(after("--vcpus"), "254");
+        assert_eq!(after("--console-log"), "/run/x/console.log");
+        assert_eq!(after("--seccomp"), "log");
+        assert_eq!(after("--vsock-socket"), "/run/x/vhost-vsock.sock");
+        assert_eq!(after("--fs-socket"), "/run/x/vhost-fs.sock");
+        assert_eq!(after("--fs-tag"), "husk-shared");
+        assert_eq!(after("--net-tap"), "fd:3");
+        assert_eq!(after("--net-mac"), "02:00:00:aa:bb:0c");
+        assert_eq!(after("--jail"), "/run/x");
+        assert!(args.contains(&"--rng"));
+        // Every flag once, nothing else: 13 with a value, --rng without.
+        assert_eq!(args.len(), 13 * 2 + 1, "{args:?}");
+    }
+
+    #[test]
+    fn arguments_with_defaults() {
+        let c = parse("--kernel k --console-log c --vcpus 2").unwrap();
+        assert_eq!((c.kernel, c.console_log), ("k".into(), "c".into()));
+        assert_eq!(
+            (c.vcpus, c.memory_mib, c.seccomp),
+            (2, 128, SeccompMode::Kill)
+        );
+        assert!(c.initrd.is_none() && c.cmdline.is_empty());
+        assert!(c.vsock_socket.is_none() && c.fs.is_none() && c.jail.is_none());
+        assert!(!c.rng);
+        let c = parse("--kernel k --console-log c --jail /run/vm1 --rng").unwrap();
+        assert_eq!(c.jail, Some("/run/vm1".into()));
+        assert!(c.rng);
+        let c = parse("--kernel k --console-log c --fs-socket s --fs-tag t").unwrap();
+        assert_eq!(
+            c.fs,
+            Some(FsShare {
+                socket: "s".into(),
+                tag: "t".into()
+            })
+        );
+        let c = parse("--kernel k --console-log c --net-tap tap0").unwrap();
+        assert_eq!(
+            c.net,
+            Some(NetConfig {
+                tap: NetTap::Name("tap0".into()),
+                mac: DEFAULT_MAC
+            })
+        );
+        let c =
+            parse("--kernel k --console-log c --net-tap fd:7 --net-mac 02:00:00:aa:bb:0c").unwrap();
+        let net = c.net.unwrap();
+        assert_eq!(net.tap, NetTap::Fd(7));
+        assert_eq!(net.mac.bytes(), [2, 0, 0, 0xaa, 0xbb, 0x0c]);
+        let c = parse("--kernel k --console-log c --seccomp off").unwrap();
+        assert_eq!(c.seccomp, SeccompMode::Off);
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        for (a, want) in [
+            ("--console-log c", "--kernel is required"),
+            ("--kernel k", "--console-log is required"),
+            (
+                "--kernel k --console-log c --memory-mib lots",
+                "--memory-mib \"lots\": not a whole number from 16 to 1048576",
+            ),
+            (
+                "--kernel k --console-log c --memory-mib 8",
+                "--memory-mib \"8\": must be from 16 to 1048576",
+            ),
+            (
+                "--kernel k --console-log c --vcpus -1",
+                "--vcpus \"-1\": not a whole number from 1 to 254",
+            ),
+            ("--kernel k --console-log c --vcpus 0", "--vcpus \"0\": must be from 1 to 254"),
+            (
+                "--kernel k --console-log c --vcpus 255",
+                "--vcpus \"255\": must be from 1 to 254",
+            ),
+            (
+                "--kernel k --console-log c --vcpus 1000",
+                "--vcpus \"1000\": must be from 1 to 254",
+            ),
+            (
+                "--kernel k --console-log c --seccomp maybe",
+                "--seccomp \"maybe\": expected kill, log or off",
+            ),
+            (
+                "--kernel k --console-log c --frobnicate",
+                "unknown argument \"--frobnicate\"",
+            ),
+            ("--kernel", "--kernel needs a value"),
+            ("--kernel k --kernel k2", "--kernel given twice"),
+            (
+                "--kernel k --console-log c --fs-socket s",
+                "--fs-socket and --fs-tag go together",
+            ),
+            (
+                "--kernel k --console-log c --fs-socket s --fs-tag 0123456789012345678901234567890123456",
+                "virtio-fs tags are 1 to 36 bytes",
+            ),
+            (
+                "--kernel k --console-log c --net-mac 02:00:00:00:00:01",
+                "--net-mac needs --net-tap",
+            ),
+            (
+                "--kernel k --console-log c --net-tap t --net-mac 02:00:00:00:01",
+                "six hex bytes",
+            ),
+            (
+                "--kernel k --console-log c --net-tap t --net-mac 02:00:00:00:00:zz",
+                "\"zz\" is not a hex byte",
+            ),
+            (
+                "--kernel k --console-log c --net-tap t --net-mac 01:00:00:00:00:01",
+                "multicast",
+            ),
+            (
+                "--kernel k --console-log c --net-tap fd:x",
+                "--net-tap \"fd:x\": expected fd:N",
+            ),
+            (
+                "--kernel k --console-log c --net-tap fd:-1",
+                "--net-tap \"fd:-1\": expected fd:N",
+            ),
+            (
+                "--kernel k --console-log c --net-tap sixteen-bytes-xx",
+                "interface names are 1 to 15 bytes",
+            ),
+        ] {
+            let e = parse(a).unwrap_err().to_string();
+            assert!(e.contains(want), "{a}: {e}");
+        }
+        assert!(matches!(parse("--kernel k -h"), Err(ConfigError::Help)));
+    }
+
+    #[test]
+    fn validate_holds_a_vm_built_in_code_to_the_same_limits() {
+        let bad = |edit: &dyn Fn(&mut VmmConfig), want: &str| {
+            let mut c = VmmConfig::new("/k", "/c");
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(&|c| c.vcpus = 0, "--vcpus \"0\": must be from 1 to 254");
+        bad(&|c| c.vcpus = 255, "--vcpus \"255\": must be from 1 to 254");
+        bad(
+            &|c| c.memory_mib = MAX_MEMORY_MIB + 1,
+            "--memory-mib \"1048577\"",
+        );
+        bad(
+            &|c| c.cmdline = "a\0b".into(),
+            "--cmdline \"a\\0b\": contains a NUL",
+        );
+        bad(
+            &|c| {
+                c.fs = Some(FsShare {
+                    socket: "/s".into(),
+                    tag: String::new(),
+                })
+            },
+            "--fs-tag \"\": virtio-fs tags",
+        );
+        bad(
+            &|c| {
+                c.net = Some(NetConfig {
+                    tap: NetTap::Name("fd:3".into()),
+                    mac: DEFAULT_MAC,
+                })
+            },
+            "--net-tap \"fd:3\"",
+        );
+        bad(
+            &|c| {
+                c.net = Some(NetConfig {
+                    tap: NetTap::Fd(-1),
+                    mac: DEFAULT_MAC,
+                })
+            },
+            "--net-tap \"fd:-1\"",
+        );
+        assert!(everything().validate().is_ok());
+    }
+}

@@ -1,0 +1,127 @@
+//! husk-vmm's virtio devices and what they share: the
+//! [`VirtioDevice`] interface a device implements, and the
+//! [`Interrupt`] it raises. The transport is virtio-mmio (`mmio`): the
+//! guest finds devices on the kernel command line
+//! (`virtio_mmio.device=<size>@<addr>:<irq>`), queue notifications arrive
+//! on ioeventfds, interrupts leave through irqfds.
+
+pub(crate) mod mmio;
+pub mod net;
+pub mod rng;
+pub mod vhost_user;
+pub(crate) mod worker;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemoryMmap;
+
+pub use virtio_queue::{Queue, QueueT};
+
+/// Interrupt status bits (virtio 1.2, 4.2.2 InterruptStatus).
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+
+/// A device's interrupt line: the status bits the guest reads from the
+/// transport, and the irqfd that makes KVM raise the GSI.
+#[derive(Clone)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    irq: Arc<EventFd>,
+}
+
+impl Interrupt {
+    pub fn new(irq: EventFd) -> Self {
+        Interrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            irq: Arc::new(irq),
+        }
+    }
+
+    /// The eventfd to register as irqfd.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irq
+    }
+
+    /// The device has put buffers in a used ring.
+    pub fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.signal(INT_VRING)
+    }
+
+    /// The device configuration changed.
+    pub fn signal_config(&self) -> std::io::Result<()> {
+        self.signal(INT_CONFIG)
+    }
+
+    fn signal(&self, bit: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.irq.write(1)
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: the guest has handled these bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+pub use mmio::NotifyMismatch;
+pub use worker::ThreadGone;
+
+/// Why a device could not start with what the driver set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver made other queues ready than the device runs with.
+    #[error("activating {device}: {needed} ({ready} are)")]
+    Queues {
+        device: &'static str,
+        ready: usize,
+        needed: &'static str,
+    },
+    /// The device's thread is gone, so nothing would serve the queues.
+    #[error("activating {device}: {source}")]
+    ThreadGone {
+        device: &'static str,
+        #[source]
+        source: ThreadGone,
+    },
+}
+
+/// A virtio device behind a transport. The transport owns feature
+/// negotiation, queue setup and status; the device sees the result once,
+/// in [`activate`](VirtioDevice::activate), when the driver sets DRIVER_OK.
+pub trait VirtioDevice: Send {
+    /// Short name for logs and errors, e.g. "vsock".
+    fn name(&self) -> &'static str;
+    /// Virtio device ID (virtio 1.2, 5: 1 net, 4 rng, 19 vsock, 26 fs).
+    fn device_type(&self) -> u32;
+    /// The most descriptors each queue may have; one entry per queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (the transport adds VERSION_1).
+    fn features(&self) -> u64;
+    /// Reads device configuration space at `offset`; bytes beyond it
+    /// read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device configuration space; most devices ignore it.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with guest memory, the negotiated features and the
+    /// queues the driver made ready, each with the eventfd its
+    /// notifications arrive on.
+    ///
+    /// Runs on the vCPU thread that wrote DRIVER_OK, under the vCPU seccomp
+    /// filter: hand the queues to a thread the device started beforehand
+    /// (a channel send is a futex), do not open, spawn or dup here.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        acked_features: u64,
+        queues: Vec<(Queue, Arc<EventFd>)>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError>;
+    /// The driver reset the device (status 0): stop using the queues.
+    fn reset(&mut self);
+}
