@@ -250,6 +250,15 @@ fn write_address(bundle: &Path, address: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Removes the socket of a shim that no longer answers (it died without
+/// its Shutdown): only a socket, never what else might be at the path.
+fn remove_dead_socket(path: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Starts the long-lived server for the pod's socket and waits until it
 /// serves; on any failure it is killed, never left orphaned.
 fn spawn_server(
@@ -259,14 +268,8 @@ fn spawn_server(
     ttrpc: &str,
     address: &str,
 ) -> anyhow::Result<()> {
-    let path = socket_path(address);
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            // Nothing answers on it: a dead shim's.
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    // Nothing answers on it: a dead shim's, if anything.
+    remove_dead_socket(socket_path(address));
     let mut cmd = Command::new(std::env::current_exe().context("the shim's own path")?);
     cmd.args(["-namespace", &flags.namespace, "-id", &flags.id])
         .args(["-address", grpc, "-socket", address])
@@ -342,15 +345,18 @@ pub fn delete(flags: &Flags) -> anyhow::Result<Vec<u8>> {
     };
     let pod = pod_id(&bundle, &flags.id);
     let address = std::fs::read_to_string(bundle.join(ADDRESS_FILE)).ok();
-    match address.filter(|a| answers(a.trim())) {
-        Some(a) => eprintln!(
-            "{}: the shim of pod {pod} still answers on {}; nothing cleaned",
-            crate::RUNTIME_ID,
-            a.trim()
+    let address = address.as_deref().map(str::trim);
+    match address {
+        Some(a) if answers(a) => eprintln!(
+            "{}: the shim of pod {pod} still answers on {a}; nothing cleaned",
+            crate::RUNTIME_ID
         ),
-        None => {
+        _ => {
             let config = husk_config::Config::load_default().unwrap_or_default();
             crate::sandbox::cleanup_after_crash(&config, &pod, &flags.id, &bundle);
+            if let Some(a) = address.filter(|_| pod == flags.id) {
+                remove_dead_socket(socket_path(a));
+            }
         }
     }
     let exited_at = containerd_shim::util::timestamp().map_err(|e| anyhow::anyhow!("{e}"))?;
