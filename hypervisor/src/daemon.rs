@@ -278,6 +278,39 @@ mod tests {
         assert_eq!(d.log.tail(), text);
     }
 
+    /// The console as a VMM gets it: a pipe at CONSOLE_FD, opened by path
+    /// (`/proc/self/fd/3`, what both VMMs are given), pumped into its log
+    /// apart from the process's own output.
+    #[tokio::test]
+    async fn a_pipe_passed_at_the_console_fd_is_opened_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rx, tx) = crate::log_pump::pipe().unwrap();
+        let console_log = dir.path().join("console.log");
+        let mut console = LogPump::start(
+            "console",
+            rx,
+            RotatingFile::create(&console_log, 1 << 20).unwrap(),
+            limits(),
+            None,
+        )
+        .unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("echo guest > /proc/self/fd/{}; echo vmm", crate::CONSOLE_FD),
+        ]);
+        let log = dir.path().join("vmm.log");
+        let file = RotatingFile::create(&log, 1 << 20).unwrap();
+        let fds = vec![std::os::fd::AsRawFd::as_raw_fd(&tx)];
+        let mut d = Daemon::spawn("sh", cmd, file, limits(), &Placement::default(), fds).unwrap();
+        drop(tx);
+        assert!(d.wait().await.unwrap().success());
+        d.log.finish(DRAIN).await;
+        console.finish(DRAIN).await;
+        assert_eq!(std::fs::read_to_string(&console_log).unwrap(), "guest\n");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "vmm\n");
+    }
+
     /// A process placed in a cgroup is in it when its program starts: it
     /// reads its own /proc/self/cgroup as its first act.
     #[tokio::test]

@@ -114,6 +114,21 @@ mod tests {
         );
     }
 
+    /// MicroVm gives the console as the pipe at CONSOLE_FD, by path;
+    /// husk-vmm opens it before it confines itself.
+    #[test]
+    fn the_console_pipe_is_husk_vmms_console_log() {
+        let mut l = launch(Accelerator::Kvm);
+        l.console_log = format!("/proc/self/fd/{}", crate::CONSOLE_FD).into();
+        let args: Vec<String> = vmm_config(&l)
+            .unwrap()
+            .to_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        assert_eq!(value_after(&args, "--console-log"), "/proc/self/fd/3");
+    }
+
     #[test]
     fn a_launch_outside_husk_vmms_limits_is_refused_naming_the_limit() {
         let mut l = launch(Accelerator::Kvm);
