@@ -49,7 +49,36 @@ pub struct Config {
     pub pod: PodConfig,
     pub timeouts: Timeouts,
     pub logs: LogsConfig,
+    pub pool: PoolConfig,
 }
+
+/// Pre-booted VMs, handed to pods at RunPodSandbox (docs/pool.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The VM shapes to keep booted, and how many of each. Empty: no pool.
+    pub shapes: Vec<PoolShape>,
+}
+
+/// A VM size kept in the pool: a pod whose VM is this size takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolShape {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// How many idle VMs of this shape to keep.
+    pub size: u32,
+}
+
+impl PoolShape {
+    /// The shape's name in paths and logs: `<vcpus>x<memory_mib>`.
+    pub fn name(&self) -> String {
+        format!("{}x{}", self.vcpus, self.memory_mib)
+    }
+}
+
+/// Most idle VMs one shape may keep.
+pub const MAX_POOL_SIZE: u32 = 64;
 
 /// The pod annotations that size a pod's VM, and their bounds.
 pub const VCPUS_ANNOTATION: &str = "io.husk.vcpus";
@@ -437,6 +466,25 @@ impl Config {
                     l.rate_kib_per_sec
                 ),
             ));
+        }
+        for shape in &self.pool.shapes {
+            if !(1..=self.pod.max_vcpus).contains(&shape.vcpus)
+                || !(MIN_MEMORY_MIB..=self.pod.max_memory_mib).contains(&shape.memory_mib)
+                || shape.size > MAX_POOL_SIZE
+            {
+                return Err(invalid(
+                    "pool.shapes",
+                    format!(
+                        "{shape:?}: vcpus must be 1..={}, memory_mib {MIN_MEMORY_MIB}..={}, size at most {MAX_POOL_SIZE}",
+                        self.pod.max_vcpus, self.pod.max_memory_mib
+                    ),
+                ));
+            }
+        }
+        let mut names: Vec<String> = self.pool.shapes.iter().map(PoolShape::name).collect();
+        names.sort();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid("pool.shapes", "a shape is listed twice".into()));
         }
         for (key, t) in [
             ("timeouts.kvm", &self.timeouts.kvm),
