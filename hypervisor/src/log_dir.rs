@@ -79,6 +79,27 @@ impl VmLogDir {
         })
     }
 
+    /// Moves the directory to `<logs.dir>/<id>` (a pooled VM taking its
+    /// pod's id); an ended pod's logs of that id are replaced. The open
+    /// log files follow the directory.
+    pub fn rename(&mut self, id: &str) -> Result<(), Error> {
+        let to = self.root.join(id);
+        match std::fs::remove_dir_all(&to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("removing {}", to.display()), e))
+            }
+            _ => {}
+        }
+        std::fs::rename(&self.dir, &to).map_err(|e| {
+            Error::io(
+                format!("moving {} to {}", self.dir.display(), to.display()),
+                e,
+            )
+        })?;
+        self.dir = to;
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

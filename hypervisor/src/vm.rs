@@ -395,6 +395,36 @@ impl MicroVm {
         &self.id
     }
 
+    /// Gives a running VM a new id (a pooled VM becoming its pod's): its run
+    /// directory and its log directory move to the new name. The daemons'
+    /// sockets and the open logs move with their directories; nothing is
+    /// restarted. `id` is checked like a new VM's.
+    pub fn rename(&mut self, id: &str) -> Result<(), Error> {
+        preflight::check_vm_id(id)?;
+        let to = self.dir.with_file_name(id);
+        if to.exists() {
+            return Err(Error::InvalidSpec {
+                field: "vm id",
+                message: format!("{} exists", to.display()),
+            });
+        }
+        std::fs::rename(&self.dir, &to).map_err(|e| {
+            Error::io(
+                format!("moving {} to {}", self.dir.display(), to.display()),
+                e,
+            )
+        })?;
+        if let Err(e) = self.logs.rename(id) {
+            // The run directory has moved; put it back so stop() finds it.
+            let _ = std::fs::rename(&to, &self.dir);
+            return Err(e);
+        }
+        tracing::info!(vm_id = %self.id, new_id = id, "VM renamed");
+        self.dir = to;
+        self.id = id.to_owned();
+        Ok(())
+    }
+
     pub fn accelerator(&self) -> Accelerator {
         self.accelerator
     }
@@ -432,6 +462,12 @@ impl MicroVm {
             virtiofsd: pid(&self.fs),
             vsock_backend: pid(&self.vsock),
         }
+    }
+
+    /// Whether the VMM has exited (reaped, so a killed VMM is not taken
+    /// for a live one).
+    pub fn has_exited(&mut self) -> bool {
+        self.vmm.as_mut().is_none_or(|v| v.try_exit().is_some())
     }
 
     /// Waits until the VMM process exits (guest shutdown, crash or kill).
