@@ -19,10 +19,12 @@ pub mod error;
 pub mod events;
 #[cfg(test)]
 mod fake;
+pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod network;
 pub mod pod;
+pub mod pool;
 pub mod portforward;
 pub mod process;
 pub mod relay;

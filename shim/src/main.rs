@@ -14,37 +14,15 @@ use anyhow::Context;
 use husk_shim::server::{self, ServeArgs};
 use husk_shim::{bootstrap, RUNTIME_ID};
 use std::io::Write;
-use std::sync::Arc;
-
-/// Logs go to the `log` FIFO containerd opened in the bundle (containerd
-/// copies them into its own log), else to stderr.
-fn init_logging() {
-    use std::os::unix::fs::OpenOptionsExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into());
-    let fifo = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open("log");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
-    let result = match fifo {
-        Ok(file) => {
-            // Non-blocking only to not hang at open; writes may block.
-            let _ = nix::fcntl::fcntl(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_WRONLY),
-            );
-            builder.with_writer(std::sync::Mutex::new(file)).try_init()
-        }
-        Err(_) => builder.with_writer(std::io::stderr).try_init(),
-    };
-    let _ = result;
-}
 
 fn main() {
     let args: Vec<_> = std::env::args_os().collect();
+    // The pool's own actions (husk_shim::pool), not containerd's.
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("pool-member") => return pool_member(&args[2..]),
+        Some("pool-fill") => return pool_fill(),
+        _ => {}
+    }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,
         Err(e) => fail(anyhow::anyhow!("{e}")),
@@ -78,6 +56,44 @@ fn main() {
         other => fail(anyhow::anyhow!(
             "unknown action {other:?}: expected start, delete or none"
         )),
+    }
+}
+
+/// `pool-member SHAPE MEMBER`: boot a VM for the pool and wait for a pod.
+fn pool_member(args: &[std::ffi::OsString]) {
+    let [shape, member] = args else {
+        fail(anyhow::anyhow!("usage: pool-member SHAPE MEMBER"));
+    };
+    let (shape, member) = (
+        shape.to_string_lossy(),
+        member.to_string_lossy().into_owned(),
+    );
+    husk_shim::logging::init(false);
+    let run = (|| {
+        let config = husk_config::Config::load_default()?;
+        let shape = husk_shim::pool::configured_shape(&config, &shape)?;
+        if !husk_proto::is_safe_id(&member, 64) {
+            anyhow::bail!("member id {member:?} is not a safe name");
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let served = runtime.block_on(husk_shim::pool::run_member(config, shape, member));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        served
+    })();
+    if let Err(e) = run {
+        fail(e.context("pool member"));
+    }
+}
+
+/// `pool-fill`: boot members until every shape has its size.
+fn pool_fill() {
+    let filled = husk_config::Config::load_default()
+        .map_err(anyhow::Error::new)
+        .and_then(|c| husk_shim::pool::fill(&c));
+    if let Err(e) = filled {
+        fail(e.context("pool-fill"));
     }
 }
 
@@ -127,16 +143,10 @@ async fn serve_pod(args: ServeArgs) -> anyhow::Result<()> {
     };
     // `start` waits for stdout to close: the socket accepts from now on.
     signal_started();
-    server::ignore_signals()?;
-    init_logging();
+    husk_shim::logging::init(true);
     let pod_id = bootstrap::pod_id(&args.bundle, &args.id);
-    let publisher = server::publisher(&args).await?;
-    let events = husk_shim::events::Publisher::start(publisher, args.namespace.clone());
     let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), husk_config::Config::load_default());
-    let manager = husk_shim::manager::Manager::new(pod_id, pod, Arc::new(events));
-    let exit = Arc::new(containerd_shim::ExitSignal::default());
-    let service = husk_shim::service::TaskService::new(manager, args.socket.clone(), exit.clone());
-    server::serve(bound, service, exit).await
+    server::serve_pod(&args, pod_id, pod, bound).await
 }
 
 /// Points stdout at stderr, closing the pipe `start` reads to EOF.

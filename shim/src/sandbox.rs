@@ -25,7 +25,13 @@ pub struct VmPod {
     /// directory; every call fails with the error when it did not load.
     loaded: Result<(Config, ShareTree), Arc<husk_config::ConfigError>>,
     state: tokio::sync::Mutex<PodState>,
+    /// A VM booted before the pod (the pool), until the pod's boot takes
+    /// it (`sandbox_pool`).
+    pooled: tokio::sync::Mutex<Option<pool::PooledVm>>,
 }
+
+#[path = "sandbox_pool.rs"]
+mod pool;
 
 #[derive(Default)]
 struct PodState {
@@ -55,6 +61,7 @@ impl VmPod {
             pod_id,
             loaded,
             state: tokio::sync::Mutex::default(),
+            pooled: tokio::sync::Mutex::default(),
         }
     }
 
@@ -170,6 +177,11 @@ impl Pod for VmPod {
     }
 
     async fn boot(&self, plan: &ContainerPlan) -> Result<VsockAgent, TaskError> {
+        if let Some(handed_out) = self.take_pooled(plan).await {
+            let (running, agent) = handed_out?;
+            self.state.lock().await.vm = Some(running);
+            return Ok(agent);
+        }
         let mut config = self.config()?.clone();
         config.hypervisor.vcpus = plan.vcpus;
         config.hypervisor.memory_mib = plan.memory_mib;
@@ -199,6 +211,9 @@ impl Pod for VmPod {
     }
 
     async fn stop(&self) {
+        if let Some(p) = self.pooled.lock().await.take() {
+            p.stop(&self.pod_id).await;
+        }
         let mut state = self.state.lock().await;
         if let Some(vm) = state.vm.take() {
             vm.stop(&self.pod_id).await;

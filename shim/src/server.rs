@@ -71,6 +71,22 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves pod `pod_id` with `pod` (cold: not booted yet; or a pool
+/// member's, booted) on `bound` until containerd's Shutdown.
+pub async fn serve_pod(
+    args: &ServeArgs,
+    pod_id: String,
+    pod: crate::sandbox::VmPod,
+    bound: Bound,
+) -> anyhow::Result<()> {
+    ignore_signals()?;
+    let events = crate::events::Publisher::start(publisher(args).await?, args.namespace.clone());
+    let manager = crate::manager::Manager::new(pod_id, pod, Arc::new(events));
+    let exit = Arc::new(ExitSignal::default());
+    let service = TaskService::new(manager, args.socket.clone(), exit.clone());
+    serve(bound, service, exit).await
+}
+
 /// containerd's event publisher for `args`.
 pub async fn publisher(args: &ServeArgs) -> anyhow::Result<RemotePublisher> {
     RemotePublisher::new(&args.ttrpc_address)
