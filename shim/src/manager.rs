@@ -636,27 +636,8 @@ impl<P: Pod> Inner<P> {
 
     async fn delete(self: &Arc<Self>, id: &str) -> Result<api::DeleteResponse, TaskError> {
         let container = self.container(id)?;
-        let (exit_status, exited_at) = match container.init.state() {
-            State::Running | State::Paused => {
-                return Err(TaskError::WrongState(format!(
-                    "container {id} is still running"
-                )))
-            }
-            State::Stopped {
-                exit_status,
-                exited_at,
-            } => (exit_status, exited_at),
-            State::Created => (0, now()),
-        };
-        if let Ok(agent) = self.agent().await {
-            if let Err(e) = self
-                .call("agent remove", agent.remove(request(id, "")))
-                .await
-            {
-                // The VM may be gone already; the host side is cleaned anyway.
-                tracing::warn!(pod_id = %self.pod_id, container_id = id, "{e}");
-            }
-        }
+        let (exit_status, exited_at) = deletable(&container.init, || format!("container {id}"))?;
+        self.remove_in_guest(id, "").await;
         for p in container
             .all_execs()
             .into_iter()
@@ -703,26 +684,8 @@ impl<P: Pod> Inner<P> {
 
     async fn delete_exec(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, TaskError> {
         let (container, process) = self.process(id, exec_id)?;
-        let (exit_status, exited_at) = match process.state() {
-            State::Running | State::Paused => {
-                return Err(TaskError::WrongState(format!(
-                    "exec {exec_id} is still running"
-                )))
-            }
-            State::Stopped {
-                exit_status,
-                exited_at,
-            } => (exit_status, exited_at),
-            State::Created => (0, now()),
-        };
-        if let Ok(agent) = self.agent().await {
-            if let Err(e) = self
-                .call("agent remove", agent.remove(request(id, exec_id)))
-                .await
-            {
-                tracing::warn!(pod_id = %self.pod_id, container_id = id, exec_id, "{e}");
-            }
-        }
+        let (exit_status, exited_at) = deletable(&process, || format!("exec {exec_id}"))?;
+        self.remove_in_guest(id, exec_id).await;
         process.abort_outputs();
         container.remove_exec(exec_id);
         Ok(api::DeleteResponse {
@@ -731,6 +694,19 @@ impl<P: Pod> Inner<P> {
             exited_at: Some(exited_at).into(),
             ..Default::default()
         })
+    }
+
+    /// Removes a process from the guest; the VM may be gone already, and
+    /// the host side is cleaned anyway.
+    async fn remove_in_guest(&self, id: &str, exec_id: &str) {
+        if let Ok(agent) = self.agent().await {
+            if let Err(e) = self
+                .call("agent remove", agent.remove(request(id, exec_id)))
+                .await
+            {
+                tracing::warn!(pod_id = %self.pod_id, container_id = id, exec_id, "{e}");
+            }
+        }
     }
 
     /// Freezes (pause) or thaws (resume) the whole container in the guest.
@@ -776,6 +752,24 @@ impl<P: Pod> Inner<P> {
             tracing::info!(pod_id = %self.pod_id, "stopping the VM: no container left");
         }
         self.pod.stop().await;
+    }
+}
+
+/// The exit a process being deleted reports; refused while it runs.
+fn deletable(
+    process: &Process,
+    what: impl FnOnce() -> String,
+) -> Result<(u32, Timestamp), TaskError> {
+    match process.state() {
+        State::Running | State::Paused => Err(TaskError::WrongState(format!(
+            "{} is still running",
+            what()
+        ))),
+        State::Stopped {
+            exit_status,
+            exited_at,
+        } => Ok((exit_status, exited_at)),
+        State::Created => Ok((0, now())),
     }
 }
 
