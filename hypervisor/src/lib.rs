@@ -38,7 +38,7 @@ pub use error::Error;
 pub use husk_vmm::HuskVmm;
 pub use husk_vmm_config::{tap, MacAddr};
 pub use qemu::Qemu;
-pub use vm::{BootTimings, MicroVm, VmPids, VmSpec};
+pub use vm::{set_guest_clock, BootTimings, MicroVm, VmPids, VmSpec};
 pub use vsock::{agent_channel, hybrid_vsock_connect};
 
 use std::path::PathBuf;

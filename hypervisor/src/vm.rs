@@ -369,16 +369,7 @@ impl MicroVm {
     async fn health(&self, timeout: Duration) -> Result<(), Error> {
         let mut agent = AgentClient::new(self.channel(timeout).await?);
         agent.health(HealthRequest {}).await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        agent
-            .set_clock(SetClockRequest {
-                unix_seconds: now.as_secs() as i64,
-                nanos: now.subsec_nanos(),
-            })
-            .await?;
-        Ok(())
+        set_guest_clock(&mut agent).await
     }
 
     async fn channel(&self, timeout: Duration) -> Result<Channel, Error> {
@@ -609,6 +600,21 @@ fn create_run_dir(dir: &Path) -> Result<(), Error> {
             },
             _ => Error::io(format!("creating {}", dir.display()), e),
         })
+}
+
+/// Gives the guest the host's clock (a TCG guest has no RTC and would
+/// start in 1970; a pooled VM has waited since its boot).
+pub async fn set_guest_clock(agent: &mut AgentClient<Channel>) -> Result<(), Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    agent
+        .set_clock(SetClockRequest {
+            unix_seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos(),
+        })
+        .await?;
+    Ok(())
 }
 
 /// `reboot=t` + the VMM's no-reboot turn a guest reboot into VMM exit;

@@ -13,7 +13,7 @@ use crate::pod::ContainerPlan;
 use anyhow::anyhow;
 use husk_config::{Config, PoolShape};
 use husk_hypervisor::{MicroVm, NetDevice, VmSpec};
-use husk_proto::agent::{PersonalizeRequest, SetClockRequest};
+use husk_proto::agent::PersonalizeRequest;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Bytes of host entropy a pooled VM gets when it is handed out.
@@ -245,16 +245,9 @@ impl VmPod {
                 }
             }
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        client
-            .set_clock(SetClockRequest {
-                unix_seconds: now.as_secs() as i64,
-                nanos: now.subsec_nanos(),
-            })
+        husk_hypervisor::set_guest_clock(&mut client)
             .await
-            .map_err(|s| host("setting the guest clock")(anyhow!("{}", s.message())))?;
+            .map_err(|e| host("setting the guest clock")(e.into()))?;
         let mut entropy = vec![0u8; ENTROPY_BYTES];
         getrandom(&mut entropy);
         let hostname = plan
