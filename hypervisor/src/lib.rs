@@ -16,6 +16,7 @@
 //!   husk-vmm checks the same TAP on its side).
 
 mod accel;
+pub mod confine;
 mod daemon;
 mod error;
 mod husk_vmm;
@@ -70,6 +71,10 @@ pub struct VmLaunch {
     /// Network devices: the VMM finds device i's TAP at fd
     /// `FIRST_TAP_FD + i` (MicroVm puts it there).
     pub nets: Vec<NetLaunch>,
+    /// The VM's own unprivileged user and group ([`confine::VmIds`]): the
+    /// VMM runs as it (QEMU from exec, husk-vmm once set up). None: uid 0,
+    /// without capabilities.
+    pub identity: Option<confine::Identity>,
 }
 
 /// Where a VMM process finds the first TAP file descriptor.

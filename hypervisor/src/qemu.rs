@@ -1,8 +1,15 @@
 //! The QEMU backend: `qemu-system-x86_64 -M microvm`. Guest RAM is a shared
 //! memfd so the vhost-user daemons can map it; without ACPI, QEMU appends
 //! `virtio_mmio.device=` entries for the devices to the kernel command line.
+//!
+//! QEMU starts as the VM's own user, without capabilities, in namespaces
+//! of its own, under husk's deny-list filter ([`confine::policy::qemu`]),
+//! and confines itself further with `-sandbox` ([`SANDBOX`]). The user is
+//! switched before exec rather than with `-runas`: `-runas` switches after
+//! QEMU's set-up, and `elevateprivileges=deny` (in force from the start)
+//! then kills QEMU at its own setuid.
 
-use crate::{Accelerator, Error, Hypervisor, VmLaunch};
+use crate::{confine, Accelerator, Error, Hypervisor, VmLaunch};
 use std::path::PathBuf;
 use tokio::process::Command;
 
@@ -18,6 +25,7 @@ impl Hypervisor for Qemu {
     fn command(&self, l: &VmLaunch) -> Result<Command, Error> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(qemu_args(l));
+        confine::policy::qemu(&self.binary, l)?.apply(&mut cmd)?;
         Ok(cmd)
     }
 }
@@ -38,6 +46,12 @@ fn qemu_args(l: &VmLaunch) -> Vec<String> {
     args
 }
 
+/// QEMU's own seccomp filter (QEMU 7.2, docs "-sandbox"): its default
+/// deny list, plus obsolete system calls, set*uid/gid, fork and exec,
+/// and scheduler and resource changes. It applies from QEMU's start,
+/// before any guest code.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 fn base_args(l: &VmLaunch) -> Vec<String> {
     let mem = format!("{}M", l.memory_mib);
     // -cpu host needs KVM; under TCG, max gives the guest every feature
@@ -49,6 +63,8 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
     vec![
         "-name".into(),
         format!("husk-{},debug-threads=on", l.id),
+        "-sandbox".into(),
+        SANDBOX.into(),
         "-M".into(),
         "microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem".into(),
         "-accel".into(),
@@ -136,6 +152,12 @@ mod tests {
         );
         assert!(args.contains("-serial file:/run/x/console.log"), "{args}");
         assert!(args.contains("-no-reboot"), "{args}");
+        assert!(
+            args.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{args}"
+        );
         assert!(args.contains("-smp 2"), "{args}");
         assert!(!args.contains("-netdev"), "{args}");
     }

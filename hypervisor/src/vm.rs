@@ -1,6 +1,7 @@
 //! One micro-VM from start to nothing: preflight, run directory, device
 //! daemons, VMM, boot until the agent answers, stop, cleanup.
 
+use crate::confine::{policy, VmIds};
 use crate::daemon::{log_tail, Daemon};
 use crate::{preflight, Accelerator, Error, HuskVmm, Hypervisor, MacAddr, Qemu, VmLaunch};
 use husk_config::{AccelTimeouts, Backend, Config};
@@ -70,6 +71,8 @@ pub struct MicroVm {
     fs: Option<Daemon>,
     vsock: Option<Daemon>,
     vmm: Option<Daemon>,
+    /// The VM's own unprivileged id, held for the VM's life.
+    ids: Option<VmIds>,
     /// Kills the VMM when a device daemon dies (see `supervisor`).
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
@@ -138,6 +141,11 @@ impl MicroVm {
             "starting VM"
         );
 
+        let c = &config.confinement;
+        let ids = match c.id_count {
+            0 => None,
+            n => Some(VmIds::take(c.first_id, n, &c.id_lock)?),
+        };
         create_run_dir(&dir)?;
         let mut vm = MicroVm {
             id: spec.id.clone(),
@@ -149,6 +157,7 @@ impl MicroVm {
             fs: None,
             vsock: None,
             vmm: None,
+            ids,
             watcher: None,
         };
         match vm.boot(config, &spec, hypervisor.as_ref(), started).await {
@@ -170,14 +179,19 @@ impl MicroVm {
     ) -> Result<(), Error> {
         let h = &config.hypervisor;
         let helpers_started = Instant::now();
+        let identity = self.ids.as_ref().map(VmIds::identity);
+        policy::share_run_dir(&self.dir, identity)?;
         let fs_socket = self.dir.join(FS_SOCKET);
         let mut fs_cmd = Command::new(&h.virtiofsd_path);
+        let (fs_args, fs_confinement) = policy::virtiofsd();
         fs_cmd
             .arg("--socket-path")
             .arg(&fs_socket)
             .arg("--shared-dir")
             .arg(&spec.shared_dir)
-            .args(["--cache", "auto", "--sandbox", "chroot"]);
+            .args(["--cache", "auto"])
+            .args(fs_args);
+        fs_confinement.apply(&mut fs_cmd)?;
         let fs = self.fs.insert(Daemon::spawn(
             "virtiofsd",
             fs_cmd,
@@ -185,15 +199,20 @@ impl MicroVm {
         )?);
         fs.wait_for_socket(&fs_socket, DAEMON_SOCKET_TIMEOUT)
             .await?;
+        policy::give(&fs_socket, identity)?;
 
-        let vsock_socket = self.dir.join(VSOCK_VHOST_SOCKET);
+        let vsock_dir = policy::vsock_dir(&self.dir, identity)?;
+        let vsock_socket = vsock_dir.join(VSOCK_VHOST_SOCKET);
+        let vsock_agent_socket = vsock_dir.join(AGENT_SOCKET);
         let mut vsock_cmd = Command::new(&h.vsock_backend_path);
         vsock_cmd.arg("--vm").arg(format!(
             "guest-cid={},socket={},uds-path={}",
             crate::GUEST_CID,
             vsock_socket.display(),
-            self.agent_socket().display()
+            vsock_agent_socket.display()
         ));
+        policy::vsock_backend(&h.vsock_backend_path, &self.dir, &vsock_dir, identity)?
+            .apply(&mut vsock_cmd)?;
         let vsock = self.vsock.insert(Daemon::spawn(
             "vhost-device-vsock",
             vsock_cmd,
@@ -202,6 +221,10 @@ impl MicroVm {
         vsock
             .wait_for_socket(&vsock_socket, DAEMON_SOCKET_TIMEOUT)
             .await?;
+        // The agent's socket is there too (made before the vhost-user
+        // one); the launcher uses its own link to it from here on.
+        policy::link_socket(&vsock_agent_socket, &self.agent_socket())?;
+        policy::console_log(&self.console_log(), identity)?;
         self.timings.helpers = helpers_started.elapsed();
 
         let launch = VmLaunch {
@@ -228,6 +251,7 @@ impl MicroVm {
                     Ok(crate::NetLaunch { mac })
                 })
                 .collect::<Result<_, Error>>()?,
+            identity,
         };
         let vmm_started = Instant::now();
         let mut command = hypervisor.command(&launch)?;
