@@ -26,7 +26,6 @@ const MAX_SOCKET_PATH: usize = 107;
 const CONSOLE_LOG: &str = "console.log";
 const VMM_LOG: &str = "vmm.log";
 const FS_SOCKET: &str = "vhost-fs.sock";
-const VSOCK_VHOST_SOCKET: &str = "vhost-vsock.sock";
 const AGENT_SOCKET: &str = "agent.vsock";
 
 /// What the caller decides per VM; the rest comes from the configuration.
@@ -91,7 +90,7 @@ impl MicroVm {
         preflight::check_executable("hypervisor.virtiofsd_path", &h.virtiofsd_path)?;
         preflight::check_executable("hypervisor.vsock_backend_path", &h.vsock_backend_path)?;
         let dir = h.runtime_dir.join("vms").join(&spec.id);
-        let longest = dir.join(VSOCK_VHOST_SOCKET);
+        let longest = dir.join(policy::VSOCK_DIR).join(policy::VSOCK_VHOST_SOCKET);
         if longest.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(Error::InvalidSpec {
                 field: "hypervisor.runtime_dir",
@@ -202,8 +201,8 @@ impl MicroVm {
         policy::give(&fs_socket, identity)?;
 
         let vsock_dir = policy::vsock_dir(&self.dir, identity)?;
-        let vsock_socket = vsock_dir.join(VSOCK_VHOST_SOCKET);
-        let vsock_agent_socket = vsock_dir.join(AGENT_SOCKET);
+        let vsock_socket = vsock_dir.join(policy::VSOCK_VHOST_SOCKET);
+        let vsock_agent_socket = vsock_dir.join(policy::VSOCK_AGENT_SOCKET);
         let mut vsock_cmd = Command::new(&h.vsock_backend_path);
         vsock_cmd.arg("--vm").arg(format!(
             "guest-cid={},socket={},uds-path={}",

@@ -5,12 +5,16 @@
 //! ```text
 //! <runtime_dir>/vms/<id>/   root:<vm gid> 0710  the VM's user may pass, not list or write
 //!     vhost-fs.sock         virtiofsd's; given to the VM's user (the VMM connects)
-//!     agent.vsock           a hard link the launcher made to vsock/agent.vsock
+//!     agent.vsock           a hard link the launcher made to vsock/agent.sock
 //!     console.log           the VMM writes it; given to the VM's user
 //!     vsock/                <vm uid> 0700       vhost-device-vsock's, all it sees
-//!         vhost-vsock.sock
-//!         agent.vsock
+//!         vhost.sock
+//!         agent.sock
 //! ```
+//!
+//! The names in `vsock/` are short so that `vsock/vhost.sock` is no
+//! longer than the `vhost-vsock.sock` it replaces: a CRI pod's VM id is 64
+//! characters, and a socket path must fit 107 bytes.
 //!
 //! The launcher connects to the agent through its own hard link, made
 //! before the guest runs: whatever the VM's user later does in `vsock/`
@@ -23,8 +27,11 @@ use nix::sched::CloneFlags;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// vhost-device-vsock's directory in the run directory.
+/// vhost-device-vsock's directory in the run directory, and its sockets
+/// there: the vhost-user one (the VMM's) and the hybrid vsock one.
 pub const VSOCK_DIR: &str = "vsock";
+pub const VSOCK_VHOST_SOCKET: &str = "vhost.sock";
+pub const VSOCK_AGENT_SOCKET: &str = "agent.sock";
 
 /// The namespaces every confined helper gets that costs it nothing.
 fn own_namespaces() -> CloneFlags {
