@@ -32,6 +32,7 @@ impl Hypervisor for Qemu {
 
 fn qemu_args(l: &VmLaunch) -> Vec<String> {
     let mut args = base_args(l);
+    args.extend(serial_args(&l.console_log));
     for (i, net) in l.nets.iter().enumerate() {
         args.extend([
             "-netdev".into(),
@@ -44,6 +45,32 @@ fn qemu_args(l: &VmLaunch) -> Vec<String> {
         ]);
     }
     args
+}
+
+/// The fd set a console passed as a descriptor goes into.
+const CONSOLE_FDSET: u32 = 1;
+
+/// The serial console's arguments. A console handed over as a descriptor
+/// (`/proc/self/fd/N`) goes through an fd set: QEMU then duplicates the
+/// descriptor instead of opening /proc/self/fd/N, which its jail does not
+/// hold and which the VM's user may not reopen (a pipe belongs to the
+/// launcher's uid).
+fn serial_args(console: &std::path::Path) -> Vec<String> {
+    let passed = console
+        .strip_prefix("/proc/self/fd")
+        .ok()
+        .and_then(|n| n.to_str()?.parse::<i32>().ok());
+    match passed {
+        Some(fd) => vec![
+            "-add-fd".into(),
+            format!("fd={fd},set={CONSOLE_FDSET}"),
+            "-chardev".into(),
+            format!("file,id=console,path=/dev/fdset/{CONSOLE_FDSET},append=on"),
+            "-serial".into(),
+            "chardev:console".into(),
+        ],
+        None => vec!["-serial".into(), format!("file:{}", console.display())],
+    }
 }
 
 /// QEMU's own seccomp filter (QEMU 7.2, docs "-sandbox"): its default
@@ -83,8 +110,6 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
         "none".into(),
         // The guest's reboot (reboot=t) ends QEMU instead of restarting it.
         "-no-reboot".into(),
-        "-serial".into(),
-        format!("file:{}", l.console_log.display()),
         "-kernel".into(),
         l.kernel.display().to_string(),
         "-initrd".into(),
@@ -160,6 +185,21 @@ mod tests {
         );
         assert!(args.contains("-smp 2"), "{args}");
         assert!(!args.contains("-netdev"), "{args}");
+    }
+
+    #[test]
+    fn a_console_passed_as_a_descriptor_goes_through_an_fd_set() {
+        let mut l = launch(Accelerator::Tcg);
+        l.console_log = "/proc/self/fd/3".into();
+        let args = qemu_args(&l).join(" ");
+        assert!(
+            args.contains(
+                "-add-fd fd=3,set=1 -chardev file,id=console,path=/dev/fdset/1,append=on \
+                 -serial chardev:console"
+            ),
+            "{args}"
+        );
+        assert!(!args.contains("/proc"), "{args}");
     }
 
     #[test]

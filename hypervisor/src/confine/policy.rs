@@ -174,8 +174,12 @@ pub fn qemu(program: &Path, l: &crate::VmLaunch) -> Result<Confinement, Error> {
         .read_only(&l.kernel)
         .read_only(&l.initrd)
         .read_only(&l.run_dir)
-        .writable(&l.console_log)
         .device(Path::new("/dev/urandom"));
+    // A console file is bound writable; one passed as a descriptor
+    // (/proc/self/fd/N) needs nothing in the jail (see qemu.rs).
+    if !l.console_log.starts_with("/proc") {
+        jail.writable(&l.console_log);
+    }
     if kvm {
         jail.device(Path::new(KVM));
     }
