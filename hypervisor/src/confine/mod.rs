@@ -200,9 +200,16 @@ impl Confinement {
         unsafe {
             command.pre_exec(move || {
                 let launcher = libc::getppid();
+                // A change of credentials clears the parent-death signal:
+                // whatever was asked for before (or the monitor's, below)
+                // is set again after it.
+                let mut pdeathsig: libc::c_int = 0;
+                libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeathsig);
+                let mut monitor_fd = -1;
                 if pid_namespace {
-                    monitor::split(&creds, filter.as_deref(), launcher)
+                    monitor_fd = monitor::split(&creds, filter.as_deref(), launcher)
                         .map_err(|e| report("a PID namespace and its monitor", e))?;
+                    pdeathsig = libc::SIGKILL;
                 }
                 if !namespaces.is_empty() && libc::unshare(namespaces.bits()) != 0 {
                     return Err(report("unshare", std::io::Error::last_os_error()));
@@ -213,6 +220,23 @@ impl Confinement {
                 creds
                     .apply()
                     .map_err(|e| report("dropping credentials", e))?;
+                if pdeathsig != 0 {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig);
+                    let parent_gone = if pid_namespace {
+                        !monitor::parent_alive(monitor_fd)
+                    } else {
+                        libc::getppid() != launcher
+                    };
+                    if parent_gone {
+                        return Err(report(
+                            "the parent died during set-up",
+                            std::io::Error::from_raw_os_error(libc::ESRCH),
+                        ));
+                    }
+                }
+                if monitor_fd >= 0 {
+                    libc::close(monitor_fd);
+                }
                 if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(report("no_new_privs", std::io::Error::last_os_error()));
                 }

@@ -25,13 +25,15 @@ use libc::{c_int, pid_t, sock_filter};
 /// The name the monitor shows in /proc/<pid>/comm.
 pub const MONITOR_NAME: &std::ffi::CStr = c"husk-ns-monitor";
 
-/// Splits into monitor and helper; returns in the helper only. `launcher`
-/// is the pid of the process that spawned this one.
+/// Splits into monitor and helper; returns in the helper only, with a
+/// pidfd of the monitor (-1 where pidfds are not available) for
+/// [`parent_alive`]. `launcher` is the pid of the process that spawned
+/// this one.
 pub(crate) fn split(
     creds: &Credentials,
     filter: Option<&[sock_filter]>,
     launcher: pid_t,
-) -> std::io::Result<()> {
+) -> std::io::Result<c_int> {
     // SAFETY: every call in this function: system calls on integers, on
     // sigset_t and sigaction values on this stack, and on the filter
     // prepared before the fork; the raw clone duplicates this
@@ -55,27 +57,35 @@ pub(crate) fn split(
             return Err(std::io::Error::last_os_error());
         }
         if child == 0 {
-            // The helper, PID 1 of the new namespace.
+            // The helper, PID 1 of the new namespace. Its parent-death
+            // signal is set again after its change of credentials, which
+            // clears it (the caller does, with parent_alive).
             libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if me_fd >= 0 {
-                let mut poll = libc::pollfd {
-                    fd: me_fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let gone = libc::poll(&mut poll, 1, 0) > 0;
-                libc::close(me_fd);
-                if gone {
-                    libc::_exit(1);
-                }
+            if !parent_alive(me_fd) {
+                libc::_exit(1);
             }
-            return Ok(());
+            return Ok(me_fd);
         }
         monitor(child, creds, filter, launcher, &waited)
     }
+}
+
+/// Whether the process `pidfd` refers to still runs (true when there is no
+/// pidfd: nothing to tell by).
+pub(crate) fn parent_alive(pidfd: c_int) -> bool {
+    if pidfd < 0 {
+        return true;
+    }
+    let mut poll = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll of one pollfd on this stack, zero timeout.
+    unsafe { libc::poll(&mut poll, 1, 0) <= 0 }
 }
 
 /// The monitor's life, in the process `split` forked; never returns.

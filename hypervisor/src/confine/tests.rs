@@ -234,3 +234,77 @@ async fn a_writable_file_in_a_read_only_directory_and_a_device() {
     assert_eq!(std::fs::read_to_string(&console).unwrap(), "guest\n");
     assert!(!run.join("new").exists());
 }
+
+/// The contract with the hooks a launcher adds after the confinement
+/// (Daemon::spawn's cgroup placement writes "0" to a cgroup.procs it
+/// opened as root): they run in the confined helper, after the switch to
+/// the VM's user, and the kernel checks the opener's credentials, so the
+/// helper still lands in the cgroup; its PID-namespace monitor does not
+/// (it stays in the launcher's).
+#[tokio::test]
+async fn a_later_hook_still_places_the_confined_helper_in_a_cgroup() {
+    if !root() {
+        return;
+    }
+    let pids = Path::new("/sys/fs/cgroup/pids");
+    if !pids.join("cgroup.procs").exists() {
+        println!("SKIPPED: no cgroup v1 pids hierarchy here");
+        return;
+    }
+    let cg = pids.join(format!("husk-confine-test-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(cg.clone());
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.join("cgroup.procs"))
+        .unwrap();
+    let c = Confinement {
+        identity: Some(ID),
+        drop_capabilities: true,
+        pid_namespace: true,
+        seccomp: true,
+        ..Confinement::default()
+    };
+    let mut cmd = Command::new("/bin/sleep");
+    cmd.arg("100").stdout(Stdio::null()).stderr(Stdio::null());
+    c.apply(&mut cmd).unwrap();
+    use std::os::fd::AsRawFd;
+    let fd = procs.as_raw_fd();
+    // SAFETY: write(2) of a static byte to a descriptor open in the parent
+    // until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(procs);
+    let monitor = child.id().unwrap();
+    let helper: u32 = std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let members = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    let members: Vec<u32> = members.lines().filter_map(|l| l.parse().ok()).collect();
+    child.kill().await.unwrap();
+    // The helper dies with its monitor; only then can the cgroup go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Path::new(&format!("/proc/{helper}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{helper}")).exists(),
+        "the helper outlived its monitor"
+    );
+    assert_eq!(members, [helper], "monitor {monitor}");
+}
