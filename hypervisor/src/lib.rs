@@ -14,6 +14,10 @@
 //!   `CONNECT <port>\n`, `OK <port>\n`, then gRPC to the agent.
 //! - [`tap`] opens the TAP a VM's NIC is backed by (husk-vmm-config's, as
 //!   husk-vmm checks the same TAP on its side).
+//! - [`confine`] confines the helpers that are not ours (QEMU,
+//!   vhost-device-vsock, virtiofsd) between fork and exec, gives each VM
+//!   an unprivileged id of its own, and says what each helper is left
+//!   with (docs/security.md).
 
 mod accel;
 pub mod confine;
