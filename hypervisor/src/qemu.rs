@@ -202,6 +202,55 @@ mod tests {
         assert!(!args.contains("/proc"), "{args}");
     }
 
+    /// QEMU under [`SANDBOX`] cannot start a program: a TAP with an
+    /// up-script makes it fork and exec one, and it dies of SIGSYS, where
+    /// without the denials the script runs and QEMU goes on. In a network
+    /// namespace of its own, so the TAP never reaches the host.
+    #[test]
+    fn qemu_under_the_sandbox_cannot_spawn_a_program() {
+        let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
+        if !nix::unistd::geteuid().is_root() || !qemu.exists() {
+            println!("SKIPPED: needs root and {}", qemu.display());
+            return;
+        }
+        let run = |sandbox: &str, wait: u64| {
+            let mut child = std::process::Command::new("unshare")
+                .arg("--net")
+                .arg(qemu)
+                .args(["-sandbox", sandbox, "-M", "microvm", "-nodefaults"])
+                .args([
+                    "-display", "none", "-accel", "tcg", "-S", "-monitor", "none",
+                ])
+                .args([
+                    "-netdev",
+                    "tap,id=n0,ifname=husksbx0,script=/bin/true,downscript=no",
+                ])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return Some(status);
+                }
+                if std::time::Instant::now() > deadline {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+        use std::os::unix::process::ExitStatusExt;
+        let denied = run(SANDBOX, 10).expect("QEMU ran its up-script under spawn=deny");
+        // unshare reports its child's death by signal as 128 + the signal.
+        assert!(
+            denied.code() == Some(128 + libc::SIGSYS) || denied.signal() == Some(libc::SIGSYS),
+            "{denied}"
+        );
+        assert_eq!(run("on", 3), None, "QEMU without spawn=deny should run on");
+    }
+
     #[test]
     fn each_tap_is_a_virtio_net_device_with_its_mac() {
         let mut l = launch(Accelerator::Tcg);
