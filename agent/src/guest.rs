@@ -51,6 +51,35 @@ fn parse_meminfo(text: &str) -> (u64, u64) {
     (field("MemTotal"), field("MemAvailable"))
 }
 
+/// Most entropy bytes the host may credit at once.
+pub const MAX_ENTROPY_BYTES: usize = 512;
+
+/// Mixes `bytes` into the kernel's pool and credits them in full
+/// (RNDADDENTROPY, random(4)): the host's getrandom output is as good as
+/// the guest's own, and a VM booted ahead of its pod gets a pool nobody
+/// else saw.
+pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    // The buffer is read as __u32 words: pad to a whole word.
+    info.resize(info.len().div_ceil(4) * 4, 0);
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/random")?;
+    const RNDADDENTROPY: nix::libc::c_ulong = 0x4008_5203;
+    // SAFETY: the ioctl reads a rand_pool_info of 8 + buf_size bytes,
+    // which `info` holds and keeps alive across the call.
+    let r = unsafe { nix::libc::ioctl(random.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

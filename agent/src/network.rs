@@ -28,6 +28,13 @@ fn netlink(context: &str) -> impl Fn(rtnetlink::Error) -> NetworkError + '_ {
     move |e| NetworkError::Netlink(format!("{context}: {e}"))
 }
 
+fn format_mac_bytes(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// "10.88.0.5/16" → (address, prefix length), checked.
 pub fn parse_cidr(field: &str, text: &str) -> Result<(IpAddr, u8), NetworkError> {
     let (addr, len) = text
@@ -142,6 +149,16 @@ async fn configure_interface(
 ) -> Result<u32, NetworkError> {
     let field = format!("interfaces[{i}]");
     let mac = parse_mac(&format!("{field}.mac"), &nic.mac)?;
+    // A NIC booted with another MAC (a pooled VM) is found by that one and
+    // takes `mac`.
+    let (find_field, find) = if nic.current_mac.is_empty() {
+        ("mac", mac)
+    } else {
+        (
+            "current_mac",
+            parse_mac(&format!("{field}.current_mac"), &nic.current_mac)?,
+        )
+    };
     if nic.name.is_empty() || nic.name.len() > 15 || nic.name.contains(['/', ' ']) {
         return Err(invalid(
             format!("{field}.name"),
@@ -150,15 +167,18 @@ async fn configure_interface(
     }
     let link = links
         .iter()
-        .find(|l| mac_of(l) == Some(&mac[..]))
+        .find(|l| mac_of(l) == Some(&find[..]))
         .ok_or_else(|| {
             invalid(
-                format!("{field}.mac"),
-                format!("no guest NIC has {}", nic.mac),
+                format!("{field}.{find_field}"),
+                format!("no guest NIC has {}", format_mac_bytes(&find)),
             )
         })?;
     let index = link.header.index;
     let mut builder = LinkUnspec::new_with_index(index).name(nic.name.clone());
+    if find != mac {
+        builder = builder.address(mac.to_vec());
+    }
     if nic.mtu > 0 {
         builder = builder.mtu(nic.mtu);
     }

@@ -1,7 +1,7 @@
 //! The agent API served to the host. Every request comes from the shim; the
 //! answers are small and bounded.
 
-use crate::container::{Containers, Output};
+use crate::containers::{Containers, Output};
 use crate::guest;
 use husk_proto::agent::agent_server::Agent;
 use husk_proto::agent::*;
@@ -60,6 +60,36 @@ impl Agent for AgentService {
             routes = req.routes.len(),
             "network configured"
         );
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn personalize(
+        &self,
+        request: Request<PersonalizeRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        if !self.is_init {
+            return Err(Status::failed_precondition(
+                "the agent is not PID 1 of a VM: refusing to change this machine",
+            ));
+        }
+        if req.entropy.len() > guest::MAX_ENTROPY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "entropy: {} bytes, at most {}",
+                req.entropy.len(),
+                guest::MAX_ENTROPY_BYTES
+            )));
+        }
+        if !req.entropy.is_empty() {
+            guest::add_entropy(&req.entropy)
+                .map_err(|e| Status::internal(format!("crediting entropy: {e}")))?;
+        }
+        if !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname).map_err(|e| {
+                Status::invalid_argument(format!("hostname {:?}: {e}", req.hostname))
+            })?;
+        }
+        tracing::info!(entropy = req.entropy.len(), hostname = %req.hostname, "personalized");
         Ok(Response::new(Empty {}))
     }
 

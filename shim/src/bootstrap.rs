@@ -233,7 +233,7 @@ pub fn start(flags: &Flags) -> anyhow::Result<()> {
         &pod,
         dir.as_deref().unwrap_or(SOCKET_DIR),
     );
-    if !answers(&address) {
+    if !answers(&address) && !claim_pooled_vm(flags, &bundle, &pod, &ttrpc, &address) {
         spawn_server(flags, &input, &grpc, &ttrpc, &address)?;
     }
     write_address(&bundle, &address)?;
@@ -241,6 +241,70 @@ pub fn start(flags: &Flags) -> anyhow::Result<()> {
     out.write_all(&input.reply(&address))?;
     out.flush()?;
     Ok(())
+}
+
+/// A new pod of a pooled size takes a pre-booted VM's shim (docs/pool.md);
+/// the pool is refilled in the background either way. False: boot cold.
+fn claim_pooled_vm(flags: &Flags, bundle: &Path, pod: &str, ttrpc: &str, address: &str) -> bool {
+    let Ok(config) = husk_config::Config::load_default() else {
+        return false;
+    };
+    if config.pool.shapes.is_empty() {
+        return false;
+    }
+    let annotations: std::collections::HashMap<String, String> =
+        std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|spec| serde_json::from_value(spec.get("annotations")?.clone()).ok())
+            .unwrap_or_default();
+    let claimed = match config.pod_size(&annotations) {
+        Ok((vcpus, memory_mib)) => match crate::pool::shape_for(&config, vcpus, memory_mib) {
+            Some(shape) => crate::pool::claim(
+                &config,
+                &shape,
+                &crate::pool::Claim {
+                    pod_id: pod.to_owned(),
+                    serve: crate::server::ServeArgs {
+                        namespace: flags.namespace.clone(),
+                        id: flags.id.clone(),
+                        socket: address.to_owned(),
+                        ttrpc_address: ttrpc.to_owned(),
+                        bundle: bundle.to_owned(),
+                    },
+                },
+            ),
+            None => false,
+        },
+        // A size the pod may not have: the cold path refuses it by name.
+        Err(_) => false,
+    };
+    refill_pool();
+    claimed
+}
+
+/// Starts `pool-fill` on its own (it outlives this `start`).
+fn refill_pool() {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("pool-fill")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid in the child before exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    if let Err(e) = cmd.spawn() {
+        eprintln!("{}: cannot refill the pool: {e}", crate::RUNTIME_ID);
+    }
 }
 
 fn write_address(bundle: &Path, address: &str) -> anyhow::Result<()> {

@@ -19,14 +19,17 @@ pub mod error;
 pub mod events;
 #[cfg(test)]
 mod fake;
+pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod network;
 pub mod pod;
+pub mod pool;
 pub mod portforward;
 pub mod process;
 pub mod relay;
 pub mod sandbox;
+pub mod server;
 pub mod service;
 pub mod share;
 pub mod spec;

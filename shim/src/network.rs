@@ -94,6 +94,46 @@ pub fn on_thread_in_netns<T: Send + 'static>(
     .map_err(ns_err)
 }
 
+/// A netlink future run by `in_netns` / `in_own_netns`.
+type NetlinkWork<T> = Box<
+    dyn FnOnce(
+            Handle,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetworkError>>>>
+        + Send,
+>;
+
+/// Runs `f` with a netlink handle in the shim's own network namespace, on
+/// a thread and runtime of its own as `in_netns` does.
+fn in_own_netns<T: Send + 'static>(
+    f: impl FnOnce(
+            Handle,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetworkError>>>>
+        + Send
+        + 'static,
+) -> Result<T, NetworkError> {
+    let work: NetlinkWork<T> = Box::new(f);
+    std::thread::spawn(move || with_netlink(work))
+        .join()
+        .map_err(|_| NetworkError::ThreadPanicked(PathBuf::from("/proc/self/ns/net")))?
+}
+
+fn with_netlink<T>(f: NetlinkWork<T>) -> Result<T, NetworkError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NetworkError::NetlinkConnect)?;
+    runtime.block_on(async move {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(NetworkError::NetlinkConnect)?;
+        let task = tokio::spawn(connection);
+        let result = f(handle).await;
+        task.abort();
+        result
+    })
+}
+
 /// Runs `f` with a netlink handle inside the network namespace `netns`.
 fn in_netns<T: Send + 'static>(
     netns: &Path,
@@ -104,20 +144,8 @@ fn in_netns<T: Send + 'static>(
         + Send
         + 'static,
 ) -> Result<T, NetworkError> {
-    let result = on_thread_in_netns(netns, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok(runtime.block_on(async move {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(NetworkError::NetlinkConnect)?;
-            let task = tokio::spawn(connection);
-            let result = f(handle).await;
-            task.abort();
-            result
-        }))
-    });
-    result?
+    let work: NetlinkWork<T> = Box::new(f);
+    on_thread_in_netns(netns, move || Ok(with_netlink(work)))?
 }
 
 fn attr<T>(link: &LinkMessage, f: impl Fn(&LinkAttribute) -> Option<T>) -> Option<T> {
@@ -134,8 +162,48 @@ pub fn format_mac(mac: &[u8]) -> String {
 /// Connects the first non-loopback interface of `netns` to a new TAP;
 /// None when the namespace has no such interface (nothing to connect).
 pub fn attach(netns: &Path) -> Result<Option<PodNetwork>, NetworkError> {
-    // Redirecting the host's own interface into a VM would take the host
-    // off its network: only another namespace is connected.
+    refuse_host_namespace(netns)?;
+    let path = netns.to_owned();
+    in_netns(netns, move |handle| {
+        Box::pin(async move { attach_in_ns(handle, path, None).await })
+    })
+}
+
+/// Like `attach`, with the TAP a VM booted ahead of its pod already has
+/// (`tap`, named `name` in the shim's own namespace): it is moved into the
+/// pod's namespace, renamed and connected there. The VM keeps its fd.
+pub fn adopt(netns: &Path, tap: OwnedFd, name: &str) -> Result<Option<PodNetwork>, NetworkError> {
+    use std::os::fd::AsRawFd;
+    refuse_host_namespace(netns)?;
+    let ns = std::fs::File::open(netns).map_err(|source| NetworkError::Namespace {
+        path: netns.to_owned(),
+        source,
+    })?;
+    let host_name = name.to_owned();
+    in_own_netns(move |handle| {
+        Box::pin(async move {
+            let index = link_index(&handle, &host_name).await?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .setns_by_fd(ns.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(netlink("moving the TAP into the pod's namespace"))
+        })
+    })?;
+    let (path, name) = (netns.to_owned(), name.to_owned());
+    in_netns(netns, move |handle| {
+        Box::pin(async move { attach_in_ns(handle, path, Some((tap, name))).await })
+    })
+}
+
+/// Redirecting the host's own interface into a VM would take the host
+/// off its network: only another namespace is connected.
+fn refuse_host_namespace(netns: &Path) -> Result<(), NetworkError> {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
     let ns_id = id(netns).map_err(|source| NetworkError::Namespace {
@@ -145,13 +213,29 @@ pub fn attach(netns: &Path) -> Result<Option<PodNetwork>, NetworkError> {
     if id(Path::new("/proc/self/ns/net")).is_ok_and(|own| own == ns_id) {
         return Err(NetworkError::HostNamespace(netns.to_owned()));
     }
-    let path = netns.to_owned();
-    in_netns(netns, move |handle| {
-        Box::pin(async move { attach_in_ns(handle, path).await })
-    })
+    Ok(())
 }
 
-async fn attach_in_ns(handle: Handle, netns: PathBuf) -> Result<Option<PodNetwork>, NetworkError> {
+async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
+    handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink("finding the TAP"))?
+        .map(|l| l.header.index)
+        .ok_or(NetworkError::TapVanished(TAP_NAME))
+}
+
+/// Connects the namespace's pod interface to a TAP: a new one, or
+/// `moved` (its fd and name), already moved in.
+async fn attach_in_ns(
+    handle: Handle,
+    netns: PathBuf,
+    moved: Option<(OwnedFd, String)>,
+) -> Result<Option<PodNetwork>, NetworkError> {
     let links: Vec<LinkMessage> = handle
         .link()
         .get()
@@ -188,17 +272,26 @@ async fn attach_in_ns(handle: Handle, netns: PathBuf) -> Result<Option<PodNetwor
     let mut routes = routes_of::<Ipv4Addr>(&handle, index, &name).await?;
     routes.extend(routes_of::<Ipv6Addr>(&handle, index, &name).await?);
 
-    let tap = open_tap(TAP_NAME)?;
-    let tap_index = handle
-        .link()
-        .get()
-        .match_name(TAP_NAME.to_owned())
-        .execute()
-        .try_next()
-        .await
-        .map_err(netlink("finding the TAP"))?
-        .map(|l| l.header.index)
-        .ok_or(NetworkError::TapVanished(TAP_NAME))?;
+    let (tap, tap_index) = match moved {
+        None => {
+            let tap = open_tap(TAP_NAME)?;
+            (tap, link_index(&handle, TAP_NAME).await?)
+        }
+        Some((tap, name)) => {
+            let index = link_index(&handle, &name).await?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .name(TAP_NAME.to_owned())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(netlink("renaming the TAP"))?;
+            (tap, index)
+        }
+    };
     handle
         .link()
         .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).up().build())
@@ -234,6 +327,8 @@ async fn attach_in_ns(handle: Handle, netns: PathBuf) -> Result<Option<PodNetwor
                 name,
                 mtu,
                 addresses,
+                // The caller's, when the guest NIC has another (a pooled VM).
+                current_mac: String::new(),
             }],
             routes,
         },

@@ -25,7 +25,13 @@ pub struct VmPod {
     /// directory; every call fails with the error when it did not load.
     loaded: Result<(Config, ShareTree), Arc<husk_config::ConfigError>>,
     state: tokio::sync::Mutex<PodState>,
+    /// A VM booted before the pod (the pool), until the pod's boot takes
+    /// it (`sandbox_pool`).
+    pooled: tokio::sync::Mutex<Option<pool::PooledVm>>,
 }
+
+#[path = "sandbox_pool.rs"]
+mod pool;
 
 #[derive(Default)]
 struct PodState {
@@ -55,6 +61,7 @@ impl VmPod {
             pod_id,
             loaded,
             state: tokio::sync::Mutex::default(),
+            pooled: tokio::sync::Mutex::default(),
         }
     }
 
@@ -82,6 +89,9 @@ impl Pod for VmPod {
         let guest =
             crate::spec::prepare(Path::new(&req.bundle), &req.id).map_err(TaskError::Invalid)?;
         refuse_host_network(&guest)?;
+        if let Some(p) = &guest.cgroups_path {
+            crate::cgroup::host_path(p).map_err(|e| TaskError::Invalid(e.into()))?;
+        }
         // The pod's VM size, from the sandbox's annotations; checked here so
         // that a bad one fails RunPodSandbox before anything is made.
         let annotations: HashMap<String, String> = guest
@@ -167,6 +177,11 @@ impl Pod for VmPod {
     }
 
     async fn boot(&self, plan: &ContainerPlan) -> Result<VsockAgent, TaskError> {
+        if let Some(handed_out) = self.take_pooled(plan).await {
+            let (running, agent) = handed_out?;
+            self.state.lock().await.vm = Some(running);
+            return Ok(agent);
+        }
         let mut config = self.config()?.clone();
         config.hypervisor.vcpus = plan.vcpus;
         config.hypervisor.memory_mib = plan.memory_mib;
@@ -196,6 +211,9 @@ impl Pod for VmPod {
     }
 
     async fn stop(&self) {
+        if let Some(p) = self.pooled.lock().await.take() {
+            p.stop(&self.pod_id).await;
+        }
         let mut state = self.state.lock().await;
         if let Some(vm) = state.vm.take() {
             vm.stop(&self.pod_id).await;
@@ -282,13 +300,29 @@ async fn boot(
     netns: Option<&Path>,
     cgroups_path: Option<&str>,
 ) -> Result<RunningVm, TaskError> {
+    // The pod's cgroup, which the VM's processes start in.
+    let cgroup = match cgroups_path {
+        Some(p) => Some(make_cgroup(vm_id, p).await?),
+        None => None,
+    };
     let network = match netns {
         Some(ns) => {
             let ns = ns.to_owned();
-            tokio::task::spawn_blocking(move || crate::network::attach(&ns))
+            let attached = tokio::task::spawn_blocking(move || crate::network::attach(&ns))
                 .await
-                .map_err(|e| TaskError::Host(anyhow!(e)))?
-                .map_err(|e| TaskError::Host(anyhow::Error::new(e).context("network attach")))?
+                .map_err(|e| TaskError::Host(anyhow!(e)))
+                .and_then(|r| {
+                    r.map_err(|e| TaskError::Host(anyhow::Error::new(e).context("network attach")))
+                });
+            match attached {
+                Ok(n) => n,
+                Err(e) => {
+                    if let Some(c) = cgroup {
+                        c.remove();
+                    }
+                    return Err(e);
+                }
+            }
         }
         None => None,
     };
@@ -302,12 +336,19 @@ async fn boot(
                 mac: n.mac.clone(),
             })
             .collect(),
+        cgroup_procs: cgroup
+            .as_ref()
+            .map(crate::cgroup::HostCgroup::procs_files)
+            .unwrap_or_default(),
     };
     let vm = match MicroVm::start(config, spec).await {
         Ok(vm) => vm,
         Err(e) => {
             if let Some(n) = network {
                 let _ = tokio::task::spawn_blocking(move || n.detach()).await;
+            }
+            if let Some(c) = cgroup {
+                c.remove();
             }
             return Err(TaskError::Host(
                 anyhow::Error::new(e).context("starting the VM"),
@@ -318,7 +359,7 @@ async fn boot(
         vm,
         network,
         forward: None,
-        cgroup: None,
+        cgroup,
     };
     if let Some(n) = &running.network {
         let configured = async {
@@ -344,7 +385,6 @@ async fn boot(
             ),
         }
     }
-    running.cgroup = cgroups_path.and_then(|p| join_cgroup(&running.vm, vm_id, p));
     Ok(running)
 }
 
@@ -364,31 +404,23 @@ impl RunningVm {
     }
 }
 
-/// Moves the VM's host processes into the spec's cgroup; a failure is
-/// logged (the pod runs, outside its cgroup's accounting).
-fn join_cgroup(vm: &MicroVm, vm_id: &str, spec_path: &str) -> Option<crate::cgroup::HostCgroup> {
-    let Some(rel) = crate::cgroup::cgroupfs_path(spec_path) else {
-        tracing::warn!(
-            pod_id = vm_id,
-            cgroups_path = spec_path,
-            "not a cgroupfs path; the VM stays in the shim's cgroup"
-        );
-        return None;
-    };
-    let cgroup = match crate::cgroup::HostCgroup::create(&rel) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(pod_id = vm_id, cgroups_path = spec_path, %e, "cannot make the pod cgroup");
-            return None;
-        }
-    };
-    let pids = vm.pids();
-    for pid in [pids.vmm, pids.virtiofsd, pids.vsock_backend] {
-        if let Err(e) = cgroup.add(pid) {
-            tracing::warn!(pod_id = vm_id, pid, %e, "cannot move a VM process into the pod cgroup");
-        }
-    }
-    Some(cgroup)
+/// Makes the pod's cgroup that `spec_path` names, for the VM to start in.
+/// A pod whose cgroup cannot be made does not start: its limits would not
+/// hold.
+async fn make_cgroup(vm_id: &str, spec_path: &str) -> Result<crate::cgroup::HostCgroup, TaskError> {
+    let rel = crate::cgroup::host_path(spec_path).map_err(|e| TaskError::Invalid(e.into()))?;
+    let shown = rel.clone();
+    let cgroup = tokio::task::spawn_blocking(move || crate::cgroup::HostCgroup::create(&rel))
+        .await
+        .map_err(|e| TaskError::Host(anyhow!(e)))?
+        .map_err(|e| {
+            TaskError::Host(anyhow::Error::new(e).context(format!(
+                "making the pod cgroup {} ({spec_path})",
+                shown.display()
+            )))
+        })?;
+    tracing::info!(pod_id = vm_id, cgroups_path = spec_path, cgroup = %shown.display(), "the VM starts in the pod cgroup");
+    Ok(cgroup)
 }
 
 /// After a shim died (containerd runs `delete`): its VM processes died
@@ -414,7 +446,7 @@ pub fn cleanup_after_crash(config: &Config, pod_id: &str, id: &str, bundle: &Pat
         .and_then(|s| s.pointer("/linux/cgroupsPath")?.as_str().map(str::to_owned));
     if let Some(rel) = cgroups_path
         .as_deref()
-        .and_then(crate::cgroup::cgroupfs_path)
+        .and_then(|p| crate::cgroup::host_path(p).ok())
     {
         crate::cgroup::HostCgroup::existing(&rel).remove();
     }

@@ -76,6 +76,9 @@ fn mnt<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> Sha
 #[derive(Debug, Clone)]
 pub struct ShareTree {
     root: PathBuf,
+    /// `pods/<pod id>` when the tree was made for a pooled VM under
+    /// another name: a link the shim made to it (`adopt`).
+    alias: Option<PathBuf>,
 }
 
 /// What `share_container` made for one container, undone by `unshare`
@@ -89,10 +92,40 @@ pub struct ContainerShare {
 }
 
 impl ShareTree {
+    /// The tree of pod `pod_id`: `pods/<pod id>`, or the pooled VM's tree
+    /// that name links to (`adopt`; a link only the shim makes, in a
+    /// directory only it writes, to a plain name beside it).
     pub fn new(runtime_dir: &Path, pod_id: &str) -> Self {
-        Self {
-            root: runtime_dir.join("pods").join(pod_id),
+        let path = runtime_dir.join("pods").join(pod_id);
+        let target = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.file_type().is_symlink())
+            .then(|| std::fs::read_link(&path).ok())
+            .flatten()
+            .filter(|t| {
+                t.components().count() == 1
+                    && t.to_str().is_some_and(|n| husk_proto::is_safe_id(n, 128))
+            });
+        match target {
+            Some(t) => Self {
+                root: path.with_file_name(t),
+                alias: Some(path),
+            },
+            None => Self {
+                root: path,
+                alias: None,
+            },
         }
+    }
+
+    /// Names the tree for pod `id` too (a pooled VM's tree becoming its
+    /// pod's): `pods/<id>` links to it. The tree itself does not move:
+    /// virtiofsd finds the mounts below it by the path it was given.
+    pub fn adopt(&mut self, id: &str) -> Result<(), ShareError> {
+        let alias = self.root.with_file_name(id);
+        let target = self.root.file_name().unwrap_or_default();
+        std::os::unix::fs::symlink(target, &alias).map_err(io("naming the share tree", &alias))?;
+        self.alias = Some(alias);
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -272,6 +305,9 @@ impl ShareTree {
     /// survived it). Never deletes anything below a mount.
     pub fn remove(&self) {
         if !self.root.exists() {
+            if let Some(alias) = &self.alias {
+                let _ = std::fs::remove_file(alias);
+            }
             return;
         }
         unmount(&self.shared_dir());
@@ -285,6 +321,9 @@ impl ShareTree {
             return;
         }
         remove_tree(&self.root);
+        if let Some(alias) = &self.alias {
+            let _ = std::fs::remove_file(alias);
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Pod start benchmark: RunPodSandbox, then CreateContainer and
 //! StartContainer of one container, until its first line is in the CRI log
-//! file; runc and husk side by side through the same containerd (CRI
-//! plugin, CNI bridge). Not a test: it measures.
+//! file; runc, husk booting cold, and husk taking a VM from the pool
+//! (docs/pool.md; the pool is given time to refill between pods) side by
+//! side through the same containerd (CRI plugin, CNI bridge). Not a test:
+//! it measures.
 //!
 //!   cargo build --release -p husk-shim && cargo bench -p husk-tests --bench pod_start
 //!   (HUSK_BENCH_RUNS=N, default 5; the shim measured is the release build)
@@ -41,19 +43,72 @@ fn main() {
         .filter(|&n| n > 0)
         .unwrap_or(5);
     let cri = Cri::start();
-    println!(
-        "\npod start benchmark: {runs} pods per handler, RunPodSandbox to the first log line\n"
-    );
+    println!("\npod start benchmark: {runs} pods per row, RunPodSandbox to the first log line\n");
     println!("{:<36} {:>9} {:>9} {:>9}", "ms", "min", "median", "max");
-    for handler in [RUNC, HUSK] {
-        let mut v: Vec<f64> = (0..runs).map(|i| pod_start(&cri, handler, i)).collect();
+    let row = |label: &str, mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         println!(
             "{:<36} {:>9.1} {:>9.1} {:>9.1}",
-            format!("{handler}: pod start"),
+            label,
             v[0],
             v[v.len() / 2],
             v[v.len() - 1]
         );
+    };
+    for (handler, label) in [(RUNC, "runc: pod start"), (HUSK, "husk cold: pod start")] {
+        row(
+            label,
+            (0..runs).map(|i| pod_start(&cri, handler, i)).collect(),
+        );
+    }
+    // A pool of one VM of the default size, refilled between pods.
+    let path = cri.containerd().dir.path().join("husk.toml");
+    let mut config = husk_config::Config::load(&path).unwrap();
+    let shape = husk_config::PoolShape {
+        vcpus: config.hypervisor.vcpus,
+        memory_mib: config.hypervisor.memory_mib,
+        size: 1,
+    };
+    config.pool.shapes = vec![shape];
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let pool = cri
+        .containerd()
+        .husk_runtime
+        .join("pool")
+        .join(shape.name());
+    // The first pod fills the pool; it is not counted.
+    pod_start(&cri, HUSK, runs);
+    let pooled: Vec<f64> = (0..runs)
+        .map(|i| {
+            wait_for_idle_vm(&pool);
+            pod_start(&cri, HUSK, runs + 1 + i)
+        })
+        .collect();
+    row("husk from the pool: pod start", pooled);
+    // End the pool's members (their VMs with them).
+    for pid in husk_tests::containerd::processes_mentioning("pool-member")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(cri.containerd().dir.path()))
+        })
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+}
+
+/// Waits until the pool has an idle VM (a member's claim socket).
+fn wait_for_idle_vm(pool: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !std::fs::read_dir(pool).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "sock"))
+    }) {
+        assert!(Instant::now() < deadline, "the pool never refilled");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -36,6 +36,7 @@ fn spec(id: &str, shared: &std::path::Path) -> VmSpec {
         id: id.into(),
         shared_dir: shared.to_owned(),
         nets: Vec::new(),
+        cgroup_procs: Vec::new(),
     }
 }
 
@@ -59,6 +60,24 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
         .expect("VM start");
     let pids = vm.pids();
     let mut agent = vm.agent().await.unwrap();
+    // The logs are in the configured log directory, private, and the
+    // console's shows the agent's marker line.
+    let log_dir = vm.log_dir().to_owned();
+    assert_eq!(log_dir, config.logs.dir.join("info"));
+    assert_private(&log_dir, 0o700);
+    for log in [
+        "console.log",
+        "vmm.log",
+        "virtiofsd.log",
+        "vhost-device-vsock.log",
+    ] {
+        assert_private(&log_dir.join(log), 0o600);
+    }
+    let console = std::fs::read_to_string(vm.console_log()).unwrap();
+    assert!(
+        console.contains(husk_proto::AGENT_LISTENING_MARKER),
+        "{console}"
+    );
 
     let info = agent
         .guest_info(GuestInfoRequest {})
@@ -107,9 +126,59 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
     let escape = agent.read_shared_file(read("../../etc/hostname")).await;
     assert_eq!(escape.unwrap_err().code(), tonic::Code::InvalidArgument);
 
+    // Every host process of the VM: QEMU, virtiofsd and the server it
+    // forks into its sandbox, vhost-device-vsock's PID-namespace monitor
+    // and vhost-device-vsock under it.
+    let processes = vm.processes();
+    let comms: Vec<String> = processes
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim_end()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(processes.len(), 5, "{comms:?}");
+    for (pid, name) in [
+        (pids.vmm, "qemu"),
+        (pids.virtiofsd, "virtiofsd"),
+        (pids.vsock_backend, "husk-ns-monitor"),
+    ] {
+        let at = processes.iter().position(|p| *p == pid).unwrap();
+        assert!(comms[at].starts_with(name), "{comms:?}");
+    }
+    assert_eq!(comms.iter().filter(|c| *c == "virtiofsd").count(), 2);
+    assert!(comms.iter().any(|c| c.starts_with("vhost-device-vs")));
+
+    // A pooled VM takes its pod's id while it runs: its run directory
+    // moves under helpers that hold it bound into their jails, and the
+    // launcher's own link to the agent's socket moves with it.
+    let old_run_dir = vm.run_dir().to_owned();
+    vm.rename("info-renamed").unwrap();
+    assert!(!old_run_dir.exists());
+    assert!(!log_dir.exists());
+    assert_eq!(
+        vm.agent_socket(),
+        runtime.path().join("vms/info-renamed/agent.vsock")
+    );
+    let log_dir = vm.log_dir().to_owned();
+    assert_eq!(log_dir, config.logs.dir.join("info-renamed"));
+    let mut agent = vm.agent().await.unwrap();
+    let again = agent
+        .read_shared_file(read("before-boot.txt"))
+        .await
+        .unwrap();
+    assert_eq!(again.into_inner().content, b"written before boot\n");
+    drop(agent);
+
     // Graceful stop: the guest powers itself off and QEMU exits 0.
     let status = vm.stop().await.expect("the VMM had started");
     assert!(status.success(), "QEMU ended with {status}");
+    assert!(!log_dir.exists(), "a cleanly stopped VM keeps no logs");
+    for pid in &processes {
+        assert!(!process_alive(*pid), "pid {pid} of {comms:?} still runs");
+    }
     for (name, pid) in [
         ("qemu", pids.vmm),
         ("virtiofsd", pids.virtiofsd),
@@ -179,6 +248,20 @@ async fn sigkill_of_qemu_leaves_no_process_socket_or_directory() {
     );
     assert!(!run_dir.exists(), "{} left behind", run_dir.display());
     assert!(entries(&runtime.path().join("vms")).is_empty());
+    // A VM that died keeps its logs, the console's up to its last line.
+    let console = std::fs::read_to_string(config.logs.dir.join("killed/console.log")).unwrap();
+    assert!(
+        console.contains(husk_proto::AGENT_LISTENING_MARKER),
+        "{console}"
+    );
+}
+
+/// `path` has exactly `mode` and is root's.
+fn assert_private(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    assert_eq!(meta.mode() & 0o777, mode, "{}", path.display());
+    assert_eq!(meta.uid(), 0, "{}", path.display());
 }
 
 /// A device daemon that dies takes its VM down: neither VMM can reconnect

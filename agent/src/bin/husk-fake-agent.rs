@@ -47,6 +47,10 @@ impl Agent for Fake {
         hang().await
     }
 
+    async fn personalize(&self, _: Request<PersonalizeRequest>) -> Reply<Empty> {
+        Ok(Response::new(Empty {}))
+    }
+
     async fn set_clock(&self, _: Request<SetClockRequest>) -> Reply<Empty> {
         Ok(Response::new(Empty {}))
     }

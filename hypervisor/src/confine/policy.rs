@@ -6,7 +6,6 @@
 //! <runtime_dir>/vms/<id>/   root:<vm gid> 0710  the VM's user may pass, not list or write
 //!     vhost-fs.sock         virtiofsd's; given to the VM's user (the VMM connects)
 //!     agent.vsock           a hard link the launcher made to vsock/agent.sock
-//!     console.log           the VMM writes it; given to the VM's user
 //!     vsock/                <vm uid> 0700       vhost-device-vsock's, all it sees
 //!         vhost.sock
 //!         agent.sock
@@ -19,7 +18,13 @@
 //! The launcher connects to the agent through its own hard link, made
 //! before the guest runs: whatever the VM's user later does in `vsock/`
 //! (a link to some host socket in place of agent.vsock), the launcher
-//! never resolves a name the VM's user can change.
+//! never resolves a name the VM's user can change. The link moves with
+//! the directory when a pooled VM is renamed (`MicroVm::rename`); the
+//! helpers keep the directory they were given, bound into their jails.
+//!
+//! The logs are elsewhere (`<logs.dir>/<id>/`, root's, 0700): the VMM
+//! writes the console to a pipe it gets at `CONSOLE_FD`, and every helper
+//! writes its output to a pipe; the launcher writes the files.
 
 use super::{Confinement, Identity, Jail};
 use crate::Error;
@@ -68,16 +73,6 @@ pub fn give(path: &Path, identity: Option<Identity>) -> Result<(), Error> {
     };
     std::os::unix::fs::lchown(path, Some(id.uid), Some(id.gid))
         .map_err(|e| Error::io(format!("giving {} to the VM's user", path.display()), e))
-}
-
-/// Creates the empty `console` log the VMM opens, given to the VM's user.
-pub fn console_log(console: &Path, identity: Option<Identity>) -> Result<(), Error> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(console)
-        .map_err(|e| Error::io(format!("creating {}", console.display()), e))?;
-    give(console, identity)
 }
 
 /// Links `link` (in the run directory, root's) to the socket `socket`
@@ -242,9 +237,6 @@ mod tests {
             (m.uid(), m.gid(), m.mode() & 0o7777),
             (id.uid, id.gid, 0o700)
         );
-        let c = run.join("console.log");
-        console_log(&c, Some(id)).unwrap();
-        assert_eq!(std::fs::metadata(&c).unwrap().uid(), id.uid);
         // Without an id everything stays root's and private.
         let plain = dir.path().join("plain");
         std::fs::create_dir(&plain).unwrap();
