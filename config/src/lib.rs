@@ -50,6 +50,31 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub logs: LogsConfig,
     pub pool: PoolConfig,
+    pub confinement: ConfinementConfig,
+}
+
+/// The unprivileged ids a VM's helpers run as (docs/security.md): each
+/// running VM takes one id N from `first_id .. first_id + id_count`, and
+/// its VMM and vsock daemon run as uid N, gid N, so that no two VMs share
+/// a user. Host-wide: byte N - first_id of `id_lock` is locked while N is
+/// taken.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfinementConfig {
+    pub first_id: u32,
+    /// 0: the helpers stay uid 0 (still without any capability).
+    pub id_count: u32,
+    pub id_lock: PathBuf,
+}
+
+impl Default for ConfinementConfig {
+    fn default() -> Self {
+        Self {
+            first_id: 0x7000_0000,
+            id_count: 65536,
+            id_lock: PathBuf::from("/run/husk/vm-ids.lock"),
+        }
+    }
 }
 
 /// Pre-booted VMs, handed to pods at RunPodSandbox (docs/pool.md).
@@ -498,6 +523,25 @@ impl Config {
                 return Err(invalid(key, "timeouts must be at least 1 second".into()));
             }
         }
+        let c = &self.confinement;
+        // Not root's id, and not -1, which set*id(2) read as "unchanged".
+        let last = u64::from(c.first_id) + u64::from(c.id_count);
+        if c.id_count > 0 && (c.first_id == 0 || last > u64::from(u32::MAX)) {
+            return Err(invalid(
+                "confinement.first_id",
+                format!(
+                    "the ids {} to {} must lie within 1..=4294967294",
+                    c.first_id,
+                    last.saturating_sub(1)
+                ),
+            ));
+        }
+        if !c.id_lock.is_absolute() {
+            return Err(invalid(
+                "confinement.id_lock",
+                format!("must be an absolute path, got {:?}", c.id_lock),
+            ));
+        }
         Ok(())
     }
 }
@@ -705,6 +749,26 @@ mod tests {
         let err =
             Config::parse("[timeouts.tcg]\nagent_ready_secs = 0\nshutdown_secs = 3\n").unwrap_err();
         assert!(err.to_string().contains("timeouts.tcg"), "{err}");
+    }
+
+    #[test]
+    fn vm_ids_stay_clear_of_root_and_of_minus_one() {
+        let c = Config::parse("[confinement]\nfirst_id = 100\nid_count = 10\n").unwrap();
+        assert_eq!((c.confinement.first_id, c.confinement.id_count), (100, 10));
+        for bad in [
+            "first_id = 0\nid_count = 10",
+            "first_id = 4294967290\nid_count = 6",
+        ] {
+            let e = Config::parse(&format!("[confinement]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("confinement.first_id"), "{bad}: {e}");
+        }
+        assert!(Config::parse("[confinement]\nfirst_id = 4294967290\nid_count = 5\n").is_ok());
+        // No ids: the helpers stay root, so the range does not matter.
+        assert!(Config::parse("[confinement]\nfirst_id = 0\nid_count = 0\n").is_ok());
+        let e = Config::parse("[confinement]\nid_lock = \"ids\"\n").unwrap_err();
+        assert!(e.to_string().contains("confinement.id_lock"), "{e}");
     }
 
     #[test]

@@ -142,6 +142,17 @@ impl Daemon {
         self.pid
     }
 
+    /// The process and what it forked, parents first: a confined helper's
+    /// PID-namespace monitor and the helper under it, virtiofsd and its
+    /// sandboxed server, husk-vmm and its VMM. At most
+    /// [`MAX_TREE`]; empty once the process has exited.
+    pub fn tree(&mut self) -> Vec<u32> {
+        if self.try_exit().is_some() {
+            return Vec::new();
+        }
+        process_tree(self.pid, MAX_TREE)
+    }
+
     /// The exit status if the process has ended; reaps it.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
@@ -209,6 +220,43 @@ impl Daemon {
         let _ = self.child.start_kill();
         let _ = self.wait().await;
     }
+}
+
+/// Most processes [`Daemon::tree`] lists: a helper forks once or twice;
+/// more is a taken-over one forking, and it is not followed further.
+pub const MAX_TREE: usize = 64;
+
+/// `pid` and its descendants, parents first, at most `max`, from
+/// `/proc/<pid>/task/<tid>/children` (CONFIG_PROC_CHILDREN; without it,
+/// `pid` alone, logged). A child that exits meanwhile is simply missing.
+fn process_tree(pid: u32, max: usize) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() && tree.len() < max {
+        let parent = tree[next];
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = match std::fs::read_to_string(task.path().join("children")) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && parent == pid => {
+                    tracing::warn!(pid, "no /proc/<pid>/task/<tid>/children here: the processes this one forked are not listed");
+                    return tree;
+                }
+                Err(_) => continue,
+            };
+            let room = max - tree.len();
+            tree.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok())
+                    .take(room),
+            );
+        }
+    }
+    tree
 }
 
 /// Opens each `cgroup.procs` for writing, before the fork.
@@ -309,6 +357,44 @@ mod tests {
         console.finish(DRAIN).await;
         assert_eq!(std::fs::read_to_string(&console_log).unwrap(), "guest\n");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "vmm\n");
+    }
+
+    /// A daemon's tree holds what it forked, parents first, within the
+    /// bound; an exited daemon has none.
+    #[tokio::test]
+    async fn a_daemons_tree_lists_what_it_forked() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("d.log");
+        let mut cmd = Command::new("sh");
+        // A child that forks a grandchild, each sleeping, and the daemon
+        // waiting for them.
+        cmd.args(["-c", "sh -c 'sleep 100 & wait' & wait"]);
+        let file = RotatingFile::create(&log, 1 << 20).unwrap();
+        let mut d =
+            Daemon::spawn("sh", cmd, file, limits(), &Placement::default(), Vec::new()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let tree = loop {
+            let tree = d.tree();
+            if tree.len() == 3 || std::time::Instant::now() > deadline {
+                break tree;
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        assert_eq!(tree.len(), 3, "{tree:?}");
+        assert_eq!(tree[0], d.pid());
+        let parent_of = |p: u32| -> u32 {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+            let (_, rest) = stat.rsplit_once(')').unwrap();
+            rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        assert_eq!(parent_of(tree[1]), tree[0]);
+        assert_eq!(parent_of(tree[2]), tree[1]);
+        assert_eq!(process_tree(d.pid(), 2), tree[..2]);
+        for p in tree[1..].iter().rev() {
+            let _ = kill(Pid::from_raw(*p as i32), Signal::SIGKILL);
+        }
+        d.terminate(Duration::from_secs(2)).await;
+        assert!(d.tree().is_empty());
     }
 
     /// A process placed in a cgroup is in it when its program starts: it

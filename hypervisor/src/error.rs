@@ -100,6 +100,20 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The confinement of a helper could not be prepared (a path of its
+    /// jail); see the helper's log for a step that failed in the child.
+    #[error("confining {program}: {source}")]
+    Confine {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no unprivileged id left for a VM: all of {first}..{} are taken (confinement.id_count; locks in {lock_file})", .first + .count)]
+    NoVmIds {
+        first: u32,
+        count: u32,
+        lock_file: PathBuf,
+    },
     /// Boxed: a Status is large and would bloat every Result here.
     #[error("agent RPC failed: {0}")]
     Rpc(Box<tonic::Status>),

@@ -31,9 +31,11 @@ impl Hypervisor for HuskVmm {
 
 /// husk-vmm's view of `l`. husk-vmm exits when the guest resets
 /// (`reboot=t`), like QEMU with `-no-reboot`, and appends the
-/// `virtio_mmio.device=` entries itself, like QEMU's microvm. Once set up
-/// it confines itself to the VM's run directory (`jail`), under the
-/// default seccomp mode (kill).
+/// `virtio_mmio.device=` entries itself, like QEMU's microvm. It runs as
+/// PID 1 of a PID namespace of its own (`new_pid_ns`); once set up it
+/// confines itself to the VM's run directory (`jail`, with IPC and UTS
+/// namespaces of its own) and becomes the VM's user (`identity`), under
+/// the default seccomp mode (kill).
 pub fn vmm_config(l: &VmLaunch) -> Result<VmmConfig, Error> {
     let vcpus = u8::try_from(l.vcpus).map_err(|_| Error::InvalidSpec {
         field: "hypervisor.vcpus",
@@ -63,6 +65,8 @@ pub fn vmm_config(l: &VmLaunch) -> Result<VmmConfig, Error> {
         }),
         rng: true,
         jail: Some(l.run_dir.clone()),
+        identity: l.identity,
+        new_pid_ns: true,
     };
     config.validate()?;
     Ok(config)
@@ -98,6 +102,8 @@ mod tests {
         assert_eq!(net.mac.to_string(), "02:00:00:00:00:07");
         assert!(c.rng);
         assert_eq!(c.jail.as_ref(), Some(&l.run_dir));
+        assert_eq!(c.identity, l.identity);
+        assert!(c.new_pid_ns);
         // What the command carries is exactly that config, as husk-vmm
         // will read it back.
         let args = c.to_args();
@@ -105,6 +111,8 @@ mod tests {
         let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
         assert_eq!(value_after(&args, "--net-tap"), "fd:4");
         assert_eq!(value_after(&args, "--jail"), "/run/x");
+        assert_eq!(value_after(&args, "--uid"), "1879048200");
+        assert!(args.contains(&"--new-pid-ns".to_string()));
         assert_eq!(
             HuskVmm {
                 binary: "/x".into()

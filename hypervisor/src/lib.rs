@@ -14,8 +14,13 @@
 //!   `CONNECT <port>\n`, `OK <port>\n`, then gRPC to the agent.
 //! - [`tap`] opens the TAP a VM's NIC is backed by (husk-vmm-config's, as
 //!   husk-vmm checks the same TAP on its side).
+//! - [`confine`] confines the helpers that are not ours (QEMU,
+//!   vhost-device-vsock, virtiofsd) between fork and exec, gives each VM
+//!   an unprivileged id of its own, and says what each helper is left
+//!   with (docs/security.md).
 
 mod accel;
+pub mod confine;
 mod daemon;
 mod error;
 mod husk_vmm;
@@ -73,6 +78,10 @@ pub struct VmLaunch {
     /// Network devices: the VMM finds device i's TAP at fd
     /// `FIRST_TAP_FD + i` (MicroVm puts it there).
     pub nets: Vec<NetLaunch>,
+    /// The VM's own unprivileged user and group ([`confine::VmIds`]): the
+    /// VMM runs as it (QEMU from exec, husk-vmm once set up). None: uid 0,
+    /// without capabilities.
+    pub identity: Option<confine::Identity>,
 }
 
 /// Where a child process of a VM finds the first fd passed to it.

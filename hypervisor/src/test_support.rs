@@ -20,6 +20,10 @@ pub fn launch(accelerator: Accelerator) -> VmLaunch {
         fs_vhost_socket: "/run/x/vhost-fs.sock".into(),
         fs_tag: "husk-shared".into(),
         nets: Vec::new(),
+        identity: Some(crate::confine::Identity {
+            uid: 1_879_048_200,
+            gid: 1_879_048_200,
+        }),
     }
 }
 

@@ -4,6 +4,7 @@
 //! like the guest's console, through a bounded [`LogPump`] into the VM's
 //! log directory (`log_dir`), which outlives a VM that failed.
 
+use crate::confine::{policy, VmIds};
 use crate::daemon::{Daemon, Placement, DRAIN};
 use crate::log_dir::{Ending, VmLogDir, CONSOLE_LOG, VMM_LOG};
 use crate::log_pump::LogPump;
@@ -29,7 +30,6 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_SOCKET_PATH: usize = 107;
 
 const FS_SOCKET: &str = "vhost-fs.sock";
-const VSOCK_VHOST_SOCKET: &str = "vhost-vsock.sock";
 const AGENT_SOCKET: &str = "agent.vsock";
 
 /// What the caller decides per VM; the rest comes from the configuration.
@@ -85,6 +85,8 @@ pub struct MicroVm {
     fs: Option<Daemon>,
     vsock: Option<Daemon>,
     vmm: Option<Daemon>,
+    /// The VM's own unprivileged id, held for the VM's life.
+    ids: Option<VmIds>,
     /// Kills the VMM when a device daemon dies (see `supervisor`).
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
@@ -103,7 +105,7 @@ impl MicroVm {
         preflight::check_executable("hypervisor.virtiofsd_path", &h.virtiofsd_path)?;
         preflight::check_executable("hypervisor.vsock_backend_path", &h.vsock_backend_path)?;
         let dir = h.runtime_dir.join("vms").join(&spec.id);
-        let longest = dir.join(VSOCK_VHOST_SOCKET);
+        let longest = dir.join(policy::VSOCK_DIR).join(policy::VSOCK_VHOST_SOCKET);
         if longest.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(Error::InvalidSpec {
                 field: "hypervisor.runtime_dir",
@@ -144,6 +146,11 @@ impl MicroVm {
                 })
             }
         };
+        let c = &config.confinement;
+        let ids = match c.id_count {
+            0 => None,
+            n => Some(VmIds::take(c.first_id, n, &c.id_lock)?),
+        };
         create_run_dir(&dir)?;
         let logs = match VmLogDir::create(&config.logs, &spec.id) {
             Ok(logs) => logs,
@@ -176,6 +183,7 @@ impl MicroVm {
             fs: None,
             vsock: None,
             vmm: None,
+            ids,
             watcher: None,
         };
         match vm.boot(config, &spec, hypervisor.as_ref(), started).await {
@@ -197,14 +205,21 @@ impl MicroVm {
     ) -> Result<(), Error> {
         let h = &config.hypervisor;
         let helpers_started = Instant::now();
+        let identity = self.ids.as_ref().map(VmIds::identity);
+        policy::share_run_dir(&self.dir, identity)?;
         let fs_socket = self.dir.join(FS_SOCKET);
         let mut fs_cmd = Command::new(&h.virtiofsd_path);
+        let (fs_args, fs_confinement) = policy::virtiofsd();
         fs_cmd
             .arg("--socket-path")
             .arg(&fs_socket)
             .arg("--shared-dir")
             .arg(&spec.shared_dir)
-            .args(["--cache", "auto", "--sandbox", "chroot"]);
+            .args(["--cache", "auto"])
+            .args(fs_args);
+        // Confined first: the change of user comes before the hooks
+        // Daemon::spawn adds (cgroup, descriptors, parent-death signal).
+        fs_confinement.apply(&mut fs_cmd)?;
         let limits = self.logs.limits();
         let fs = self.fs.insert(Daemon::spawn(
             "virtiofsd",
@@ -216,15 +231,20 @@ impl MicroVm {
         )?);
         fs.wait_for_socket(&fs_socket, DAEMON_SOCKET_TIMEOUT)
             .await?;
+        policy::give(&fs_socket, identity)?;
 
-        let vsock_socket = self.dir.join(VSOCK_VHOST_SOCKET);
+        let vsock_dir = policy::vsock_dir(&self.dir, identity)?;
+        let vsock_socket = vsock_dir.join(policy::VSOCK_VHOST_SOCKET);
+        let vsock_agent_socket = vsock_dir.join(policy::VSOCK_AGENT_SOCKET);
         let mut vsock_cmd = Command::new(&h.vsock_backend_path);
         vsock_cmd.arg("--vm").arg(format!(
             "guest-cid={},socket={},uds-path={}",
             crate::GUEST_CID,
             vsock_socket.display(),
-            self.agent_socket().display()
+            vsock_agent_socket.display()
         ));
+        policy::vsock_backend(&h.vsock_backend_path, &self.dir, &vsock_dir, identity)?
+            .apply(&mut vsock_cmd)?;
         let vsock = self.vsock.insert(Daemon::spawn(
             "vhost-device-vsock",
             vsock_cmd,
@@ -236,6 +256,9 @@ impl MicroVm {
         vsock
             .wait_for_socket(&vsock_socket, DAEMON_SOCKET_TIMEOUT)
             .await?;
+        // The agent's socket is there too (made before the vhost-user
+        // one); the launcher uses its own link to it from here on.
+        policy::link_socket(&vsock_agent_socket, &self.agent_socket())?;
         self.timings.helpers = helpers_started.elapsed();
 
         let launch = VmLaunch {
@@ -262,6 +285,7 @@ impl MicroVm {
                     Ok(crate::NetLaunch { mac })
                 })
                 .collect::<Result<_, Error>>()?,
+            identity,
         };
         // The console is a pipe the VMM finds at CONSOLE_FD and opens as
         // its console file; the shim end is pumped into console.log.
@@ -453,6 +477,21 @@ impl MicroVm {
             virtiofsd: pid(&self.fs),
             vsock_backend: pid(&self.vsock),
         }
+    }
+
+    /// Every host process of the VM, parents first: the ones [`pids`]
+    /// names and what they forked (vhost-device-vsock under its
+    /// PID-namespace monitor, virtiofsd's sandboxed server, husk-vmm's VMM
+    /// under its parent). A pooled VM joins its pod's cgroup by these: a
+    /// pid written to `cgroup.procs` moves that process alone.
+    ///
+    /// [`pids`]: Self::pids
+    pub fn processes(&mut self) -> Vec<u32> {
+        [self.vmm.as_mut(), self.fs.as_mut(), self.vsock.as_mut()]
+            .into_iter()
+            .flatten()
+            .flat_map(Daemon::tree)
+            .collect()
     }
 
     /// Whether the VMM has exited (reaped, so a killed VMM is not taken

@@ -198,18 +198,26 @@ impl VmPod {
     ) -> Result<VsockAgent, TaskError> {
         let pod_id = &self.pod_id;
         let host = |what: &'static str| move |e: anyhow::Error| TaskError::Host(e.context(what));
-        // The VM's processes join the pod's cgroup (they started outside).
+        // The VM's processes join the pod's cgroup (they started outside):
+        // each of them, what the daemons forked included (a pid written to
+        // cgroup.procs moves that process alone).
         if let Some(path) = plan.guest.cgroups_path.as_deref() {
             let cgroup = super::make_cgroup(pod_id, path).await?;
-            let pids = running.vm.pids();
+            let pids = running.vm.processes();
             for file in cgroup.procs_files() {
-                for pid in [pids.vmm, pids.virtiofsd, pids.vsock_backend] {
-                    std::fs::write(&file, pid.to_string()).map_err(|e| {
-                        TaskError::Host(anyhow::Error::new(e).context(format!(
-                            "moving the pool VM's process {pid} into {}",
-                            file.display()
-                        )))
-                    })?;
+                for &pid in &pids {
+                    match std::fs::write(&file, pid.to_string()) {
+                        Ok(()) => {}
+                        // Gone since it was listed: nothing to move (a
+                        // dead VM fails the calls that follow).
+                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                        Err(e) => {
+                            return Err(TaskError::Host(anyhow::Error::new(e).context(format!(
+                                "moving the pool VM's process {pid} into {}",
+                                file.display()
+                            ))))
+                        }
+                    }
                 }
             }
             running.cgroup = Some(cgroup);

@@ -162,11 +162,18 @@ impl Containerd {
     }
 
     /// The shims of `binary` (e.g. `containerd-shim-husk-v2`) serving this
-    /// containerd: their command line names its socket.
+    /// containerd: their command line names its socket. A PID-namespace
+    /// monitor (a fork of the shim that never execs, so it shows the
+    /// shim's command line) is not one.
     pub fn shims(&self, binary: &str) -> Vec<Shim> {
         let socket = self.socket.display().to_string();
+        let monitor = husk_hypervisor::confine::MONITOR_NAME.to_string_lossy();
         processes_mentioning(binary)
             .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() != monitor)
+            })
             .filter_map(|pid| {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
                 let args: Vec<String> = cmdline

@@ -230,5 +230,6 @@ pub mod containerd;
 pub mod cri;
 pub mod cri_config;
 pub mod ctr;
+pub mod privileges;
 pub mod release;
 pub mod streaming;

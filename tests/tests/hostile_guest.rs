@@ -128,13 +128,11 @@ fn links_planted_where_the_shim_works_are_never_followed() {
     std::fs::create_dir_all(mounts.join("evil/mounts")).unwrap();
     std::os::unix::fs::symlink(v, mounts.join("evil/mounts/x")).unwrap();
     std::os::unix::fs::symlink(v.join("precious"), mounts.join("crashed/planted")).unwrap();
-    let shims: Vec<u32> = husk_tests::containerd::processes_mentioning("containerd-shim-husk-v2")
+    let shims: Vec<u32> = ctrd
+        .shims("containerd-shim-husk-v2")
         .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| text(&c).contains("crashed"))
-                .unwrap_or(false)
-        })
+        .filter(|s| s.id == "crashed")
+        .map(|s| s.pid)
         .collect();
     assert_eq!(shims.len(), 1, "{shims:?}");
     nix::sys::signal::kill(

@@ -81,7 +81,9 @@ fn exec(cri: &Cri, id: &str, cmd: &str) -> String {
     r.stdout.trim().to_owned()
 }
 
-/// Pool members (their processes) of this harness.
+/// Pool members (their processes) of this harness. A PID-namespace
+/// monitor (a fork of the member that never execs, so it shows the
+/// member's command line) is not one: it is its VM's.
 fn member_processes(cri: &Cri) -> Vec<u32> {
     processes_mentioning("pool-member")
         .into_iter()
@@ -89,7 +91,22 @@ fn member_processes(cri: &Cri) -> Vec<u32> {
             std::fs::read_link(format!("/proc/{p}/cwd"))
                 .is_ok_and(|cwd| cwd.starts_with(cri.containerd().dir.path()))
         })
+        .filter(|p| comm(*p) != husk_hypervisor::confine::MONITOR_NAME.to_string_lossy())
         .collect()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
+}
+
+fn parent(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn end_members(cri: &Cri) {
@@ -202,15 +219,24 @@ fn a_pooled_vm_becomes_the_pods_own() {
         .and_then(|m| m.split('"').next())
         .expect("the member that served the pod")
         .to_owned();
-    let vm: Vec<u32> = processes_mentioning(&format!("vms/{member}/"))
+    let mut vm: Vec<u32> = processes_mentioning(&format!("vms/{member}/"))
         .into_iter()
         .filter(|p| !member_processes(&cri).contains(p))
         .collect();
     assert_eq!(
         vm.len(),
-        3,
-        "QEMU, virtiofsd and vhost-device-vsock: {vm:?}"
+        4,
+        "QEMU, virtiofsd and its sandboxed server, vhost-device-vsock: {vm:?}"
     );
+    // And vhost-device-vsock's PID-namespace monitor (it names no VM):
+    // what the daemons forked moved with them.
+    let monitors: Vec<u32> = vm
+        .iter()
+        .map(|p| parent(*p))
+        .filter(|p| comm(*p) == husk_hypervisor::confine::MONITOR_NAME.to_string_lossy())
+        .collect();
+    assert_eq!(monitors.len(), 1, "the vsock daemon's monitor: {vm:?}");
+    vm.extend(monitors);
     for p in &vm {
         assert!(
             in_cgroup.contains(p),

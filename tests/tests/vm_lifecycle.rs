@@ -126,10 +126,59 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
     let escape = agent.read_shared_file(read("../../etc/hostname")).await;
     assert_eq!(escape.unwrap_err().code(), tonic::Code::InvalidArgument);
 
+    // Every host process of the VM: QEMU, virtiofsd and the server it
+    // forks into its sandbox, vhost-device-vsock's PID-namespace monitor
+    // and vhost-device-vsock under it.
+    let processes = vm.processes();
+    let comms: Vec<String> = processes
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim_end()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(processes.len(), 5, "{comms:?}");
+    for (pid, name) in [
+        (pids.vmm, "qemu"),
+        (pids.virtiofsd, "virtiofsd"),
+        (pids.vsock_backend, "husk-ns-monitor"),
+    ] {
+        let at = processes.iter().position(|p| *p == pid).unwrap();
+        assert!(comms[at].starts_with(name), "{comms:?}");
+    }
+    assert_eq!(comms.iter().filter(|c| *c == "virtiofsd").count(), 2);
+    assert!(comms.iter().any(|c| c.starts_with("vhost-device-vs")));
+
+    // A pooled VM takes its pod's id while it runs: its run directory
+    // moves under helpers that hold it bound into their jails, and the
+    // launcher's own link to the agent's socket moves with it.
+    let old_run_dir = vm.run_dir().to_owned();
+    vm.rename("info-renamed").unwrap();
+    assert!(!old_run_dir.exists());
+    assert!(!log_dir.exists());
+    assert_eq!(
+        vm.agent_socket(),
+        runtime.path().join("vms/info-renamed/agent.vsock")
+    );
+    let log_dir = vm.log_dir().to_owned();
+    assert_eq!(log_dir, config.logs.dir.join("info-renamed"));
+    let mut agent = vm.agent().await.unwrap();
+    let again = agent
+        .read_shared_file(read("before-boot.txt"))
+        .await
+        .unwrap();
+    assert_eq!(again.into_inner().content, b"written before boot\n");
+    drop(agent);
+
     // Graceful stop: the guest powers itself off and QEMU exits 0.
     let status = vm.stop().await.expect("the VMM had started");
     assert!(status.success(), "QEMU ended with {status}");
     assert!(!log_dir.exists(), "a cleanly stopped VM keeps no logs");
+    for pid in &processes {
+        assert!(!process_alive(*pid), "pid {pid} of {comms:?} still runs");
+    }
     for (name, pid) in [
         ("qemu", pids.vmm),
         ("virtiofsd", pids.virtiofsd),

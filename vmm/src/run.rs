@@ -8,7 +8,9 @@ use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vhost_user::{VhostUserDevice, VhostUserError};
 use crate::devices::virtio::VirtioDevice;
+use crate::security::identity::{self, IdentityError};
 use crate::security::jail::{Jail, JailError};
+use crate::security::pid_ns::{self, PidNsError};
 use crate::security::seccomp::{self, HardeningError, ThreadKind};
 use crate::{VcpuStop, VmEvent, Vmm, VmmError};
 use husk_vmm_config::tap::{adopt_tap, open_tap, TapError};
@@ -24,6 +26,10 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Jail(#[from] JailError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    PidNs(#[from] PidNsError),
     #[error("blocking SIGTERM/SIGINT: {0}")]
     SignalMask(#[source] nix::Error),
     #[error(transparent)]
@@ -60,9 +66,23 @@ pub enum RunError {
 /// the host asked it to stop (SIGTERM, SIGINT).
 ///
 /// Call it while the process has one thread: with a jail, it enters a
-/// mount namespace first, which takes only the calling thread along.
+/// mount namespace first, which takes only the calling thread along, and
+/// with `new_pid_ns` it forks (the first process only waits, see
+/// `security::pid_ns`).
 pub fn run(config: &VmmConfig) -> Result<(), RunError> {
     config.validate()?;
+    // Before any thread: each thread switches to it itself.
+    if let Some(id) = config.identity {
+        identity::set(id)?;
+    }
+    // What the launcher asked to get if it dies; a change of identity
+    // clears it, so it is set again after the switch below.
+    let (pdeathsig, parent) = if config.new_pid_ns {
+        let parent = pid_ns::enter(config.seccomp)?;
+        (libc::SIGKILL, parent)
+    } else {
+        (identity::pdeathsig(), identity::parent_pidfd())
+    };
     // While this is the only thread: a mount namespace entered later would
     // hold only the thread that entered it.
     let jail = config.jail.as_deref().map(Jail::prepare).transpose()?;
@@ -93,6 +113,13 @@ pub fn run(config: &VmmConfig) -> Result<(), RunError> {
     }
     if config.seccomp != SeccompMode::Off {
         seccomp::drop_capabilities()?;
+    } else {
+        identity::switch_thread()?;
+    }
+    identity::restore_pdeathsig(pdeathsig, parent.as_ref())?;
+    drop(parent);
+    if let Some(id) = config.identity {
+        tracing::info!(uid = id.uid, gid = id.gid, "running as the VM's own user");
     }
     let mut vm = vmm.start().map_err(RunError::Start)?;
     let terminator = vm.terminator();

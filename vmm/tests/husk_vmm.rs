@@ -616,6 +616,210 @@ fn a_jailed_husk_vmm_sees_only_its_run_directory_read_only_and_every_thread_is_h
     );
 }
 
+/// The VM's own id (`--uid`, `--gid`) for the tests.
+const VM_ID: u32 = 1_879_048_150;
+
+/// A field of /proc/<pid>/status ("Uid", "NSpid", ...), its value.
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The one child of `pid` (the VMM under its PID namespace's parent).
+fn only_child(pid: u32) -> Result<u32, String> {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map_err(|e| e.to_string())?;
+    match kids.split_whitespace().collect::<Vec<_>>()[..] {
+        [one] => one.parse().map_err(|_| kids.clone()),
+        _ => Err(format!("children of {pid}: {kids:?}")),
+    }
+}
+
+/// Firecracker's jailer's confinement, from inside husk-vmm: it runs as
+/// PID 1 of a PID namespace of its own, in IPC and UTS namespaces of its
+/// own, every thread as the VM's user with no group but its own; the
+/// process the launcher spawned only waits, unprivileged, holding no
+/// descriptor, and passes SIGTERM on.
+#[test]
+fn husk_vmm_runs_as_the_vms_user_as_pid_1_of_its_own_namespace() {
+    require_kvm!();
+    require_root!();
+    let g = Guest::new();
+    let d = g.dir.path();
+    let Some(daemons) = Daemons::start(d) else {
+        return;
+    };
+    let mut a = Asm::long_mode();
+    a.dx_com1().out_str(b"up\n").hlt_loop();
+    let kernel = g.file("idle.elf", &guest_image::elf(&a.code, 0, false));
+    let id = VM_ID.to_string();
+    let mut args = daemons.args();
+    args.extend(["--rng", "--jail", d.to_str().unwrap()]);
+    args.extend(["--uid", &id, "--gid", &id, "--new-pid-ns"]);
+    let mut child = g.spawn(&kernel, &args);
+    let waiter = child.id();
+    g.wait_for_console(&mut child, b"up\n");
+    let vmm = poll_running(&mut child, Duration::from_secs(5), || only_child(waiter));
+    let threads = poll_running(&mut child, Duration::from_secs(5), || {
+        hardened_threads(vmm)?;
+        for t in std::fs::read_dir(format!("/proc/{vmm}/task")).unwrap() {
+            let t = t.unwrap().path();
+            let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            if comm.starts_with("kvm-") {
+                continue;
+            }
+            for want in [
+                format!("Uid:\t{id}\t{id}\t{id}\t{id}"),
+                format!("Gid:\t{id}\t{id}\t{id}\t{id}"),
+                "Groups:\t".to_owned(),
+            ] {
+                if !status.lines().any(|l| l.trim_end() == want.trim_end()) {
+                    return Err(format!("thread {comm:?} without {want:?}:\n{status}"));
+                }
+            }
+        }
+        hardened_threads(vmm)
+    });
+    assert_eq!(
+        threads,
+        [
+            "husk-vmm\n",
+            "signals\n",
+            "vcpu0\n",
+            "vhost-fs\n",
+            "vhost-vsock\n",
+            "virtio-rng\n"
+        ]
+    );
+    // PID 1 of its own namespace; IPC, UTS and mount namespaces apart
+    // from the host's.
+    assert_eq!(status_field(vmm, "NSpid"), format!("{vmm}\t1"));
+    let ns = |pid: &str, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+    for kind in ["pid", "ipc", "uts", "mnt"] {
+        assert_ne!(ns(&vmm.to_string(), kind), ns("self", kind), "{kind}");
+    }
+    // The waiter: the VM's user, no capability, a filter, no descriptor
+    // beyond stdio (the TAP and console are the VMM's alone).
+    assert_eq!(
+        status_field(waiter, "Uid"),
+        format!("{id}\t{id}\t{id}\t{id}")
+    );
+    assert_eq!(status_field(waiter, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(waiter, "CapBnd"), "0000000000000000");
+    assert_eq!(status_field(waiter, "Seccomp"), "2");
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{waiter}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"]);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(waiter as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let r = g.finish(child);
+    assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
+    assert!(r.stderr.contains("SIGTERM"), "{}", r.stderr);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        !Path::new(&format!("/proc/{vmm}")).exists(),
+        "the VMM outlived its waiter"
+    );
+}
+
+/// The two processes end together: the VMM killed, the waiter reports
+/// it (128 + 9); the waiter killed, the VMM dies with it.
+#[test]
+fn the_vmm_and_its_pid_namespace_parent_end_together() {
+    require_kvm!();
+    require_root!();
+    let g = Guest::new();
+    let mut a = Asm::long_mode();
+    a.dx_com1().out_str(b"up\n").hlt_loop();
+    let kernel = g.file("idle.elf", &guest_image::elf(&a.code, 0, false));
+    let id = VM_ID.to_string();
+    let args = ["--uid", &id, "--gid", &id, "--new-pid-ns"];
+    let kill = |pid: u32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap()
+    };
+
+    let mut child = g.spawn(&kernel, &args);
+    g.wait_for_console(&mut child, b"up\n");
+    let waiter = child.id();
+    let vmm = poll_running(&mut child, Duration::from_secs(5), || only_child(waiter));
+    kill(vmm);
+    let r = g.finish(child);
+    assert_eq!(r.status.code(), Some(128 + 9), "{}", r.stderr);
+    assert!(r.stderr.contains("killed by SIGKILL"), "{}", r.stderr);
+
+    std::fs::remove_file(g.console()).unwrap();
+    let mut child = g.spawn(&kernel, &args);
+    g.wait_for_console(&mut child, b"up\n");
+    let waiter = child.id();
+    let vmm = poll_running(&mut child, Duration::from_secs(5), || only_child(waiter));
+    kill(waiter);
+    g.finish(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{vmm}")).exists() {
+        assert!(Instant::now() < deadline, "the VMM outlived its waiter");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Without the privilege to make a PID namespace or change its ids,
+/// husk-vmm says which flag needed what, before any vCPU ran.
+#[test]
+fn a_pid_namespace_or_ids_without_privilege_are_refused_by_name() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: needs root to run husk-vmm as another user");
+        return;
+    }
+    let g = Guest::new();
+    let kernel = g.file("k.elf", &guest_image::elf(&[0xf4], 0, false));
+    // As an unprivileged user (the test's VM id) from the start.
+    use std::os::unix::process::CommandExt;
+    std::fs::set_permissions(
+        g.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    for (extra, want) in [
+        (&["--new-pid-ns"][..], "--new-pid-ns: unshare(CLONE_NEWPID)"),
+        (
+            &["--uid", "1000", "--gid", "1000"][..],
+            "--uid/--gid: husk-vmm needs CAP_SETUID and CAP_SETGID",
+        ),
+    ] {
+        let out = Command::new(HUSK_VMM)
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--console-log")
+            .arg(g.console())
+            .args(extra)
+            .uid(VM_ID)
+            .gid(VM_ID)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+        assert!(!g.console().exists(), "{extra:?}: a vCPU ran");
+    }
+}
+
 // Bad input: each is refused with an error naming it, before any vCPU
 // runs (the console log is created only after all input checks).
 
@@ -986,6 +1190,10 @@ fn the_launchers_husk_vmm_command_starts_husk_vmm_with_the_daemons() {
         fs_vhost_socket: daemons.fs_socket.clone(),
         fs_tag: "husk".into(),
         nets: Vec::new(),
+        identity: Some(husk_vmm_config::Identity {
+            uid: VM_ID,
+            gid: VM_ID,
+        }),
     };
     let backend = HuskVmm {
         binary: HUSK_VMM.into(),
@@ -999,4 +1207,9 @@ fn the_launchers_husk_vmm_command_starts_husk_vmm_with_the_daemons() {
     let r = g.finish(child);
     assert!(r.status.success(), "{:?}\n{}", r.status, r.stderr);
     assert_eq!(r.console, b"backend\n");
+    assert!(
+        r.stderr.contains("running as the VM's own user"),
+        "{}",
+        r.stderr
+    );
 }

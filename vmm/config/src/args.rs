@@ -3,8 +3,8 @@
 //! and the VMM cannot disagree on a name or a format.
 
 use crate::{
-    ConfigError, FsShare, MacAddr, NetConfig, NetTap, SeccompMode, ValueError, VmmConfig,
-    DEFAULT_MAC, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+    ConfigError, FsShare, Identity, MacAddr, NetConfig, NetTap, SeccompMode, ValueError, VmmConfig,
+    DEFAULT_MAC, IDENTITY_MAX, IDENTITY_MIN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
 };
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -25,9 +25,12 @@ pub(crate) mod flag {
     pub const NET_MAC: &str = "--net-mac";
     pub const RNG: &str = "--rng";
     pub const JAIL: &str = "--jail";
+    pub const UID: &str = "--uid";
+    pub const GID: &str = "--gid";
+    pub const NEW_PID_NS: &str = "--new-pid-ns";
 
-    /// Every flag; only `--rng` takes no value.
-    pub const ALL: [&str; 14] = [
+    /// Every flag; only `--rng` and `--new-pid-ns` take no value.
+    pub const ALL: [&str; 17] = [
         KERNEL,
         INITRD,
         CMDLINE,
@@ -42,6 +45,9 @@ pub(crate) mod flag {
         NET_MAC,
         RNG,
         JAIL,
+        UID,
+        GID,
+        NEW_PID_NS,
     ];
 }
 
@@ -51,7 +57,7 @@ pub(crate) const TAP_FD_PREFIX: &str = "fd:";
 pub const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
 [--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
 [--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME|fd:N [--net-mac MAC]] \
-[--rng] [--jail DIR]";
+[--rng] [--jail DIR] [--uid UID --gid GID] [--new-pid-ns]";
 
 pub(crate) fn tap_arg(tap: &NetTap) -> String {
     match tap {
@@ -93,6 +99,13 @@ impl VmmConfig {
         if let Some(jail) = &self.jail {
             f.push((flag::JAIL, value(jail)));
         }
+        if let Some(id) = self.identity {
+            f.push((flag::UID, value(&id.uid.to_string())));
+            f.push((flag::GID, value(&id.gid.to_string())));
+        }
+        if self.new_pid_ns {
+            f.push((flag::NEW_PID_NS, None));
+        }
         f
     }
 
@@ -119,6 +132,7 @@ impl VmmConfig {
         let (mut kernel, mut console_log) = (None, None);
         let mut config = VmmConfig::new("", "");
         let (mut fs_socket, mut fs_tag, mut net_tap, mut net_mac) = (None, None, None, None);
+        let (mut uid, mut gid) = (None, None);
         while let Some(arg) = args.next() {
             let name = arg.to_str().unwrap_or_default();
             if name == "--help" || name == "-h" {
@@ -133,9 +147,16 @@ impl VmmConfig {
                 return Err(ConfigError::Duplicate { flag });
             }
             seen.push(flag);
-            if flag == flag::RNG {
-                config.rng = true;
-                continue;
+            match flag {
+                flag::RNG => {
+                    config.rng = true;
+                    continue;
+                }
+                flag::NEW_PID_NS => {
+                    config.new_pid_ns = true;
+                    continue;
+                }
+                _ => {}
             }
             let value = args.next().ok_or(ConfigError::MissingValue { flag })?;
             match flag {
@@ -168,6 +189,14 @@ impl VmmConfig {
                     net_mac = Some(mac);
                 }
                 flag::JAIL => config.jail = Some(value.into()),
+                flag::UID | flag::GID => {
+                    let (min, max) = (IDENTITY_MIN.into(), IDENTITY_MAX.into());
+                    let id = Some(number(flag, &value, min, max)? as u32);
+                    match flag {
+                        flag::UID => uid = id,
+                        _ => gid = id,
+                    }
+                }
                 _ => unreachable!("every flag of flag::ALL is matched"),
             }
         }
@@ -195,6 +224,16 @@ impl VmmConfig {
                 return Err(ConfigError::Needs {
                     flag: flag::NET_MAC,
                     needs: flag::NET_TAP,
+                })
+            }
+        };
+        config.identity = match (uid, gid) {
+            (Some(uid), Some(gid)) => Some(Identity { uid, gid }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Together {
+                    flag: flag::UID,
+                    with: flag::GID,
                 })
             }
         };
@@ -258,6 +297,11 @@ mod tests {
             }),
             rng: true,
             jail: Some("/run/x".into()),
+            identity: Some(Identity {
+                uid: 1_879_048_193,
+                gid: 1_879_048_194,
+            }),
+            new_pid_ns: true,
         }
     }
 
@@ -307,9 +351,12 @@ mod tests {
         assert_eq!(after("--net-tap"), "fd:3");
         assert_eq!(after("--net-mac"), "02:00:00:aa:bb:0c");
         assert_eq!(after("--jail"), "/run/x");
+        assert_eq!(after("--uid"), "1879048193");
+        assert_eq!(after("--gid"), "1879048194");
         assert!(args.contains(&"--rng"));
-        // Every flag once, nothing else: 13 with a value, --rng without.
-        assert_eq!(args.len(), 13 * 2 + 1, "{args:?}");
+        assert!(args.contains(&"--new-pid-ns"));
+        // Every flag once, nothing else: 15 with a value, two switches.
+        assert_eq!(args.len(), 15 * 2 + 2, "{args:?}");
     }
 
     #[test]
@@ -349,6 +396,16 @@ mod tests {
         assert_eq!(net.mac.bytes(), [2, 0, 0, 0xaa, 0xbb, 0x0c]);
         let c = parse("--kernel k --console-log c --seccomp off").unwrap();
         assert_eq!(c.seccomp, SeccompMode::Off);
+        assert!(c.identity.is_none() && !c.new_pid_ns);
+        let c = parse("--kernel k --console-log c --uid 1000 --gid 1001 --new-pid-ns").unwrap();
+        assert_eq!(
+            c.identity,
+            Some(Identity {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert!(c.new_pid_ns);
     }
 
     #[test]
@@ -423,6 +480,21 @@ mod tests {
                 "--kernel k --console-log c --net-tap sixteen-bytes-xx",
                 "interface names are 1 to 15 bytes",
             ),
+            ("--kernel k --console-log c --uid 1000", "--uid and --gid go together"),
+            ("--kernel k --console-log c --gid 1000", "--uid and --gid go together"),
+            (
+                "--kernel k --console-log c --uid 0 --gid 1",
+                "--uid \"0\": must be from 1 to 4294967294",
+            ),
+            (
+                "--kernel k --console-log c --uid 1 --gid 4294967295",
+                "--gid \"4294967295\": must be from 1 to 4294967294",
+            ),
+            (
+                "--kernel k --console-log c --uid root --gid 1",
+                "--uid \"root\": not a whole number",
+            ),
+            ("--kernel k --new-pid-ns x", "unknown argument \"x\""),
         ] {
             let e = parse(a).unwrap_err().to_string();
             assert!(e.contains(want), "{a}: {e}");
@@ -474,6 +546,19 @@ mod tests {
                 })
             },
             "--net-tap \"fd:-1\"",
+        );
+        bad(
+            &|c| c.identity = Some(Identity { uid: 0, gid: 5 }),
+            "--uid \"0\": must be from 1",
+        );
+        bad(
+            &|c| {
+                c.identity = Some(Identity {
+                    uid: 5,
+                    gid: u32::MAX,
+                })
+            },
+            "--gid \"4294967295\"",
         );
         assert!(everything().validate().is_ok());
     }

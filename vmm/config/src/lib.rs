@@ -109,6 +109,20 @@ pub struct NetConfig {
     pub mac: MacAddr,
 }
 
+/// The unprivileged user and group husk-vmm runs as once its devices are
+/// open (`--uid`, `--gid`): a VM's own ids, so that one VM's processes
+/// cannot signal, trace or read another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The ids an [`Identity`] may take: not root's, and not -1 (which
+/// set*id(2) read as "leave unchanged").
+pub const IDENTITY_MIN: u32 = 1;
+pub const IDENTITY_MAX: u32 = u32::MAX - 1;
+
 /// One husk-vmm VM: what husk-vmm's arguments say, typed. The devices
 /// become virtio-mmio devices in this order: vsock, fs, net, rng.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,12 +147,19 @@ pub struct VmmConfig {
     /// The directory husk-vmm confines itself to once set up (it must be
     /// an absolute path to a directory; husk-vmm checks when it starts).
     pub jail: Option<PathBuf>,
+    /// Who husk-vmm becomes once set up (every thread); None: it stays
+    /// root, without capabilities.
+    pub identity: Option<Identity>,
+    /// Run the VM in a new PID namespace, as its PID 1: husk-vmm forks
+    /// first thing and its first process only waits for the VM and
+    /// passes SIGTERM/SIGINT on (Firecracker's jailer's `--new-pid-ns`).
+    pub new_pid_ns: bool,
 }
 
 impl VmmConfig {
     /// A VM with this kernel and console and everything else at the
     /// defaults `parse` applies: 128 MiB, 1 vCPU, seccomp kill, no
-    /// devices, no jail.
+    /// devices, no jail, root's ids, the caller's PID namespace.
     pub fn new(kernel: impl Into<PathBuf>, console_log: impl Into<PathBuf>) -> Self {
         VmmConfig {
             kernel: kernel.into(),
@@ -153,6 +174,8 @@ impl VmmConfig {
             net: None,
             rng: false,
             jail: None,
+            identity: None,
+            new_pid_ns: false,
         }
     }
 
@@ -173,6 +196,11 @@ impl VmmConfig {
             if fs.tag.is_empty() || fs.tag.len() > FS_TAG_MAX {
                 return Err(ConfigError::value(flag::FS_TAG, &fs.tag, ValueError::FsTag));
             }
+        }
+        if let Some(id) = self.identity {
+            let (min, max) = (IDENTITY_MIN.into(), IDENTITY_MAX.into());
+            check_range(flag::UID, id.uid.into(), min, max)?;
+            check_range(flag::GID, id.gid.into(), min, max)?;
         }
         match self.net.as_ref().map(|n| &n.tap) {
             Some(NetTap::Fd(fd)) if *fd < 0 => {

@@ -9,7 +9,9 @@
 //!
 //! 1. [`Jail::prepare`], first thing in `main`, single-threaded: checks the
 //!    directory and enters a private mount namespace, so nothing done in
-//!    it reaches the host and every later thread shares it.
+//!    it reaches the host and every later thread shares it, with new IPC
+//!    and UTS namespaces (no host System V or POSIX IPC object, no host
+//!    name to change).
 //! 2. [`Jail::enter`], after setup and before the capabilities are
 //!    dropped: `pivot_root` into the directory (it moves every thread, as
 //!    they share the mount namespace and the root), then detaches the old
@@ -51,8 +53,8 @@ pub struct Jail {
 
 impl Jail {
     /// Checks `dir` and moves this process into a new mount namespace in
-    /// which every mount is private. Call it while the process has one
-    /// thread.
+    /// which every mount is private, and new IPC and UTS namespaces. Call
+    /// it while the process has one thread.
     pub fn prepare(dir: &Path) -> Result<Self, JailError> {
         if !dir.is_absolute() {
             return Err(JailError::NotAbsolute { dir: dir.into() });
@@ -74,7 +76,8 @@ impl Jail {
                 errno,
             }
         };
-        unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+            .map_err(sys("unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)"))?;
         // Private, not slave: the VMM needs no later host mount, and
         // nothing it mounts or unmounts may reach the host.
         mount(

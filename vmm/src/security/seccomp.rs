@@ -8,6 +8,7 @@
 //! shutdown and SIGTERM; the KVM tests run with the filters in `kill` mode,
 //! so a missing entry fails them.
 
+use super::identity::{self, IdentityError};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -39,6 +40,10 @@ pub enum ThreadKind {
     /// An in-process device's I/O thread (virtio-net, virtio-rng): reads
     /// and writes its fd and guest memory, waits in poll, and getrandom.
     DeviceIo,
+    /// The first process of a VM run in a new PID namespace
+    /// (`--new-pid-ns`): waits for `child`, the VM's process, and passes
+    /// SIGTERM/SIGINT on to it, and to nothing else.
+    Waiter { child: libc::pid_t },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,8 @@ pub enum HardeningError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// Calls every thread makes: memory management by the allocator, futexes
@@ -118,8 +125,31 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             map.insert(libc::SYS_rt_sigtimedwait, Vec::new());
         }
         ThreadKind::Main => {
-            // Kicking vCPU threads out of KVM_RUN (pthread_kill).
-            map.insert(libc::SYS_tgkill, Vec::new());
+            // Kicking vCPU threads out of KVM_RUN (pthread_kill): only
+            // threads of this process, only with the kick signal. Any
+            // other process, or another signal, is refused.
+            // SAFETY: getpid takes nothing and cannot fail.
+            let tgid = unsafe { libc::getpid() };
+            map.insert(
+                libc::SYS_tgkill,
+                vec![SeccompRule::new(vec![
+                    arg_eq(0, tgid as u64)?,
+                    arg_eq(2, crate::vcpu::kick_signal() as u64)?,
+                ])?],
+            );
+        }
+        ThreadKind::Waiter { child } => {
+            map.insert(libc::SYS_wait4, Vec::new());
+            map.insert(libc::SYS_rt_sigtimedwait, Vec::new());
+            map.insert(
+                libc::SYS_kill,
+                [libc::SIGTERM, libc::SIGINT, libc::SIGKILL]
+                    .into_iter()
+                    .map(|sig| {
+                        SeccompRule::new(vec![arg_eq(0, child as u64)?, arg_eq(1, sig as u64)?])
+                    })
+                    .collect::<Result<_, _>>()?,
+            );
         }
         ThreadKind::DeviceIo => {
             map.insert(libc::SYS_poll, Vec::new());
@@ -152,6 +182,11 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
     Ok(map)
 }
 
+/// Argument `index` (as a 32-bit value) equals `value`.
+fn arg_eq(index: u8, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+}
+
 /// The compiled filter for `kind`; calls outside it get `mismatch`.
 pub fn filter(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, HardeningError> {
     let build = |source| HardeningError::Build { kind, source };
@@ -174,23 +209,28 @@ pub fn apply(kind: ThreadKind, mode: SeccompMode) -> Result<(), HardeningError> 
 }
 
 /// Hardens the calling thread for its life as `kind`: drops every
-/// capability (unless hardening is off) and installs the thread's filter.
-/// Each VMM thread calls it first thing: capabilities are per thread, so a
-/// device thread started during setup would otherwise keep root's.
+/// capability (unless hardening is off), switches to the process's
+/// identity (if one is set, whatever the mode) and installs the thread's
+/// filter. Each VMM thread calls it first thing: capabilities and
+/// credentials are per thread, so a device thread started during setup
+/// would otherwise keep root's.
 pub fn harden_thread(kind: ThreadKind, mode: SeccompMode) -> Result<(), HardeningError> {
     if mode != SeccompMode::Off {
         drop_capabilities()?;
+    } else {
+        identity::switch_thread()?;
     }
     apply(kind, mode)
 }
 
 /// Drops every capability of the calling thread (and so of the threads it
-/// starts afterwards): bounding set, ambient set, then effective,
-/// permitted and inheritable. Call it once all privileged setup (opening
-/// /dev/kvm, TAP devices, entering the jail) is done. It reads no file (the
-/// VMM may be jailed already) and may be called again: capabilities
-/// already gone from the bounding set are left alone, as dropping one
-/// needs CAP_SETPCAP.
+/// starts afterwards): bounding set, ambient set, then (switching to the
+/// process's unprivileged identity, if one is set: [`identity`])
+/// effective, permitted and inheritable. Call it once all privileged setup
+/// (opening /dev/kvm, TAP devices, entering the jail) is done. It reads no
+/// file (the VMM may be jailed already) and may be called again:
+/// capabilities already gone from the bounding set are left alone, as
+/// dropping one needs CAP_SETPCAP, and a thread already switched stays.
 pub fn drop_capabilities() -> Result<(), HardeningError> {
     let err = |what| move |source| HardeningError::Capabilities { what, source };
     // PR_CAPBSET_READ answers EINVAL past the kernel's last capability.
@@ -221,6 +261,8 @@ pub fn drop_capabilities() -> Result<(), HardeningError> {
             std::io::Error::last_os_error(),
         ));
     }
+    // While CAP_SETUID and CAP_SETGID are still effective.
+    identity::switch_thread()?;
     #[repr(C)]
     struct CapHeader {
         version: u32,
@@ -303,8 +345,16 @@ mod tests {
     #[test]
     fn only_the_main_thread_may_signal_and_only_the_signal_thread_wait_for_signals() {
         fn tgkill() -> i32 {
-            // SAFETY: signal 0 to a nonexistent thread only checks.
-            errno_of(unsafe { libc::syscall(libc::SYS_tgkill, -1, -1, 0) })
+            // SAFETY: the kick signal to a thread id no thread has: the
+            // filter lets it through and the kernel answers ESRCH.
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    i32::MAX - 1,
+                    crate::vcpu::kick_signal(),
+                )
+            })
         }
         fn sigtimedwait() -> i32 {
             // SAFETY: an empty set with a zero timeout returns at once.
@@ -319,11 +369,95 @@ mod tests {
             }
         }
         assert_eq!(under_filter(ThreadKind::Vcpu, tgkill), libc::EPERM);
-        assert_eq!(under_filter(ThreadKind::Main, tgkill), libc::EINVAL);
+        assert_eq!(under_filter(ThreadKind::Main, tgkill), libc::ESRCH);
         assert_eq!(under_filter(ThreadKind::Main, sigtimedwait), libc::EPERM);
         assert_eq!(
             under_filter(ThreadKind::Signals, sigtimedwait),
             libc::EAGAIN
+        );
+    }
+
+    /// The main thread's tgkill reaches its own threads with the kick
+    /// signal and nothing else: not another process (init here), not
+    /// another signal, and kill(2) not at all.
+    #[test]
+    fn the_main_thread_signals_only_its_own_threads_with_the_kick() {
+        let refused = under_filter(ThreadKind::Main, || {
+            // SAFETY: each call is refused by the filter before the kernel
+            // sees it (the test asserts it); none reaches a process. Each
+            // errno is read right after its call.
+            unsafe {
+                let me = libc::getpid();
+                let kick = crate::vcpu::kick_signal();
+                [
+                    errno_of(libc::syscall(libc::SYS_tgkill, 1, 1, kick)),
+                    errno_of(libc::syscall(
+                        libc::SYS_tgkill,
+                        me,
+                        libc::gettid(),
+                        libc::SIGTERM,
+                    )),
+                    errno_of(libc::syscall(
+                        libc::SYS_tgkill,
+                        me,
+                        libc::gettid(),
+                        libc::SIGKILL,
+                    )),
+                    errno_of(libc::syscall(libc::SYS_kill, me, 0)),
+                    errno_of(libc::syscall(libc::SYS_tkill, libc::gettid(), 0)),
+                ]
+            }
+        });
+        assert_eq!(refused, [libc::EPERM; 5]);
+    }
+
+    /// The PID namespace's parent may wait and pass SIGTERM, SIGINT or
+    /// SIGKILL to its one child; no other process, signal or call.
+    #[test]
+    fn the_waiter_signals_only_its_child() {
+        // A pid no process has: allowed calls fail with ESRCH/ECHILD.
+        const CHILD: libc::pid_t = i32::MAX - 1;
+        fn calls() -> [i32; 7] {
+            // SAFETY: signals to a pid no process has, or refused by the
+            // filter; wait4 for no child; open of a path we only read.
+            // Each errno is read right after its call.
+            unsafe {
+                [
+                    errno_of(libc::syscall(libc::SYS_kill, CHILD, libc::SIGTERM)),
+                    errno_of(libc::syscall(libc::SYS_kill, CHILD, libc::SIGKILL)),
+                    errno_of(libc::syscall(
+                        libc::SYS_wait4,
+                        CHILD,
+                        std::ptr::null_mut::<i32>(),
+                        libc::WNOHANG,
+                        std::ptr::null_mut::<libc::rusage>(),
+                    )),
+                    errno_of(libc::syscall(libc::SYS_kill, 1, libc::SIGTERM)),
+                    errno_of(libc::syscall(libc::SYS_kill, CHILD, libc::SIGUSR1)),
+                    errno_of(libc::syscall(libc::SYS_tgkill, CHILD, CHILD, libc::SIGTERM)),
+                    errno_of(libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64),
+                ]
+            }
+        }
+        let got = std::thread::spawn(|| {
+            let kind = ThreadKind::Waiter { child: CHILD };
+            let prog = filter(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+            seccompiler::apply_filter(&prog).unwrap();
+            calls()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                libc::ESRCH,
+                libc::ESRCH,
+                libc::ECHILD,
+                libc::EPERM,
+                libc::EPERM,
+                libc::EPERM,
+                libc::EPERM
+            ]
         );
     }
 }

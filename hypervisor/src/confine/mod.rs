@@ -1,0 +1,251 @@
+//! Confinement of a VM's helper processes (QEMU, vhost-device-vsock,
+//! virtiofsd) from the outside, between fork and exec, for helpers whose
+//! code is not ours: husk-vmm confines itself (docs/husk-vmm.md). What a
+//! [`Confinement`] can take away, in the order it is applied:
+//!
+//! 1. the host's PID namespace: a new one, the helper its PID 1, behind a
+//!    small monitor process ([`monitor`]);
+//! 2. the host's IPC, UTS, network and mount namespaces (`namespaces`);
+//! 3. the host's file system: a root of its own with only what it is
+//!    given ([`Jail`]);
+//! 4. root: an unprivileged uid and gid of the VM's own ([`Identity`],
+//!    [`VmIds`]), with only the supplementary groups named;
+//! 5. every capability, the bounding set included, so none comes back
+//!    through exec;
+//! 6. gaining privileges through exec (no_new_privs);
+//! 7. the system calls of [`seccomp::DENIED`] (a deny list: the helpers'
+//!    own needs change with their releases; what they must never do does
+//!    not).
+//!
+//! Everything that allocates is done in the parent ([`Confinement::apply`]);
+//! the closure that runs in the child makes system calls only. On
+//! failure it writes the failed step to the helper's log (its stderr is in
+//! place by then) and the spawn fails with the system call's error.
+
+mod ids;
+mod jail;
+mod monitor;
+pub mod policy;
+pub mod seccomp;
+#[cfg(test)]
+mod tests;
+
+pub use ids::VmIds;
+pub use jail::Jail;
+pub use monitor::MONITOR_NAME;
+
+use crate::Error;
+pub use husk_vmm_config::Identity;
+use libc::sock_filter;
+use nix::sched::CloneFlags;
+use tokio::process::Command;
+
+/// What a helper process is left with.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// The uid and gid it runs as; None: it stays uid 0.
+    pub identity: Option<Identity>,
+    /// Its supplementary groups (none unless named: e.g. /dev/kvm's).
+    pub groups: Vec<u32>,
+    /// Drop every capability (bounding, ambient, permitted, effective,
+    /// inheritable). Without an identity a helper stays uid 0 but holds
+    /// no capability.
+    pub drop_capabilities: bool,
+    /// Namespaces of its own: any of CLONE_NEWIPC, NEWUTS, NEWNET, NEWNS
+    /// (a jail implies NEWNS).
+    pub namespaces: CloneFlags,
+    /// A PID namespace of its own, behind a monitor ([`monitor`]).
+    pub pid_namespace: bool,
+    pub jail: Option<Jail>,
+    /// The [`seccomp::deny_list`] filter, with no_new_privs.
+    pub seccomp: bool,
+}
+
+impl Default for Confinement {
+    /// Nothing taken away.
+    fn default() -> Self {
+        Self {
+            identity: None,
+            groups: Vec::new(),
+            drop_capabilities: false,
+            namespaces: CloneFlags::empty(),
+            pid_namespace: false,
+            jail: None,
+            seccomp: false,
+        }
+    }
+}
+
+/// Who the child becomes: applied by the helper and by its monitor.
+#[derive(Debug)]
+pub(crate) struct Credentials {
+    identity: Option<Identity>,
+    groups: Vec<libc::gid_t>,
+    drop_capabilities: bool,
+}
+
+impl Credentials {
+    /// Bounding and ambient sets first (dropping needs CAP_SETPCAP), then
+    /// groups, gid, uid (the uid last: it takes CAP_SETGID with it), then
+    /// what capabilities are left. System calls only.
+    pub(crate) fn apply(&self) -> std::io::Result<()> {
+        let check = |ret: libc::c_long| {
+            if ret < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: every call: prctl, setgroups, setres[ug]id and capset
+        // on integers and on the group list and capability structs owned
+        // here, which outlive each call.
+        unsafe {
+            if self.drop_capabilities {
+                for cap in 0..64 {
+                    if libc::prctl(libc::PR_CAPBSET_READ, cap) != 1 {
+                        continue;
+                    }
+                    check(libc::prctl(libc::PR_CAPBSET_DROP, cap) as _)?;
+                }
+                check(libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                    0,
+                    0,
+                    0,
+                ) as _)?;
+            }
+            if let Some(id) = self.identity {
+                check(libc::syscall(
+                    libc::SYS_setgroups,
+                    self.groups.len(),
+                    self.groups.as_ptr(),
+                ))?;
+                check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid))?;
+                check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid))?;
+            }
+            if self.drop_capabilities {
+                #[repr(C)]
+                struct Header {
+                    version: u32,
+                    pid: i32,
+                }
+                #[repr(C)]
+                #[derive(Clone, Copy)]
+                struct Data {
+                    effective: u32,
+                    permitted: u32,
+                    inheritable: u32,
+                }
+                let header = Header {
+                    version: 0x2008_0522,
+                    pid: 0,
+                };
+                let data = [Data {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                }; 2];
+                check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A step's name on the helper's stderr, then its error for the spawn.
+fn report(step: &'static str, e: std::io::Error) -> std::io::Error {
+    let parts: [&[u8]; 3] = [
+        b"husk: confining the process: ",
+        step.as_bytes(),
+        b" failed\n",
+    ];
+    for p in parts {
+        // SAFETY: write of a buffer we own to fd 2.
+        unsafe { libc::write(2, p.as_ptr().cast(), p.len()) };
+    }
+    e
+}
+
+impl Confinement {
+    /// Confines what `command` spawns. Its closure runs before those
+    /// added later (a launcher's cgroup placement, descriptor passing,
+    /// parent-death signal: they then act on the confined process, and
+    /// the parent-death signal is set after the change of credentials
+    /// that would clear it).
+    pub fn apply(&self, command: &mut Command) -> Result<(), Error> {
+        let program = std::path::PathBuf::from(command.as_std().get_program());
+        let mut plan = match &self.jail {
+            Some(jail) => Some(jail.plan().map_err(|source| Error::Confine {
+                program: program.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let creds = Credentials {
+            identity: self.identity,
+            groups: self.groups.clone(),
+            drop_capabilities: self.drop_capabilities,
+        };
+        let filter: Option<Vec<sock_filter>> = self.seccomp.then(seccomp::deny_list);
+        let mut namespaces = self.namespaces;
+        if plan.is_some() {
+            namespaces |= CloneFlags::CLONE_NEWNS;
+        }
+        let pid_namespace = self.pid_namespace;
+        let no_new_privs = self.seccomp || self.identity.is_some() || self.drop_capabilities;
+        // SAFETY: the closure makes system calls only, on data moved into
+        // it and prepared above (see the module comment); it allocates
+        // nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let launcher = libc::getppid();
+                // A change of credentials clears the parent-death signal:
+                // whatever was asked for before (or the monitor's, below)
+                // is set again after it.
+                let mut pdeathsig: libc::c_int = 0;
+                libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeathsig);
+                let mut monitor_fd = -1;
+                if pid_namespace {
+                    monitor_fd = monitor::split(&creds, filter.as_deref(), launcher)
+                        .map_err(|e| report("a PID namespace and its monitor", e))?;
+                    pdeathsig = libc::SIGKILL;
+                }
+                if !namespaces.is_empty() && libc::unshare(namespaces.bits()) != 0 {
+                    return Err(report("unshare", std::io::Error::last_os_error()));
+                }
+                if let Some(plan) = plan.as_mut() {
+                    plan.enter().map_err(|(step, e)| report(step, e))?;
+                }
+                creds
+                    .apply()
+                    .map_err(|e| report("dropping credentials", e))?;
+                if pdeathsig != 0 {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig);
+                    let parent_gone = if pid_namespace {
+                        !monitor::parent_alive(monitor_fd)
+                    } else {
+                        libc::getppid() != launcher
+                    };
+                    if parent_gone {
+                        return Err(report(
+                            "the parent died during set-up",
+                            std::io::Error::from_raw_os_error(libc::ESRCH),
+                        ));
+                    }
+                }
+                if monitor_fd >= 0 {
+                    libc::close(monitor_fd);
+                }
+                if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(report("no_new_privs", std::io::Error::last_os_error()));
+                }
+                if let Some(program) = filter.as_deref() {
+                    seccomp::install(program).map_err(|e| report("seccomp", e))?;
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
