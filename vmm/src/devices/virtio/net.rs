@@ -16,7 +16,7 @@
 //! see [`husk_vmm_config::tap`]), so a frame is one read or write on both sides.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
+use super::{ActivateError, Interrupt, QueueT, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 pub use husk_vmm_config::tap::VNET_HDR_LEN;
@@ -24,10 +24,8 @@ use husk_vmm_config::tap::{set_offloads, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use virtio_queue::QueueOwnedT;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
 
 pub const VIRTIO_ID_NET: u32 = 1;
 /// Feature bits (virtio 1.2, 5.1.3).
@@ -79,7 +77,8 @@ pub enum NetError {
 struct Activation {
     mem: GuestMemoryMmap,
     features: u64,
-    queues: Vec<(Queue, Arc<EventFd>)>,
+    rx: ReadyQueue,
+    tx: ReadyQueue,
     interrupt: Interrupt,
 }
 
@@ -137,22 +136,28 @@ impl VirtioDevice for Net {
         &mut self,
         mem: GuestMemoryMmap,
         features: u64,
-        queues: Vec<(Queue, Arc<EventFd>)>,
+        queues: Vec<ReadyQueue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::Queues {
-                device: "net",
-                ready: queues.len(),
-                needed: "rx and tx must be ready",
-            });
-        }
+        let ready = queues.len();
+        let mut queues = queues.into_iter();
+        let (rx, tx) = match (queues.next(), queues.next(), queues.next()) {
+            (Some(rx), Some(tx), None) if (rx.index, tx.index) == (RX, TX) => (rx, tx),
+            _ => {
+                return Err(ActivateError::Queues {
+                    device: "net",
+                    ready,
+                    needed: "rx and tx must be ready",
+                })
+            }
+        };
         self.worker.activate_device(
             "net",
             Activation {
                 mem,
                 features,
-                queues,
+                rx,
+                tx,
                 interrupt,
             },
         )
@@ -175,7 +180,8 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
     let Activation {
         mem,
         features,
-        mut queues,
+        rx,
+        tx,
         interrupt,
     } = act;
     let offloads = tap_offloads(features);
@@ -183,8 +189,8 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
         // The TAP then hands over only plain frames: slower, still right.
         tracing::warn!("net: TUNSETOFFLOAD {offloads:#x}: {e}");
     }
-    let (mut tx_q, tx_kick) = queues.remove(TX);
-    let (mut rx_q, rx_kick) = queues.remove(RX);
+    let (mut tx_q, tx_kick) = (tx.queue, tx.kick);
+    let (mut rx_q, rx_kick) = (rx.queue, rx.kick);
     let mut frame = vec![0u8; MAX_FRAME];
     // The writable buffers of the rx chain at hand; kept to reuse its
     // allocation.

@@ -8,7 +8,7 @@
 //! own: a guest cannot make one request drain the host's pool for long.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
+use super::{ActivateError, Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 use std::os::fd::AsRawFd;
@@ -69,11 +69,11 @@ impl VirtioDevice for Rng {
         &mut self,
         mem: GuestMemoryMmap,
         _features: u64,
-        mut queues: Vec<(Queue, Arc<EventFd>)>,
+        mut queues: Vec<ReadyQueue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
         let ready = queues.len();
-        let (queue, kick) = match (queues.pop(), queues.is_empty()) {
+        let ReadyQueue { queue, kick, .. } = match (queues.pop(), queues.is_empty()) {
             (Some(q), true) => q,
             _ => {
                 return Err(ActivateError::Queues {
