@@ -48,6 +48,7 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub pod: PodConfig,
     pub timeouts: Timeouts,
+    pub logs: LogsConfig,
 }
 
 /// The pod annotations that size a pod's VM, and their bounds.
@@ -144,6 +145,44 @@ impl Default for HypervisorConfig {
             virtiofsd_path: "/usr/local/bin/virtiofsd".into(),
             vsock_backend_path: "/usr/local/bin/vhost-device-vsock".into(),
             runtime_dir: "/run/husk".into(),
+        }
+    }
+}
+
+/// Where the logs of a pod's VM go (the guest console, the VMM's and the
+/// device daemons' output) and how they are bounded: every byte of them
+/// can come from the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Each VM's logs are in `<dir>/<pod id>/`.
+    pub dir: PathBuf,
+    /// Cap of each log file; a full file is rotated once (to `<name>.1`),
+    /// so one log takes at most twice this.
+    pub max_file_kib: u64,
+    /// What each log may write per second (after a burst of four seconds'
+    /// worth); more is dropped, with a note of how much, and the newest
+    /// bytes are written when the process ends.
+    pub rate_kib_per_sec: u64,
+    /// Keep the logs of a VM that was stopped cleanly too; by default only
+    /// a VM that failed to boot or died keeps them.
+    pub keep_after_stop: bool,
+    /// How many ended VMs' logs are kept; the oldest go first.
+    pub max_kept_pods: u32,
+}
+
+/// Bounds of `[logs]`.
+pub const MIN_LOG_FILE_KIB: u64 = 4;
+pub const MAX_LOG_FILE_KIB: u64 = 1 << 20;
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            dir: "/var/log/husk".into(),
+            max_file_kib: 512,
+            rate_kib_per_sec: 64,
+            keep_after_stop: false,
+            max_kept_pods: 16,
         }
     }
 }
@@ -363,6 +402,7 @@ impl Config {
             ("hypervisor.virtiofsd_path", &h.virtiofsd_path),
             ("hypervisor.vsock_backend_path", &h.vsock_backend_path),
             ("hypervisor.runtime_dir", &h.runtime_dir),
+            ("logs.dir", &self.logs.dir),
         ] {
             if !path.is_absolute() {
                 return Err(invalid(
@@ -377,6 +417,25 @@ impl Config {
             return Err(invalid(
                 "hypervisor.kernel_params",
                 "must not contain a newline or NUL".into(),
+            ));
+        }
+        let l = &self.logs;
+        if !(MIN_LOG_FILE_KIB..=MAX_LOG_FILE_KIB).contains(&l.max_file_kib) {
+            return Err(invalid(
+                "logs.max_file_kib",
+                format!(
+                    "must be between {MIN_LOG_FILE_KIB} and {MAX_LOG_FILE_KIB}, got {}",
+                    l.max_file_kib
+                ),
+            ));
+        }
+        if l.rate_kib_per_sec == 0 || l.rate_kib_per_sec > MAX_LOG_FILE_KIB {
+            return Err(invalid(
+                "logs.rate_kib_per_sec",
+                format!(
+                    "must be between 1 and {MAX_LOG_FILE_KIB}, got {}",
+                    l.rate_kib_per_sec
+                ),
             ));
         }
         for (key, t) in [
@@ -551,6 +610,24 @@ mod tests {
             e.contains("io.husk.memory_mib") && e.contains("memory limit") && e.contains("384"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn log_bounds_name_the_key() {
+        let c = Config::parse("[logs]\ndir = \"/tmp/l\"\nmax_file_kib = 8\n").unwrap();
+        assert_eq!(
+            (c.logs.dir.to_str(), c.logs.max_file_kib),
+            (Some("/tmp/l"), 8)
+        );
+        for (text, key) in [
+            ("dir = \"logs\"", "logs.dir"),
+            ("max_file_kib = 1", "logs.max_file_kib"),
+            ("max_file_kib = 9999999999", "logs.max_file_kib"),
+            ("rate_kib_per_sec = 0", "logs.rate_kib_per_sec"),
+        ] {
+            let e = Config::parse(&format!("[logs]\n{text}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

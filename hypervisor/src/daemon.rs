@@ -1,10 +1,13 @@
-//! Child processes of a VM (device daemons and the VMM itself): spawned with
-//! their output in a log file, bound to die with their parent, and ended with
+//! Child processes of a VM (device daemons and the VMM itself): spawned
+//! inside the pod's cgroup, with a private umask, their output through a
+//! bounded [`LogPump`], bound to die with their parent, and ended with
 //! SIGTERM then SIGKILL.
 
+use crate::log_pump::{LogLimits, LogPump, RotatingFile};
 use crate::Error;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -12,13 +15,22 @@ use tokio::process::{Child, Command};
 
 /// How often socket and exit polls look again.
 const POLL: Duration = Duration::from_millis(5);
+/// How long an exited process's last output may take to reach its log.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
 pub struct Daemon {
     pub name: &'static str,
     child: Child,
     pid: u32,
-    pub log: PathBuf,
+    pub log: LogPump,
     exit: Option<ExitStatus>,
+}
+
+/// Where a VM's processes start: the `cgroup.procs` files of the pod's
+/// cgroup (one per hierarchy on cgroup v1; none to stay in the shim's).
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// Most TAPs one VMM process takes.
@@ -56,45 +68,72 @@ pub fn pass_fds(command: &mut Command, mut fds: Vec<std::os::fd::RawFd>, first: 
 }
 
 impl Daemon {
-    /// Spawns `command` with stdin closed and stdout and stderr appended to
-    /// `log`.
-    pub fn spawn(name: &'static str, mut command: Command, log: &Path) -> Result<Self, Error> {
+    /// Spawns `command` with stdin closed and stdout and stderr into
+    /// `log` (bounded by `limits`), in `placement`'s cgroup from before
+    /// its first instruction, with umask 077 (its sockets and files are
+    /// the owner's only), and `fds` at fd 3, 4, ... ([`pass_fds`]).
+    pub fn spawn(
+        name: &'static str,
+        mut command: Command,
+        log: RotatingFile,
+        limits: LogLimits,
+        placement: &Placement,
+        fds: Vec<std::os::fd::RawFd>,
+    ) -> Result<Self, Error> {
         let program = PathBuf::from(command.as_std().get_program());
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
+        let (rx, out) = crate::log_pump::pipe()
+            .map_err(|e| Error::io(format!("a pipe for {name}'s output"), e))?;
         let err = out
             .try_clone()
-            .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
+            .map_err(|e| Error::io(format!("a pipe for {name}'s output"), e))?;
         command
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent. PDEATHSIG ends the child if the process that spawned it
-        // dies, even by SIGKILL, so a killed shim leaves no VM behind.
+        // The cgroup is joined first: moving fds into place may reuse the
+        // numbers of the cgroup.procs fds.
+        let cgroups = open_cgroup_procs(&placement.cgroup_procs)?;
+        join_cgroups_before_exec(&mut command, &cgroups);
+        pass_fds(&mut command, fds, crate::PASSED_FDS_START);
+        // SAFETY: prctl and umask are async-signal-safe and touch no memory
+        // of the parent. PDEATHSIG ends the child if the process that
+        // spawned it dies, even by SIGKILL, so a killed shim leaves no VM
+        // behind.
         unsafe {
             command.pre_exec(|| {
+                nix::libc::umask(0o077);
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
-        let child = command.spawn().map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
+        let spawned = command.spawn();
+        // The child has its copies; the pipe ends when the child (and
+        // whatever it leaves running) has closed them.
+        drop(command);
+        drop(cgroups);
+        let child = spawned.map_err(|source| match placement.cgroup_procs.is_empty() {
+            true => Error::Spawn {
+                program: program.clone(),
+                source,
+            },
+            false => Error::SpawnInCgroup {
+                program: program.clone(),
+                cgroups: placement.cgroup_procs.clone(),
+                source,
+            },
         })?;
         let pid = child.id().ok_or_else(|| Error::Spawn {
             program,
             source: std::io::Error::other("exited at once"),
         })?;
         tracing::debug!(daemon = name, pid, "spawned");
+        let log = LogPump::start(name, rx, log, limits, None)
+            .map_err(|e| Error::io(format!("a thread for {name}'s log"), e))?;
         Ok(Self {
             name,
             child,
             pid,
-            log: log.to_owned(),
+            log,
             exit: None,
         })
     }
@@ -133,11 +172,12 @@ impl Daemon {
                 return Ok(());
             }
             if let Some(status) = self.try_exit() {
+                self.log.finish(DRAIN).await;
                 return Err(Error::DaemonExited {
                     daemon: self.name,
                     socket: socket.to_owned(),
                     status: status.to_string(),
-                    log_tail: log_tail(&self.log),
+                    log_tail: self.log.tail(),
                 });
             }
             if tokio::time::Instant::now() >= deadline {
@@ -171,14 +211,179 @@ impl Daemon {
     }
 }
 
-/// The last few KiB of a log file, for error messages.
-pub fn log_tail(path: &Path) -> String {
-    const TAIL: usize = 3000;
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let start = bytes.len().saturating_sub(TAIL);
-            String::from_utf8_lossy(&bytes[start..]).into_owned()
+/// Opens each `cgroup.procs` for writing, before the fork.
+fn open_cgroup_procs(files: &[PathBuf]) -> Result<Vec<OwnedFd>, Error> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .map(OwnedFd::from)
+                .map_err(|e| Error::io(format!("opening the pod cgroup's {}", f.display()), e))
+        })
+        .collect()
+}
+
+/// Moves the child into each cgroup whose `cgroup.procs` is open in
+/// `fds`, between fork and exec: "0" names the writing process (cgroup v1
+/// and v2 alike), so nothing is formatted or allocated in the child, and
+/// the program starts, and every byte of memory it touches is charged,
+/// inside the pod's cgroup.
+fn join_cgroups_before_exec(command: &mut Command, fds: &[OwnedFd]) {
+    if fds.is_empty() {
+        return;
+    }
+    let fds: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: write(2) is async-signal-safe; the closure reads the moved
+    // Vec of fds, which stay open in the parent until spawn returns (the
+    // caller drops them after), and a static byte.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_pump::RotatingFile;
+
+    fn limits() -> LogLimits {
+        LogLimits {
+            max_file: 1 << 20,
+            rate: 1 << 20,
         }
-        Err(e) => format!("<{}: {e}>", path.display()),
+    }
+
+    #[tokio::test]
+    async fn output_goes_through_the_pump_and_the_umask_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("d.log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; umask"]);
+        let file = RotatingFile::create(&log, 1 << 20).unwrap();
+        let mut d =
+            Daemon::spawn("sh", cmd, file, limits(), &Placement::default(), Vec::new()).unwrap();
+        assert!(d.wait().await.unwrap().success());
+        d.log.finish(DRAIN).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text, "out\nerr\n0077\n");
+        assert_eq!(d.log.tail(), text);
+    }
+
+    /// The console as a VMM gets it: a pipe at CONSOLE_FD, opened by path
+    /// (`/proc/self/fd/3`, what both VMMs are given), pumped into its log
+    /// apart from the process's own output.
+    #[tokio::test]
+    async fn a_pipe_passed_at_the_console_fd_is_opened_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rx, tx) = crate::log_pump::pipe().unwrap();
+        let console_log = dir.path().join("console.log");
+        let mut console = LogPump::start(
+            "console",
+            rx,
+            RotatingFile::create(&console_log, 1 << 20).unwrap(),
+            limits(),
+            None,
+        )
+        .unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("echo guest > /proc/self/fd/{}; echo vmm", crate::CONSOLE_FD),
+        ]);
+        let log = dir.path().join("vmm.log");
+        let file = RotatingFile::create(&log, 1 << 20).unwrap();
+        let fds = vec![std::os::fd::AsRawFd::as_raw_fd(&tx)];
+        let mut d = Daemon::spawn("sh", cmd, file, limits(), &Placement::default(), fds).unwrap();
+        drop(tx);
+        assert!(d.wait().await.unwrap().success());
+        d.log.finish(DRAIN).await;
+        console.finish(DRAIN).await;
+        assert_eq!(std::fs::read_to_string(&console_log).unwrap(), "guest\n");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "vmm\n");
+    }
+
+    /// A process placed in a cgroup is in it when its program starts: it
+    /// reads its own /proc/self/cgroup as its first act.
+    #[tokio::test]
+    async fn a_placed_process_starts_inside_the_cgroup() {
+        let Some(cg) = TestCgroup::new() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("d.log");
+        let mut cmd = Command::new("cat");
+        cmd.arg("/proc/self/cgroup");
+        let file = RotatingFile::create(&log, 1 << 20).unwrap();
+        let placement = Placement {
+            cgroup_procs: vec![cg.dir.join("cgroup.procs")],
+        };
+        let mut d = Daemon::spawn("cat", cmd, file, limits(), &placement, Vec::new()).unwrap();
+        assert!(d.wait().await.unwrap().success());
+        d.log.finish(DRAIN).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.lines().any(|l| l.ends_with(&cg.rel)),
+            "not in {}: {text}",
+            cg.rel
+        );
+        // A cgroup that cannot be joined fails the spawn, naming it.
+        let placement = Placement {
+            cgroup_procs: vec![cg.dir.join("missing/cgroup.procs")],
+        };
+        let file = RotatingFile::create(&log, 1 << 20).unwrap();
+        let e = Daemon::spawn(
+            "true",
+            Command::new("true"),
+            file,
+            limits(),
+            &placement,
+            Vec::new(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("missing/cgroup.procs"), "{e}");
+    }
+
+    /// A cgroup of this test's own in the pids hierarchy (v1) or the
+    /// unified one (v2); None, with SKIPPED printed, where none can be made.
+    struct TestCgroup {
+        dir: PathBuf,
+        rel: String,
+    }
+
+    impl TestCgroup {
+        fn new() -> Option<Self> {
+            let root = Path::new("/sys/fs/cgroup");
+            let base = if root.join("cgroup.controllers").exists() {
+                root.to_owned()
+            } else {
+                root.join("pids")
+            };
+            let rel = format!("/husk-daemon-test-{}", std::process::id());
+            let dir = base.join(&rel[1..]);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some(Self { dir, rel }),
+                Err(e) => {
+                    println!("SKIPPED: cannot make a cgroup in {}: {e}", base.display());
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
     }
 }

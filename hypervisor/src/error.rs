@@ -46,6 +46,14 @@ pub enum Error {
         program: PathBuf,
         source: std::io::Error,
     },
+    /// Joining the pod's cgroup happens between fork and exec, so its
+    /// failure and exec's are one error.
+    #[error("cannot start {program} in the pod cgroup ({}): {source}", .cgroups.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", "))]
+    SpawnInCgroup {
+        program: PathBuf,
+        cgroups: Vec<PathBuf>,
+        source: std::io::Error,
+    },
     #[error("{daemon} exited before its socket {socket} appeared ({status}); its log ends with:\n{log_tail}")]
     DaemonExited {
         daemon: &'static str,

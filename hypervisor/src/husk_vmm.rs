@@ -94,7 +94,7 @@ mod tests {
             (&l.fs_vhost_socket, "husk-shared")
         );
         let net = c.net.as_ref().unwrap();
-        assert_eq!(net.tap, NetTap::Fd(3));
+        assert_eq!(net.tap, NetTap::Fd(4));
         assert_eq!(net.mac.to_string(), "02:00:00:00:00:07");
         assert!(c.rng);
         assert_eq!(c.jail.as_ref(), Some(&l.run_dir));
@@ -103,7 +103,7 @@ mod tests {
         let args = c.to_args();
         assert_eq!(VmmConfig::parse(args.clone()).unwrap(), c);
         let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
-        assert_eq!(value_after(&args, "--net-tap"), "fd:3");
+        assert_eq!(value_after(&args, "--net-tap"), "fd:4");
         assert_eq!(value_after(&args, "--jail"), "/run/x");
         assert_eq!(
             HuskVmm {
@@ -112,6 +112,21 @@ mod tests {
             .name(),
             "husk-vmm"
         );
+    }
+
+    /// MicroVm gives the console as the pipe at CONSOLE_FD, by path;
+    /// husk-vmm opens it before it confines itself.
+    #[test]
+    fn the_console_pipe_is_husk_vmms_console_log() {
+        let mut l = launch(Accelerator::Kvm);
+        l.console_log = format!("/proc/self/fd/{}", crate::CONSOLE_FD).into();
+        let args: Vec<String> = vmm_config(&l)
+            .unwrap()
+            .to_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        assert_eq!(value_after(&args, "--console-log"), "/proc/self/fd/3");
     }
 
     #[test]

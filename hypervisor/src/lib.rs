@@ -19,6 +19,8 @@ mod accel;
 mod daemon;
 mod error;
 mod husk_vmm;
+pub mod log_dir;
+pub mod log_pump;
 mod preflight;
 mod qemu;
 mod supervisor;
@@ -59,7 +61,8 @@ pub struct VmLaunch {
     /// The VM's run directory (sockets, logs). husk-vmm confines itself to
     /// it once set up.
     pub run_dir: PathBuf,
-    /// Where the serial console is written.
+    /// What the VMM opens to write the serial console to: MicroVm makes it
+    /// `/proc/self/fd/CONSOLE_FD`, a pipe into the bounded console log.
     pub console_log: PathBuf,
     /// vhost-user socket of the vsock backend (vhost-device-vsock).
     pub vsock_vhost_socket: PathBuf,
@@ -72,8 +75,12 @@ pub struct VmLaunch {
     pub nets: Vec<NetLaunch>,
 }
 
+/// Where a child process of a VM finds the first fd passed to it.
+pub const PASSED_FDS_START: i32 = 3;
+/// Where a VMM process finds the write end of the console pipe.
+pub const CONSOLE_FD: i32 = PASSED_FDS_START;
 /// Where a VMM process finds the first TAP file descriptor.
-pub const FIRST_TAP_FD: i32 = 3;
+pub const FIRST_TAP_FD: i32 = CONSOLE_FD + 1;
 
 /// One virtio-net device as the VMM sees it.
 #[derive(Debug, Clone)]

@@ -148,7 +148,7 @@ mod tests {
         }];
         let args = qemu_args(&l).join(" ");
         assert!(
-            args.contains("-netdev tap,id=net0,fd=3,vhost=off"),
+            args.contains("-netdev tap,id=net0,fd=4,vhost=off"),
             "{args}"
         );
         assert!(

@@ -69,24 +69,34 @@ impl Pidfd {
 }
 
 /// Watches `daemons` for as long as the VMM runs; the first that exits
-/// while the VMM keeps running gets the VMM killed. Abort the task before
-/// stopping the VM on purpose.
+/// while the VMM keeps running gets the VMM killed. The VMM exiting while
+/// watched is the VM dying (nothing asked it to), and is logged as such.
+/// Abort the task before stopping the VM on purpose.
 pub fn watch(vm_id: String, vmm: Pidfd, daemons: Vec<(&'static str, Pidfd)>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        if daemons.is_empty() {
-            return;
-        }
-        let any_daemon = futures_util::future::select_all(daemons.iter().map(|(name, fd)| {
-            Box::pin(async move {
-                fd.exited().await;
-                *name
-            })
-        }));
+        let any_daemon = async {
+            if daemons.is_empty() {
+                return std::future::pending().await;
+            }
+            let (name, _, _) =
+                futures_util::future::select_all(daemons.iter().map(|(name, fd)| {
+                    Box::pin(async move {
+                        fd.exited().await;
+                        *name
+                    })
+                }))
+                .await;
+            name
+        };
         let daemon = tokio::select! {
-            _ = vmm.exited() => return,
-            (name, _, _) = any_daemon => name,
+            _ = vmm.exited() => {
+                tracing::warn!(vm_id = %vm_id, "VM died: the VMM exited on its own (guest panic, power-off or a crash)");
+                return;
+            }
+            name = any_daemon => name,
         };
         if tokio::time::timeout(VMM_GRACE, vmm.exited()).await.is_ok() {
+            tracing::warn!(vm_id = %vm_id, daemon, "VM died: the VMM exited with its device daemon");
             return;
         }
         tracing::error!(

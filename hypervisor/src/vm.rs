@@ -1,11 +1,17 @@
-//! One micro-VM from start to nothing: preflight, run directory, device
-//! daemons, VMM, boot until the agent answers, stop, cleanup.
+//! One micro-VM from start to nothing: preflight, run directory, log
+//! directory, device daemons, VMM, boot until the agent answers, stop,
+//! cleanup. Every process starts in the pod's cgroup and writes its output,
+//! like the guest's console, through a bounded [`LogPump`] into the VM's
+//! log directory (`log_dir`), which outlives a VM that failed.
 
-use crate::daemon::{log_tail, Daemon};
+use crate::daemon::{Daemon, Placement, DRAIN};
+use crate::log_dir::{Ending, VmLogDir, CONSOLE_LOG, VMM_LOG};
+use crate::log_pump::LogPump;
 use crate::{preflight, Accelerator, Error, HuskVmm, Hypervisor, MacAddr, Qemu, VmLaunch};
 use husk_config::{AccelTimeouts, Backend, Config};
 use husk_proto::agent::agent_client::AgentClient;
 use husk_proto::agent::{HealthRequest, SetClockRequest, ShutdownRequest};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -22,21 +28,24 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// A Unix socket path must fit `sun_path` (108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-const CONSOLE_LOG: &str = "console.log";
-const VMM_LOG: &str = "vmm.log";
 const FS_SOCKET: &str = "vhost-fs.sock";
 const VSOCK_VHOST_SOCKET: &str = "vhost-vsock.sock";
 const AGENT_SOCKET: &str = "agent.vsock";
 
 /// What the caller decides per VM; the rest comes from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct VmSpec {
-    /// Names the run directory and the VMM process; [A-Za-z0-9_.-], 1-64.
+    /// Names the run directory, the log directory and the VMM process;
+    /// [A-Za-z0-9_.-], 1-64.
     pub id: String,
     /// Host directory shared with the guest through virtio-fs.
     pub shared_dir: PathBuf,
     /// Network devices (TAPs the caller keeps open).
     pub nets: Vec<crate::NetDevice>,
+    /// The `cgroup.procs` files of the pod's cgroup (one per hierarchy on
+    /// cgroup v1): the VMM and the daemons start in it. Empty: they stay
+    /// in the caller's.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// Where boot time went, measured on the host.
@@ -67,6 +76,12 @@ pub struct MicroVm {
     vmm_name: &'static str,
     timeouts: AccelTimeouts,
     timings: BootTimings,
+    /// Where the VM's logs go, and whether they stay.
+    logs: VmLogDir,
+    /// The cgroup every process of the VM starts in.
+    placement: Placement,
+    /// The guest's serial console, on its way to `console.log`.
+    console: Option<LogPump>,
     fs: Option<Daemon>,
     vsock: Option<Daemon>,
     vmm: Option<Daemon>,
@@ -129,16 +144,23 @@ impl MicroVm {
                 })
             }
         };
+        create_run_dir(&dir)?;
+        let logs = match VmLogDir::create(&config.logs, &spec.id) {
+            Ok(logs) => logs,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         tracing::info!(
             vm_id = %spec.id,
             backend = hypervisor.name(),
             backend_reason = %backend.reason,
             accelerator = %decision.accelerator,
             reason = %decision.reason,
-            "starting VM"
+            logs = %logs.path().display(),
+            "VM booting"
         );
-
-        create_run_dir(&dir)?;
         let mut vm = MicroVm {
             id: spec.id.clone(),
             dir,
@@ -146,6 +168,11 @@ impl MicroVm {
             vmm_name: hypervisor.name(),
             timeouts,
             timings: BootTimings::default(),
+            logs,
+            placement: Placement {
+                cgroup_procs: spec.cgroup_procs.clone(),
+            },
+            console: None,
             fs: None,
             vsock: None,
             vmm: None,
@@ -154,8 +181,8 @@ impl MicroVm {
         match vm.boot(config, &spec, hypervisor.as_ref(), started).await {
             Ok(()) => Ok(vm),
             Err(err) => {
-                tracing::warn!(vm_id = %vm.id, %err, "VM start failed, cleaning up");
-                vm.teardown().await;
+                tracing::warn!(vm_id = %vm.id, %err, "VM failed to boot, cleaning up");
+                vm.teardown(Ending::BootFailed).await;
                 Err(err)
             }
         }
@@ -178,10 +205,14 @@ impl MicroVm {
             .arg("--shared-dir")
             .arg(&spec.shared_dir)
             .args(["--cache", "auto", "--sandbox", "chroot"]);
+        let limits = self.logs.limits();
         let fs = self.fs.insert(Daemon::spawn(
             "virtiofsd",
             fs_cmd,
-            &self.dir.join("virtiofsd.log"),
+            self.logs.file("virtiofsd.log")?,
+            limits,
+            &self.placement,
+            Vec::new(),
         )?);
         fs.wait_for_socket(&fs_socket, DAEMON_SOCKET_TIMEOUT)
             .await?;
@@ -197,7 +228,10 @@ impl MicroVm {
         let vsock = self.vsock.insert(Daemon::spawn(
             "vhost-device-vsock",
             vsock_cmd,
-            &self.dir.join("vhost-device-vsock.log"),
+            self.logs.file("vhost-device-vsock.log")?,
+            limits,
+            &self.placement,
+            Vec::new(),
         )?);
         vsock
             .wait_for_socket(&vsock_socket, DAEMON_SOCKET_TIMEOUT)
@@ -213,7 +247,7 @@ impl MicroVm {
             initrd: h.initrd.clone(),
             cmdline: kernel_cmdline(&h.kernel_params),
             run_dir: self.dir.clone(),
-            console_log: self.console_log(),
+            console_log: PathBuf::from(format!("/proc/self/fd/{}", crate::CONSOLE_FD)),
             vsock_vhost_socket: vsock_socket,
             fs_vhost_socket: fs_socket,
             fs_tag: husk_proto::SHARED_FS_TAG.into(),
@@ -229,15 +263,34 @@ impl MicroVm {
                 })
                 .collect::<Result<_, Error>>()?,
         };
+        // The console is a pipe the VMM finds at CONSOLE_FD and opens as
+        // its console file; the shim end is pumped into console.log.
+        let (console_rx, console_tx) =
+            crate::log_pump::pipe().map_err(|e| Error::io("a pipe for the guest console", e))?;
+        self.console = Some(
+            LogPump::start(
+                "console",
+                console_rx,
+                self.logs.file(CONSOLE_LOG)?,
+                limits,
+                Some(husk_proto::AGENT_LISTENING_MARKER.as_bytes()),
+            )
+            .map_err(|e| Error::io("a thread for the console log", e))?,
+        );
         let vmm_started = Instant::now();
-        let mut command = hypervisor.command(&launch)?;
-        let taps: Vec<_> = spec.nets.iter().map(|n| n.tap).collect();
-        crate::daemon::pass_fds(&mut command, taps, crate::FIRST_TAP_FD);
+        let command = hypervisor.command(&launch)?;
+        let fds = std::iter::once(console_tx.as_raw_fd())
+            .chain(spec.nets.iter().map(|n| n.tap))
+            .collect();
         self.vmm = Some(Daemon::spawn(
             self.vmm_name,
             command,
-            &self.dir.join(VMM_LOG),
+            self.logs.file(VMM_LOG)?,
+            limits,
+            &self.placement,
+            fds,
         )?);
+        drop(console_tx);
         self.timings.vmm_spawn = vmm_started.elapsed();
         self.watcher = self.watch_daemons();
 
@@ -290,7 +343,7 @@ impl MicroVm {
                 return Err(Error::VmmExited {
                     vmm: self.vmm_name,
                     status: status.to_string(),
-                    log_tail: self.logs_tail(),
+                    log_tail: self.logs_tail_after_exit().await,
                 });
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -301,7 +354,7 @@ impl MicroVm {
                     log_tail: self.logs_tail(),
                 });
             }
-            listening = listening || console_has_marker(&self.console_log());
+            listening = listening || self.console.as_ref().is_some_and(LogPump::marker_seen);
             if listening {
                 match self.health(left.min(probe_timeout)).await {
                     Ok(()) => return Ok(()),
@@ -350,9 +403,16 @@ impl MicroVm {
         self.timings
     }
 
-    /// The per-VM directory holding sockets and logs; gone after stop.
+    /// The per-VM directory holding sockets; gone after stop.
     pub fn run_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The VM's log directory (`<logs.dir>/<id>`): the console, VMM and
+    /// daemon logs. Kept after a failed boot or a death, removed after a
+    /// clean stop unless `logs.keep_after_stop`.
+    pub fn log_dir(&self) -> &Path {
+        self.logs.path()
     }
 
     /// The hybrid vsock socket: `CONNECT <port>` reaches a guest port.
@@ -360,8 +420,9 @@ impl MicroVm {
         self.dir.join(AGENT_SOCKET)
     }
 
+    /// The guest console's log file.
     pub fn console_log(&self) -> PathBuf {
-        self.dir.join(CONSOLE_LOG)
+        self.logs.path().join(CONSOLE_LOG)
     }
 
     pub fn pids(&self) -> VmPids {
@@ -394,6 +455,13 @@ impl MicroVm {
         }
         let grace = Duration::from_secs(self.timeouts.shutdown_secs);
         let running = self.vmm.as_mut().is_some_and(|v| v.try_exit().is_none());
+        let ending = if running {
+            tracing::info!(vm_id = %self.id, "VM stopping");
+            Ending::Stopped
+        } else {
+            tracing::warn!(vm_id = %self.id, logs = %self.logs.path().display(), "VM died: its VMM had exited before the stop");
+            Ending::Died
+        };
         if running {
             match tokio::time::timeout(grace, self.request_shutdown(grace)).await {
                 Ok(Ok(())) => {}
@@ -401,7 +469,7 @@ impl MicroVm {
                 Err(_) => tracing::warn!(vm_id = %self.id, "Shutdown RPC timed out"),
             }
         }
-        self.teardown().await;
+        self.teardown(ending).await;
         let status = self.vmm.as_mut().and_then(Daemon::try_exit);
         tracing::info!(vm_id = %self.id, ?status, "VM stopped");
         status
@@ -416,8 +484,14 @@ impl MicroVm {
         Ok(())
     }
 
-    /// Ends every process still running and removes the run directory.
-    async fn teardown(&mut self) {
+    /// Ends every process still running, writes their last output to the
+    /// logs, removes the run directory, and keeps or removes the logs as
+    /// `ending` says.
+    async fn teardown(&mut self, ending: Ending) {
+        // From here on the processes end on purpose.
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
         let grace = Duration::from_secs(self.timeouts.shutdown_secs);
         if let Some(vmm) = self.vmm.as_mut() {
             vmm.terminate(grace).await;
@@ -428,19 +502,43 @@ impl MicroVm {
         {
             daemon.terminate(DAEMON_GRACE).await;
         }
+        let pumps = [self.vmm.as_mut(), self.vsock.as_mut(), self.fs.as_mut()]
+            .into_iter()
+            .flatten()
+            .map(|d| &mut d.log)
+            .chain(self.console.as_mut());
+        futures_util::future::join_all(pumps.map(|p| p.finish(DRAIN))).await;
         if let Err(err) = std::fs::remove_dir_all(&self.dir) {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(vm_id = %self.id, dir = %self.dir.display(), %err, "cannot remove run directory");
             }
         }
+        if let Some(vms) = self.dir.parent() {
+            self.logs.close(&self.id, ending, vms);
+        }
     }
 
+    /// The end of the console and the VMM's log, for an error message,
+    /// once the VMM has exited and its last output is in.
+    async fn logs_tail_after_exit(&mut self) -> String {
+        if let Some(c) = self.console.as_mut() {
+            c.finish(DRAIN).await;
+        }
+        if let Some(v) = self.vmm.as_mut() {
+            v.log.finish(DRAIN).await;
+        }
+        self.logs_tail()
+    }
+
+    /// The last lines of the console and of the VMM's output, as they
+    /// passed (from memory: a guest-written file is never read back).
     fn logs_tail(&self) -> String {
+        let tail = |p: Option<&LogPump>| p.map(LogPump::tail).unwrap_or_default();
         format!(
             "--- console ---\n{}\n--- {} ---\n{}",
-            log_tail(&self.console_log()),
+            tail(self.console.as_ref()),
             self.vmm_name,
-            log_tail(&self.dir.join(VMM_LOG))
+            tail(self.vmm.as_ref().map(|d| &d.log))
         )
     }
 }
@@ -456,21 +554,13 @@ impl Drop for MicroVm {
     }
 }
 
-/// Whether the console shows the agent's listening marker. The console is
-/// guest output: only a whole line equal to the marker counts, and it only
-/// gates when probing starts (readiness is the Health answer).
-fn console_has_marker(console: &Path) -> bool {
-    std::fs::read(console).is_ok_and(|bytes| {
-        bytes.split(|&b| b == b'\n').any(|line| {
-            line.strip_suffix(b"\r").unwrap_or(line)
-                == husk_proto::AGENT_LISTENING_MARKER.as_bytes()
-        })
-    })
-}
-
 fn create_run_dir(dir: &Path) -> Result<(), Error> {
+    // `<runtime_dir>/vms` is made 0700 too: the VMs' sockets are root's.
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
             .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     }
     std::fs::DirBuilder::new()
@@ -513,25 +603,6 @@ mod tests {
             kernel_cmdline(" loglevel=7 "),
             "console=ttyS0 reboot=t panic=-1 no_timer_check quiet loglevel=7"
         );
-    }
-
-    #[test]
-    fn only_a_whole_marker_line_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let console = dir.path().join("console.log");
-        assert!(!console_has_marker(&console));
-        std::fs::write(
-            &console,
-            format!("boot\nx {}\n", husk_proto::AGENT_LISTENING_MARKER),
-        )
-        .unwrap();
-        assert!(!console_has_marker(&console));
-        std::fs::write(
-            &console,
-            format!("boot\r\n{}\r\n", husk_proto::AGENT_LISTENING_MARKER),
-        )
-        .unwrap();
-        assert!(console_has_marker(&console));
     }
 
     #[test]

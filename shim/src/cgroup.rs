@@ -2,11 +2,18 @@
 //! cgroup the sandbox spec names (`linux.cgroupsPath`, below the pod cgroup
 //! kubelet sizes with the RuntimeClass overhead); under husk the pod's
 //! processes on the host are its VM: the VMM and its device daemons. They
-//! are moved there, so the pod's limits and PodSandboxStats cover the VM.
+//! start there (husk-hypervisor writes them into `cgroup.procs` between
+//! fork and exec), so the pod's limits and PodSandboxStats cover the VM
+//! from its first byte.
 //!
 //! cgroup v2 (one hierarchy) and v1 (one per controller, as on this
-//! project's build hosts) are both handled. Only `cgroupfs`-style paths
-//! are understood; a systemd-style `slice:prefix:name` is left alone.
+//! project's build hosts) are both handled, and both forms of
+//! `cgroupsPath` ([`host_path`]): a cgroupfs path (`/kubepods/pod1/abc`,
+//! the cgroupfs driver) and systemd's `slice:prefix:name` (kubeadm's
+//! default driver), laid out as runc's systemd driver lays it out. The
+//! systemd form's cgroup is made directly in the cgroup file system, not
+//! as a transient unit over D-Bus (systemd leaves a sub-cgroup it did not
+//! make alone; its parent slice is kubelet's).
 
 use std::path::{Path, PathBuf};
 
@@ -22,17 +29,81 @@ pub struct HostCgroup {
     joined: Vec<PathBuf>,
 }
 
-/// The cgroupfs path of a spec's `linux.cgroupsPath`; None for the
-/// systemd form or an unsafe path.
-pub fn cgroupfs_path(spec_path: &str) -> Option<PathBuf> {
-    if spec_path.contains(':') || !spec_path.starts_with('/') {
-        return None;
+/// A `cgroupsPath` that names no cgroup husk will make.
+#[derive(Debug, thiserror::Error)]
+#[error("linux.cgroupsPath {path:?}: {problem}")]
+pub struct CgroupPathError {
+    path: String,
+    problem: &'static str,
+}
+
+/// The cgroup a spec's `linux.cgroupsPath` names, relative to a
+/// hierarchy's root: a cgroupfs path as it is; systemd's
+/// `slice:prefix:name` as runc's systemd driver makes it, the slice
+/// expanded into its parents and the name a scope
+/// (`kubepods-burstable-pod1.slice:cri-containerd:abc` ->
+/// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-abc.scope`).
+pub fn host_path(spec_path: &str) -> Result<PathBuf, CgroupPathError> {
+    let err = |problem| CgroupPathError {
+        path: spec_path.to_owned(),
+        problem,
+    };
+    if spec_path.contains(':') {
+        let [slice, prefix, name] = spec_path.split(':').collect::<Vec<_>>()[..] else {
+            return Err(err("a systemd cgroup path is slice:prefix:name"));
+        };
+        let plain = |s: &str| !s.contains('/') && s != "." && s != "..";
+        if name.is_empty() || !plain(name) || !plain(prefix) {
+            return Err(err("the systemd name and prefix must be plain names"));
+        }
+        let slice = if slice.is_empty() {
+            "system.slice"
+        } else {
+            slice
+        };
+        let mut path = expand_slice(slice).ok_or_else(|| err("not a valid systemd slice name"))?;
+        path.push(match name.ends_with(".slice") {
+            true => name.to_owned(),
+            false => format!("{prefix}-{name}.scope"),
+        });
+        return Ok(path);
     }
     let p = Path::new(spec_path);
+    if !p.is_absolute() {
+        return Err(err("a cgroupfs path must be absolute"));
+    }
     if p.components().any(|c| c.as_os_str() == "..") {
+        return Err(err("must not contain .."));
+    }
+    let rel = p.strip_prefix("/").map_err(|_| err("must be absolute"))?;
+    if rel.as_os_str().is_empty() {
+        return Err(err("is the root cgroup"));
+    }
+    Ok(rel.to_owned())
+}
+
+/// systemd's slice hierarchy of `slice` (runc's `ExpandSlice`):
+/// `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the
+/// root. None for a name systemd would refuse.
+fn expand_slice(slice: &str) -> Option<PathBuf> {
+    let name = slice.strip_suffix(".slice")?;
+    if slice.contains('/') || name.is_empty() {
         return None;
     }
-    Some(p.strip_prefix("/").ok()?.to_owned())
+    let mut path = PathBuf::new();
+    if name == "-" {
+        return Some(path);
+    }
+    let mut prefix = String::new();
+    for component in name.split('-') {
+        if component.is_empty() || component == "." || component == ".." {
+            return None;
+        }
+        path.push(format!("{prefix}{component}.slice"));
+        prefix.push_str(component);
+        prefix.push('-');
+    }
+    Some(path)
 }
 
 /// The cgroup directories `rel` has, or would have: (dir, whether
@@ -88,11 +159,9 @@ impl HostCgroup {
         }
     }
 
-    pub fn add(&self, pid: u32) -> std::io::Result<()> {
-        for d in &self.joined {
-            std::fs::write(d.join("cgroup.procs"), pid.to_string())?;
-        }
-        Ok(())
+    /// The `cgroup.procs` files the VM's processes are written into.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.joined.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// Removes the leaf directories (empty once the VM is gone); the
@@ -113,13 +182,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_cgroupfs_paths_are_taken() {
+    fn cgroupfs_paths_are_taken_as_they_are() {
         assert_eq!(
-            cgroupfs_path("/kubepods/pod1/abc"),
-            Some(PathBuf::from("kubepods/pod1/abc"))
+            host_path("/kubepods/pod1/abc").unwrap(),
+            PathBuf::from("kubepods/pod1/abc")
         );
-        assert_eq!(cgroupfs_path("kubepods.slice:cri-containerd:abc"), None);
-        assert_eq!(cgroupfs_path("/a/../../etc"), None);
-        assert_eq!(cgroupfs_path("relative"), None);
+        for (bad, problem) in [
+            ("/a/../../etc", ".."),
+            ("relative", "absolute"),
+            ("/", "root"),
+        ] {
+            let e = host_path(bad).unwrap_err().to_string();
+            assert!(e.contains(problem) && e.contains(bad), "{e}");
+        }
+    }
+
+    /// As runc and containerd lay out systemd's `slice:prefix:name`.
+    #[test]
+    fn systemd_paths_become_the_slices_and_scope_runc_makes() {
+        for (spec, path) in [
+            (
+                "kubepods-burstable-pod123.slice:cri-containerd:abc",
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod123.slice/cri-containerd-abc.scope",
+            ),
+            ("kubepods.slice:cri-containerd:abc", "kubepods.slice/cri-containerd-abc.scope"),
+            (":cri-containerd:abc", "system.slice/cri-containerd-abc.scope"),
+            ("-.slice:p:n", "p-n.scope"),
+            ("a-b.slice:p:c.slice", "a.slice/a-b.slice/c.slice"),
+        ] {
+            assert_eq!(host_path(spec).unwrap(), PathBuf::from(path), "{spec}");
+        }
+        for bad in [
+            "kubepods.slice:cri-containerd",
+            "a:b:c:d",
+            "kubepods:cri-containerd:abc",
+            "a--b.slice:p:n",
+            "-a.slice:p:n",
+            ".slice:p:n",
+            "a.slice:p:",
+            "a.slice:p:../../etc",
+            "a.slice:..:n",
+            "a/b.slice:p:n",
+        ] {
+            let e = host_path(bad).unwrap_err().to_string();
+            assert!(e.contains("linux.cgroupsPath"), "{bad}: {e}");
+        }
     }
 }

@@ -27,6 +27,7 @@ pub mod portforward;
 pub mod process;
 pub mod relay;
 pub mod sandbox;
+pub mod server;
 pub mod service;
 pub mod share;
 pub mod spec;

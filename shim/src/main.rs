@@ -3,68 +3,18 @@
 //! containerd runs it with an action: `start` (answer with the pod's shim
 //! address, starting the shim), `delete` (clean up after a dead shim), or
 //! none (serve the Task API on the socket `start` chose). `-v` and `-info`
-//! describe it. Serving is the `containerd-shim` crate's ttrpc server over
-//! husk's Task service (husk_shim::service); the actions are husk's own
-//! (husk_shim::bootstrap).
+//! describe it. The actions are husk's own (husk_shim::bootstrap), and so
+//! is serving (husk_shim::server: the crate's ttrpc server over husk's
+//! Task service).
 //!
 //! The crate is pinned to 0.10: it is the last with the task v2 API that
 //! containerd 1.6 and 1.7 speak (0.11 moved to v3, which only 2.x serves).
 
-use async_trait::async_trait;
-use containerd_shim::asynchronous::{run, ExitSignal, Shim};
-use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Config, Error, Flags, StartOpts};
-use containerd_shim_protos::api::DeleteResponse;
+use anyhow::Context;
+use husk_shim::server::{self, ServeArgs};
 use husk_shim::{bootstrap, RUNTIME_ID};
 use std::io::Write;
 use std::sync::Arc;
-
-/// The serving shim, as the crate drives it.
-struct HuskShim {
-    id: String,
-    namespace: String,
-    /// The ttrpc socket this shim serves (`unix:///run/containerd/s/...`).
-    socket: String,
-    exit: Arc<ExitSignal>,
-}
-
-#[async_trait]
-impl Shim for HuskShim {
-    type T = husk_shim::service::TaskService;
-
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        HuskShim {
-            id: args.id.clone(),
-            namespace: args.namespace.clone(),
-            socket: args.socket.clone(),
-            exit: Arc::new(ExitSignal::default()),
-        }
-    }
-
-    // `start` and `delete` never reach the crate (see main).
-    async fn start_shim(&mut self, _opts: StartOpts) -> Result<String, Error> {
-        Err(Error::InvalidArgument("start is handled by husk".into()))
-    }
-
-    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        Err(Error::InvalidArgument("delete is handled by husk".into()))
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        init_logging();
-        let bundle = std::env::current_dir().unwrap_or_default();
-        let pod_id = bootstrap::pod_id(&bundle, &self.id);
-        let config = husk_config::Config::load_default().map_err(|e| e.to_string());
-        let events = husk_shim::events::Publisher::start(publisher, self.namespace.clone());
-        let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), config);
-        let manager = husk_shim::manager::Manager::new(pod_id, pod, Arc::new(events));
-        husk_shim::service::TaskService::new(manager, self.socket.clone(), self.exit.clone())
-    }
-}
 
 /// Logs go to the `log` FIFO containerd opened in the bundle (containerd
 /// copies them into its own log), else to stderr.
@@ -124,7 +74,7 @@ fn main() {
             Ok(b) => out(&b),
             Err(e) => fail(e.context("delete")),
         },
-        "" => serve(),
+        "" => serve(&flags),
         other => fail(anyhow::anyhow!(
             "unknown action {other:?}: expected start, delete or none"
         )),
@@ -136,7 +86,7 @@ fn fail(e: anyhow::Error) -> ! {
     std::process::exit(1);
 }
 
-fn serve() {
+fn serve(flags: &containerd_shim::Flags) {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -144,17 +94,56 @@ fn serve() {
         Ok(rt) => rt,
         Err(e) => fail(anyhow::Error::new(e).context("starting the tokio runtime")),
     };
-    let config = Config {
-        // tracing instead of the crate's `log` FIFO logger.
-        no_setup_logger: true,
-        // The VM's processes are tokio children, waited for by tokio; the
-        // crate's reaper would steal their exit statuses.
-        no_reaper: true,
-        no_sub_reaper: true,
-        ..Default::default()
-    };
-    runtime.block_on(run::<HuskShim>(RUNTIME_ID, Some(config)));
+    let args = (|| {
+        anyhow::Ok(ServeArgs {
+            namespace: flags.namespace.clone(),
+            id: flags.id.clone(),
+            socket: Some(flags.socket.clone())
+                .filter(|s| !s.is_empty())
+                .context("-socket is required to serve")?,
+            ttrpc_address: std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS")?,
+            bundle: std::env::current_dir().context("the bundle (working directory)")?,
+        })
+    })();
+    let args = args.unwrap_or_else(|e| fail(e));
+    if let Err(e) = runtime.block_on(serve_pod(args)) {
+        fail(e);
+    }
     // A blocking FIFO open that never found its writer must not keep the
     // shim alive after containerd told it to go.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+}
+
+/// The shim of one pod, started cold by `start`.
+async fn serve_pod(args: ServeArgs) -> anyhow::Result<()> {
+    let bound = match server::bind(&args.socket) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && bootstrap::answers(&args.socket) => {
+            // Another shim serves this pod already (a race of two starts).
+            signal_started();
+            return Ok(());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("binding {}", args.socket))),
+    };
+    // `start` waits for stdout to close: the socket accepts from now on.
+    signal_started();
+    server::ignore_signals()?;
+    init_logging();
+    let pod_id = bootstrap::pod_id(&args.bundle, &args.id);
+    let publisher = server::publisher(&args).await?;
+    let events = husk_shim::events::Publisher::start(publisher, args.namespace.clone());
+    let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), husk_config::Config::load_default());
+    let manager = husk_shim::manager::Manager::new(pod_id, pod, Arc::new(events));
+    let exit = Arc::new(containerd_shim::ExitSignal::default());
+    let service = husk_shim::service::TaskService::new(manager, args.socket.clone(), exit.clone());
+    server::serve(bound, service, exit).await
+}
+
+/// Points stdout at stderr, closing the pipe `start` reads to EOF.
+fn signal_started() {
+    // SAFETY: dup2 on the process's own standard descriptors; both are
+    // open (stderr is /dev/null or a file when started by `start`).
+    unsafe {
+        libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
+    }
 }

@@ -363,7 +363,10 @@ impl<P: Pod> Inner<P> {
             match agent.as_ref() {
                 Some(a) => a.clone(),
                 None => {
-                    let booted = self.pod.boot(&plan).await?;
+                    tracing::info!(pod_id = %self.pod_id, container_id = %id, "VM booting");
+                    let booted = self.pod.boot(&plan).await.inspect_err(|e| {
+                        tracing::error!(pod_id = %self.pod_id, container_id = %id, error = %e, "VM failed to boot");
+                    })?;
                     vm_boot_ms = boot_started.elapsed().as_millis() as u64;
                     tracing::info!(pod_id = %self.pod_id, container_id = %id, vm_boot_ms, "VM running");
                     *agent = Some(booted.clone());

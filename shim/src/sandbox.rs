@@ -16,12 +16,14 @@ use husk_hypervisor::{MicroVm, NetDevice, VmSpec};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct VmPod {
     pod_id: String,
-    config: Result<Config, String>,
-    tree: Option<ShareTree>,
+    /// The configuration and the pod's share tree under its runtime
+    /// directory; every call fails with the error when it did not load.
+    loaded: Result<(Config, ShareTree), Arc<husk_config::ConfigError>>,
     state: tokio::sync::Mutex<PodState>,
 }
 
@@ -44,30 +46,30 @@ struct RunningVm {
 }
 
 impl VmPod {
-    pub fn new(pod_id: String, config: Result<Config, String>) -> Self {
-        let tree = config
-            .as_ref()
-            .ok()
-            .map(|c| ShareTree::new(&c.hypervisor.runtime_dir, &pod_id));
+    pub fn new(pod_id: String, config: Result<Config, husk_config::ConfigError>) -> Self {
+        let loaded = config.map_err(Arc::new).map(|c| {
+            let tree = ShareTree::new(&c.hypervisor.runtime_dir, &pod_id);
+            (c, tree)
+        });
         Self {
             pod_id,
-            config,
-            tree,
+            loaded,
             state: tokio::sync::Mutex::default(),
         }
     }
 
     fn config(&self) -> Result<&Config, TaskError> {
-        self.config
+        self.loaded
             .as_ref()
+            .map(|(c, _)| c)
             .map_err(|e| TaskError::Config(e.clone()))
     }
 
     fn tree(&self) -> Result<&ShareTree, TaskError> {
-        self.config()?;
-        self.tree
+        self.loaded
             .as_ref()
-            .ok_or_else(|| TaskError::Config("no share tree".into()))
+            .map(|(_, t)| t)
+            .map_err(|e| TaskError::Config(e.clone()))
     }
 }
 
@@ -80,6 +82,9 @@ impl Pod for VmPod {
         let guest =
             crate::spec::prepare(Path::new(&req.bundle), &req.id).map_err(TaskError::Invalid)?;
         refuse_host_network(&guest)?;
+        if let Some(p) = &guest.cgroups_path {
+            crate::cgroup::host_path(p).map_err(|e| TaskError::Invalid(e.into()))?;
+        }
         // The pod's VM size, from the sandbox's annotations; checked here so
         // that a bad one fails RunPodSandbox before anything is made.
         let annotations: HashMap<String, String> = guest
@@ -206,8 +211,8 @@ impl Pod for VmPod {
     }
 
     fn timeouts(&self) -> PodTimeouts {
-        let t = match &self.config {
-            Ok(c) => {
+        let t = match &self.loaded {
+            Ok((c, _)) => {
                 match husk_hypervisor::resolve_accelerator(c.hypervisor.accelerator).accelerator {
                     husk_hypervisor::Accelerator::Kvm => c.timeouts.kvm,
                     husk_hypervisor::Accelerator::Tcg => c.timeouts.tcg,
@@ -280,13 +285,29 @@ async fn boot(
     netns: Option<&Path>,
     cgroups_path: Option<&str>,
 ) -> Result<RunningVm, TaskError> {
+    // The pod's cgroup, which the VM's processes start in.
+    let cgroup = match cgroups_path {
+        Some(p) => Some(make_cgroup(vm_id, p).await?),
+        None => None,
+    };
     let network = match netns {
         Some(ns) => {
             let ns = ns.to_owned();
-            tokio::task::spawn_blocking(move || crate::network::attach(&ns))
+            let attached = tokio::task::spawn_blocking(move || crate::network::attach(&ns))
                 .await
-                .map_err(|e| TaskError::Host(anyhow!(e)))?
-                .map_err(|e| TaskError::Host(anyhow::Error::new(e).context("network attach")))?
+                .map_err(|e| TaskError::Host(anyhow!(e)))
+                .and_then(|r| {
+                    r.map_err(|e| TaskError::Host(anyhow::Error::new(e).context("network attach")))
+                });
+            match attached {
+                Ok(n) => n,
+                Err(e) => {
+                    if let Some(c) = cgroup {
+                        c.remove();
+                    }
+                    return Err(e);
+                }
+            }
         }
         None => None,
     };
@@ -300,12 +321,19 @@ async fn boot(
                 mac: n.mac.clone(),
             })
             .collect(),
+        cgroup_procs: cgroup
+            .as_ref()
+            .map(crate::cgroup::HostCgroup::procs_files)
+            .unwrap_or_default(),
     };
     let vm = match MicroVm::start(config, spec).await {
         Ok(vm) => vm,
         Err(e) => {
             if let Some(n) = network {
                 let _ = tokio::task::spawn_blocking(move || n.detach()).await;
+            }
+            if let Some(c) = cgroup {
+                c.remove();
             }
             return Err(TaskError::Host(
                 anyhow::Error::new(e).context("starting the VM"),
@@ -316,7 +344,7 @@ async fn boot(
         vm,
         network,
         forward: None,
-        cgroup: None,
+        cgroup,
     };
     if let Some(n) = &running.network {
         let configured = async {
@@ -342,7 +370,6 @@ async fn boot(
             ),
         }
     }
-    running.cgroup = cgroups_path.and_then(|p| join_cgroup(&running.vm, vm_id, p));
     Ok(running)
 }
 
@@ -362,31 +389,23 @@ impl RunningVm {
     }
 }
 
-/// Moves the VM's host processes into the spec's cgroup; a failure is
-/// logged (the pod runs, outside its cgroup's accounting).
-fn join_cgroup(vm: &MicroVm, vm_id: &str, spec_path: &str) -> Option<crate::cgroup::HostCgroup> {
-    let Some(rel) = crate::cgroup::cgroupfs_path(spec_path) else {
-        tracing::warn!(
-            pod_id = vm_id,
-            cgroups_path = spec_path,
-            "not a cgroupfs path; the VM stays in the shim's cgroup"
-        );
-        return None;
-    };
-    let cgroup = match crate::cgroup::HostCgroup::create(&rel) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(pod_id = vm_id, cgroups_path = spec_path, %e, "cannot make the pod cgroup");
-            return None;
-        }
-    };
-    let pids = vm.pids();
-    for pid in [pids.vmm, pids.virtiofsd, pids.vsock_backend] {
-        if let Err(e) = cgroup.add(pid) {
-            tracing::warn!(pod_id = vm_id, pid, %e, "cannot move a VM process into the pod cgroup");
-        }
-    }
-    Some(cgroup)
+/// Makes the pod's cgroup that `spec_path` names, for the VM to start in.
+/// A pod whose cgroup cannot be made does not start: its limits would not
+/// hold.
+async fn make_cgroup(vm_id: &str, spec_path: &str) -> Result<crate::cgroup::HostCgroup, TaskError> {
+    let rel = crate::cgroup::host_path(spec_path).map_err(|e| TaskError::Invalid(e.into()))?;
+    let shown = rel.clone();
+    let cgroup = tokio::task::spawn_blocking(move || crate::cgroup::HostCgroup::create(&rel))
+        .await
+        .map_err(|e| TaskError::Host(anyhow!(e)))?
+        .map_err(|e| {
+            TaskError::Host(anyhow::Error::new(e).context(format!(
+                "making the pod cgroup {} ({spec_path})",
+                shown.display()
+            )))
+        })?;
+    tracing::info!(pod_id = vm_id, cgroups_path = spec_path, cgroup = %shown.display(), "the VM starts in the pod cgroup");
+    Ok(cgroup)
 }
 
 /// After a shim died (containerd runs `delete`): its VM processes died
@@ -412,7 +431,7 @@ pub fn cleanup_after_crash(config: &Config, pod_id: &str, id: &str, bundle: &Pat
         .and_then(|s| s.pointer("/linux/cgroupsPath")?.as_str().map(str::to_owned));
     if let Some(rel) = cgroups_path
         .as_deref()
-        .and_then(crate::cgroup::cgroupfs_path)
+        .and_then(|p| crate::cgroup::host_path(p).ok())
     {
         crate::cgroup::HostCgroup::existing(&rel).remove();
     }

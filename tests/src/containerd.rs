@@ -18,6 +18,8 @@ pub struct Containerd {
     pub socket: PathBuf,
     /// The husk runtime directory the shims use (VM dirs, shared dirs).
     pub husk_runtime: PathBuf,
+    /// The husk log directory the shims use (`logs.dir`: VM logs).
+    pub husk_logs: PathBuf,
     /// The containerd binaries (and their `ctr`) this one runs.
     pub release: Release,
     config: PathBuf,
@@ -68,9 +70,11 @@ impl Containerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let husk_runtime = d.join("husk");
+        let husk_logs = d.join("husk-logs");
         let husk_config = d.join("husk.toml");
         let mut config = husk_config::Config::load_default().expect("husk configuration");
         config.hypervisor.runtime_dir = husk_runtime.clone();
+        config.logs.dir = husk_logs.clone();
         println!("{}", crate::backend_line(&config));
         println!("containerd: {release}");
         std::fs::write(&husk_config, config.to_toml()).unwrap();
@@ -80,6 +84,7 @@ impl Containerd {
             dir,
             socket,
             husk_runtime,
+            husk_logs,
             release: release.clone(),
             config: cfg,
             husk_config,

@@ -239,7 +239,7 @@ pub struct Cri {
     client: RuntimeServiceClient<Channel>,
     images: k8s_cri::v1::image_service_client::ImageServiceClient<Channel>,
     /// Every pod this harness ran, for the shim sockets Drop removes.
-    pod_ids: std::cell::RefCell<Vec<String>>,
+    pod_ids: std::sync::Mutex<Vec<String>>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -255,7 +255,7 @@ pub struct Pod {
     pub netns: PathBuf,
     /// The pod's cgroup (below `Cri::cgroup_parent`).
     pub cgroup: String,
-    containers: std::cell::RefCell<Vec<String>>,
+    containers: std::sync::Mutex<Vec<String>>,
 }
 
 /// What a pod is asked for in RunPodSandbox.
@@ -270,6 +270,8 @@ pub struct PodSpec {
     pub dns_options: Vec<String>,
     pub annotations: HashMap<String, String>,
     pub labels: HashMap<String, String>,
+    /// `hostNetwork: true`: the node's network namespace.
+    pub host_network: bool,
 }
 
 impl PodSpec {
@@ -284,6 +286,7 @@ impl PodSpec {
             dns_options: vec!["ndots:5".into()],
             annotations: HashMap::new(),
             labels: HashMap::new(),
+            host_network: false,
         }
     }
 }
@@ -381,7 +384,10 @@ impl Cri {
             std::fs::write(d.join("conf.d/husk.toml"), drop_in).unwrap();
         }
         let ctrd = Containerd::start_in(dir, release, Some(&config.main));
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Multi-threaded, so that threads can call CRI at once (the
+        // parallel pod start benchmark).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
@@ -545,7 +551,7 @@ impl Cri {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: cgroup.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespace_options()),
+                    namespace_options: Some(namespace_options(spec.host_network)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -561,7 +567,7 @@ impl Cri {
             .call(async move { client.run_pod_sandbox(request).await })?
             .into_inner()
             .pod_sandbox_id;
-        self.pod_ids.borrow_mut().push(id.clone());
+        self.pod_ids.lock().unwrap().push(id.clone());
         let (status, info) = self.pod_status(&id);
         let ip = status
             .network
@@ -630,7 +636,13 @@ impl Cri {
             linux: Some(cri::LinuxContainerConfig {
                 resources: spec.resources.clone(),
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(namespace_options()),
+                    // The pod's own choice, as kubelet passes it.
+                    namespace_options: pod
+                        .config
+                        .linux
+                        .as_ref()
+                        .and_then(|l| l.security_context.as_ref())
+                        .and_then(|c| c.namespace_options.clone()),
                     ..Default::default()
                 }),
             }),
@@ -647,7 +659,7 @@ impl Cri {
             .unwrap_or_else(|e| panic!("CreateContainer {}: {}", spec.name, e))
             .into_inner()
             .container_id;
-        pod.containers.borrow_mut().push(id.clone());
+        pod.containers.lock().unwrap().push(id.clone());
         let mut client = self.client();
         let request = cri::StartContainerRequest {
             container_id: id.clone(),
@@ -888,7 +900,7 @@ impl Cri {
         let containers = self.list_containers(Some(&pod.id));
         assert!(containers.is_empty(), "containers left: {containers:?}");
         let ids: Vec<String> = std::iter::once(pod.id.clone())
-            .chain(pod.containers.borrow().iter().cloned())
+            .chain(pod.containers.lock().unwrap().iter().cloned())
             .collect();
         let root = self.containerd().dir.path().to_owned();
         let reserved = self.ipam_dir.join(&self.net.name).join(pod.ip.to_string());
@@ -965,7 +977,8 @@ impl Drop for Cri {
         let sockets: Vec<PathBuf> = match &self.ctrd {
             Some(ctrd) => self
                 .pod_ids
-                .borrow()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .map(|id| shim_socket(&ctrd.socket, K8S_NAMESPACE, id))
                 .collect(),
@@ -982,9 +995,14 @@ impl Drop for Cri {
     }
 }
 
-fn namespace_options() -> cri::NamespaceOption {
+fn namespace_options(host_network: bool) -> cri::NamespaceOption {
+    let network = if host_network {
+        cri::NamespaceMode::Node
+    } else {
+        cri::NamespaceMode::Pod
+    };
     cri::NamespaceOption {
-        network: cri::NamespaceMode::Pod as i32,
+        network: network as i32,
         pid: cri::NamespaceMode::Container as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()

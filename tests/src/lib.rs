@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 /// The configuration for a test: `HUSK_CONFIG` or the defaults (which point
 /// at what scripts/setup.sh installs), with a private runtime directory so
-/// that a test can check it is empty afterwards.
+/// that a test can check it is empty afterwards, and the VM logs in its
+/// `logs/` (a test never writes the host's /var/log).
 pub fn test_config(runtime_dir: &Path) -> Config {
     let mut config = Config::load_default().expect("loading the husk configuration");
     config.hypervisor.runtime_dir = runtime_dir.to_owned();
+    config.logs.dir = runtime_dir.join("logs");
     config
 }
 

@@ -11,6 +11,7 @@ fn spec(shared: &Path) -> VmSpec {
         id: "bad".into(),
         shared_dir: shared.to_owned(),
         nets: Vec::new(),
+        cgroup_procs: Vec::new(),
     }
 }
 
@@ -135,6 +136,7 @@ async fn bad_vm_id_is_refused() {
             id: "../escape".into(),
             shared_dir: shared.path().to_owned(),
             nets: Vec::new(),
+            cgroup_procs: Vec::new(),
         },
     )
     .await

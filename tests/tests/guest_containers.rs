@@ -102,6 +102,7 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
             id: "containers".into(),
             shared_dir: shared.path().to_owned(),
             nets: Vec::new(),
+            cgroup_procs: Vec::new(),
         },
     )
     .await

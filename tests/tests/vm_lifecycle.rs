@@ -36,6 +36,7 @@ fn spec(id: &str, shared: &std::path::Path) -> VmSpec {
         id: id.into(),
         shared_dir: shared.to_owned(),
         nets: Vec::new(),
+        cgroup_procs: Vec::new(),
     }
 }
 
@@ -59,6 +60,24 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
         .expect("VM start");
     let pids = vm.pids();
     let mut agent = vm.agent().await.unwrap();
+    // The logs are in the configured log directory, private, and the
+    // console's shows the agent's marker line.
+    let log_dir = vm.log_dir().to_owned();
+    assert_eq!(log_dir, config.logs.dir.join("info"));
+    assert_private(&log_dir, 0o700);
+    for log in [
+        "console.log",
+        "vmm.log",
+        "virtiofsd.log",
+        "vhost-device-vsock.log",
+    ] {
+        assert_private(&log_dir.join(log), 0o600);
+    }
+    let console = std::fs::read_to_string(vm.console_log()).unwrap();
+    assert!(
+        console.contains(husk_proto::AGENT_LISTENING_MARKER),
+        "{console}"
+    );
 
     let info = agent
         .guest_info(GuestInfoRequest {})
@@ -110,6 +129,7 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
     // Graceful stop: the guest powers itself off and QEMU exits 0.
     let status = vm.stop().await.expect("the VMM had started");
     assert!(status.success(), "QEMU ended with {status}");
+    assert!(!log_dir.exists(), "a cleanly stopped VM keeps no logs");
     for (name, pid) in [
         ("qemu", pids.vmm),
         ("virtiofsd", pids.virtiofsd),
@@ -179,6 +199,20 @@ async fn sigkill_of_qemu_leaves_no_process_socket_or_directory() {
     );
     assert!(!run_dir.exists(), "{} left behind", run_dir.display());
     assert!(entries(&runtime.path().join("vms")).is_empty());
+    // A VM that died keeps its logs, the console's up to its last line.
+    let console = std::fs::read_to_string(config.logs.dir.join("killed/console.log")).unwrap();
+    assert!(
+        console.contains(husk_proto::AGENT_LISTENING_MARKER),
+        "{console}"
+    );
+}
+
+/// `path` has exactly `mode` and is root's.
+fn assert_private(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    assert_eq!(meta.mode() & 0o777, mode, "{}", path.display());
+    assert_eq!(meta.uid(), 0, "{}", path.display());
 }
 
 /// A device daemon that dies takes its VM down: neither VMM can reconnect

@@ -1,7 +1,8 @@
 //! `husk`: the operator's command line. `husk boot` starts one micro-VM from
 //! the configuration, asks its agent what it is, shows that a host file is
 //! visible in the guest through virtio-fs, and shuts the VM down: the
-//! quickest check that a host can run husk guests.
+//! quickest check that a host can run husk guests. `husk logs POD` prints
+//! the logs a pod's VM kept (guest console, VMM, device daemons).
 
 use anyhow::{bail, Context};
 use husk_config::Config;
@@ -10,9 +11,14 @@ use husk_proto::agent::{GuestInfoRequest, ReadSharedFileRequest};
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: husk boot [--config FILE]\n\
-    Boots a micro-VM with the configured kernel and agent, prints what the\n\
-    guest reports, and stops it. The configuration is FILE, else $HUSK_CONFIG,\n\
-    else /etc/husk/configuration.toml, else the built-in defaults.";
+    \x20      husk logs POD [--config FILE]\n\
+    boot: boots a micro-VM with the configured kernel and agent, prints what\n\
+    the guest reports, and stops it.\n\
+    logs: prints the logs of pod POD's VM in <logs.dir>/POD/ (the guest\n\
+    console, the VMM's and the device daemons' output, older part first),\n\
+    kept after a failed boot or a VM that died, or with logs.keep_after_stop.\n\
+    The configuration is FILE, else $HUSK_CONFIG, else\n\
+    /etc/husk/configuration.toml, else the built-in defaults.";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -31,6 +37,10 @@ async fn main() -> anyhow::Result<()> {
     {
         ["boot"] => boot(None).await,
         ["boot", "--config", path] => boot(Some(PathBuf::from(path))).await,
+        ["logs", pod] => logs(pod, None),
+        ["logs", pod, "--config", path] | ["logs", "--config", path, pod] => {
+            logs(pod, Some(PathBuf::from(path)))
+        }
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             Ok(())
@@ -39,11 +49,61 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn boot(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match &config_path {
+fn load(config_path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match &config_path {
         Some(path) => Config::load(path)?,
         None => Config::load_default()?,
-    };
+    })
+}
+
+/// The logs in the order a reader wants them: each log's rotated older
+/// part before its current one.
+const LOG_FILES: &[&str] = &[
+    husk_hypervisor::log_dir::CONSOLE_LOG,
+    husk_hypervisor::log_dir::VMM_LOG,
+    "virtiofsd.log",
+    "vhost-device-vsock.log",
+];
+
+fn logs(pod: &str, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let config = load(config_path)?;
+    if !husk_proto::is_safe_id(pod, 64) {
+        bail!("{pod:?} is not a pod id (1-64 characters of [A-Za-z0-9_.-], not starting with '.')");
+    }
+    let dir = config.logs.dir.join(pod);
+    if !dir.is_dir() {
+        bail!(
+            "no logs of pod {pod} in {}: a VM keeps them after a failed boot or when it died \
+             (or always, with logs.keep_after_stop = true)",
+            config.logs.dir.display()
+        );
+    }
+    let cap = config.logs.max_file_kib << 10;
+    let mut out = std::io::stdout().lock();
+    for name in LOG_FILES {
+        let current = dir.join(name);
+        for path in [husk_hypervisor::log_pump::rotated(&current), current] {
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            // The files are capped; a larger one was not written by husk.
+            let mut bytes = Vec::new();
+            file.take(cap)
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            writeln!(out, "==> {} <==", path.display())?;
+            out.write_all(husk_hypervisor::log_pump::printable(&bytes).as_bytes())?;
+            if !bytes.ends_with(b"\n") {
+                writeln!(out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn boot(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load(config_path)?;
     let shared = tempfile::Builder::new()
         .prefix("husk-boot-")
         .tempdir()
@@ -58,7 +118,7 @@ async fn boot(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let spec = VmSpec {
         id,
         shared_dir: shared.path().to_owned(),
-        nets: Vec::new(),
+        ..VmSpec::default()
     };
     let mut vm = MicroVm::start(&config, spec)
         .await

@@ -1,0 +1,99 @@
+//! The serving shim: the ttrpc Task server on the socket `start` chose,
+//! until containerd's Shutdown. husk drives the `containerd-shim` crate's
+//! pieces (the ttrpc server, the task service registration, the event
+//! publisher) itself rather than through the crate's `run`, so that a
+//! shim can also begin life as a pre-booted pool member (`pool`) and
+//! become a pod's shim when one is claimed.
+
+use crate::service::TaskService;
+use anyhow::Context;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::ExitSignal;
+use containerd_shim_protos::shim_async::{create_task, Task};
+use containerd_shim_protos::ttrpc::r#async::Server;
+use std::os::fd::IntoRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Who the shim serves: what containerd passes on the command line (or,
+/// to a pool member, the claim).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServeArgs {
+    pub namespace: String,
+    /// The first container's id (the pod's own for a CRI pod).
+    pub id: String,
+    /// The socket to serve (`unix:///run/containerd/s/<hash>`).
+    pub socket: String,
+    /// containerd's ttrpc address, for events.
+    pub ttrpc_address: String,
+    /// The first container's bundle: the shim's working directory.
+    pub bundle: PathBuf,
+}
+
+/// A bound listener, before serving (so `start` can learn that binding
+/// failed before it answers containerd).
+pub struct Bound {
+    listener: std::os::unix::net::UnixListener,
+    path: String,
+}
+
+/// Binds the socket of `address`; EADDRINUSE when something serves it.
+pub fn bind(address: &str) -> std::io::Result<Bound> {
+    let path = address
+        .strip_prefix("unix://")
+        .unwrap_or(address)
+        .to_owned();
+    if let Some(parent) = std::path::Path::new(&path).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    Ok(Bound { listener, path })
+}
+
+/// Serves the Task API on `bound` with `service` until it signals exit,
+/// then removes the socket.
+pub async fn serve(
+    bound: Bound,
+    service: TaskService,
+    exit: Arc<ExitSignal>,
+) -> anyhow::Result<()> {
+    let task: Box<dyn Task + Send + Sync> = Box::new(service);
+    let mut server = Server::new()
+        .add_listener(bound.listener.into_raw_fd())
+        .context("listening")?
+        .set_domain_unix()
+        .register_service(create_task(Arc::from(task)));
+    server.start().await.context("starting the ttrpc server")?;
+    tracing::info!(socket = %bound.path, "serving");
+    exit.wait().await;
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(&bound.path);
+    Ok(())
+}
+
+/// containerd's event publisher for `args`.
+pub async fn publisher(args: &ServeArgs) -> anyhow::Result<RemotePublisher> {
+    RemotePublisher::new(&args.ttrpc_address)
+        .await
+        .with_context(|| format!("connecting to containerd's ttrpc at {}", args.ttrpc_address))
+}
+
+/// SIGTERM and SIGINT do not end a shim (containerd's Shutdown does, and
+/// its VM must not die with a stray signal); SIGPIPE from a closed FIFO is
+/// an error on the write, not a death.
+pub fn ignore_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::pipe(),
+    ] {
+        let mut stream = signal(kind).context("installing a signal handler")?;
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                tracing::debug!("signal ignored");
+            }
+        });
+    }
+    Ok(())
+}
