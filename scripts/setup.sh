@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 host to run husk and its tests, idempotently:
 #   1. Debian packages (QEMU, kernel source and build tools, protoc, ...)
-#   2. virtiofsd and vhost-device-vsock from crates.io, cached by version
+#   2. virtiofsd, vhost-device-vsock and cargo-fuzz from crates.io, cached
+#      by version
 #   3. the guest kernel (cached by its inputs), the agent initrd, the
 #      busybox test image and the CRI pod sandbox (pause) image (OCI
 #      archives for `ctr images import`), and the husk-vm test images: a
@@ -16,6 +17,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 export HUSK_CACHE=${HUSK_CACHE:-/var/cache/husk}
 VIRTIOFSD_VERSION=1.14.0
 VSOCK_VERSION=0.3.0
+CARGO_FUZZ_VERSION=0.13.2
 SHARE=/usr/local/share/husk
 
 log() { printf '\n== setup: %s\n' "$*"; }
@@ -54,6 +56,8 @@ cargo_tool() {
 }
 cargo_tool virtiofsd "$VIRTIOFSD_VERSION"
 cargo_tool vhost-device-vsock "$VSOCK_VERSION"
+# The fuzz targets (fuzz/, scripts/fuzz.sh) build with it.
+cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION"
 
 log "guest kernel"
 bash "$repo/scripts/build-guest-kernel.sh"

@@ -40,3 +40,8 @@ for line in 1.7 2.1; do
     HUSK_CONTAINERD=$line cargo test --locked -p husk-tests --test ctr_run -- --test-threads=2
     HUSK_CONTAINERD=$line cargo test --locked -p husk-tests --test cri -- --test-threads=2 --exact "${cri_subset[@]}"
 done
+
+# Every host parser of guest input, and the agent's planner, fuzzed for a
+# bounded time from the committed corpus (docs/fuzzing.md).
+echo "== fuzz targets, 20 s each"
+bash scripts/fuzz.sh 20

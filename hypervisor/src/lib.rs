@@ -44,7 +44,7 @@ pub use husk_vmm::HuskVmm;
 pub use husk_vmm_config::{tap, MacAddr};
 pub use qemu::Qemu;
 pub use vm::{set_guest_clock, BootTimings, MicroVm, VmPids, VmSpec};
-pub use vsock::{agent_channel, hybrid_vsock_connect};
+pub use vsock::{agent_channel, hybrid_vsock_connect, read_handshake_reply, HandshakeError};
 
 use std::path::PathBuf;
 use tokio::process::Command;

@@ -8,7 +8,7 @@ use crate::Error;
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -35,27 +35,51 @@ pub async fn hybrid_vsock_connect(socket: &Path, port: u32) -> Result<UnixStream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
         .map_err(io("writing CONNECT".into()))?;
-    // Byte by byte: anything after the newline already belongs to the guest.
+    read_handshake_reply(&mut stream)
+        .await
+        .map_err(|e| match e {
+            HandshakeError::Io(source) => Error::VsockIo {
+                socket: socket.to_owned(),
+                what: format!("no reply to CONNECT {port} (is the guest listening?)"),
+                source,
+            },
+            other => fail(other.to_string()),
+        })?;
+    Ok(stream)
+}
+
+/// Why the backend's reply to CONNECT is not `OK <port>\n`.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("reading the handshake reply: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("handshake reply too long")]
+    TooLong,
+    #[error("unexpected handshake reply {0:?}")]
+    Unexpected(String),
+}
+
+/// Reads the backend's reply to CONNECT from `stream` and returns the
+/// port it names. Byte by byte: anything after the newline already
+/// belongs to the guest and stays in the stream. The reply comes through
+/// the guest's device, so it is bounded ([`MAX_REPLY`] bytes) and checked
+/// before it is believed.
+pub async fn read_handshake_reply<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<u32, HandshakeError> {
     let mut reply = Vec::with_capacity(MAX_REPLY);
     loop {
-        let byte = stream.read_u8().await.map_err(io(format!(
-            "no reply to CONNECT {port} (is the guest listening?)"
-        )))?;
+        let byte = stream.read_u8().await.map_err(HandshakeError::Io)?;
         if byte == b'\n' {
             break;
         }
         if reply.len() == MAX_REPLY {
-            return Err(fail("handshake reply too long".into()));
+            return Err(HandshakeError::TooLong);
         }
         reply.push(byte);
     }
-    parse_ok(&reply).ok_or_else(|| {
-        fail(format!(
-            "unexpected handshake reply {:?}",
-            String::from_utf8_lossy(&reply)
-        ))
-    })?;
-    Ok(stream)
+    parse_ok(&reply)
+        .ok_or_else(|| HandshakeError::Unexpected(String::from_utf8_lossy(&reply).into_owned()))
 }
 
 /// Parses `OK <port>` and returns the port.
@@ -104,6 +128,18 @@ mod tests {
     use super::*;
     use tokio::io::AsyncBufReadExt;
     use tokio::net::UnixListener;
+
+    #[tokio::test]
+    async fn the_reply_is_read_up_to_its_newline_and_no_further() {
+        let mut input: &[u8] = b"OK 1024\nguest bytes";
+        assert_eq!(read_handshake_reply(&mut input).await.unwrap(), 1024);
+        assert_eq!(input, b"guest bytes");
+        let mut input: &[u8] = b"OK 1024";
+        assert!(matches!(
+            read_handshake_reply(&mut input).await,
+            Err(HandshakeError::Io(_))
+        ));
+    }
 
     #[test]
     fn handshake_replies_are_parsed_strictly() {

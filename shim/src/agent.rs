@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use husk_proto::agent::agent_client::AgentClient;
 use husk_proto::agent::{
     ContainerRequest, ContainerStatsResponse, CreateContainerRequest, ExecProcessRequest,
-    OutputStream, ReadOutputRequest, ResizePtyRequest, SignalContainerRequest, StdinChunk,
-    UpdateContainerRequest,
+    OutputChunk, OutputStream, ReadOutputRequest, ResizePtyRequest, SignalContainerRequest,
+    StdinChunk, UpdateContainerRequest,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -67,6 +67,15 @@ pub fn sanitize(message: &str) -> String {
         out.push_str("...");
     }
     out
+}
+
+/// The bytes of an output chunk. A chunk larger than the agent may send
+/// is the agent's lie: cut, so one message cannot make the shim hold more
+/// than [`husk_proto::IO_CHUNK_BYTES`].
+pub fn output_bytes(chunk: OutputChunk) -> Vec<u8> {
+    let mut data = chunk.data;
+    data.truncate(husk_proto::IO_CHUNK_BYTES);
+    data
 }
 
 /// A stream of output bytes, OOM kill counts, ...: ends when the agent
@@ -237,16 +246,8 @@ impl AgentApi for VsockAgent {
         let chunks = self
             .call(|mut c| async move { c.read_output(request).await })
             .await?;
-        // A chunk larger than the agent may send is the agent's lie: cut
-        // it, so one message cannot make the shim hold more than that.
         Ok(chunks
-            .map(|c| {
-                c.map(|mut c| {
-                    c.data.truncate(husk_proto::IO_CHUNK_BYTES);
-                    c.data
-                })
-                .map_err(AgentError::from_status)
-            })
+            .map(|c| c.map(output_bytes).map_err(AgentError::from_status))
             .boxed())
     }
 

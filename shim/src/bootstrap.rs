@@ -145,7 +145,7 @@ impl StartInput {
     }
 
     /// runc's `shim_cgroup` option: the cgroup the shim goes into.
-    fn shim_cgroup(&self) -> Option<String> {
+    pub fn shim_cgroup(&self) -> Option<String> {
         let any = self.options()?;
         let options =
             containerd_shim_protos::shim::oci::Options::parse_from_bytes(&any.value).ok()?;

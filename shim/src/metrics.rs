@@ -58,7 +58,10 @@ pub fn to_metrics(s: &ContainerStatsResponse) -> Metrics {
         })
         .into(),
         kernel: Some(MemoryEntry {
-            usage: mem("kernel_stack") + mem("slab") + mem("sock"),
+            // The guest's figures: any u64, so the sum saturates.
+            usage: mem("kernel_stack")
+                .saturating_add(mem("slab"))
+                .saturating_add(mem("sock")),
             ..Default::default()
         })
         .into(),
@@ -174,5 +177,19 @@ mod tests {
         // "max" becomes v1's unlimited.
         s.memory_max = 0;
         assert_eq!(to_metrics(&s).memory.usage.limit, 0x7FFF_FFFF_FFFF_F000);
+    }
+
+    #[test]
+    fn figures_the_guest_makes_up_do_not_overflow() {
+        // What the agent_replies fuzz target's stats reproducer sends.
+        let mut s = ContainerStatsResponse::default();
+        for k in ["kernel_stack", "slab", "sock"] {
+            s.memory_stat.insert(k.into(), u64::MAX - 1);
+        }
+        s.cpu_stat.insert("usage_usec".into(), u64::MAX);
+        let m = to_metrics(&s);
+        assert_eq!(m.memory.kernel.usage, u64::MAX);
+        assert_eq!(m.cpu.usage.total, u64::MAX);
+        assert!(to_any(&s).is_ok());
     }
 }

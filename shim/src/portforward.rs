@@ -13,7 +13,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -160,18 +160,43 @@ async fn forward(mut conn: tokio::net::TcpStream, agent_socket: &Path) -> anyhow
     let mut guest =
         husk_hypervisor::hybrid_vsock_connect(agent_socket, husk_proto::FORWARD_VSOCK_PORT).await?;
     guest.write_all(format!("PORT {port}\n").as_bytes()).await?;
-    // Byte by byte: nothing after the reply line may be taken from the stream.
+    read_forward_reply(&mut guest)
+        .await
+        .map_err(|e| anyhow::anyhow!("guest port {port}: {e}"))?;
+    tokio::io::copy_bidirectional(&mut conn, &mut guest).await?;
+    Ok(())
+}
+
+/// Longest reply line of the guest's forwarder that is read.
+const MAX_FORWARD_REPLY: usize = 256;
+
+/// Why the guest's forwarder did not take a `PORT` request.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardReplyError {
+    #[error("reading the forwarder's reply: {0}")]
+    Io(#[from] std::io::Error),
+    /// Its reply, bounded and without control characters.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Reads the guest forwarder's reply to `PORT <n>`: `OK\n`, or anything
+/// else (`ERR <reason>\n`) as a refusal. Byte by byte, at most
+/// [`MAX_FORWARD_REPLY`] bytes: nothing after the reply line may be taken
+/// from the stream, it is the connection's.
+pub async fn read_forward_reply<R: AsyncRead + Unpin>(
+    guest: &mut R,
+) -> Result<(), ForwardReplyError> {
     let mut reply = Vec::new();
-    while reply.last() != Some(&b'\n') && reply.len() < 256 {
+    while reply.last() != Some(&b'\n') && reply.len() < MAX_FORWARD_REPLY {
         reply.push(guest.read_u8().await?);
     }
     if reply != b"OK\n" {
-        anyhow::bail!(
-            "guest port {port}: {}",
-            String::from_utf8_lossy(&reply).trim()
-        );
+        let text = String::from_utf8_lossy(&reply);
+        return Err(ForwardReplyError::Refused(crate::agent::sanitize(
+            text.trim(),
+        )));
     }
-    tokio::io::copy_bidirectional(&mut conn, &mut guest).await?;
     Ok(())
 }
 
@@ -188,6 +213,20 @@ impl LocalForward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_forwarder_reply_is_one_line_and_a_refusal_is_printable() {
+        let mut input: &[u8] = b"OK\nHTTP/1.1";
+        read_forward_reply(&mut input).await.unwrap();
+        assert_eq!(input, b"HTTP/1.1", "the stream after the line is left");
+        let mut input: &[u8] = b"ERR connection refused\x1b[2J\n";
+        let e = read_forward_reply(&mut input).await.unwrap_err();
+        assert_eq!(e.to_string(), "ERR connection refused?[2J");
+        let long = vec![b'x'; 1000];
+        let mut input = &long[..];
+        assert!(read_forward_reply(&mut input).await.is_err());
+        assert_eq!(input.len(), 1000 - MAX_FORWARD_REPLY, "no more read");
+    }
 
     #[test]
     fn the_rule_redirects_loopback_tcp_except_its_own_port() {

@@ -15,6 +15,8 @@
 //! - [`probe`]: can this `/dev/kvm` run guest code at all;
 //! - `test_util` (feature `test-util`): hand-encoded guest programs and
 //!   the boot-protocol constants tests check them against;
+//! - `fuzzing` (feature `fuzzing`): the entry points of guest input for
+//!   the fuzz targets (fuzz/);
 //! - `run`: the process around a VM (devices, jail, signals, seccomp).
 //!
 //! The public surface is what a caller composes a VM from: [`run`] for the
@@ -23,6 +25,8 @@
 
 mod boot;
 pub mod devices;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod memory;
 pub mod probe;
 mod run;

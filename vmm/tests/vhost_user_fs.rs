@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{daemon, descriptor, make_available, queue, used, wait_for, Daemon};
+use common::{daemon, descriptor, make_available, queue, ready, used, wait_for, Daemon};
 use common::{DESC_NEXT, DESC_WRITE};
 use husk_vmm::devices::virtio::vhost_user::{VhostUserDevice, VIRTIO_ID_FS};
 use husk_vmm::devices::virtio::{Interrupt, QueueT, VirtioDevice, INT_VRING};
@@ -82,7 +82,7 @@ fn virtiofsd_answers_fuse_init_through_guest_memory() {
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let interrupt = Interrupt::new(irq.try_clone().unwrap());
     let queues = vec![(queue(0, 1024), kicks[0].clone()), (req, kicks[1].clone())];
-    dev.activate(mem.clone(), VERSION_1, queues, interrupt.clone())
+    dev.activate(mem.clone(), VERSION_1, ready(queues), interrupt.clone())
         .unwrap();
     assert_eq!(dev.wait_activated(Duration::from_secs(10)), Some(Ok(())));
     kicks[1].write(1).unwrap();

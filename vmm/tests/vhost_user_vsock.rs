@@ -20,7 +20,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 mod common;
 
-use common::{daemon, descriptor, make_available, queue, used, wait_for, Daemon, DESC_WRITE};
+use common::{
+    daemon, descriptor, make_available, queue, ready, used, wait_for, Daemon, DESC_WRITE,
+};
 
 const VERSION_1: u64 = 1 << 32;
 
@@ -89,7 +91,7 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_survives_a_rese
         (queue(1, 256), kicks[1].clone()),
         (queue(2, 256), kicks[2].clone()),
     ];
-    dev.activate(mem.clone(), VERSION_1, queues, interrupt.clone())
+    dev.activate(mem.clone(), VERSION_1, ready(queues), interrupt.clone())
         .unwrap();
     // The device thread sets the daemon up after `activate` returns; until
     // the rings are enabled the daemon has nowhere to put a connection.
@@ -167,7 +169,7 @@ fn vsock_daemon_delivers_a_host_connection_into_guest_memory_and_survives_a_rese
         (queue(4, 256), kicks2[1].clone()),
         (queue(5, 256), kicks2[2].clone()),
     ];
-    dev.activate(mem.clone(), VERSION_1, queues, interrupt.clone())
+    dev.activate(mem.clone(), VERSION_1, ready(queues), interrupt.clone())
         .unwrap();
     assert_eq!(dev.wait_activated(Duration::from_secs(10)), Some(Ok(())));
     kicks2[0].write(1).unwrap();

@@ -6,7 +6,7 @@
 //! transport, ioeventfd, irqfd, PIC and vCPU are the VMM's own.
 
 use husk_vmm::devices::virtio::{
-    ActivateError, Interrupt, Queue, QueueT, ThreadGone, VirtioDevice,
+    ActivateError, Interrupt, QueueT, ReadyQueue, ThreadGone, VirtioDevice,
 };
 use husk_vmm::memory::{GuestMemoryMmap, VIRTIO_MMIO_BASE};
 use husk_vmm::probe::kvm_runs_guest_code;
@@ -84,10 +84,14 @@ impl VirtioDevice for EchoDevice {
         &mut self,
         _mem: GuestMemoryMmap,
         features: u64,
-        mut queues: Vec<(Queue, Arc<EventFd>)>,
+        mut queues: Vec<ReadyQueue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let (q, notify) = queues.remove(0);
+        let ReadyQueue {
+            queue: q,
+            kick: notify,
+            ..
+        } = queues.remove(0);
         self.seen.lock().unwrap().activated = Some((
             features,
             q.size(),

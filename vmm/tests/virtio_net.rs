@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{descriptor, queue, DESC_WRITE};
+use common::{descriptor, queue, ready, DESC_WRITE};
 use husk_vmm::devices::virtio::net::{Net, VIRTIO_ID_NET};
 use husk_vmm::devices::virtio::{Interrupt, Queue, QueueT, VirtioDevice};
 use husk_vmm::memory::{create_guest_memory, GuestMemoryMmap};
@@ -167,7 +167,7 @@ fn run_in_own_netns() -> Result<(), String> {
     dev.activate(
         mem.clone(),
         1 << 32,
-        queues,
+        ready(queues),
         Interrupt::new(irq.try_clone().unwrap()),
     )
     .map_err(|e| e.to_string())?;
@@ -226,7 +226,7 @@ fn run_in_own_netns() -> Result<(), String> {
     dev.activate(
         mem.clone(),
         1 << 32,
-        vec![(rx2, kicks2[0].clone()), (tx2, kicks2[1].clone())],
+        ready(vec![(rx2, kicks2[0].clone()), (tx2, kicks2[1].clone())]),
         Interrupt::new(irq.try_clone().unwrap()),
     )
     .map_err(|e| e.to_string())?;
@@ -495,7 +495,7 @@ fn offloads_in_own_netns() -> Result<(), String> {
     dev.activate(
         mem.clone(),
         1 << 32,
-        vec![(rx, kick()), (tx, kick())],
+        ready(vec![(rx, kick()), (tx, kick())]),
         irq(),
     )
     .map_err(|e| e.to_string())?;
@@ -525,8 +525,13 @@ fn offloads_in_own_netns() -> Result<(), String> {
     let rx_used = rx.used_ring();
     rx_buffers(&mem, &rx, 0x40_0000, 4, 0x1_0000);
     let tso4 = (1 << 32) | (1 << 1) | (1 << 7);
-    dev.activate(mem.clone(), tso4, vec![(rx, kick()), (tx, kick())], irq())
-        .map_err(|e| e.to_string())?;
+    dev.activate(
+        mem.clone(),
+        tso4,
+        ready(vec![(rx, kick()), (tx, kick())]),
+        irq(),
+    )
+    .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !tap_tso() {
         assert!(Instant::now() < deadline, "the TAP's TSO stayed off");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{descriptor, queue, DESC_NEXT, DESC_WRITE};
+use common::{descriptor, queue, ready, DESC_NEXT, DESC_WRITE};
 use husk_vmm::devices::virtio::rng::{Rng, MAX_REQUEST, VIRTIO_ID_RNG};
 use husk_vmm::devices::virtio::{Interrupt, Queue, QueueT, VirtioDevice, INT_VRING};
 use husk_vmm::memory::{create_guest_memory, GuestMemoryMmap};
@@ -88,7 +88,7 @@ fn rng_fills_guest_buffers_caps_requests_and_survives_a_reset() {
     dev.activate(
         mem.clone(),
         VERSION_1,
-        vec![(q, k.clone())],
+        ready(vec![(q, k.clone())]),
         interrupt.clone(),
     )
     .unwrap();
@@ -137,8 +137,13 @@ fn rng_fills_guest_buffers_caps_requests_and_survives_a_reset() {
     offer(&mem, &q2, 0, &[0]);
     let used2 = q2.used_ring();
     let k2 = kick();
-    dev.activate(mem.clone(), VERSION_1, vec![(q2, k2.clone())], interrupt)
-        .unwrap();
+    dev.activate(
+        mem.clone(),
+        VERSION_1,
+        ready(vec![(q2, k2.clone())]),
+        interrupt,
+    )
+    .unwrap();
     k2.write(1).unwrap();
     wait_used(&mem, used2, 1);
     assert_eq!(used_elem(&mem, used2, 0), (0, 64));
@@ -151,7 +156,7 @@ fn rng_refuses_an_activation_without_exactly_one_queue() {
     let mut dev = Rng::new(SeccompMode::Kill).unwrap();
     let mem = create_guest_memory(16).unwrap();
     let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-    let two = vec![(queue(0, 256), kick()), (queue(1, 256), kick())];
+    let two = ready(vec![(queue(0, 256), kick()), (queue(1, 256), kick())]);
     let e = dev
         .activate(mem.clone(), VERSION_1, two, irq.clone())
         .unwrap_err();

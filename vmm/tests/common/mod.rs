@@ -4,12 +4,14 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use husk_vmm::devices::virtio::{Queue, QueueT};
+use husk_vmm::devices::virtio::{Queue, QueueT, ReadyQueue};
 use husk_vmm::memory::GuestMemoryMmap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 /// The daemon binary from `env` or its default install path; None (and
 /// the test prints SKIPPED) where it is not installed.
@@ -99,4 +101,14 @@ pub fn used(mem: &GuestMemoryMmap, used_ring: u64) -> (u16, u32, u32) {
         mem.read_obj(GuestAddress(used_ring + 4)).unwrap(),
         mem.read_obj(GuestAddress(used_ring + 8)).unwrap(),
     )
+}
+
+/// Queues as the transport hands them to `activate` when the driver made
+/// all of them ready: indexed by their position.
+pub fn ready(queues: Vec<(Queue, Arc<EventFd>)>) -> Vec<ReadyQueue> {
+    queues
+        .into_iter()
+        .enumerate()
+        .map(|(index, (queue, kick))| ReadyQueue { index, queue, kick })
+        .collect()
 }

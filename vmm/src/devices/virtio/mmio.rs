@@ -8,7 +8,7 @@
 //! only between FEATURES_OK and DRIVER_OK. Out-of-order writes are
 //! ignored and logged, never trusted; the guest is not.
 
-use super::{Interrupt, Queue, QueueT, VirtioDevice};
+use super::{Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 use std::sync::Arc;
 use virtio_bindings::virtio_config::{
@@ -413,7 +413,11 @@ impl MmioTransport {
                         source,
                     })?;
                 // Shared, not dup'ed: no system call on the vCPU thread.
-                Ok((queue, e.clone()))
+                Ok(ReadyQueue {
+                    index,
+                    queue,
+                    kick: e.clone(),
+                })
             })
             .collect();
         let result = match ready {
@@ -467,8 +471,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
 
-    /// size, descriptor table, available ring, used ring.
-    type QueueSeen = (u16, u64, u64, u64);
+    /// index, size, descriptor table, available ring, used ring.
+    type QueueSeen = (usize, u16, u64, u64, u64);
 
     #[derive(Default)]
     struct Seen {
@@ -514,12 +518,21 @@ mod tests {
             &mut self,
             _mem: GuestMemoryMmap,
             features: u64,
-            queues: Vec<(Queue, Arc<EventFd>)>,
+            queues: Vec<ReadyQueue>,
             interrupt: Interrupt,
         ) -> Result<(), ActivateError> {
             let q = queues
                 .iter()
-                .map(|(q, _)| (q.size(), q.desc_table(), q.avail_ring(), q.used_ring()))
+                .map(|r| {
+                    let q = &r.queue;
+                    (
+                        r.index,
+                        q.size(),
+                        q.desc_table(),
+                        q.avail_ring(),
+                        q.used_ring(),
+                    )
+                })
                 .collect();
             let mut seen = self.0.lock().unwrap();
             seen.activated = Some((features, q));
@@ -637,9 +650,19 @@ mod tests {
         assert_eq!(features, VERSION_1 | TEST_FEATURE);
         assert_eq!(
             queues,
-            vec![(128, 0x10_0000, 0x10_1000, 0x10_2000)],
+            vec![(0, 128, 0x10_0000, 0x10_1000, 0x10_2000)],
             "only the ready queue"
         );
+    }
+
+    #[test]
+    fn a_queue_keeps_its_index_when_the_queues_before_it_are_not_ready() {
+        let (mut t, seen) = transport();
+        negotiate(&mut t, VERSION_1);
+        setup_queue(&mut t, 1, 32, 0x20_0000);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0b1111);
+        let (_, queues) = seen.lock().unwrap().activated.clone().unwrap();
+        assert_eq!(queues, vec![(1, 32, 0x20_0000, 0x20_1000, 0x20_2000)]);
     }
 
     #[test]

@@ -69,6 +69,19 @@ impl Interrupt {
     }
 }
 
+/// A queue the driver made ready, as the transport hands it to the device
+/// at activation.
+pub struct ReadyQueue {
+    /// The queue's index on the transport (the QueueSel it was set up
+    /// under): what a device's queue roles (rx, tx, event, ...) and a
+    /// vhost-user daemon's rings go by. Queues the driver left unready are
+    /// absent, so this is not the queue's position in the list.
+    pub index: usize,
+    pub queue: Queue,
+    /// The eventfd the driver's notifications for this queue arrive on.
+    pub kick: Arc<EventFd>,
+}
+
 pub use mmio::NotifyMismatch;
 pub use worker::ThreadGone;
 
@@ -109,8 +122,8 @@ pub trait VirtioDevice: Send {
     /// Writes device configuration space; most devices ignore it.
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Starts the device with guest memory, the negotiated features and the
-    /// queues the driver made ready, each with the eventfd its
-    /// notifications arrive on.
+    /// queues the driver made ready (in index order), each with its index
+    /// and the eventfd its notifications arrive on.
     ///
     /// Runs on the vCPU thread that wrote DRIVER_OK, under the vCPU seccomp
     /// filter: hand the queues to a thread the device started beforehand
@@ -119,7 +132,7 @@ pub trait VirtioDevice: Send {
         &mut self,
         mem: GuestMemoryMmap,
         acked_features: u64,
-        queues: Vec<(Queue, Arc<EventFd>)>,
+        queues: Vec<ReadyQueue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError>;
     /// The driver reset the device (status 0): stop using the queues.

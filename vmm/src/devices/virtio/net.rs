@@ -16,7 +16,7 @@
 //! see [`husk_vmm_config::tap`]), so a frame is one read or write on both sides.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
+use super::{ActivateError, Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 pub use husk_vmm_config::tap::VNET_HDR_LEN;
@@ -24,10 +24,8 @@ use husk_vmm_config::tap::{set_offloads, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use virtio_queue::QueueOwnedT;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
 
 pub const VIRTIO_ID_NET: u32 = 1;
 /// Feature bits (virtio 1.2, 5.1.3).
@@ -66,7 +64,7 @@ pub fn tap_offloads(acked: u64) -> u32 {
     flags
 }
 /// Largest frame with its header: 64 KiB payload + Ethernet + VLAN.
-const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
+pub(crate) const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -79,7 +77,8 @@ pub enum NetError {
 struct Activation {
     mem: GuestMemoryMmap,
     features: u64,
-    queues: Vec<(Queue, Arc<EventFd>)>,
+    rx: ReadyQueue,
+    tx: ReadyQueue,
     interrupt: Interrupt,
 }
 
@@ -137,22 +136,28 @@ impl VirtioDevice for Net {
         &mut self,
         mem: GuestMemoryMmap,
         features: u64,
-        queues: Vec<(Queue, Arc<EventFd>)>,
+        queues: Vec<ReadyQueue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::Queues {
-                device: "net",
-                ready: queues.len(),
-                needed: "rx and tx must be ready",
-            });
-        }
+        let ready = queues.len();
+        let mut queues = queues.into_iter();
+        let (rx, tx) = match (queues.next(), queues.next(), queues.next()) {
+            (Some(rx), Some(tx), None) if (rx.index, tx.index) == (RX, TX) => (rx, tx),
+            _ => {
+                return Err(ActivateError::Queues {
+                    device: "net",
+                    ready,
+                    needed: "rx and tx must be ready",
+                })
+            }
+        };
         self.worker.activate_device(
             "net",
             Activation {
                 mem,
                 features,
-                queues,
+                rx,
+                tx,
                 interrupt,
             },
         )
@@ -175,7 +180,8 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
     let Activation {
         mem,
         features,
-        mut queues,
+        rx,
+        tx,
         interrupt,
     } = act;
     let offloads = tap_offloads(features);
@@ -183,8 +189,8 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
         // The TAP then hands over only plain frames: slower, still right.
         tracing::warn!("net: TUNSETOFFLOAD {offloads:#x}: {e}");
     }
-    let (mut tx_q, tx_kick) = queues.remove(TX);
-    let (mut rx_q, rx_kick) = queues.remove(RX);
+    let (mut tx_q, tx_kick) = (tx.queue, tx.kick);
+    let (mut rx_q, rx_kick) = (rx.queue, rx.kick);
     let mut frame = vec![0u8; MAX_FRAME];
     // The writable buffers of the rx chain at hand; kept to reuse its
     // allocation.
@@ -226,78 +232,124 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
                 return next;
             }
         }
-        let mut used = false;
         if fds[0].revents & libc::POLLIN != 0 {
             let _ = tx_kick.read();
         }
         // Transmit whatever the guest queued (also without a kick: cheap).
-        while let Some(chain) = tx_q.pop_descriptor_chain(&mem) {
-            let head = chain.head_index();
-            let mut len = 0;
-            for d in chain.readable() {
-                let n = (d.len() as usize).min(frame.len() - len);
-                if mem.read_slice(&mut frame[len..len + n], d.addr()).is_err() {
-                    break;
-                }
-                len += n;
-            }
-            if len > VNET_HDR_LEN {
-                if let Err(e) = tap.write(&frame[..len]) {
-                    tracing::debug!("net: tx of {len} bytes dropped: {e}");
-                }
-            }
-            let _ = tx_q.add_used(&mem, head, 0);
-            used = true;
-        }
+        let mut used = transmit(&mem, &mut tx_q, &mut frame, tap);
         if fds[1].revents & libc::POLLIN != 0 {
             let _ = rx_kick.read();
             rx_blocked = false;
         }
-        // Receive while the TAP has frames and the guest has buffers.
-        while !rx_blocked {
-            let Some(chain) = rx_q.pop_descriptor_chain(&mem) else {
-                rx_blocked = true;
-                break;
-            };
-            let head = chain.head_index();
-            bufs.clear();
-            bufs.extend(chain.writable().map(|d| (d.addr(), d.len() as usize)));
-            let n = match tap.read(&mut frame) {
-                Ok(n) => n,
-                Err(_) => {
-                    // Nothing to read (EAGAIN): give the chain back.
-                    rx_q.go_to_previous_position();
-                    break;
-                }
-            };
-            if n > bufs.iter().map(|(_, len)| len).sum() {
-                // A frame larger than the buffers the driver posts for
-                // it (it did not take TSO, yet the frame is large):
-                // dropped, as a NIC drops it; the chain takes the next.
-                tracing::debug!("net: rx frame of {n} bytes does not fit; dropped");
-                rx_q.go_to_previous_position();
-                continue;
-            }
-            // Without VIRTIO_NET_F_MRG_RXBUF every frame is one buffer.
-            frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let mut written = 0;
-            for (addr, len) in &bufs {
-                let m = (*len).min(n - written);
-                if m == 0
-                    || mem
-                        .write_slice(&frame[written..written + m], *addr)
-                        .is_err()
-                {
-                    break;
-                }
-                written += m;
-            }
-            let _ = rx_q.add_used(&mem, head, written as u32);
-            used = true;
+        if !rx_blocked {
+            let rx = receive(&mem, &mut rx_q, &mut frame, &mut bufs, tap);
+            used |= rx.used;
+            rx_blocked = rx.guest_full;
         }
         if used {
             let _ = interrupt.signal_used_queue();
         }
+    }
+}
+
+/// Sends every chain the guest queued on `tx_q` to `tap`, each as one
+/// frame (its readable buffers, at most `frame.len()` bytes, the vnet
+/// header first); a chain of no more than a header is dropped. Every chain
+/// goes back to the guest used. True if any did.
+pub(crate) fn transmit(
+    mem: &GuestMemoryMmap,
+    tx_q: &mut Queue,
+    frame: &mut [u8],
+    tap: &mut impl Write,
+) -> bool {
+    let mut used = false;
+    while let Some(chain) = tx_q.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let mut len = 0;
+        for d in chain.readable() {
+            let n = (d.len() as usize).min(frame.len() - len);
+            if mem.read_slice(&mut frame[len..len + n], d.addr()).is_err() {
+                break;
+            }
+            len += n;
+        }
+        if len > VNET_HDR_LEN {
+            if let Err(e) = tap.write(&frame[..len]) {
+                tracing::debug!("net: tx of {len} bytes dropped: {e}");
+            }
+        }
+        let _ = tx_q.add_used(mem, head, 0);
+        used = true;
+    }
+    used
+}
+
+/// What one [`receive`] did.
+pub(crate) struct Received {
+    /// Some chain went back to the guest used.
+    pub used: bool,
+    /// The guest has no rx chain left: stop reading the TAP until it
+    /// kicks rx.
+    pub guest_full: bool,
+}
+
+/// Moves frames from `tap` into the guest's rx chains while both have
+/// some: each frame into one chain's writable buffers (`bufs` keeps their
+/// list, reused); a frame larger than the chain is dropped and the chain
+/// takes the next one.
+pub(crate) fn receive(
+    mem: &GuestMemoryMmap,
+    rx_q: &mut Queue,
+    frame: &mut [u8],
+    bufs: &mut Vec<(vm_memory::GuestAddress, usize)>,
+    tap: &mut impl Read,
+) -> Received {
+    let mut used = false;
+    loop {
+        let Some(chain) = rx_q.pop_descriptor_chain(mem) else {
+            return Received {
+                used,
+                guest_full: true,
+            };
+        };
+        let head = chain.head_index();
+        bufs.clear();
+        bufs.extend(chain.writable().map(|d| (d.addr(), d.len() as usize)));
+        let n = match tap.read(frame) {
+            Ok(n) => n,
+            Err(_) => {
+                // Nothing to read (EAGAIN): give the chain back.
+                rx_q.go_to_previous_position();
+                return Received {
+                    used,
+                    guest_full: false,
+                };
+            }
+        };
+        if n > bufs.iter().map(|(_, len)| len).sum() {
+            // A frame larger than the buffers the driver posts for
+            // it (it did not take TSO, yet the frame is large):
+            // dropped, as a NIC drops it; the chain takes the next.
+            tracing::debug!("net: rx frame of {n} bytes does not fit; dropped");
+            rx_q.go_to_previous_position();
+            continue;
+        }
+        // Without VIRTIO_NET_F_MRG_RXBUF every frame is one buffer.
+        frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+        let mut written = 0;
+        for (addr, len) in bufs.iter() {
+            let m = (*len).min(n - written);
+            if m == 0
+                || mem
+                    .write_slice(&frame[written..written + m], *addr)
+                    .is_err()
+            {
+                break;
+            }
+            written += m;
+        }
+        let _ = rx_q.add_used(mem, head, written as u32);
+        used = true;
     }
 }
 

@@ -8,7 +8,7 @@
 //! own: a guest cannot make one request drain the host's pool for long.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
+use super::{ActivateError, Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 use std::os::fd::AsRawFd;
@@ -69,11 +69,11 @@ impl VirtioDevice for Rng {
         &mut self,
         mem: GuestMemoryMmap,
         _features: u64,
-        mut queues: Vec<(Queue, Arc<EventFd>)>,
+        mut queues: Vec<ReadyQueue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
         let ready = queues.len();
-        let (queue, kick) = match (queues.pop(), queues.is_empty()) {
+        let ReadyQueue { queue, kick, .. } = match (queues.pop(), queues.is_empty()) {
             (Some(q), true) => q,
             _ => {
                 return Err(ActivateError::Queues {
@@ -124,34 +124,49 @@ fn serve(act: Activation, end: &WorkerEnd<Activation>) -> Next {
             }
         }
         let _ = kick.read();
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(&mem) {
-            let head = chain.head_index();
-            let mut written = 0usize;
-            for d in chain.writable() {
-                let want = (d.len() as usize).min(MAX_REQUEST - written);
-                if want == 0 {
-                    break;
-                }
-                let got = match fill(&mut bytes[..want]) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!("rng: getrandom: {e}");
-                        break;
-                    }
-                };
-                if mem.write_slice(&bytes[..got], d.addr()).is_err() {
-                    break;
-                }
-                written += got;
-            }
-            let _ = queue.add_used(&mem, head, written as u32);
-            used = true;
-        }
+        let used = serve_requests(&mem, &mut queue, &mut bytes, fill);
         if used {
             let _ = interrupt.signal_used_queue();
         }
     }
+}
+
+/// Answers every request the guest queued: fills each chain's writable
+/// buffers in order, at most [`MAX_REQUEST`] bytes a chain (`bytes` is the
+/// scratch buffer, that long), from `fill`, and gives it back used with
+/// the count. True if any chain was used.
+pub(crate) fn serve_requests(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    bytes: &mut [u8],
+    mut fill: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+) -> bool {
+    let cap = bytes.len().min(MAX_REQUEST);
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let mut written = 0usize;
+        for d in chain.writable() {
+            let want = (d.len() as usize).min(cap - written);
+            if want == 0 {
+                break;
+            }
+            let got = match fill(&mut bytes[..want]) {
+                Ok(n) => n.min(want),
+                Err(e) => {
+                    tracing::warn!("rng: getrandom: {e}");
+                    break;
+                }
+            };
+            if mem.write_slice(&bytes[..got], d.addr()).is_err() {
+                break;
+            }
+            written += got;
+        }
+        let _ = queue.add_used(mem, head, written as u32);
+        used = true;
+    }
+    used
 }
 
 /// Fills `buf` from getrandom(2) (the urandom pool: never blocks once the

@@ -11,7 +11,7 @@
 //! `activate` runs on a filtered vCPU thread and only sends it a message.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, VirtioDevice};
+use super::{ActivateError, Interrupt, QueueT, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 use std::os::fd::AsRawFd;
@@ -98,7 +98,7 @@ pub fn fs_config(tag: &str) -> Result<Vec<u8>, VhostUserError> {
 struct Activation {
     mem: GuestMemoryMmap,
     features: u64,
-    queues: Vec<(Queue, Arc<EventFd>)>,
+    queues: Vec<ReadyQueue>,
     interrupt: Interrupt,
 }
 
@@ -265,7 +265,7 @@ impl VirtioDevice for VhostUserDevice {
         &mut self,
         mem: GuestMemoryMmap,
         features: u64,
-        queues: Vec<(Queue, Arc<EventFd>)>,
+        queues: Vec<ReadyQueue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
         self.worker.activate_device(
@@ -320,7 +320,8 @@ fn device_thread(
         if next == Next::Exit {
             return;
         }
-        stop_rings(name, &mut fe, offered, act.queues.len());
+        let rings: Vec<usize> = act.queues.iter().map(|q| q.index).collect();
+        stop_rings(name, &mut fe, offered, &rings);
         set_verdict(&activated, None);
         end.ack_reset();
     }
@@ -330,9 +331,9 @@ fn device_thread(
 /// GET_VRING_BASE, which the daemon answers once it no longer touches
 /// it), disabling them first where the protocol allows, as QEMU does on a
 /// device reset. The next activation sets everything up again.
-fn stop_rings(name: &'static str, fe: &mut Frontend, offered: u64, queues: usize) {
+fn stop_rings(name: &'static str, fe: &mut Frontend, offered: u64, rings: &[usize]) {
     let enable_known = offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-    for index in 0..queues {
+    for &index in rings {
         if enable_known {
             if let Err(e) = fe.set_vring_enable(index, false) {
                 tracing::warn!("vhost-user {name}: disabling ring {index}: {e}");
@@ -345,10 +346,10 @@ fn stop_rings(name: &'static str, fe: &mut Frontend, offered: u64, queues: usize
     }
 }
 
-/// The vhost-user setup sequence: features, memory table, and per queue
-/// size, ring addresses (in this process's address space, as the protocol
-/// wants without the GPA feature), base index, call and kick eventfds,
-/// enable.
+/// The vhost-user setup sequence: features, memory table, and per ready
+/// queue, under its transport index: size, ring addresses (in this
+/// process's address space, as the protocol wants without the GPA
+/// feature), base index, call and kick eventfds, enable.
 fn setup_daemon(
     fe: &mut Frontend,
     offered: u64,
@@ -365,24 +366,12 @@ fn setup_daemon(
         .collect::<Result<Vec<_>, _>>()
         .map_err(e("guest memory region"))?;
     fe.set_mem_table(&regions).map_err(e("SET_MEM_TABLE"))?;
-    let host = |addr: u64| {
-        mem.get_host_address(GuestAddress(addr))
-            .map(|p| p as u64)
-            .map_err(|err| format!("ring at {addr:#x}: {err}"))
-    };
     let mut calls = Vec::new();
-    for (index, (q, kick)) in act.queues.iter().enumerate() {
+    for ReadyQueue { index, queue, kick } in &act.queues {
+        let (index, q) = (*index, queue);
         fe.set_vring_num(index, q.size())
             .map_err(e("SET_VRING_NUM"))?;
-        let config = VringConfigData {
-            queue_max_size: q.max_size(),
-            queue_size: q.size(),
-            flags: 0,
-            desc_table_addr: host(q.desc_table())?,
-            used_ring_addr: host(q.used_ring())?,
-            avail_ring_addr: host(q.avail_ring())?,
-            log_addr: None,
-        };
+        let config = vring_config(mem, q)?;
         fe.set_vring_addr(index, &config)
             .map_err(e("SET_VRING_ADDR"))?;
         fe.set_vring_base(index, 0).map_err(e("SET_VRING_BASE"))?;
@@ -400,6 +389,29 @@ fn setup_daemon(
     // them all before activation is reported done.
     fe.get_features().map_err(e("GET_FEATURES (sync)"))?;
     Ok(calls)
+}
+
+/// What SET_VRING_ADDR tells the daemon about queue `q`: its size and its
+/// rings' addresses in this process (the transport has checked they lie
+/// in guest RAM).
+pub(crate) fn vring_config(
+    mem: &GuestMemoryMmap,
+    q: &impl QueueT,
+) -> Result<VringConfigData, String> {
+    let host = |addr: u64| {
+        mem.get_host_address(GuestAddress(addr))
+            .map(|p| p as u64)
+            .map_err(|err| format!("ring at {addr:#x}: {err}"))
+    };
+    Ok(VringConfigData {
+        queue_max_size: q.max_size(),
+        queue_size: q.size(),
+        flags: 0,
+        desc_table_addr: host(q.desc_table())?,
+        used_ring_addr: host(q.used_ring())?,
+        avail_ring_addr: host(q.avail_ring())?,
+        log_addr: None,
+    })
 }
 
 /// virtio-mmio has one interrupt line and an InterruptStatus register the
@@ -483,5 +495,112 @@ mod tests {
                 .contains("vsock at /nonexistent/vhost.sock: connecting"),
             "{e}"
         );
+    }
+
+    /// vhost-user requests (FrontendReq) the fake daemon answers or reads
+    /// a ring index from.
+    const GET_FEATURES: u32 = 1;
+    const SET_VRING_ENABLE: u32 = 18;
+    const GET_VRING_BASE: u32 = 11;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+
+    /// A vhost-user daemon stand-in on `socket`: offers VERSION_1 and
+    /// PROTOCOL_FEATURES (with no protocol feature), answers what needs an
+    /// answer, and reports each request with the ring index it names
+    /// (SET_VRING_NUM..=SET_VRING_CALL, SET_VRING_ENABLE), before it
+    /// answers. File descriptors sent along are dropped by the plain reads.
+    fn fake_daemon(socket: &Path) -> std::sync::mpsc::Receiver<(u32, Option<u32>)> {
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut hdr = [0u8; 12];
+            while s.read_exact(&mut hdr).is_ok() {
+                let word = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().unwrap());
+                let (request, size) = (word(0), word(8));
+                let mut body = vec![0u8; size as usize];
+                s.read_exact(&mut body).unwrap();
+                let index = match request {
+                    8..=13 | SET_VRING_ENABLE => Some(u32::from(body[0])),
+                    _ => None,
+                };
+                if tx.send((request, index)).is_err() {
+                    return;
+                }
+                let reply: Option<Vec<u8>> = match request {
+                    GET_FEATURES => Some(((1u64 << 32) | (1 << 30)).to_le_bytes().to_vec()),
+                    GET_PROTOCOL_FEATURES => Some(0u64.to_le_bytes().to_vec()),
+                    GET_VRING_BASE => Some([&body[..4], &[0u8; 4][..]].concat()),
+                    _ => None,
+                };
+                if let Some(body) = reply {
+                    let mut msg = request.to_le_bytes().to_vec();
+                    msg.extend_from_slice(&0x5u32.to_le_bytes()); // version 1, reply
+                    msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                    msg.extend_from_slice(&body);
+                    s.write_all(&msg).unwrap();
+                }
+            }
+        });
+        rx
+    }
+
+    #[test]
+    fn a_ring_is_set_up_under_the_index_the_driver_gave_it() {
+        use crate::devices::virtio::mmio::MmioTransport;
+        use crate::memory::create_guest_memory;
+        use virtio_bindings::virtio_mmio::*;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vhost.sock");
+        let requests = fake_daemon(&socket);
+        let dev = VhostUserDevice::connect(
+            "vsock",
+            VIRTIO_ID_VSOCK,
+            &socket,
+            &VSOCK_QUEUES,
+            DeviceConfig::Fixed(vec![0; 8]),
+            SeccompMode::Off,
+        )
+        .unwrap();
+        let notify = (0..3)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mem = create_guest_memory(16).unwrap();
+        let mut t = MmioTransport::new(mem, Box::new(dev), notify, irq).unwrap();
+        let mut w = |off: u32, v: u32| t.write(u64::from(off), &v.to_le_bytes());
+        // The driver readies the event queue (2) only.
+        w(VIRTIO_MMIO_STATUS, 0b11);
+        w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(VIRTIO_MMIO_DRIVER_FEATURES, 1); // VERSION_1
+        w(VIRTIO_MMIO_STATUS, 0b1011);
+        w(VIRTIO_MMIO_QUEUE_SEL, 2);
+        w(VIRTIO_MMIO_QUEUE_NUM, 16);
+        w(VIRTIO_MMIO_QUEUE_DESC_LOW, 0x10_0000);
+        w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x10_1000);
+        w(VIRTIO_MMIO_QUEUE_USED_LOW, 0x10_2000);
+        w(VIRTIO_MMIO_QUEUE_READY, 1);
+        w(VIRTIO_MMIO_STATUS, 0b1111);
+        let mut rings = Vec::new();
+        loop {
+            let (request, index) = requests
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the frontend set up no ring in 10 s");
+            rings.extend(index);
+            if request == SET_VRING_ENABLE {
+                break;
+            }
+        }
+        assert_eq!(rings, [2; 6], "NUM, ADDR, BASE, KICK, CALL, ENABLE");
+        // A reset stops the rings that were set up, and only those. It
+        // returns once they are stopped, each reported before its answer.
+        w(VIRTIO_MMIO_STATUS, 0);
+        let stopped: Vec<_> = requests
+            .try_iter()
+            .filter(|(r, _)| *r == GET_VRING_BASE)
+            .filter_map(|(_, i)| i)
+            .collect();
+        assert_eq!(stopped, [2]);
     }
 }
