@@ -1,49 +1,23 @@
-//! `husk`: the operator's command line. `husk boot` starts one micro-VM from
+//! `husk boot` starts one micro-VM from
 //! the configuration, asks its agent what it is, shows that a host file is
 //! visible in the guest through virtio-fs, and shuts the VM down: the
 //! quickest check that a host can run husk guests.
 
+use crate::args::{self, Args};
 use anyhow::{bail, Context};
 use husk_config::Config;
 use husk_hypervisor::{MicroVm, VmSpec};
 use husk_proto::agent::{GuestInfoRequest, ReadSharedFileRequest};
-use std::path::PathBuf;
 
-const USAGE: &str = "usage: husk boot [--config FILE]\n\
-    Boots a micro-VM with the configured kernel and agent, prints what the\n\
-    guest reports, and stops it. The configuration is FILE, else $HUSK_CONFIG,\n\
-    else /etc/husk/configuration.toml, else the built-in defaults.";
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["boot"] => boot(None).await,
-        ["boot", "--config", path] => boot(Some(PathBuf::from(path))).await,
-        ["-h" | "--help" | "help"] => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        _ => bail!("{USAGE}"),
-    }
+pub fn run(mut args: Args) -> anyhow::Result<i32> {
+    let source = args::config_source(&mut args)?;
+    args.finish()?;
+    let config = args::load(&source)?;
+    args::runtime()?.block_on(boot(config))?;
+    Ok(0)
 }
 
-async fn boot(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match &config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::load_default()?,
-    };
+async fn boot(config: Config) -> anyhow::Result<()> {
     let shared = tempfile::Builder::new()
         .prefix("husk-boot-")
         .tempdir()
