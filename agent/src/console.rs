@@ -19,8 +19,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 
 /// The shell: busybox from the initrd (scripts/build-initrd.sh).
 const SHELL: &str = "/bin/busybox";
@@ -94,7 +94,7 @@ pub fn parse_size(line: &str) -> Result<Option<(u16, u16)>, String> {
     }
 }
 
-async fn read_size_line(stream: &mut VsockStream) -> std::io::Result<String> {
+async fn read_size_line<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<String> {
     let mut line = Vec::with_capacity(MAX_SIZE_LINE);
     loop {
         let b = stream.read_u8().await?;
@@ -108,7 +108,9 @@ async fn read_size_line(stream: &mut VsockStream) -> std::io::Result<String> {
     }
 }
 
-async fn session(mut stream: VsockStream) -> std::io::Result<()> {
+async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    mut stream: S,
+) -> std::io::Result<()> {
     let size = parse_size(&read_size_line(&mut stream).await?).map_err(std::io::Error::other)?;
     let winsize = size.map(|(rows, cols)| Winsize {
         ws_row: rows,
@@ -188,6 +190,57 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A whole session against this host's busybox (the guest's shell):
+    /// the size is applied, input reaches the shell, its output comes
+    /// back, and the session ends when the shell does.
+    #[tokio::test]
+    async fn a_session_runs_the_shell_on_a_pty() {
+        if !Path::new(SHELL).exists() {
+            println!("SKIPPED: no {SHELL} on this host (busybox-static)");
+            return;
+        }
+        let (mut host, guest) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(session(guest));
+        host.write_all(b"SIZE 33 101\nstty size; uname -r; exit\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            host.read_to_end(&mut out),
+        )
+        .await
+        .expect("the session ends when the shell exits")
+        .unwrap();
+        served.await.unwrap().unwrap();
+        let out = String::from_utf8_lossy(&out);
+        let release = crate::guest::kernel_release();
+        assert!(out.contains("33 101"), "{out:?}");
+        assert!(out.contains(&release), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn the_end_of_input_ends_the_shell() {
+        if !Path::new(SHELL).exists() {
+            println!("SKIPPED: no {SHELL} on this host (busybox-static)");
+            return;
+        }
+        let (mut host, guest) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(session(guest));
+        host.write_all(b"SIZE 0 0\necho hello\n").await.unwrap();
+        host.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            host.read_to_end(&mut out),
+        )
+        .await
+        .expect("the session ends at the end of input")
+        .unwrap();
+        served.await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("hello"), "{out:?}");
     }
 
     #[test]

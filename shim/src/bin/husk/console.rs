@@ -1,8 +1,8 @@
 //! `husk console POD`: a root shell in the pod's guest, outside any
 //! container (husk_shim::console has the protocol). Root only. When stdin
 //! is a terminal it is put in raw mode for the session and restored after;
-//! otherwise stdin is sent as it is and the session ends when the shell
-//! exits after stdin's end.
+//! otherwise stdin is sent as it is, then ^D, and the session ends when
+//! the shell exits.
 
 use crate::args::{self, Args, UsageError};
 use anyhow::{bail, Context};
@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// ASCII EOT, the terminal's end-of-file character.
+const EOT: u8 = 0x04;
 
 pub fn run(mut args: Args) -> anyhow::Result<i32> {
     let source = args::config_source(&mut args)?;
@@ -72,8 +74,12 @@ async fn relay(stream: tokio::net::UnixStream) -> anyhow::Result<()> {
                 }
             }
         }
-        // End of input: the guest ends the shell's input in turn.
-        let _ = to_guest.shutdown().await;
+        // End of input: the terminal's end-of-file character (^D), which
+        // ends the shell at an empty line. Not a half-close: the vsock
+        // backend closes the whole stream on one, output and all, and
+        // dropping `to_guest` would be one, so it is kept until the end.
+        let _ = to_guest.write_all(&[EOT]).await;
+        std::future::pending::<()>().await;
     });
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 8192];

@@ -102,17 +102,38 @@ pub fn cpio_names(archive: &[u8]) -> Vec<String> {
 }
 
 pub fn daemon(check: &'static str, key: &'static str, path: &Path) -> Line {
-    match husk_hypervisor::check_executable(key, path) {
-        Ok(()) => line(
+    if let Err(e) = husk_hypervisor::check_executable(key, path) {
+        return line(check, Verdict::Fail, e.to_string());
+    }
+    // Run once: a daemon whose libraries are missing fails here, not at
+    // the first pod.
+    match std::process::Command::new(path).arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let version = String::from_utf8_lossy(&o.stdout);
+            let version = version.lines().next().unwrap_or_default().trim();
+            line(
+                check,
+                Verdict::Ok,
+                format!("{} ({version})", path.display()),
+            )
+        }
+        Ok(o) => line(
             check,
-            Verdict::Ok,
+            Verdict::Fail,
             format!(
-                "{} ({})",
+                "{}: {key} does not run: {}",
                 path.display(),
-                super::host::version_or_path(path, &["--version"])
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
             ),
         ),
-        Err(e) => line(check, Verdict::Fail, e.to_string()),
+        Err(e) => line(
+            check,
+            Verdict::Fail,
+            format!("{}: {key} does not run: {e}", path.display()),
+        ),
     }
 }
 

@@ -195,7 +195,7 @@ pub fn cgroups(systemd_driver: Option<bool>) -> Line {
         None => line(
             "cgroups",
             Verdict::Info,
-            format!("{version}, driver unknown (no containerd config)"),
+            format!("{version}, driver unknown (no runc handler in containerd's config)"),
         ),
     }
 }
