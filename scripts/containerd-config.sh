@@ -76,12 +76,6 @@ schema_of() {
 
 has_block() { [ -f "$main" ] && grep -qxF "$BEGIN" "$main"; }
 
-block() { # the marked block with file $1 inside
-    printf '%s\n' "$BEGIN"
-    cat "$1"
-    printf '%s\n' "$END"
-}
-
 remove_handler() {
     if has_block; then
         local tmp
@@ -105,14 +99,31 @@ remove_handler() {
     rmdir "$etc" 2>/dev/null || true
 }
 
+# containerd 1.x's own default handler. A v2 config.toml that names any
+# handler replaces containerd's default set with its own, and without runc
+# in it the CRI plugin refuses to load (default_runtime_name = "runc" has
+# no runtime): Debian's stock config.toml names none, so husk's block
+# brings runc's back.
+RUNC_V2='[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"'
+
 install_v2_block() {
     if grep -q 'runtimes\.husk\]' "$main"; then
         die "$main already defines a husk runtime handler (not between husk's markers): leaving it"
     fi
+    local with_runc=0
+    grep -q 'containerd\.runtimes\.' "$main" || with_runc=1
     if [ -s "$main" ] && [ "$(tail -c1 "$main" | od -An -c | tr -d ' ')" != '\n' ]; then
         echo >> "$main"
     fi
-    block "$V2_SNIPPET" >> "$main"
+    {
+        printf '%s\n' "$BEGIN"
+        cat "$V2_SNIPPET"
+        if [ "$with_runc" = 1 ]; then
+            printf '# containerd'"'"'s default runc handler: naming husk'"'"'s would drop it otherwise.\n%s\n' "$RUNC_V2"
+        fi
+        printf '%s\n' "$END"
+    } >> "$main"
     say "added the husk handler to $main (config version 2)"
 }
 

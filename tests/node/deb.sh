@@ -17,8 +17,8 @@ node_up
 cp "$deb" "$NODE/tmp/husk.deb"
 cp "$image" "$NODE/tmp/busybox-oci.tar"
 
-step "apt-get install ./husk.deb (no download: QEMU and the libraries are on the node)"
-in_node env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download /tmp/husk.deb
+step "apt-get install ./husk.deb (nothing to fetch: QEMU and the libraries are on the node)"
+in_node env DEBIAN_FRONTEND=noninteractive apt-get install -y /tmp/husk.deb
 for f in usr/local/bin/containerd-shim-husk-v2 usr/local/bin/husk usr/local/bin/husk-vmm \
     usr/local/bin/virtiofsd usr/local/bin/vhost-device-vsock \
     usr/local/share/husk/vmlinux usr/local/share/husk/husk-initrd.cpio \
@@ -41,6 +41,8 @@ node_containerd_stop
 step "containerd-config.sh install, containerd restarted: husk check passes"
 in_node /usr/local/share/husk/containerd-config.sh install
 node_containerd_start
+in_node ctr plugins ls | grep -Eq '^io\.containerd\.grpc\.v1 +cri .* ok *$' ||
+    fail "containerd's CRI plugin did not load with husk's handler"
 out=$(in_node husk check) || { echo "$out"; fail "husk check failed after the handler was written"; }
 echo "$out"
 echo "$out" | grep -q '^ok    handler            husk (runtime_path /usr/local/bin/containerd-shim-husk-v2)' ||

@@ -40,7 +40,8 @@ payload_files=$(cd "$C/husk-deploy/payload" && find usr -type f | sort)
 step "the node's containerd, without husk"
 node_containerd_start
 version=$(in_node containerd --version | awk '{print $3}')
-# How the pod restarts the node's containerd here: in the node's root.
+# How the pod restarts the node's containerd here: in the node's root,
+# with systemd's default PATH (which has /usr/local/bin, for ctr's shim lookup).
 cat > "$NODE/run/restart-containerd.sh" <<'RESTART'
 pid=$(cat /run/containerd.pid)
 kill "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
@@ -59,7 +60,7 @@ for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sl
 step "husk-deploy.sh run (NODE_NAME=test-node, containerd $version)"
 chroot "$C" env -i PATH=/usr/bin:/bin NODE_NAME=test-node HUSK_HOST_ROOT=/host \
     HUSK_KUBE_API="http://127.0.0.1:$port" \
-    HUSK_RESTART_CONTAINERD="PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot /host /bin/sh /run/restart-containerd.sh" \
+    HUSK_RESTART_CONTAINERD="PATH=$NODE_PATH chroot /host /bin/sh /run/restart-containerd.sh" \
     /husk-deploy/husk-deploy.sh run > "$NODE_TMP/deploy.log" 2>&1 &
 deploy_pid=$!
 for _ in $(seq 1200); do
@@ -76,6 +77,8 @@ done
 grep -q "^GET /api/v1/nodes/test-node" "$api_log" || fail "the node's containerd version was not asked"
 grep -q '^PATCH /api/v1/nodes/test-node application/merge-patch+json {"metadata":{"labels":{"husk.io/runtime":"true"}}}$' \
     "$api_log" || { cat "$api_log"; fail "the node was not labelled"; }
+in_node ctr plugins ls | grep -Eq '^io\.containerd\.grpc\.v1 +cri .* ok *$' ||
+    fail "containerd's CRI plugin did not load with husk's handler"
 out=$(in_node husk check) || { echo "$out"; fail "husk check fails on the deployed node"; }
 echo "$out" | grep -E '^(ok|warn|fail) +(handler|kernel|containerd) '
 in_node ctr images import /tmp/busybox-oci.tar >/dev/null

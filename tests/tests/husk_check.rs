@@ -2,7 +2,8 @@
 //! machine can produce, with its exit status — the PVM `/dev/kvm` that
 //! means TCG (exit 0: pods run, slower), a missing kernel and a missing
 //! daemon (exit 1), containerd without the husk handler (exit 1, on every
-//! containerd line there is here) and no containerd at all (exit 1).
+//! containerd line there is here), a containerd whose CRI plugin would not
+//! load (exit 1) and no containerd at all (exit 1).
 //! containerd is asked with its own `--version` and `config dump`, against
 //! configurations written here; the guest artifacts are the installed ones
 //! (scripts/setup.sh).
@@ -93,9 +94,13 @@ impl Node {
                 conf_d.join("*.toml")
             )
         } else {
+            // A node's config names runc when it names any handler:
+            // without it 1.x's CRI plugin does not load.
             let mut t = format!(
                 "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
-                 bin_dir = \"/usr/lib/cni\"\nconf_dir = {net:?}\n"
+                 bin_dir = \"/usr/lib/cni\"\nconf_dir = {net:?}\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                 runtime_type = \"io.containerd.runc.v2\"\n"
             );
             if with_handler {
                 t += &shim_line(SNIPPET_V2);
@@ -255,6 +260,21 @@ fn containerd_without_the_handler_fails_the_node_on_every_line() {
         let (code, report) = node.check(Some(&release.containerd()), Some(&with));
         assert_eq!(code, 0, "containerd {name}: {report}");
         assert_eq!(line(&report, "handler").0, "ok");
+
+        if release.config_version() == 2 {
+            // husk's handler appended to a config that names no other:
+            // runc, containerd's default, is gone and CRI would not load.
+            let text = std::fs::read_to_string(&with).unwrap();
+            let runc = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                        runtime_type = \"io.containerd.runc.v2\"\n";
+            assert!(text.contains(runc));
+            std::fs::write(&with, text.replace(runc, "")).unwrap();
+            let (code, report) = node.check(Some(&release.containerd()), Some(&with));
+            assert_eq!(code, 1, "containerd {name}: {report}");
+            let (verdict, detail) = line(&report, "cri");
+            assert_eq!(verdict, "fail");
+            assert!(detail.contains("default_runtime_name"), "{detail}");
+        }
     }
 }
 

@@ -53,16 +53,26 @@ fn dump_with(release: &Release, etc: &Path) -> String {
     text(&out.stdout)
 }
 
-fn husk_handler(dump: &str, release: &Release) -> Option<toml::Value> {
+/// The dump's CRI runtime handlers, and its default one's name.
+fn handlers(dump: &str, release: &Release) -> (toml::Table, String) {
     let table: toml::Table = dump.parse().expect("the dump is TOML");
     let plugin = if release.config_version() >= 3 {
         "io.containerd.cri.v1.runtime"
     } else {
         "io.containerd.grpc.v1.cri"
     };
-    table["plugins"][plugin]["containerd"]["runtimes"]
-        .get("husk")
-        .cloned()
+    let containerd = &table["plugins"][plugin]["containerd"];
+    (
+        containerd["runtimes"].as_table().cloned().unwrap_or_default(),
+        containerd["default_runtime_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn husk_handler(dump: &str, release: &Release) -> Option<toml::Value> {
+    handlers(dump, release).0.get("husk").cloned()
 }
 
 #[test]
@@ -99,8 +109,13 @@ fn containerd_config_writes_and_takes_back_the_handler_on_every_line() {
             assert!(containerd_config(&[&["install"][..], &args].concat())
                 .status
                 .success());
-            let handler = husk_handler(&dump_with(&release, &etc), &release)
+            let dump = dump_with(&release, &etc);
+            let handler = husk_handler(&dump, &release)
                 .unwrap_or_else(|| panic!("containerd {line} does not see the husk handler"));
+            // containerd's default handler is still there (its CRI plugin
+            // does not load without it).
+            let (all, default) = handlers(&dump, &release);
+            assert!(all.contains_key(&default), "no {default:?} handler beside husk's");
             assert_eq!(
                 handler["runtime_type"].as_str(),
                 Some("io.containerd.husk.v2")

@@ -148,6 +148,22 @@ fn read_dump(table: &toml::Table, dump: &mut Dump) {
         .and_then(|r| r.get("options"))
         .and_then(|o| o.get("SystemdCgroup"))
         .and_then(|v| v.as_bool());
+    let default = plugin
+        .and_then(|p| p.get("containerd"))
+        .and_then(|c| c.get("default_runtime_name"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("runc");
+    if !runtimes.is_some_and(|r| r.contains_key(default)) {
+        dump.lines.push(line(
+            "cri",
+            Verdict::Fail,
+            format!(
+                "the CRI plugin will not load: default_runtime_name = {default:?} has no \
+                 handler in containerd.runtimes (a config.toml that names handlers must \
+                 name that one too)"
+            ),
+        ));
+    }
     let husk = runtimes
         .into_iter()
         .flatten()
@@ -340,22 +356,45 @@ mod tests {
         assert_eq!(parse_version("nonsense"), None);
     }
 
+    fn dump_of(text: &str) -> Dump {
+        let mut dump = Dump::default();
+        read_dump(&text.parse().unwrap(), &mut dump);
+        dump
+    }
+
     #[test]
     fn a_dump_without_husk_fails_and_with_it_passes() {
-        let mut dump = Dump::default();
-        let without: toml::Table = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\nSystemdCgroup = true\n".parse().unwrap();
-        read_dump(&without, &mut dump);
-        assert_eq!(dump.lines[0].verdict, Verdict::Fail, "{:?}", dump.lines);
+        let cri = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes";
+        let dump = dump_of(&format!(
+            "version = 2\n{cri}.runc]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             {cri}.runc.options]\nSystemdCgroup = true\n"
+        ));
+        assert_eq!(dump.lines.len(), 1, "{:?}", dump.lines);
+        assert_eq!(dump.lines[0].check, "handler");
+        assert_eq!(dump.lines[0].verdict, Verdict::Fail);
         assert_eq!(dump.systemd_cgroup, Some(true));
 
-        let mut dump = Dump::default();
-        let with: toml::Table = "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.vm]\n\
-             runtime_type = \"io.containerd.husk.v2\"\nruntime_path = \"/bin/sh\"\n\
-             pod_annotations = [\"io.husk.*\"]\n\
-             [plugins.'io.containerd.cri.v1.runtime'.cni]\nbin_dirs = [\"/usr/lib/cni\"]\nconf_dir = \"/x\"\n"
-        .parse()
-        .unwrap();
-        read_dump(&with, &mut dump);
+        // Handlers without the default one: containerd's CRI would not load.
+        let dump = dump_of(&format!(
+            "version = 2\n{cri}.husk]\nruntime_type = \"io.containerd.husk.v2\"\n\
+             runtime_path = \"/bin/sh\"\n"
+        ));
+        assert_eq!(dump.lines[0].check, "cri");
+        assert_eq!(dump.lines[0].verdict, Verdict::Fail);
+        assert!(
+            dump.lines[0].detail.contains("\"runc\""),
+            "{:?}",
+            dump.lines
+        );
+
+        let v3 = "[plugins.'io.containerd.cri.v1.runtime'";
+        let dump = dump_of(&format!(
+            "version = 3\n{v3}.containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             {v3}.containerd.runtimes.vm]\nruntime_type = \"io.containerd.husk.v2\"\n\
+             runtime_path = \"/bin/sh\"\npod_annotations = [\"io.husk.*\"]\n\
+             {v3}.cni]\nbin_dirs = [\"/usr/lib/cni\"]\nconf_dir = \"/x\"\n"
+        ));
+        assert_eq!(dump.lines.len(), 1, "{:?}", dump.lines);
         assert_eq!(dump.lines[0].verdict, Verdict::Ok, "{:?}", dump.lines);
         assert!(dump.lines[0].detail.starts_with("vm ("));
         assert_eq!(dump.cni_bin_dirs, [PathBuf::from("/usr/lib/cni")]);
