@@ -5,6 +5,10 @@
 #   (default target/husk/husk-initrd.cpio)
 # --fake packs husk-fake-agent instead: a replaced agent that never
 # answers the calls that matter, for the hostile-guest tests only.
+# The real agent's initrd also carries Debian's busybox-static as
+# /bin/busybox: the shell of the debug console (`husk console`), which the
+# agent keeps only when the host asks for the console and frees otherwise
+# (agent/src/console.rs).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=husk-agent
@@ -28,6 +32,14 @@ fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 install -m 0755 "$agent" "$stage/init"
+if [ "$bin" = husk-agent ]; then
+    [ -x /bin/busybox ] && ! readelf -l /bin/busybox | grep -q 'Requesting program interpreter' || {
+        echo "build-initrd: /bin/busybox missing or not static (apt-get install busybox-static)" >&2
+        exit 1
+    }
+    install -D -m 0755 /bin/busybox "$stage/bin/busybox"
+    touch -d @0 "$stage/bin/busybox" "$stage/bin"
+fi
 touch -d @0 "$stage/init" "$stage"
 mkdir -p "$(dirname "$out")"
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |

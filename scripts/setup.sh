@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 host to run husk and its tests, idempotently:
 #   1. Debian packages (QEMU, kernel source and build tools, protoc, ...)
-#   2. virtiofsd, vhost-device-vsock and cargo-fuzz from crates.io, cached
-#      by version
-#   3. the guest kernel (cached by its inputs), the agent initrd, the
-#      busybox test image and the CRI pod sandbox (pause) image (OCI
+#   2. husk itself, release builds under /usr/local (scripts/install.sh:
+#      the shim, husk, husk-vmm, virtiofsd and vhost-device-vsock, the
+#      guest kernel and initrd); containerd's configuration is not touched
+#      (scripts/install.sh --containerd-config does that, when asked);
+#      cargo-fuzz for the fuzz targets, cached by version
+#   3. test fixtures in /usr/local/share/husk: the replaced-agent initrd,
+#      the busybox test image and the CRI pod sandbox (pause) image (OCI
 #      archives for `ctr images import`), and the husk-vm test images: a
 #      Debian 12 VM disk as KubeVirt containerDisk archives (cached by inputs)
-#   4. the husk workspace, and containerd-shim-husk-v2 on containerd's PATH
+#   4. the workspace's test suite (debug build; skipped with --no-tests)
 #   5. containerd 1.7 (Debian 13) and 2.x (Debian unstable) for the tests,
 #      unpacked beside the system's 1.6 (scripts/fetch-containerd.sh)
-# Artifacts are cached under $HUSK_CACHE (default /var/cache/husk) and
-# installed where configuration.toml's defaults point. Needs root.
+# Artifacts are cached under $HUSK_CACHE (default /var/cache/husk). Needs
+# root.
+#
+# Usage: scripts/setup.sh [--no-tests]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 export HUSK_CACHE=${HUSK_CACHE:-/var/cache/husk}
-VIRTIOFSD_VERSION=1.14.0
-VSOCK_VERSION=0.3.0
 CARGO_FUZZ_VERSION=0.13.2
 SHARE=/usr/local/share/husk
+tests=1
+[ "${1:-}" = --no-tests ] && tests=0
 
 log() { printf '\n== setup: %s\n' "$*"; }
 
@@ -43,30 +48,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# A crate binary, built once per version into the cache, linked onto PATH.
-cargo_tool() {
-    local crate=$1 version=$2 root="$HUSK_CACHE/tools/$1-$2"
-    if [ ! -x "$root/bin/$crate" ]; then
-        log "building $crate $version (cached in $root)"
-        rm -rf "$root.tmp"
-        cargo install --quiet --locked --root "$root.tmp" "$crate" --version "$version"
-        rm -rf "$root" && mv "$root.tmp" "$root"
-    fi
-    ln -sfn "$root/bin/$crate" "/usr/local/bin/$crate"
-}
-cargo_tool virtiofsd "$VIRTIOFSD_VERSION"
-cargo_tool vhost-device-vsock "$VSOCK_VERSION"
-# The fuzz targets (fuzz/, scripts/fuzz.sh) build with it.
-cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION"
+bash "$repo/scripts/install.sh"
 
-log "guest kernel"
-bash "$repo/scripts/build-guest-kernel.sh"
-mkdir -p "$SHARE"
-install -m 0644 "$HUSK_CACHE/kernel/current/vmlinux" "$SHARE/vmlinux.tmp"
-mv "$SHARE/vmlinux.tmp" "$SHARE/vmlinux"
+# cargo-fuzz, for the fuzz targets (fuzz/, scripts/fuzz.sh): a test tool,
+# built once per version into the cache and linked onto PATH.
+fuzz_root="$HUSK_CACHE/tools/cargo-fuzz-$CARGO_FUZZ_VERSION"
+if [ ! -x "$fuzz_root/bin/cargo-fuzz" ]; then
+    log "building cargo-fuzz $CARGO_FUZZ_VERSION (cached in $fuzz_root)"
+    rm -rf "$fuzz_root.tmp"
+    cargo install --quiet --locked --root "$fuzz_root.tmp" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+    rm -rf "$fuzz_root" && mv "$fuzz_root.tmp" "$fuzz_root"
+fi
+ln -sfn "$fuzz_root/bin/cargo-fuzz" /usr/local/bin/cargo-fuzz
 
-log "agent initrd"
-bash "$repo/scripts/build-initrd.sh" "$SHARE/husk-initrd.cpio"
+log "test fixtures"
 # A replaced, unresponsive agent: the hostile-guest tests boot it.
 bash "$repo/scripts/build-initrd.sh" --fake "$SHARE/husk-fake-agent-initrd.cpio"
 
@@ -77,13 +72,10 @@ bash "$repo/scripts/build-pause-image.sh" "$SHARE/pause-oci.tar"
 log "husk-vm test images (Debian 12 disk; a cold build takes minutes)"
 bash "$repo/scripts/build-vm-image.sh" "$SHARE"
 
-log "husk workspace"
-(cd "$repo" && cargo build --locked --workspace --all-targets)
-# containerd finds runtime v2 shims on its PATH.
-install -m 0755 "$repo/target/debug/containerd-shim-husk-v2" /usr/local/bin/containerd-shim-husk-v2
-# husk-vmm, which hypervisor.backend = "auto" uses where KVM can
-# run guests (vmx/svm); QEMU otherwise.
-install -m 0755 "$repo/target/debug/husk-vmm" /usr/local/bin/husk-vmm
+if [ "$tests" = 1 ]; then
+    log "husk workspace and its tests (debug)"
+    (cd "$repo" && cargo build --locked --workspace --all-targets)
+fi
 
 log "containerd 1.7 and 2.x for the tests (cached in $HUSK_CACHE/containerd)"
 bash "$repo/scripts/fetch-containerd.sh"

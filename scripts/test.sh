@@ -8,6 +8,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup.sh"
 cd "$repo"
+echo "== the .deb and the DaemonSet image (tests/tests/install.rs installs them on a throwaway node)"
+bash scripts/build-deb.sh && bash scripts/build-deploy-image.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

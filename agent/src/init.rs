@@ -95,6 +95,7 @@ pub fn switch_to_tmpfs_root() -> nix::Result<std::convert::Infallible> {
         Some("mode=0755"),
     )?;
     std::fs::copy("/init", "/husk-root/init").map_err(io_errno)?;
+    crate::console::carry_shell(std::path::Path::new(new_root));
     // The initramfs copy is only memory now; free it.
     let _ = std::fs::remove_file("/init");
     nix::unistd::chdir(new_root)?;

@@ -10,6 +10,7 @@
 // return; boxing it only to unbox it at the boundary would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod console;
 mod containers;
 mod forward;
 mod guest;
@@ -77,6 +78,7 @@ fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
             }
         }
         forward::serve().context("binding the port-forward vsock port")?;
+        console::serve().context("binding the debug console's vsock port")?;
         let service = service::AgentService::new(is_init, started_ms, shared_dir, containers);
         tracing::info!(port, version = env!("CARGO_PKG_VERSION"), "agent serving");
         // Plain text, not a log line: the host waits for exactly this.

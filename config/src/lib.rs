@@ -51,6 +51,17 @@ pub struct Config {
     pub logs: LogsConfig,
     pub pool: PoolConfig,
     pub confinement: ConfinementConfig,
+    pub debug: DebugConfig,
+}
+
+/// Operator debugging aids, all off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Whether pods booted with this configuration serve a root shell in
+    /// the guest, outside any container, that `husk console POD` opens
+    /// (the host asks the guest for it on the kernel command line).
+    pub console: bool,
 }
 
 /// The unprivileged ids a VM's helpers run as (docs/security.md): each
@@ -567,6 +578,7 @@ mod tests {
         c.hypervisor.accelerator = AcceleratorChoice::Tcg;
         c.hypervisor.kernel_params = "loglevel=7".into();
         c.hypervisor.runtime_dir = "/tmp/husk run".into();
+        c.debug.console = true;
         c.timeouts.tcg.agent_ready_secs = 7;
         assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
     }

@@ -227,6 +227,17 @@ pub fn resolve_backend(
     }
 }
 
+/// The accelerator and VMM a VM started with `h` gets, and why: the
+/// decisions `MicroVm::start` makes, for tools that report them (`husk
+/// check`, `husk env`, the pod metrics).
+pub fn resolve_vmm(h: &husk_config::HypervisorConfig) -> (AcceleratorDecision, BackendDecision) {
+    let accel = resolve_accelerator(h.accelerator);
+    let vmm_installed =
+        crate::preflight::check_executable("hypervisor.vmm_path", &h.vmm_path).is_ok();
+    let backend = resolve_backend(h.backend, &accel, vmm_installed);
+    (accel, backend)
+}
+
 #[cfg(test)]
 mod backend_tests {
     use super::*;

@@ -35,13 +35,16 @@ mod vm;
 mod vsock;
 
 pub use accel::{
-    detect_accelerator, resolve_accelerator, resolve_backend, Accelerator, AcceleratorDecision,
-    BackendDecision,
+    detect_accelerator, resolve_accelerator, resolve_backend, resolve_vmm, Accelerator,
+    AcceleratorDecision, BackendDecision,
 };
 pub use daemon::MAX_PASSED_FDS;
 pub use error::Error;
 pub use husk_vmm::HuskVmm;
 pub use husk_vmm_config::{tap, MacAddr};
+/// The checks `MicroVm::start` makes of the guest artifacts and helper
+/// binaries, for `husk check` to make the same ones.
+pub use preflight::{check_executable, check_initrd, check_kernel};
 pub use qemu::Qemu;
 pub use vm::{set_guest_clock, BootTimings, MicroVm, VmPids, VmSpec};
 pub use vsock::{agent_channel, hybrid_vsock_connect, read_handshake_reply, HandshakeError};

@@ -16,6 +16,19 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// the pod): `PORT <n>\n`, then `OK\n` or `ERR <reason>\n`, then raw bytes.
 pub const FORWARD_VSOCK_PORT: u32 = 1025;
 
+/// The guest vsock port of the debug console: a root shell on a PTY in
+/// the guest, outside any container (`husk console`). The agent listens on
+/// it only when the kernel command line carries [`DEBUG_CONSOLE_PARAM`].
+/// The client's first line is `SIZE <rows> <cols>\n` (0 0: leave the
+/// PTY's size); then the stream is the terminal, both ways.
+pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
+
+/// The kernel parameter that asks the guest for the debug console. It has
+/// no dot, so the kernel hands it to /init as an environment variable
+/// (`husk_debug_console=1`; Documentation/admin-guide/kernel-parameters.rst),
+/// which the agent reads before anything else.
+pub const DEBUG_CONSOLE_PARAM: &str = "husk_debug_console=1";
+
 /// The guest's own shared-memory tmpfs. A pod is one VM, so this is the
 /// pod's /dev/shm: the shim points the pod's /dev/shm bind mounts (CRI
 /// binds a host directory per sandbox) here, keeping shared memory in the

@@ -10,11 +10,15 @@
 //!   FIFOs and the agent;
 //! - [`spec`], [`network`], [`portforward`], [`cgroup`], [`metrics`]: the
 //!   bundle's spec for the guest, the pod network, `kubectl port-forward`,
-//!   the pod's host cgroup, stats in containerd's format.
+//!   the pod's host cgroup, stats in containerd's format;
+//! - [`telemetry`]: operator metrics (Prometheus text) each shim serves
+//!   for its pod, and the node's, read by `husk metrics`;
+//! - [`console`]: the host end of the debug console (`husk console`).
 
 pub mod agent;
 pub mod bootstrap;
 pub mod cgroup;
+pub mod console;
 pub mod error;
 pub mod events;
 #[cfg(test)]
@@ -33,6 +37,7 @@ pub mod server;
 pub mod service;
 pub mod share;
 pub mod spec;
+pub mod telemetry;
 
 /// The runtime name users give containerd (`--runtime io.containerd.husk.v2`).
 pub const RUNTIME_ID: &str = "io.containerd.husk.v2";

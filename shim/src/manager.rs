@@ -322,10 +322,13 @@ impl<P: Pod> Inner<P> {
         call: impl Future<Output = Result<T, AgentError>>,
     ) -> Result<T, TaskError> {
         let deadline = self.timeouts.agent_call;
-        match tokio::time::timeout(deadline, call).await {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(deadline, call).await {
             Ok(result) => result.map_err(TaskError::agent(what)),
             Err(_) => Err(TaskError::agent(what)(AgentError::Timeout(deadline))),
-        }
+        };
+        crate::telemetry::calls::record(what, started.elapsed(), result.is_ok());
+        result
     }
 
     async fn create(

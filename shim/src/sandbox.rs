@@ -49,6 +49,8 @@ struct RunningVm {
     forward: Option<crate::portforward::LocalForward>,
     /// The pod's cgroup on the host, holding the VM's processes.
     cgroup: Option<crate::cgroup::HostCgroup>,
+    /// The pod's metrics socket (`telemetry::pod`).
+    metrics: Option<crate::telemetry::pod::PodMetricsServer>,
 }
 
 impl VmPod {
@@ -178,23 +180,31 @@ impl Pod for VmPod {
 
     async fn boot(&self, plan: &ContainerPlan) -> Result<VsockAgent, TaskError> {
         if let Some(handed_out) = self.take_pooled(plan).await {
-            let (running, agent) = handed_out?;
+            let (mut running, agent) = handed_out?;
+            let mut config = self.config()?.clone();
+            config.hypervisor.vcpus = plan.vcpus;
+            config.hypervisor.memory_mib = plan.memory_mib;
+            running.metrics = serve_metrics(&config, &self.pod_id, &running.vm);
             self.state.lock().await.vm = Some(running);
             return Ok(agent);
         }
         let mut config = self.config()?.clone();
         config.hypervisor.vcpus = plan.vcpus;
         config.hypervisor.memory_mib = plan.memory_mib;
+        crate::console::ask_guest_for_console(&mut config);
         let shared_dir = self.tree()?.shared_dir();
         let mut state = self.state.lock().await;
-        let running = boot(
+        let booted = boot(
             &config,
             &self.pod_id,
             shared_dir,
             plan.guest.netns.as_deref(),
             plan.guest.cgroups_path.as_deref(),
         )
-        .await?;
+        .await;
+        let runtime_dir = &config.hypervisor.runtime_dir;
+        crate::telemetry::node::record_boot(runtime_dir, &self.pod_id, booted.is_ok());
+        let mut running = booted?;
         let client =
             running.vm.agent().await.map_err(|e| {
                 TaskError::Host(anyhow::Error::new(e).context("connecting to the agent"))
@@ -206,6 +216,7 @@ impl Pod for VmPod {
                 return Err(e);
             }
         };
+        running.metrics = serve_metrics(&config, &self.pod_id, &running.vm);
         state.vm = Some(running);
         Ok(VsockAgent::new(client))
     }
@@ -360,6 +371,7 @@ async fn boot(
         network,
         forward: None,
         cgroup,
+        metrics: None,
     };
     if let Some(n) = &running.network {
         let configured = async {
@@ -390,6 +402,7 @@ async fn boot(
 
 impl RunningVm {
     async fn stop(mut self, pod_id: &str) {
+        self.metrics.take();
         if let Some(f) = self.forward.take() {
             let _ = tokio::task::spawn_blocking(move || f.stop()).await;
         }
@@ -421,6 +434,35 @@ async fn make_cgroup(vm_id: &str, spec_path: &str) -> Result<crate::cgroup::Host
         })?;
     tracing::info!(pod_id = vm_id, cgroups_path = spec_path, cgroup = %shown.display(), "the VM starts in the pod cgroup");
     Ok(cgroup)
+}
+
+/// Serves the pod's metrics on its socket; a failure is logged (the pod
+/// runs without them).
+fn serve_metrics(
+    config: &Config,
+    pod_id: &str,
+    vm: &MicroVm,
+) -> Option<crate::telemetry::pod::PodMetricsServer> {
+    let (_, backend) = husk_hypervisor::resolve_vmm(&config.hypervisor);
+    let facts = crate::telemetry::pod::PodFacts {
+        pod_id: pod_id.to_owned(),
+        vcpus: config.hypervisor.vcpus,
+        memory_mib: config.hypervisor.memory_mib,
+        accelerator: vm.accelerator().to_string(),
+        backend: backend.backend.as_str().to_owned(),
+        timings: vm.timings(),
+        pids: vm.pids(),
+        agent_socket: vm.agent_socket(),
+        ready_at: std::time::SystemTime::now(),
+    };
+    let socket = crate::telemetry::pod_socket(&config.hypervisor.runtime_dir, pod_id);
+    match crate::telemetry::pod::PodMetricsServer::start(&socket, facts) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::warn!(pod_id, %e, "the pod's metrics are unavailable");
+            None
+        }
+    }
 }
 
 /// After a shim died (containerd runs `delete`): its VM processes died

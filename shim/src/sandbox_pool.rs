@@ -67,6 +67,7 @@ impl VmPod {
         let mut config = pod.config()?.clone();
         config.hypervisor.vcpus = shape.vcpus;
         config.hypervisor.memory_mib = shape.memory_mib;
+        crate::console::ask_guest_for_console(&mut config);
         let tree = pod.tree()?.clone();
         tokio::task::spawn_blocking(move || tree.create())
             .await
@@ -111,6 +112,7 @@ impl VmPod {
                 network: None,
                 forward: None,
                 cgroup: None,
+                metrics: None,
             },
             shape,
             tap,

@@ -201,6 +201,12 @@ impl Containerd {
         shim_socket(&self.socket, ns, id)
     }
 
+    /// The husk configuration its shims read (HUSK_CONFIG): a test may
+    /// rewrite it; shims started afterwards read the new one.
+    pub fn husk_config_path(&self) -> &Path {
+        &self.husk_config
+    }
+
     /// containerd's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

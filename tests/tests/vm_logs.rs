@@ -90,6 +90,14 @@ fn shim_of(ctrd: &Containerd, id: &str) -> u32 {
                 c.contains(id) && c.contains(&ctrd.socket.display().to_string())
             })
         })
+        // A PID-namespace monitor (a fork of the shim that never execs,
+        // so it shows the shim's command line) is its VM's, not a shim.
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim_end()
+                != husk_hypervisor::confine::MONITOR_NAME.to_string_lossy()
+        })
         .collect();
     assert_eq!(shims.len(), 1, "shims of {id}: {shims:?}");
     shims[0]
