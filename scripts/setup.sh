@@ -4,7 +4,8 @@
 #   2. virtiofsd and vhost-device-vsock from crates.io, cached by version
 #   3. the guest kernel (cached by its inputs), the agent initrd, the
 #      busybox test image and the CRI pod sandbox (pause) image (OCI
-#      archives for `ctr images import`)
+#      archives for `ctr images import`), and the husk-vm test images: a
+#      Debian 12 VM disk as KubeVirt containerDisk archives (cached by inputs)
 #   4. the husk workspace, and containerd-shim-husk-v2 on containerd's PATH
 #   5. containerd 1.7 (Debian 13) and 2.x (Debian unstable) for the tests,
 #      unpacked beside the system's 1.6 (scripts/fetch-containerd.sh)
@@ -27,7 +28,8 @@ fi
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev
     cpio xz-utils libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
     busybox-static containerd runc iproute2 procps binutils
-    containernetworking-plugins iptables)
+    containernetworking-plugins iptables
+    mmdebstrap qemu-utils extlinux syslinux-common fdisk dosfstools mtools openssh-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -65,6 +67,9 @@ bash "$repo/scripts/build-initrd.sh" "$SHARE/husk-initrd.cpio"
 log "test images"
 bash "$repo/scripts/build-test-image.sh" "$SHARE/busybox-oci.tar"
 bash "$repo/scripts/build-pause-image.sh" "$SHARE/pause-oci.tar"
+
+log "husk-vm test images (Debian 12 disk; a cold build takes minutes)"
+bash "$repo/scripts/build-vm-image.sh" "$SHARE"
 
 log "husk workspace"
 (cd "$repo" && cargo build --locked --workspace --all-targets)
