@@ -14,17 +14,25 @@
 //!   `CONNECT <port>\n`, `OK <port>\n`, then gRPC to the agent.
 //! - [`tap`] opens the TAP a VM's NIC is backed by (husk-vmm-config's, as
 //!   husk-vmm checks the same TAP on its side).
+//! - [`vm_image`] launches a VM *image* (husk-vm pods: a whole OS booted
+//!   from its disk), with [`qmp`] and [`qga`] to drive QEMU and the guest
+//!   agent, and [`disk_format`] to check the image's disk first.
 
 mod accel;
 mod daemon;
+pub mod disk_format;
 mod error;
 mod husk_vmm;
+pub mod json_lines;
 mod preflight;
 mod qemu;
+pub mod qga;
+pub mod qmp;
 mod supervisor;
 #[cfg(test)]
 mod test_support;
 mod vm;
+pub mod vm_image;
 mod vsock;
 
 pub use accel::{

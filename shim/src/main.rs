@@ -1,4 +1,6 @@
-//! containerd-shim-husk-v2: the containerd runtime v2 shim of husk.
+//! containerd-shim-husk-v2: the containerd runtime v2 shim of husk; run
+//! as containerd-shim-husk-vm-v2 (a link to it), the shim of husk-vm pods
+//! (husk_shim::Mode).
 //!
 //! containerd runs it with an action: `start` (answer with the pod's shim
 //! address, starting the shim), `delete` (clean up after a dead shim), or
@@ -15,22 +17,44 @@ use containerd_shim::asynchronous::{run, ExitSignal, Shim};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Error, Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
-use husk_shim::{bootstrap, RUNTIME_ID};
+use husk_shim::pod::Pod;
+use husk_shim::sandbox::VmPod;
+use husk_shim::vmpod::VmImagePod;
+use husk_shim::{bootstrap, Mode};
 use std::io::Write;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// The serving shim, as the crate drives it.
-struct HuskShim {
+/// A pod the shim can serve: husk's or husk-vm's.
+trait ShimPod: Pod {
+    fn make(pod_id: String, config: Result<husk_config::Config, String>) -> Self;
+}
+
+impl ShimPod for VmPod {
+    fn make(pod_id: String, config: Result<husk_config::Config, String>) -> Self {
+        VmPod::new(pod_id, config)
+    }
+}
+
+impl ShimPod for VmImagePod {
+    fn make(pod_id: String, config: Result<husk_config::Config, String>) -> Self {
+        VmImagePod::new(pod_id, config)
+    }
+}
+
+/// The serving shim, as the crate drives it, for pods of kind `P`.
+struct HuskShim<P> {
     id: String,
     namespace: String,
     /// The ttrpc socket this shim serves (`unix:///run/containerd/s/...`).
     socket: String,
     exit: Arc<ExitSignal>,
+    pod: PhantomData<fn() -> P>,
 }
 
 #[async_trait]
-impl Shim for HuskShim {
-    type T = husk_shim::service::TaskService;
+impl<P: ShimPod> Shim for HuskShim<P> {
+    type T = husk_shim::service::TaskService<P>;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         HuskShim {
@@ -38,6 +62,7 @@ impl Shim for HuskShim {
             namespace: args.namespace.clone(),
             socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
+            pod: PhantomData,
         }
     }
 
@@ -60,7 +85,7 @@ impl Shim for HuskShim {
         let pod_id = bootstrap::pod_id(&bundle, &self.id);
         let config = husk_config::Config::load_default().map_err(|e| e.to_string());
         let events = husk_shim::events::Publisher::start(publisher, self.namespace.clone());
-        let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), config);
+        let pod = P::make(pod_id.clone(), config);
         let manager = husk_shim::manager::Manager::new(pod_id, pod, Arc::new(events));
         husk_shim::service::TaskService::new(manager, self.socket.clone(), self.exit.clone())
     }
@@ -132,7 +157,7 @@ fn main() {
 }
 
 fn fail(e: anyhow::Error) -> ! {
-    eprintln!("{RUNTIME_ID}: {e:#}");
+    eprintln!("{}: {e:#}", Mode::current().runtime_id());
     std::process::exit(1);
 }
 
@@ -153,7 +178,15 @@ fn serve() {
         no_sub_reaper: true,
         ..Default::default()
     };
-    runtime.block_on(run::<HuskShim>(RUNTIME_ID, Some(config)));
+    let mode = Mode::current();
+    match mode {
+        Mode::Container => {
+            runtime.block_on(run::<HuskShim<VmPod>>(mode.runtime_id(), Some(config)))
+        }
+        Mode::VmImage => {
+            runtime.block_on(run::<HuskShim<VmImagePod>>(mode.runtime_id(), Some(config)))
+        }
+    }
     // A blocking FIFO open that never found its writer must not keep the
     // shim alive after containerd told it to go.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
