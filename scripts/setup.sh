@@ -7,6 +7,7 @@
 #      archives for `ctr images import`), and the husk-vm test images: a
 #      Debian 12 VM disk as KubeVirt containerDisk archives (cached by inputs)
 #   4. the husk workspace, and containerd-shim-husk-v2 on containerd's PATH
+#      (and containerd-shim-husk-vm-v2, a link to it, for husk-vm pods)
 #   5. containerd 1.7 (Debian 13) and 2.x (Debian unstable) for the tests,
 #      unpacked beside the system's 1.6 (scripts/fetch-containerd.sh)
 # Artifacts are cached under $HUSK_CACHE (default /var/cache/husk) and
@@ -29,7 +30,8 @@ packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-
     cpio xz-utils libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
     busybox-static containerd runc iproute2 procps binutils
     containernetworking-plugins iptables
-    mmdebstrap qemu-utils extlinux syslinux-common fdisk dosfstools mtools openssh-client)
+    mmdebstrap qemu-utils extlinux syslinux-common fdisk dosfstools mtools openssh-client
+    ovmf)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -75,6 +77,9 @@ log "husk workspace"
 (cd "$repo" && cargo build --locked --workspace --all-targets)
 # containerd finds runtime v2 shims on its PATH.
 install -m 0755 "$repo/target/debug/containerd-shim-husk-v2" /usr/local/bin/containerd-shim-husk-v2
+# The same executable runs husk-vm pods (runtime io.containerd.husk-vm.v2)
+# when it runs under this name (docs/vm-pods.md, "Mode selection").
+ln -sfn containerd-shim-husk-v2 /usr/local/bin/containerd-shim-husk-vm-v2
 # husk-vmm, which hypervisor.backend = "auto" uses where KVM can
 # run guests (vmx/svm); QEMU otherwise.
 install -m 0755 "$repo/target/debug/husk-vmm" /usr/local/bin/husk-vmm

@@ -45,7 +45,7 @@ impl DiskFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskFormatError {
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]

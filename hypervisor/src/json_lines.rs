@@ -7,13 +7,13 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LineError {
-    #[error("reading: {0}")]
+    #[error("reading")]
     Io(#[from] std::io::Error),
     #[error("the peer closed the connection")]
     Closed,
     #[error("a message longer than {0} bytes")]
     TooLong(usize),
-    #[error("a message that is not a JSON object: {0}")]
+    #[error("a message that is not a JSON object")]
     Json(#[from] serde_json::Error),
 }
 

@@ -24,15 +24,15 @@ pub const MAX_REPLY: usize = 24 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestAgentError {
-    #[error("guest agent socket {path}: {source}")]
+    #[error("guest agent socket {path}")]
     Connect {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("guest agent: {0}")]
+    #[error("guest agent")]
     Line(#[from] LineError),
-    #[error("guest agent: writing: {0}")]
+    #[error("guest agent: writing")]
     Write(#[source] std::io::Error),
     #[error("the guest agent did not answer {0} in time")]
     Timeout(&'static str),

@@ -24,7 +24,7 @@ const CONNECT_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("QMP socket {path}: {source}")]
+    #[error("QMP socket {path}")]
     Connect {
         path: PathBuf,
         #[source]
@@ -32,9 +32,9 @@ pub enum QmpError {
     },
     #[error("QMP socket {0} did not appear in time")]
     NoSocket(PathBuf),
-    #[error("QMP: {0}")]
+    #[error("QMP")]
     Line(#[from] LineError),
-    #[error("QMP: writing: {0}")]
+    #[error("QMP: writing")]
     Write(#[source] std::io::Error),
     #[error("QMP greeting was not {{\"QMP\": ...}}: {0}")]
     Greeting(String),

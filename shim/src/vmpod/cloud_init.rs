@@ -28,7 +28,7 @@ const MAX_SMALL_FILE: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudInitError {
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]

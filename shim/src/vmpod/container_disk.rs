@@ -43,7 +43,7 @@ pub enum ContainerDiskError {
     TwoDiskFiles { count: usize, names: String },
     #[error("the image's /disk/{name} is {kind}, not a regular file")]
     NotAFile { name: String, kind: &'static str },
-    #[error("the image's /disk/ holds a disk husk-vm cannot boot: {0}")]
+    #[error("the image's /disk/ holds a disk husk-vm cannot boot")]
     Format(#[source] DiskFormatError),
     #[error("the image's /{path} is {kind}, not a regular file")]
     BootFile {
@@ -55,7 +55,7 @@ pub enum ContainerDiskError {
         present: &'static str,
         missing: &'static str,
     },
-    #[error("reading the image at {path}: {source}")]
+    #[error("reading the image at {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -232,29 +232,29 @@ mod tests {
         );
         assert!(looks_like_container_disk(root.path()));
         let half = image(&[("disk/disk.qcow2", &qcow2()), ("boot/vmlinuz", b"k")]);
-        let e = inspect(half.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(half.path()).unwrap_err());
         assert!(e.contains("/boot/vmlinuz but not /boot/initrd.img"), "{e}");
     }
 
     #[test]
     fn every_bad_image_says_what_is_wrong() {
         let none = image(&[("bin/sh", b"")]);
-        let e = inspect(none.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(none.path()).unwrap_err());
         assert!(e.contains("no /disk/ directory"), "{e}");
         assert!(!looks_like_container_disk(none.path()));
 
         let two = image(&[("disk/a.qcow2", &qcow2()), ("disk/b.qcow2", &qcow2())]);
-        let e = inspect(two.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(two.path()).unwrap_err());
         assert!(e.contains("holds 2 files (a.qcow2, b.qcow2)"), "{e}");
 
         let text = image(&[("disk/disk.img", b"This is not a disk image.\n")]);
-        let e = inspect(text.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(text.path()).unwrap_err());
         assert!(e.contains("disk.img is not a disk image"), "{e}");
         assert!(!looks_like_container_disk(text.path()));
 
         let empty = image(&[]);
         std::fs::create_dir(empty.path().join("disk")).unwrap();
-        let e = inspect(empty.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(empty.path()).unwrap_err());
         assert!(e.contains("/disk/ is empty"), "{e}");
     }
 
@@ -263,17 +263,17 @@ mod tests {
         let root = image(&[]);
         std::fs::create_dir(root.path().join("disk")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.path().join("disk/disk.img")).unwrap();
-        let e = inspect(root.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(root.path()).unwrap_err());
         assert!(e.contains("disk.img is a symbolic link"), "{e}");
 
         let linked = image(&[]);
         std::os::unix::fs::symlink("/etc", linked.path().join("disk")).unwrap();
-        let e = inspect(linked.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(linked.path()).unwrap_err());
         assert!(e.contains("/disk is a symbolic link"), "{e}");
 
         let kernel = image(&[("disk/disk.qcow2", &qcow2()), ("boot/initrd.img", b"i")]);
         std::os::unix::fs::symlink("/boot/vmlinuz", kernel.path().join("boot/vmlinuz")).unwrap();
-        let e = inspect(kernel.path()).unwrap_err().to_string();
+        let e = super::super::chain(inspect(kernel.path()).unwrap_err());
         assert!(e.contains("/boot/vmlinuz is a symbolic link"), "{e}");
     }
 

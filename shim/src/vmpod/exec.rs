@@ -38,9 +38,10 @@ fn unavailable(e: GuestAgentError) -> AgentError {
     AgentError::Status {
         code: tonic::Code::Unavailable,
         message: crate::agent::sanitize(&format!(
-            "the VM's QEMU guest agent: {e} (exec into a husk-vm container needs \
+            "the VM's QEMU guest agent: {} (exec into a husk-vm container needs \
              qemu-guest-agent running in the image; the serial console, kubectl attach, \
-             works without it)"
+             works without it)",
+            super::chain(e)
         )),
     }
 }

@@ -39,6 +39,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vm::{Prepared, VmContainer};
 
+/// An error and its causes on one line, for a message to containerd.
+pub(crate) fn chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::new(e))
+}
+
 /// The annotation containerd's CRI puts on the pod sandbox container.
 const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
@@ -65,6 +70,10 @@ enum Member {
 struct Shared {
     ctx: Result<VmPodContext, String>,
     members: Mutex<HashMap<String, Member>>,
+    /// The pod's network namespace (CNI's), from the sandbox's spec. The
+    /// app containers' specs name the sandbox task's instead
+    /// (`/proc/<pid>/ns/net`), and no process stands for the sandbox.
+    pod_netns: Mutex<Option<PathBuf>>,
 }
 
 impl Shared {
@@ -147,6 +156,7 @@ impl VmImagePod {
             shared: Arc::new(Shared {
                 ctx,
                 members: Mutex::default(),
+                pod_netns: Mutex::default(),
             }),
             mounts: tokio::sync::Mutex::default(),
         }
@@ -256,6 +266,11 @@ impl Pod for VmImagePod {
         plan: &ContainerPlan,
     ) -> Result<(), TaskError> {
         if is_sandbox(&plan.guest.spec) {
+            *self
+                .shared
+                .pod_netns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = plan.guest.netns.clone();
             self.shared
                 .members()
                 .insert(container_id.to_owned(), Member::PlannedSandbox);
@@ -302,7 +317,15 @@ impl Pod for VmImagePod {
                 rootfs,
                 disk,
                 spec: plan.guest.spec.clone(),
-                netns: plan.guest.netns.clone(),
+                // The pod's, where the pod has a sandbox; else the
+                // container's own (ctr run).
+                netns: self
+                    .shared
+                    .pod_netns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .or_else(|| plan.guest.netns.clone()),
                 cgroups_path: plan.guest.cgroups_path.clone(),
                 vcpus: plan.vcpus,
                 memory_mib: plan.memory_mib,

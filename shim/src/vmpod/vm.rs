@@ -72,15 +72,15 @@ pub enum VmError {
     Seed(#[from] seed::SeedError),
     #[error(transparent)]
     CloudInit(#[from] cloud_init::CloudInitError),
-    #[error("pod network: {0}")]
+    #[error("pod network")]
     Network(#[from] crate::network::NetworkError),
-    #[error("starting QEMU: {0}")]
+    #[error("starting QEMU")]
     Qemu(#[from] husk_hypervisor::Error),
-    #[error("QEMU's monitor: {0}")]
+    #[error("QEMU's monitor")]
     Qmp(#[from] husk_hypervisor::qmp::QmpError),
     #[error("{0}")]
     Invalid(String),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -96,7 +96,7 @@ impl From<VmError> for AgentError {
         };
         AgentError::Status {
             code,
-            message: crate::agent::sanitize(&e.to_string()),
+            message: crate::agent::sanitize(&super::chain(e)),
         }
     }
 }
@@ -251,7 +251,8 @@ impl VmContainer {
                 )
                 .await;
                 return Err(VmError::Invalid(format!(
-                    "QEMU did not start: {e}; it said: {}",
+                    "QEMU did not start: {}; it said: {}",
+                    super::chain(e),
                     diagnostics.trim()
                 )));
             }
@@ -317,7 +318,7 @@ impl VmContainer {
             .map(drop)
             .map_err(|e| AgentError::Status {
                 code: tonic::Code::Unavailable,
-                message: crate::agent::sanitize(&e.to_string()),
+                message: crate::agent::sanitize(&super::chain(e)),
             })
     }
 
