@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Builds the guest initrd: the statically linked husk-agent as /init in a
 # cpio (newc) archive, owned by root, with fixed mtimes and no host paths.
-# Usage: scripts/build-initrd.sh [OUTPUT]   (default target/husk/husk-initrd.cpio)
+# Usage: scripts/build-initrd.sh [--fake] [OUTPUT]
+#   (default target/husk/husk-initrd.cpio)
+# --fake packs husk-fake-agent instead: a replaced agent that never
+# answers the calls that matter, for the hostile-guest tests only.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+bin=husk-agent
+if [ "${1:-}" = --fake ]; then
+    bin=husk-fake-agent
+    shift
+fi
 out=${1:-$repo/target/husk/husk-initrd.cpio}
 target=x86_64-unknown-linux-gnu
 
 # --target keeps crt-static off the build scripts and proc-macros, which
 # must stay dynamic; glibc's static libc.a comes with libc6-dev.
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked -p husk-agent --target "$target")
-agent=$repo/target/$target/release/husk-agent
+    cargo build --release --locked -p husk-agent --bin "$bin" --target "$target")
+agent=$repo/target/$target/release/$bin
 if readelf -l "$agent" | grep -q 'Requesting program interpreter'; then
     echo "build-initrd: $agent is dynamically linked; the initrd has no libc" >&2
     exit 1

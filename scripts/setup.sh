@@ -65,6 +65,8 @@ mv "$SHARE/vmlinux.tmp" "$SHARE/vmlinux"
 
 log "agent initrd"
 bash "$repo/scripts/build-initrd.sh" "$SHARE/husk-initrd.cpio"
+# A replaced, unresponsive agent: the hostile-guest tests boot it.
+bash "$repo/scripts/build-initrd.sh" --fake "$SHARE/husk-fake-agent-initrd.cpio"
 
 log "test images"
 bash "$repo/scripts/build-test-image.sh" "$SHARE/busybox-oci.tar"

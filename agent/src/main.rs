@@ -10,7 +10,7 @@
 // return; boxing it only to unbox it at the boundary would buy nothing.
 #![allow(clippy::result_large_err)]
 
-mod container;
+mod containers;
 mod forward;
 mod guest;
 mod init;
@@ -67,7 +67,7 @@ fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Every child of the agent is reaped here, container or orphan.
         let reaper = reaper::Reaper::start().context("installing the SIGCHLD reaper")?;
-        let containers = container::Containers::new(reaper);
+        let containers = containers::Containers::new(reaper);
         let port = husk_proto::AGENT_VSOCK_PORT;
         let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
             .with_context(|| format!("binding vsock port {port}"))?;

@@ -1,7 +1,7 @@
 //! The agent API served to the host. Every request comes from the shim; the
 //! answers are small and bounded.
 
-use crate::container::{Containers, Output};
+use crate::containers::{Containers, Output};
 use crate::guest;
 use husk_proto::agent::agent_server::Agent;
 use husk_proto::agent::*;

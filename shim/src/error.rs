@@ -30,7 +30,7 @@ pub enum TaskError {
     Unsupported(&'static str, &'static str),
     /// husk's configuration could not be loaded.
     #[error("husk configuration: {0}")]
-    Config(String),
+    Config(#[source] std::sync::Arc<husk_config::ConfigError>),
     /// An agent call failed; `call` says which, as runc would word it.
     #[error("{call}: {source}")]
     Agent {

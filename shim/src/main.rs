@@ -83,7 +83,7 @@ impl<P: ShimPod> Shim for HuskShim<P> {
         init_logging();
         let bundle = std::env::current_dir().unwrap_or_default();
         let pod_id = bootstrap::pod_id(&bundle, &self.id);
-        let config = husk_config::Config::load_default().map_err(|e| e.to_string());
+        let config = husk_config::Config::load_default();
         let events = husk_shim::events::Publisher::start(publisher, self.namespace.clone());
         let pod = P::make(pod_id.clone(), config);
         let manager = husk_shim::manager::Manager::new(pod_id, pod, Arc::new(events));

@@ -32,13 +32,24 @@ const ALL_PROTOCOLS: u16 = 0x0003u16.to_be();
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("pod network namespace {path}: {message}")]
-    Namespace { path: PathBuf, message: String },
-    #[error("netlink ({context}): {message}")]
+    #[error("pod network namespace {path}: {source}")]
+    Namespace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod network namespace {0}: is the host's own network namespace; husk connects only a pod's")]
+    HostNamespace(PathBuf),
+    #[error("pod network namespace {0}: the thread working in it panicked")]
+    ThreadPanicked(PathBuf),
+    #[error("netlink ({context}): {source}")]
     Netlink {
         context: &'static str,
-        message: String,
+        #[source]
+        source: rtnetlink::Error,
     },
+    #[error("netlink (connecting): {0}")]
+    NetlinkConnect(#[source] std::io::Error),
     #[error("creating the TAP device: {0}")]
     Tap(#[from] husk_hypervisor::tap::TapError),
     #[error("the TAP {0} vanished after it was created")]
@@ -46,10 +57,7 @@ pub enum NetworkError {
 }
 
 fn netlink(context: &'static str) -> impl Fn(rtnetlink::Error) -> NetworkError {
-    move |e| NetworkError::Netlink {
-        context,
-        message: e.to_string(),
-    }
+    move |source| NetworkError::Netlink { context, source }
 }
 
 /// A pod namespace connected to a TAP; dropping it does not undo that,
@@ -69,20 +77,20 @@ pub struct PodNetwork {
 /// where they are). Sockets `f` makes belong to that namespace for good.
 pub fn on_thread_in_netns<T: Send + 'static>(
     netns: &Path,
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, NetworkError> {
-    let ns_err = |message: String| NetworkError::Namespace {
+    let ns_err = |source: std::io::Error| NetworkError::Namespace {
         path: netns.to_owned(),
-        message,
+        source,
     };
-    let file = std::fs::File::open(netns).map_err(|e| ns_err(e.to_string()))?;
+    let file = std::fs::File::open(netns).map_err(ns_err)?;
     std::thread::spawn(move || {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("setns: {e}"))?;
+            .map_err(std::io::Error::from)?;
         f()
     })
     .join()
-    .map_err(|_| ns_err("the thread in the namespace panicked".into()))?
+    .map_err(|_| NetworkError::ThreadPanicked(netns.to_owned()))?
     .map_err(ns_err)
 }
 
@@ -99,14 +107,10 @@ fn in_netns<T: Send + 'static>(
     let result = on_thread_in_netns(netns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         Ok(runtime.block_on(async move {
             let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(|e| NetworkError::Netlink {
-                    context: "connecting",
-                    message: e.to_string(),
-                })?;
+                rtnetlink::new_connection().map_err(NetworkError::NetlinkConnect)?;
             let task = tokio::spawn(connection);
             let result = f(handle).await;
             task.abort();
@@ -134,15 +138,12 @@ pub fn attach(netns: &Path) -> Result<Option<PodNetwork>, NetworkError> {
     // off its network: only another namespace is connected.
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    let ns_id = id(netns).map_err(|e| NetworkError::Namespace {
+    let ns_id = id(netns).map_err(|source| NetworkError::Namespace {
         path: netns.to_owned(),
-        message: e.to_string(),
+        source,
     })?;
     if id(Path::new("/proc/self/ns/net")).is_ok_and(|own| own == ns_id) {
-        return Err(NetworkError::Namespace {
-            path: netns.to_owned(),
-            message: "is the host's own network namespace; husk connects only a pod's".into(),
-        });
+        return Err(NetworkError::HostNamespace(netns.to_owned()));
     }
     let path = netns.to_owned();
     in_netns(netns, move |handle| {

@@ -17,10 +17,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("listening in {netns}: {message}")]
-    Listen { netns: PathBuf, message: String },
-    #[error("iptables in {netns}: {message}")]
-    Iptables { netns: PathBuf, message: String },
+    #[error("listening in the pod's network namespace: {0}")]
+    Listen(#[source] crate::network::NetworkError),
+    #[error("listening in {netns}: {source}")]
+    Listener {
+        netns: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running nsenter iptables in {netns}: {source}")]
+    Nsenter {
+        netns: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("iptables in {netns}: {stderr}")]
+    Iptables { netns: PathBuf, stderr: String },
 }
 
 /// A running forwarder; `stop` removes its rule and listener.
@@ -64,14 +76,14 @@ fn iptables(netns: &Path, args: &[String]) -> Result<(), ForwardError> {
         .arg("iptables")
         .args(args)
         .output()
-        .map_err(|e| ForwardError::Iptables {
+        .map_err(|source| ForwardError::Nsenter {
             netns: netns.to_owned(),
-            message: format!("running nsenter iptables: {e}"),
+            source,
         })?;
     if !out.status.success() {
         return Err(ForwardError::Iptables {
             netns: netns.to_owned(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
     Ok(())
@@ -80,33 +92,28 @@ fn iptables(netns: &Path, args: &[String]) -> Result<(), ForwardError> {
 /// A listener on 127.0.0.1 in `netns` (made on a thread that entered it).
 fn listen_in(netns: &Path) -> Result<std::net::TcpListener, ForwardError> {
     crate::network::on_thread_in_netns(netns, || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.set_nonblocking(true)?;
         Ok(l)
     })
-    .map_err(|e| ForwardError::Listen {
-        netns: netns.to_owned(),
-        message: match e {
-            crate::network::NetworkError::Namespace { message, .. } => message,
-            other => other.to_string(),
-        },
-    })
+    .map_err(ForwardError::Listen)
 }
 
 pub async fn start(netns: &Path, agent_socket: PathBuf) -> Result<LocalForward, ForwardError> {
     let std_listener = listen_in(netns)?;
     let port = std_listener
         .local_addr()
-        .map_err(|e| ForwardError::Listen {
+        .map_err(|source| ForwardError::Listener {
             netns: netns.to_owned(),
-            message: e.to_string(),
+            source,
         })?
         .port();
-    let listener =
-        tokio::net::TcpListener::from_std(std_listener).map_err(|e| ForwardError::Listen {
+    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|source| {
+        ForwardError::Listener {
             netns: netns.to_owned(),
-            message: e.to_string(),
-        })?;
+            source,
+        }
+    })?;
     iptables(netns, &rule("-A", port))?;
     let task = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
@@ -128,9 +135,11 @@ pub async fn start(netns: &Path, agent_socket: PathBuf) -> Result<LocalForward, 
 /// The destination port a REDIRECTed connection was dialled to.
 fn original_port(conn: &tokio::net::TcpStream) -> std::io::Result<u16> {
     const SO_ORIGINAL_DST: nix::libc::c_int = 80;
-    // SAFETY: sockaddr_in is plain data; getsockopt fills at most len bytes.
+    // SAFETY: sockaddr_in is plain data, valid when all zero.
     let mut addr: nix::libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<nix::libc::sockaddr_in>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `addr`, which is
+    // that large and lives across the call; the fd is the open socket.
     let ret = unsafe {
         nix::libc::getsockopt(
             conn.as_raw_fd(),

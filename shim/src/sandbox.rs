@@ -16,12 +16,14 @@ use husk_hypervisor::{MicroVm, NetDevice, VmSpec};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct VmPod {
     pod_id: String,
-    config: Result<Config, String>,
-    tree: Option<ShareTree>,
+    /// The configuration and the pod's share tree under its runtime
+    /// directory; every call fails with the error when it did not load.
+    loaded: Result<(Config, ShareTree), Arc<husk_config::ConfigError>>,
     state: tokio::sync::Mutex<PodState>,
 }
 
@@ -44,30 +46,30 @@ struct RunningVm {
 }
 
 impl VmPod {
-    pub fn new(pod_id: String, config: Result<Config, String>) -> Self {
-        let tree = config
-            .as_ref()
-            .ok()
-            .map(|c| ShareTree::new(&c.hypervisor.runtime_dir, &pod_id));
+    pub fn new(pod_id: String, config: Result<Config, husk_config::ConfigError>) -> Self {
+        let loaded = config.map_err(Arc::new).map(|c| {
+            let tree = ShareTree::new(&c.hypervisor.runtime_dir, &pod_id);
+            (c, tree)
+        });
         Self {
             pod_id,
-            config,
-            tree,
+            loaded,
             state: tokio::sync::Mutex::default(),
         }
     }
 
     fn config(&self) -> Result<&Config, TaskError> {
-        self.config
+        self.loaded
             .as_ref()
+            .map(|(c, _)| c)
             .map_err(|e| TaskError::Config(e.clone()))
     }
 
     fn tree(&self) -> Result<&ShareTree, TaskError> {
-        self.config()?;
-        self.tree
+        self.loaded
             .as_ref()
-            .ok_or_else(|| TaskError::Config("no share tree".into()))
+            .map(|(_, t)| t)
+            .map_err(|e| TaskError::Config(e.clone()))
     }
 }
 
@@ -223,8 +225,8 @@ impl Pod for VmPod {
     }
 
     fn timeouts(&self) -> PodTimeouts {
-        let t = match &self.config {
-            Ok(c) => {
+        let t = match &self.loaded {
+            Ok((c, _)) => {
                 match husk_hypervisor::resolve_accelerator(c.hypervisor.accelerator).accelerator {
                     husk_hypervisor::Accelerator::Kvm => c.timeouts.kvm,
                     husk_hypervisor::Accelerator::Tcg => c.timeouts.tcg,

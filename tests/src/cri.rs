@@ -271,6 +271,8 @@ pub struct PodSpec {
     pub dns_options: Vec<String>,
     pub annotations: HashMap<String, String>,
     pub labels: HashMap<String, String>,
+    /// `hostNetwork: true`: the node's network namespace.
+    pub host_network: bool,
 }
 
 impl PodSpec {
@@ -285,6 +287,7 @@ impl PodSpec {
             dns_options: vec!["ndots:5".into()],
             annotations: HashMap::new(),
             labels: HashMap::new(),
+            host_network: false,
         }
     }
 }
@@ -557,7 +560,7 @@ impl Cri {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: cgroup.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespace_options()),
+                    namespace_options: Some(namespace_options(spec.host_network)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -674,7 +677,13 @@ impl Cri {
             linux: Some(cri::LinuxContainerConfig {
                 resources: spec.resources.clone(),
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(namespace_options()),
+                    // The pod's own choice, as kubelet passes it.
+                    namespace_options: pod
+                        .config
+                        .linux
+                        .as_ref()
+                        .and_then(|l| l.security_context.as_ref())
+                        .and_then(|c| c.namespace_options.clone()),
                     ..Default::default()
                 }),
             }),
@@ -1036,9 +1045,14 @@ impl Drop for Cri {
     }
 }
 
-fn namespace_options() -> cri::NamespaceOption {
+fn namespace_options(host_network: bool) -> cri::NamespaceOption {
+    let network = if host_network {
+        cri::NamespaceMode::Node
+    } else {
+        cri::NamespaceMode::Pod
+    };
     cri::NamespaceOption {
-        network: cri::NamespaceMode::Pod as i32,
+        network: network as i32,
         pid: cri::NamespaceMode::Container as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()

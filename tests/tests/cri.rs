@@ -625,6 +625,32 @@ fn husk_refuses_pods_sized_outside_the_bounds() {
     }
 }
 
+/// A VM cannot join the node's network namespace: a hostNetwork pod is
+/// refused at RunPodSandbox with the reason, instead of silently getting a
+/// private network where its servers cannot be reached on the node's
+/// address. (runc runs it; that is what the message recommends.)
+#[test]
+fn husk_refuses_host_network_pods_with_the_reason() {
+    let Some(cri) = harness() else { return };
+    let mut spec = PodSpec::new("hostnet");
+    spec.host_network = true;
+    let err = match cri.try_run_pod(HUSK, &spec) {
+        Ok(pod) => {
+            cri.stop_and_remove(&pod);
+            panic!("a hostNetwork pod ran under husk")
+        }
+        Err(e) => e,
+    };
+    assert!(err.contains("hostNetwork") && err.contains("runc"), "{err}");
+    assert!(
+        cri.list_pods()
+            .iter()
+            .all(|p| p.metadata.as_ref().is_none_or(|m| m.name != spec.name)
+                || p.state != cri::PodSandboxState::SandboxReady as i32),
+        "the refused pod is listed as ready"
+    );
+}
+
 /// A container that puts 64 MiB in the pod's /dev/shm: ContainerStats and
 /// ListContainerStats report at least that much memory, because a husk
 /// pod's /dev/shm is the guest's own tmpfs (charged to the container's

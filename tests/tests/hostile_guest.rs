@@ -46,13 +46,42 @@ impl Drop for Victim {
     }
 }
 
-/// Points this containerd's husk configuration at `initrd`: the next VM
-/// boots with it (each shim reads the file when it starts).
-fn use_initrd(ctrd: &Containerd, initrd: &Path) {
+/// Changes this containerd's husk configuration: the next shim reads it
+/// when it starts.
+fn configure(ctrd: &Containerd, change: impl FnOnce(&mut husk_config::Config)) {
     let path = ctrd.dir.path().join("husk.toml");
     let mut config = husk_config::Config::load(&path).unwrap();
-    config.hypervisor.initrd = initrd.to_owned();
+    change(&mut config);
     std::fs::write(&path, config.to_toml()).unwrap();
+}
+
+/// Points this containerd's husk configuration at `initrd`: the next VM
+/// boots with it.
+fn use_initrd(ctrd: &Containerd, initrd: &Path) {
+    configure(ctrd, |c| c.hypervisor.initrd = initrd.to_owned());
+}
+
+/// The initrd of husk-fake-agent: a replaced agent that boots, takes
+/// containers, then answers nothing that would give them back.
+fn fake_agent_initrd() -> std::path::PathBuf {
+    husk_tests::installed_archive(
+        "HUSK_FAKE_AGENT_INITRD",
+        "/usr/local/share/husk/husk-fake-agent-initrd.cpio",
+    )
+}
+
+/// Short deadlines for the fake agent's pods (TCG's defaults are a
+/// minute): the bounds these tests assert.
+const CALL_SECS: u64 = 5;
+const GRACE_SECS: u64 = 5;
+
+fn with_fake_agent(config: &mut husk_config::Config) {
+    config.hypervisor.initrd = fake_agent_initrd();
+    for t in [&mut config.timeouts.kvm, &mut config.timeouts.tcg] {
+        t.agent_call_secs = CALL_SECS;
+        t.kill_grace_secs = GRACE_SECS;
+        t.shutdown_secs = 3;
+    }
 }
 
 /// The pod's share tree in this containerd's husk runtime directory.
@@ -186,4 +215,83 @@ fn a_failed_boot_deletes_neither_the_image_nor_a_bound_directory() {
     assert!(whole, "the image's files were deleted through the overlay");
     assert!(ctrd.ctr(&["container", "rm", "noboot"]).status.success());
     assert_nothing_left(&ctrd);
+}
+
+#[test]
+fn an_agent_that_never_answers_cannot_keep_its_container() {
+    let ctrd = setup();
+    configure(&ctrd, with_fake_agent);
+    run_detached(&ctrd, HUSK, "mute", &["sleep", "1000"]);
+    let started = std::time::Instant::now();
+    let out = ctrd.ctr(&["task", "kill", "-s", "15", "mute"]);
+    let took = started.elapsed();
+    let err = text(&out.stderr);
+    println!("ctr task kill: {err} ({took:?})");
+    assert!(
+        !out.status.success(),
+        "the agent never answered, yet kill succeeded"
+    );
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(CALL_SECS + 10),
+        "kill took {took:?}"
+    );
+    // containerd's forced delete (SIGKILL, wait, delete): the shim stops
+    // the VM itself.
+    let started = std::time::Instant::now();
+    let out = ctrd.ctr(&["task", "delete", "--force", "mute"]);
+    println!(
+        "ctr task delete --force: {} ({:?})",
+        text(&out.stderr),
+        started.elapsed()
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(ctrd.ctr(&["container", "rm", "mute"]).status.success());
+    assert_nothing_left(&ctrd);
+}
+
+#[test]
+fn an_agent_that_never_answers_cannot_keep_its_pod() {
+    use husk_tests::cri::{Cri, PodSpec, HUSK as HUSK_HANDLER};
+    if let Some(reason) = husk_tests::cri::unsupported_reason() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let cri = Cri::start();
+    configure(cri.containerd(), with_fake_agent);
+    let pod = cri.run_pod(HUSK_HANDLER, &PodSpec::new("mute"));
+    let started = std::time::Instant::now();
+    cri.stop_and_remove(&pod);
+    println!("StopPodSandbox + RemovePodSandbox: {:?}", started.elapsed());
+}
+
+#[test]
+fn a_pod_whose_vm_cannot_boot_leaves_nothing() {
+    use husk_tests::cri::{Cri, PodSpec, HUSK as HUSK_HANDLER};
+    if let Some(reason) = husk_tests::cri::unsupported_reason() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let cri = Cri::start();
+    let bad = cri.containerd().dir.path().join("not-a-cpio");
+    std::fs::write(&bad, vec![0x5a; 4096]).unwrap();
+    use_initrd(cri.containerd(), &bad);
+    let e = cri
+        .try_run_pod(HUSK_HANDLER, &PodSpec::new("noboot"))
+        .err()
+        .expect("the pod started with a bad initrd");
+    println!("RunPodSandbox: {e}");
+    assert!(e.contains("starting the VM"), "{e}");
+    let runtime = cri.containerd().husk_runtime.clone();
+    assert!(
+        mounts_under(&runtime).is_empty(),
+        "{:?}",
+        mounts_under(&runtime)
+    );
+    for sub in ["pods", "vms"] {
+        let left: Vec<_> = std::fs::read_dir(runtime.join(sub))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{sub}/ still holds {left:?}");
+    }
 }

@@ -1,8 +1,10 @@
-//! One cgroup v2 directory per container below /sys/fs/cgroup/husk.
+//! One cgroup v2 directory per container below /sys/fs/cgroup/husk: made,
+//! limited, frozen, read for stats and removed by the agent; joined by the
+//! container's processes (an init joins by itself, see `child::cgroup`).
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
 const CONTROLLERS: &str = "+cpu +memory +pids";
@@ -38,7 +40,7 @@ pub struct Stats {
 }
 
 /// "key value" lines (cpu.stat, memory.stat, memory.events).
-pub fn parse_flat_keyed(text: &str) -> HashMap<String, u64> {
+fn parse_flat_keyed(text: &str) -> HashMap<String, u64> {
     text.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(' ')?;
@@ -53,7 +55,7 @@ fn parse_limit(text: &str) -> Option<u64> {
 }
 
 /// io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..".
-pub fn parse_io_stat(text: &str) -> Vec<(u32, u32, u64, u64, u64, u64)> {
+fn parse_io_stat(text: &str) -> Vec<(u32, u32, u64, u64, u64, u64)> {
     text.lines()
         .filter_map(|l| {
             let mut parts = l.split_whitespace();
@@ -77,27 +79,62 @@ pub fn parse_io_stat(text: &str) -> Vec<(u32, u32, u64, u64, u64, u64)> {
         .collect()
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{file} = {value}: {source}")]
+    Write {
+        file: String,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("adding process {pid}: {source}")]
+    Add {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup.freeze: {0}")]
+    Freeze(#[source] io::Error),
+    #[error("cgroup did not reach '{0}' within 1 s")]
+    FreezeTimeout(&'static str),
+}
+
 pub struct Cgroup {
     path: PathBuf,
 }
 
 impl Cgroup {
-    pub fn create(id: &str) -> io::Result<Self> {
+    /// The cgroup of container `id` (an id already checked to be a safe
+    /// file name).
+    pub fn create(id: &str) -> Result<Self, CgroupError> {
         let path = PathBuf::from(ROOT).join("husk").join(id);
-        std::fs::create_dir_all(&path)?;
+        std::fs::create_dir_all(&path).map_err(|source| CgroupError::Create {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Self { path })
     }
 
     /// Writes (file, value) pairs such as ("memory.max", "67108864").
-    pub fn apply(&self, limits: &[(&str, String)]) -> io::Result<()> {
+    pub fn apply(&self, limits: &[(&str, String)]) -> Result<(), CgroupError> {
         for (file, value) in limits {
-            std::fs::write(self.path.join(file), value)
-                .map_err(|e| io::Error::new(e.kind(), format!("{file} = {value}: {e}")))?;
+            std::fs::write(self.path.join(file), value).map_err(|source| CgroupError::Write {
+                file: (*file).to_owned(),
+                value: value.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
 
-    pub fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
@@ -105,29 +142,30 @@ impl Cgroup {
         self.path.join("cgroup.procs")
     }
 
-    pub fn add(&self, pid: i32) -> io::Result<()> {
-        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        std::fs::write(self.procs_path(), pid.to_string())
+            .map_err(|source| CgroupError::Add { pid, source })
     }
 
     /// Freezes (true) or thaws the group and waits until the kernel says
     /// it is done: `frozen` in cgroup.events follows cgroup.freeze once
     /// every task has stopped.
-    pub fn freeze(&self, frozen: bool) -> io::Result<()> {
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
         std::fs::write(
             self.path.join("cgroup.freeze"),
             if frozen { "1" } else { "0" },
-        )?;
+        )
+        .map_err(CgroupError::Freeze)?;
         let want = if frozen { "frozen 1" } else { "frozen 0" };
         for _ in 0..500 {
-            let events = std::fs::read_to_string(self.path.join("cgroup.events"))?;
+            let events = std::fs::read_to_string(self.path.join("cgroup.events"))
+                .map_err(CgroupError::Freeze)?;
             if events.lines().any(|l| l.trim() == want) {
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        Err(io::Error::other(format!(
-            "cgroup did not reach '{want}' within 1 s"
-        )))
+        Err(CgroupError::FreezeTimeout(want))
     }
 
     pub fn pids(&self) -> Vec<i32> {

@@ -1,18 +1,20 @@
-//! `linux.seccomp` to a BPF program. libseccomp compiles the profile in the
-//! agent, before the clone; the child only loads the finished program with
-//! one seccomp(2) call (it may not allocate, see `launch`).
+//! `linux.seccomp` (runtime-spec config-linux.md, "Seccomp") to a BPF
+//! program. libseccomp compiles the profile in the agent, before the clone;
+//! the child only loads the finished program with one seccomp(2) call (it
+//! may not allocate, see `child::seccomp`).
 //!
 //! Semantics follow runc: unknown syscall names are skipped (profiles list
 //! syscalls of newer kernels), a rule whose action is the default action is
 //! dropped, and argument conditions on the same argument index become
 //! separate rules (OR) while different indexes combine (AND).
 
-use super::plan::SpecError;
+use super::error::{bad, SpecError};
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+    LinuxSyscall,
 };
 use std::io::{Read, Seek};
 
@@ -22,16 +24,9 @@ const FILTER_FLAG_SPEC_ALLOW: u32 = 1 << 2;
 
 /// A compiled filter: the BPF instructions and the seccomp(2) flags.
 #[derive(Debug)]
-pub struct SeccompProgram {
+pub(crate) struct SeccompProgram {
     pub filter: Vec<nix::libc::sock_filter>,
     pub flags: u32,
-}
-
-fn bad(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError {
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 fn action(
@@ -86,13 +81,37 @@ fn arch(a: Arch) -> Option<ScmpArch> {
 }
 
 /// Compiles `profile` for the guest.
-pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SpecError> {
-    let lib = |e: libseccomp::error::SeccompError| bad("linux.seccomp", e.to_string());
+pub(crate) fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SpecError> {
+    let lib = |source| SpecError::Seccomp {
+        field: "linux.seccomp".into(),
+        source,
+    };
     let default = action(
         "linux.seccomp.defaultAction",
         profile.default_action(),
         profile.default_errno_ret(),
     )?;
+    let flags = filter_flags(profile)?;
+    let mut ctx = ScmpFilterContext::new_filter(default).map_err(lib)?;
+    for a in profile
+        .architectures()
+        .iter()
+        .flatten()
+        .filter_map(|a| arch(*a))
+    {
+        ctx.add_arch(a).map_err(lib)?;
+    }
+    for (i, rule) in profile.syscalls().iter().flatten().enumerate() {
+        add_rule(&mut ctx, i, rule, default)?;
+    }
+    Ok(SeccompProgram {
+        filter: export(&ctx)?,
+        flags,
+    })
+}
+
+/// linux.seccomp.flags as seccomp(2) flags.
+fn filter_flags(profile: &LinuxSeccomp) -> Result<u32, SpecError> {
     let mut flags = 0;
     for f in profile.flags().iter().flatten() {
         flags |= match f {
@@ -108,62 +127,64 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SpecError> {
             }
         };
     }
-    let mut ctx = ScmpFilterContext::new_filter(default).map_err(lib)?;
-    for a in profile
-        .architectures()
+    Ok(flags)
+}
+
+/// linux.seccomp.syscalls[i], unless its action is the default one.
+fn add_rule(
+    ctx: &mut ScmpFilterContext,
+    i: usize,
+    rule: &LinuxSyscall,
+    default: ScmpAction,
+) -> Result<(), SpecError> {
+    let field = format!("linux.seccomp.syscalls[{i}]");
+    let act = action(&format!("{field}.action"), rule.action(), rule.errno_ret())?;
+    if act == default {
+        return Ok(());
+    }
+    let args = rule.args().clone().unwrap_or_default();
+    let conditions: Vec<ScmpArgCompare> = args
         .iter()
-        .flatten()
-        .filter_map(|a| arch(*a))
-    {
-        ctx.add_arch(a).map_err(lib)?;
-    }
-    for (i, rule) in profile.syscalls().iter().flatten().enumerate() {
-        let field = format!("linux.seccomp.syscalls[{i}]");
-        let act = action(&format!("{field}.action"), rule.action(), rule.errno_ret())?;
-        if act == default {
+        .map(|a| {
+            let (op, datum) = compare(a.op(), a.value(), a.value_two());
+            ScmpArgCompare::new(a.index() as u32, op, datum)
+        })
+        .collect();
+    let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let one_rule = indexes.len() == args.len();
+    for name in rule.names() {
+        let Ok(syscall) = ScmpSyscall::from_name(name) else {
+            tracing::debug!(syscall = %name, "seccomp: unknown syscall skipped");
             continue;
-        }
-        let args = rule.args().clone().unwrap_or_default();
-        let conditions: Vec<ScmpArgCompare> = args
-            .iter()
-            .map(|a| {
-                let (op, datum) = compare(a.op(), a.value(), a.value_two());
-                ScmpArgCompare::new(a.index() as u32, op, datum)
-            })
-            .collect();
-        let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
-        indexes.sort_unstable();
-        indexes.dedup();
-        let one_rule = indexes.len() == args.len();
-        for name in rule.names() {
-            let Ok(syscall) = ScmpSyscall::from_name(name) else {
-                tracing::debug!(syscall = %name, "seccomp: unknown syscall skipped");
-                continue;
-            };
-            let result = if conditions.is_empty() {
-                ctx.add_rule(act, syscall)
-            } else if one_rule {
-                ctx.add_rule_conditional(act, syscall, &conditions)
-            } else {
-                conditions
-                    .iter()
-                    .try_for_each(|c| ctx.add_rule_conditional(act, syscall, &[*c]))
-            };
-            result.map_err(|e| bad(format!("{field} ({name})"), e.to_string()))?;
-        }
+        };
+        let result = if conditions.is_empty() {
+            ctx.add_rule(act, syscall)
+        } else if one_rule {
+            ctx.add_rule_conditional(act, syscall, &conditions)
+        } else {
+            conditions
+                .iter()
+                .try_for_each(|c| ctx.add_rule_conditional(act, syscall, &[*c]))
+        };
+        result.map_err(|source| SpecError::Seccomp {
+            field: format!("{field} ({name})"),
+            source,
+        })?;
     }
-    Ok(SeccompProgram {
-        filter: export(&ctx)?,
-        flags,
-    })
+    Ok(())
 }
 
 /// The filter as BPF instructions (libseccomp writes them to an fd).
 fn export(ctx: &ScmpFilterContext) -> Result<Vec<nix::libc::sock_filter>, SpecError> {
-    let io = |e: std::io::Error| bad("linux.seccomp", format!("exporting the filter: {e}"));
+    let io = SpecError::SeccompExport;
     let mut file = tempfile_in_memory().map_err(io)?;
     ctx.export_bpf(&mut file)
-        .map_err(|e| bad("linux.seccomp", e.to_string()))?;
+        .map_err(|source| SpecError::Seccomp {
+            field: "linux.seccomp".into(),
+            source,
+        })?;
     let mut bytes = Vec::new();
     file.rewind().map_err(io)?;
     file.read_to_end(&mut bytes).map_err(io)?;

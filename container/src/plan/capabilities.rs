@@ -1,22 +1,48 @@
-//! Linux capabilities of a container process, as the OCI spec lists them:
-//! names to bit numbers here, applied by the child with raw prctl/capset
-//! (see `launch`).
+//! `process.capabilities` (runtime-spec config.md, "Linux process"): the
+//! five sets' names to kernel bit masks, limited to what the guest kernel
+//! knows. The child applies them with raw prctl/capset (`child::capabilities`).
 
-use super::plan::SpecError;
+use super::error::{bad, SpecError};
+use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 
 /// Capability names in kernel bit order (shared with the shim, which
 /// checks a spec's names before it boots a VM).
 use husk_proto::CAPABILITY_NAMES as NAMES;
 
-/// The five sets as bit masks, limited to what the guest kernel knows.
+/// The five sets as bit masks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapSets {
+pub(crate) struct CapSets {
     pub bounding: u64,
     pub effective: u64,
     pub permitted: u64,
     pub inheritable: u64,
+    /// The ambient set as bit numbers, each raised on its own.
     pub ambient: Vec<u32>,
+    /// The highest capability the kernel knows.
     pub last_cap: u32,
+}
+
+/// None when the spec sets none: the process keeps the agent's.
+pub(crate) fn from_spec(caps: Option<&LinuxCapabilities>) -> Result<Option<CapSets>, SpecError> {
+    let Some(c) = caps else { return Ok(None) };
+    let names = |set: &Option<Capabilities>| {
+        set.as_ref().map(|s| {
+            s.iter()
+                .filter_map(|cap| serde_json::to_value(cap).ok()?.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+    };
+    CapSets::from_names(
+        [
+            names(c.bounding()),
+            names(c.effective()),
+            names(c.permitted()),
+            names(c.inheritable()),
+            names(c.ambient()),
+        ],
+        kernel_last_cap(),
+    )
+    .map(Some)
 }
 
 fn bit(field: &str, name: &str) -> Result<u32, SpecError> {
@@ -24,10 +50,7 @@ fn bit(field: &str, name: &str) -> Result<u32, SpecError> {
         .iter()
         .position(|n| *n == name)
         .map(|p| p as u32)
-        .ok_or_else(|| SpecError {
-            field: field.into(),
-            message: format!("unknown capability {name:?}"),
-        })
+        .ok_or_else(|| bad(field, format!("unknown capability {name:?}")))
 }
 
 fn mask<'a>(
@@ -44,16 +67,15 @@ fn mask<'a>(
 
 impl CapSets {
     /// From the spec's lists of names (each None = empty set).
-    pub fn from_names(sets: [Option<Vec<String>>; 5], last_cap: u32) -> Result<Self, SpecError> {
+    fn from_names(sets: [Option<Vec<String>>; 5], last_cap: u32) -> Result<Self, SpecError> {
         let known = if last_cap >= 63 {
             u64::MAX
         } else {
             (1u64 << (last_cap + 1)) - 1
         };
         let [bounding, effective, permitted, inheritable, ambient] = sets;
-        let names = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
         let m = |field: &str, v: &Option<Vec<String>>| {
-            let list = names(v);
+            let list = v.clone().unwrap_or_default();
             mask(field, list.iter().map(String::as_str), known)
         };
         let ambient_mask = m("process.capabilities.ambient", &ambient)?;
@@ -71,7 +93,7 @@ impl CapSets {
 }
 
 /// The highest capability the running kernel knows.
-pub fn kernel_last_cap() -> u32 {
+fn kernel_last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -124,7 +146,21 @@ mod tests {
     #[test]
     fn unknown_names_name_the_field() {
         let e = CapSets::from_names([None, v(&["CAP_FLY"]), None, None, None], 40).unwrap_err();
-        assert_eq!(e.field, "process.capabilities.effective");
-        assert!(e.message.contains("CAP_FLY"));
+        assert_eq!(e.field(), "process.capabilities.effective");
+        assert!(e.to_string().contains("CAP_FLY"));
+    }
+
+    #[test]
+    fn the_specs_sets_reach_the_masks() {
+        let caps: LinuxCapabilities = serde_json::from_value(serde_json::json!({
+            "bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"]
+        }))
+        .unwrap();
+        let c = from_spec(Some(&caps)).unwrap().unwrap();
+        assert_eq!(
+            (c.bounding, c.effective, c.permitted),
+            (0b10_0001, 1 << 5, 0)
+        );
+        assert_eq!(from_spec(None).unwrap(), None);
     }
 }
