@@ -27,17 +27,17 @@ use std::sync::Arc;
 
 /// A pod the shim can serve: husk's or husk-vm's.
 trait ShimPod: Pod {
-    fn make(pod_id: String, config: Result<husk_config::Config, String>) -> Self;
+    fn make(pod_id: String, config: Result<husk_config::Config, husk_config::ConfigError>) -> Self;
 }
 
 impl ShimPod for VmPod {
-    fn make(pod_id: String, config: Result<husk_config::Config, String>) -> Self {
+    fn make(pod_id: String, config: Result<husk_config::Config, husk_config::ConfigError>) -> Self {
         VmPod::new(pod_id, config)
     }
 }
 
 impl ShimPod for VmImagePod {
-    fn make(pod_id: String, config: Result<husk_config::Config, String>) -> Self {
+    fn make(pod_id: String, config: Result<husk_config::Config, husk_config::ConfigError>) -> Self {
         VmImagePod::new(pod_id, config)
     }
 }

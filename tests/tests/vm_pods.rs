@@ -246,14 +246,21 @@ fn rootfs(cri: &Cri, id: &str) -> PathBuf {
         .join("rootfs")
 }
 
-/// The MTU of the pod interface CNI made in `netns`.
+/// The MTU of the pod interface CNI made in `netns` (from netlink: the
+/// host's /sys shows the host's namespace whatever nsenter joined).
 fn pod_mtu(netns: &Path) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args(["cat", "/sys/class/net/eth0/mtu"])
+        .args(["ip", "-o", "link", "show", "dev", "eth0"])
         .output()
         .expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == "mtu")
+        .and_then(|_| words.next())
+        .unwrap_or_else(|| panic!("no MTU of the pod interface in {text:?}"))
+        .to_owned()
 }
 
 /// Nothing of a VM is left under the harness: no QEMU (every VM process

@@ -68,7 +68,7 @@ enum Member {
 }
 
 struct Shared {
-    ctx: Result<VmPodContext, String>,
+    ctx: Result<VmPodContext, Arc<husk_config::ConfigError>>,
     members: Mutex<HashMap<String, Member>>,
     /// The pod's network namespace (CNI's), from the sandbox's spec. The
     /// app containers' specs name the sandbox task's instead
@@ -133,8 +133,8 @@ pub struct VmImagePod {
 }
 
 impl VmImagePod {
-    pub fn new(pod_id: String, config: Result<Config, String>) -> Self {
-        let ctx = config.map(|config| {
+    pub fn new(pod_id: String, config: Result<Config, husk_config::ConfigError>) -> Self {
+        let ctx = config.map_err(Arc::new).map(|config| {
             let accelerator =
                 husk_hypervisor::resolve_accelerator(config.hypervisor.accelerator).accelerator;
             let t = match accelerator {

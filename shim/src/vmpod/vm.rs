@@ -196,6 +196,11 @@ impl VmContainer {
             leftovers.network.as_ref().map(|n| n.guest.clone()),
         )?;
         let seed_files = cloud_init::seed_files(&facts);
+        // What the VM's network is told (user-data, which may hold
+        // secrets, is not logged).
+        for (name, data) in seed_files.iter().filter(|(n, _)| *n == "network-config") {
+            tracing::info!(pod_id = %ctx.pod_id, container_id = id, file = name, content = %String::from_utf8_lossy(data).replace('\n', " "), "cloud-init seed");
+        }
         let seed = seed::create_seed(files, &seed_files).await?;
         let boot = boot_of(p, &ctx.config.vm, files)?;
         let block_devices = block_devices(&p.spec)?;
