@@ -15,7 +15,8 @@
 //! 2. A restarted (a new container from the unchanged image: the file
 //!    written before is gone, the image's disk hash unchanged), its guest
 //!    ignoring the power button (137 at the timeout), beside pod B from the
-//!    same image at once.
+//!    same image at once, whose network-config asks for DHCP (husk's DHCP
+//!    server on the TAP answers with the pod's address and router).
 //!
 //! The fast test checks every bad image's CreateContainer error. Both
 //! check that nothing is left: QEMU, run directories, overlays and seeds,
@@ -358,6 +359,53 @@ fn bad_images_and_a_second_vm_fail_with_the_reason() {
     assert_no_vm_leftovers(&cri);
 }
 
+/// `io.husk.vm.firmware: uefi` boots OVMF (q35, the firmware read-only,
+/// the VM's own copy of its variables): the test disk has no EFI system
+/// partition, so OVMF ends in its shell, on the console. A firmware
+/// husk-vm does not know is refused naming it.
+#[test]
+fn uefi_firmware_runs_from_its_own_variables() {
+    let Some(mut cri) = harness() else { return };
+    if !Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists() {
+        panic!("OVMF missing: run `sudo bash scripts/setup.sh` (Debian's ovmf)");
+    }
+    import(&mut cri, &[("debian-vm-oci.tar", DEBIAN_VM)]);
+    let pod = cri.run_pod(HUSK_VM, &PodSpec::new("uefi"));
+    let mut bad = vm_container("floppy", DEBIAN_VM, (1, 512));
+    bad.annotations
+        .insert("io.husk.vm.firmware".into(), "floppy".into());
+    let id = cri.try_create(&pod, &bad).unwrap();
+    let e = cri.start_container(&id).unwrap_err();
+    assert!(
+        e.contains("io.husk.vm.firmware") && e.contains("floppy"),
+        "{e}"
+    );
+    cri.remove_container(&id);
+
+    let mut spec = vm_container("vm", DEBIAN_VM, (1, 512));
+    spec.annotations
+        .insert("io.husk.vm.firmware".into(), "uefi".into());
+    let t = Instant::now();
+    let id = cri.create_and_start(&pod, &spec);
+    let shell = wait_console(&pod, &spec, &["UEFI Interactive Shell"], t);
+    assert!(
+        console(&pod, &spec).contains("BdsDxe"),
+        "no OVMF boot manager"
+    );
+    assert!(rootfs(&cri, &id).join(".husk-vm/OVMF_VARS.fd").is_file());
+    let qemu = husk_tests::containerd::processes_mentioning(&format!("husk-vm-{id},"));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", qemu[0])).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains("-M q35") && cmdline.contains("if=pflash,unit=0,format=raw,readonly=on"),
+        "{cmdline}"
+    );
+    println!("OVMF's shell after {shell:?}");
+    cri.stop_container(&id, 5);
+    cri.stop_and_remove(&pod);
+    assert_no_vm_leftovers(&cri);
+}
+
 /// What a VM container is given: its cloud-init and key volumes.
 struct VmVolumes {
     _dir: tempfile::TempDir,
@@ -384,6 +432,14 @@ const WEB_USER_DATA: &str = "#cloud-config
 runcmd:
   - [sh, -c, \"mkdir -p /srv/www && hostname > /srv/www/index.html\"]
   - [systemd-run, --unit=web, python3, -m, http.server, \"8080\", --directory, /srv/www]
+";
+/// A guest NIC configured by DHCP alone.
+const DHCP_NETWORK_CONFIG: &str = "version: 2
+ethernets:
+  nic:
+    match:
+      name: \"e*\"
+    dhcp4: true
 ";
 /// As above, and systemd-logind ignores the power button.
 const IGNORE_POWER_USER_DATA: &str = "#cloud-config
@@ -651,7 +707,12 @@ fn vm_pods_boot_serve_exec_stop_and_restart_clean() {
         mount(&vol_a2.keys, "/ssh-keys"),
     ];
     let pod_b = cri.run_pod(HUSK_VM, &PodSpec::new("vm-b"));
-    let spec_b = vm_container("vm", DEBIAN_VM, (1, 1024));
+    // B's own network-config asks for DHCP: husk's DHCP server on the TAP
+    // gives it the pod's address, as it would an image without cloud-init.
+    let vol_b = volumes("#cloud-config\n", &good_public);
+    std::fs::write(vol_b.cloud_init.join("network-config"), DHCP_NETWORK_CONFIG).unwrap();
+    let mut spec_b = vm_container("vm", DEBIAN_VM, (1, 1024));
+    spec_b.mounts = vec![mount(&vol_b.cloud_init, "/cloud-init")];
     let t_a2 = Instant::now();
     let a2 = cri.create_and_start(&pod_a, &spec_a2);
     // kubelet removes the dead container after the restart is made.
@@ -662,10 +723,21 @@ fn vm_pods_boot_serve_exec_stop_and_restart_clean() {
     wait_exec(&cri, &a2, t_a2);
     // Two pods from one image run at once, each with its own address.
     assert_eq!(cri.exec_sync(&b, &["hostname"], 60).stdout.trim(), "vm-b");
-    let ip_b = cri.exec_sync(&b, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"], 60);
+    let ip_b = cri.exec_sync(
+        &b,
+        &["ip", "-o", "-4", "addr", "show", "scope", "global"],
+        60,
+    );
     assert!(
-        ip_b.stdout.contains(&format!("inet {}/24", pod_b.ip)),
-        "{ip_b:?}"
+        ip_b.stdout.contains(&format!("inet {}/24", pod_b.ip)) && ip_b.stdout.contains("dynamic"),
+        "B's address from DHCP: {ip_b:?}"
+    );
+    let route_b = cri.exec_sync(&b, &["ip", "route"], 60);
+    assert!(
+        route_b
+            .stdout
+            .contains(&format!("default via {}", cri.net.gateway)),
+        "{route_b:?}"
     );
     assert_eq!(
         cri.container_status(&a2).state(),

@@ -10,7 +10,8 @@
 //!   checked as a containerDisk when it is shared ([`container_disk`]), its
 //!   create makes the overlay and the cloud-init seed ([`seed`],
 //!   [`cloud_init`]) and spawns QEMU paused, its start runs the vCPUs;
-//! - exec goes through the QEMU guest agent ([`exec`]).
+//! - exec goes through the QEMU guest agent ([`exec`]);
+//! - a DHCP server on the pod's TAP answers a guest that asks ([`dhcp`]).
 //!
 //! The manager gives containerd every task semantic on top (events, Wait,
 //! Delete, deadlines, the kill grace).
@@ -18,6 +19,7 @@
 mod agent;
 pub mod cloud_init;
 pub mod container_disk;
+mod dhcp;
 mod exec;
 pub mod seed;
 mod vm;

@@ -126,6 +126,8 @@ pub struct GuestAgentSlot {
 
 /// What the exit watch undoes once QEMU is gone.
 struct Leftovers {
+    /// The DHCP server on the TAP, stopped first.
+    dhcp: Option<tokio::task::JoinHandle<()>>,
     network: Option<PodNetwork>,
     cgroup: Option<crate::cgroup::HostCgroup>,
     run_dir: PathBuf,
@@ -133,6 +135,9 @@ struct Leftovers {
 
 impl Leftovers {
     async fn remove(self) {
+        if let Some(d) = self.dhcp {
+            d.abort();
+        }
         if let Some(n) = self.network {
             let _ = tokio::task::spawn_blocking(move || n.detach()).await;
         }
@@ -159,6 +164,7 @@ impl VmContainer {
         let files = seed::create_dir(&p.rootfs)?;
         let run_dir = ctx.config.hypervisor.runtime_dir.join("vms").join(id);
         let mut leftovers = Leftovers {
+            dhcp: None,
             network: None,
             cgroup: None,
             run_dir: run_dir.clone(),
@@ -202,6 +208,20 @@ impl VmContainer {
             tracing::info!(pod_id = %ctx.pod_id, container_id = id, file = name, content = %String::from_utf8_lossy(data).replace('\n', " "), "cloud-init seed");
         }
         let seed = seed::create_seed(files, &seed_files).await?;
+        if let Some(n) = &leftovers.network {
+            match super::dhcp::Lease::of_pod(&n.guest, &facts.dns, &facts.hostname) {
+                Some(lease) => {
+                    leftovers.dhcp = Some(super::dhcp::serve(
+                        &n.netns,
+                        crate::network::TAP_NAME,
+                        lease,
+                    )?)
+                }
+                None => {
+                    tracing::info!(pod_id = %ctx.pod_id, container_id = id, "the pod has no IPv4 address: no DHCP")
+                }
+            }
+        }
         let boot = boot_of(p, &ctx.config.vm, files)?;
         let block_devices = block_devices(&p.spec)?;
         {
@@ -274,6 +294,7 @@ impl VmContainer {
             Some((exit_rx.clone(), events.clone())),
         ));
         let owned = Leftovers {
+            dhcp: leftovers.dhcp.take(),
             network: leftovers.network.take(),
             cgroup: leftovers.cgroup.take(),
             run_dir: leftovers.run_dir.clone(),
