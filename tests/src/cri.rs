@@ -307,6 +307,8 @@ pub struct ContainerSpec {
     pub annotations: HashMap<String, String>,
     /// Host devices (a raw block volume reaches CRI as one).
     pub devices: Vec<cri::Device>,
+    /// Keep stdin open (`stdin: true`), for attach to write to.
+    pub stdin: bool,
 }
 
 impl ContainerSpec {
@@ -323,6 +325,7 @@ impl ContainerSpec {
             resources: None,
             annotations: HashMap::new(),
             devices: Vec::new(),
+            stdin: false,
         }
     }
 }
@@ -672,6 +675,7 @@ impl Cri {
                 .collect(),
             mounts: spec.mounts.clone(),
             devices: spec.devices.clone(),
+            stdin: spec.stdin,
             annotations: spec.annotations.clone(),
             log_path: spec.log_path.clone(),
             linux: Some(cri::LinuxContainerConfig {
@@ -892,9 +896,15 @@ impl Cri {
 
     /// Attach: the URL a client connects to for a container's output.
     pub fn attach_url(&self, id: &str) -> String {
+        self.attach_url_with(id, false)
+    }
+
+    /// Attach, with stdin when `stdin` (the container must keep it open).
+    pub fn attach_url_with(&self, id: &str, stdin: bool) -> String {
         let mut client = self.client();
         let request = cri::AttachRequest {
             container_id: id.into(),
+            stdin,
             stdout: true,
             stderr: true,
             ..Default::default()

@@ -39,7 +39,7 @@ const BAD_NOT_DISK: &str = "docker.io/husk/vm-bad-not-disk:test";
 /// a husk-vm pod names one, which husk-vm does not run.
 const VM_COMMAND: &[&str] = &["/disk"];
 /// A full Debian boot under TCG on a loaded 2-core host, two at a time.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 /// The user-data's web server.
 const WEB_PORT: u16 = 8080;
 
@@ -250,6 +250,11 @@ fn rootfs(cri: &Cri, id: &str) -> PathBuf {
 /// The MTU of the pod interface CNI made in `netns` (from netlink: the
 /// host's /sys shows the host's namespace whatever nsenter joined).
 fn pod_mtu(netns: &Path) -> String {
+    pod_link(netns, "mtu")
+}
+
+/// The word after `key` in `ip link show eth0` in `netns`.
+fn pod_link(netns: &Path, key: &str) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
         .args(["ip", "-o", "link", "show", "dev", "eth0"])
@@ -258,9 +263,9 @@ fn pod_mtu(netns: &Path) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut words = text.split_whitespace();
     words
-        .find(|w| *w == "mtu")
+        .find(|w| *w == key)
         .and_then(|_| words.next())
-        .unwrap_or_else(|| panic!("no MTU of the pod interface in {text:?}"))
+        .unwrap_or_else(|| panic!("no {key} of the pod interface in {text:?}"))
         .to_owned()
 }
 
@@ -361,10 +366,11 @@ fn bad_images_and_a_second_vm_fail_with_the_reason() {
 
 /// `io.husk.vm.firmware: uefi` boots OVMF (q35, the firmware read-only,
 /// the VM's own copy of its variables): the test disk has no EFI system
-/// partition, so OVMF ends in its shell, on the console. A firmware
-/// husk-vm does not know is refused naming it.
+/// partition, so OVMF ends in its shell, on the console, where a command
+/// typed through attach (stdin) runs. A firmware husk-vm does not know is
+/// refused naming it.
 #[test]
-fn uefi_firmware_runs_from_its_own_variables() {
+fn uefi_firmware_runs_and_attach_types_into_the_console() {
     let Some(mut cri) = harness() else { return };
     if !Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists() {
         panic!("OVMF missing: run `sudo bash scripts/setup.sh` (Debian's ovmf)");
@@ -385,6 +391,7 @@ fn uefi_firmware_runs_from_its_own_variables() {
     let mut spec = vm_container("vm", DEBIAN_VM, (1, 512));
     spec.annotations
         .insert("io.husk.vm.firmware".into(), "uefi".into());
+    spec.stdin = true;
     let t = Instant::now();
     let id = cri.create_and_start(&pod, &spec);
     let shell = wait_console(&pod, &spec, &["UEFI Interactive Shell"], t);
@@ -401,6 +408,16 @@ fn uefi_firmware_runs_from_its_own_variables() {
         "{cmdline}"
     );
     println!("OVMF's shell after {shell:?}");
+    // stdin is the console: a command typed through attach runs in the
+    // firmware's shell, and its output is in the log.
+    wait_console(&pod, &spec, &["Shell>"], t);
+    let url = cri.attach_url_with(&id, true);
+    let typed = husk_tests::streaming::write_stdin(&url, b"echo husk-typed-this\r", |o| {
+        o.stdout.contains("husk-typed-this")
+    })
+    .unwrap();
+    assert!(typed.stdout.contains("husk-typed-this"), "{typed:?}");
+    wait_console(&pod, &spec, &["husk-typed-this"], t);
     cri.stop_container(&id, 5);
     cri.stop_and_remove(&pod);
     assert_no_vm_leftovers(&cri);
@@ -433,14 +450,13 @@ runcmd:
   - [sh, -c, \"mkdir -p /srv/www && hostname > /srv/www/index.html\"]
   - [systemd-run, --unit=web, python3, -m, http.server, \"8080\", --directory, /srv/www]
 ";
-/// A guest NIC configured by DHCP alone.
-const DHCP_NETWORK_CONFIG: &str = "version: 2
-ethernets:
-  nic:
-    match:
-      name: \"e*\"
-    dhcp4: true
-";
+/// A guest NIC (the pod interface's MAC) configured by DHCP alone.
+fn dhcp_network_config(mac: &str) -> String {
+    format!(
+        "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{mac}\"\n    \
+         set-name: eth0\n    dhcp4: true\n"
+    )
+}
 /// As above, and systemd-logind ignores the power button.
 const IGNORE_POWER_USER_DATA: &str = "#cloud-config
 write_files:
@@ -710,7 +726,11 @@ fn vm_pods_boot_serve_exec_stop_and_restart_clean() {
     // B's own network-config asks for DHCP: husk's DHCP server on the TAP
     // gives it the pod's address, as it would an image without cloud-init.
     let vol_b = volumes("#cloud-config\n", &good_public);
-    std::fs::write(vol_b.cloud_init.join("network-config"), DHCP_NETWORK_CONFIG).unwrap();
+    std::fs::write(
+        vol_b.cloud_init.join("network-config"),
+        dhcp_network_config(&pod_link(&pod_b.netns, "link/ether")),
+    )
+    .unwrap();
     let mut spec_b = vm_container("vm", DEBIAN_VM, (1, 1024));
     spec_b.mounts = vec![mount(&vol_b.cloud_init, "/cloud-init")];
     let t_a2 = Instant::now();

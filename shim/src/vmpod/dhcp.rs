@@ -571,6 +571,101 @@ mod tests {
         assert_eq!(Lease::of_pod(&no_route, &dns, "vm-1"), Some(expected));
     }
 
+    /// A pod namespace as CNI leaves it (eth0 with an address and a
+    /// default route), the TAP husk attaches to it, and this server: a
+    /// DISCOVER written into the TAP, as the guest's NIC sends it, is
+    /// answered with an OFFER of the pod's address, read from the TAP as
+    /// the guest reads it. Needs root (netns, veth, TAP).
+    #[tokio::test]
+    async fn the_guest_gets_the_pods_lease_through_the_tap() {
+        use std::io::{Read, Write};
+        use std::process::Command;
+        let ns = format!("husk-dhcp-{}", std::process::id());
+        let veth = format!("hdhcp{}", std::process::id() % 100_000);
+        let ip = |args: &[&str]| Command::new("ip").args(args).output();
+        match ip(&["netns", "add", &ns]) {
+            Ok(o) if o.status.success() => {}
+            other => {
+                println!("SKIPPED: cannot make a network namespace: {other:?}");
+                return;
+            }
+        }
+        struct Cleanup(String, String);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = Command::new("ip").args(["link", "del", &self.1]).output();
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+            }
+        }
+        let _cleanup = Cleanup(ns.clone(), veth.clone());
+        for args in [
+            vec![
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+            vec![
+                "-n",
+                &ns,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                "0a:58:0a:fa:03:05",
+                "mtu",
+                "1450",
+                "up",
+            ],
+            vec!["-n", &ns, "addr", "add", "10.250.3.5/24", "dev", "eth0"],
+            vec!["-n", &ns, "route", "add", "default", "via", "10.250.3.1"],
+        ] {
+            let out = ip(&args).unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        let netns = std::path::PathBuf::from(format!("/run/netns/{ns}"));
+        let pod = crate::network::attach(&netns).unwrap().unwrap();
+        let dns = super::super::cloud_init::Dns::default();
+        let lease = Lease::of_pod(&pod.guest, &dns, "vm-1").unwrap();
+        assert_eq!(lease.address, Ipv4Addr::new(10, 250, 3, 5));
+        let server = serve(&netns, crate::network::TAP_NAME, lease).unwrap();
+        // The guest's side of the TAP: frames with the 12-byte vnet header.
+        let mut tap = std::fs::File::from(pod.tap.try_clone().unwrap());
+        let mut frame = vec![0u8; husk_hypervisor::tap::VNET_HDR_LEN];
+        frame.extend_from_slice(&request(1, MAC));
+        tap.write_all(&frame).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let offer = loop {
+            let mut buf = vec![0u8; 4096];
+            match tap.read(&mut buf) {
+                Ok(n) => {
+                    let f = &buf[husk_hypervisor::tap::VNET_HDR_LEN..n];
+                    // UDP from port 67: the answer (other frames, IPv6
+                    // router solicitations and the like, are skipped).
+                    if f.len() > ETH_HEADER + 28
+                        && f[12..14] == [8, 0]
+                        && f[ETH_HEADER + 20..ETH_HEADER + 22] == [0, 67]
+                    {
+                        break f.to_vec();
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "no answer on the TAP");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reading the TAP: {e}"),
+            }
+        };
+        let bootp = &offer[ETH_HEADER + 28..];
+        assert_eq!(&bootp[16..20], &[10, 250, 3, 5]);
+        assert_eq!(option(&bootp[BOOTP_FIXED + 4..], 53), Some(&[2][..]));
+        assert_eq!(
+            option(&bootp[BOOTP_FIXED + 4..], 3),
+            Some(&[10, 250, 3, 1][..])
+        );
+        server.abort();
+        tokio::task::spawn_blocking(move || pod.detach())
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn the_filter_is_well_formed() {
         let f = filter();

@@ -112,11 +112,19 @@ pub struct VmContainer {
     pub(super) guest_agent: Arc<GuestAgentSlot>,
     console_in: tokio::sync::Mutex<Option<ChildStdin>>,
     /// [console, QEMU's messages] until read_output takes them.
-    outputs: Mutex<[Option<mpsc::Receiver<Vec<u8>>>; 2]>,
+    outputs: Arc<Mutex<Outputs>>,
     exit: watch::Receiver<Option<u32>>,
     pub(super) execs: Mutex<HashMap<String, Arc<GuestExec>>>,
     pub(super) call_timeout: Duration,
 }
+
+type Outputs = [Option<mpsc::Receiver<Vec<u8>>>; 2];
+
+/// How long after start an output nobody took is kept: the manager's
+/// relays take theirs as they start, which may be just after the
+/// container's start; after this, output nobody reads is dropped, so an
+/// unread console never stalls the guest.
+const UNREAD_OUTPUT_KEPT: Duration = Duration::from_secs(30);
 
 /// The one connection to the guest agent, made when first needed.
 pub struct GuestAgentSlot {
@@ -319,21 +327,25 @@ impl VmContainer {
                 conn: tokio::sync::Mutex::new(None),
             }),
             console_in: tokio::sync::Mutex::new(Some(spawned.console_in)),
-            outputs: Mutex::new([Some(console_rx), Some(diag_rx)]),
+            outputs: Arc::new(Mutex::new([Some(console_rx), Some(diag_rx)])),
             exit: exit_rx,
             execs: Mutex::default(),
             call_timeout: ctx.timeouts.agent_call,
         })
     }
 
-    /// Lets the vCPUs run. Output nobody asked for is dropped from now on,
-    /// so an unread console never stalls the guest.
+    /// Lets the vCPUs run. Output nobody has asked for within
+    /// [`UNREAD_OUTPUT_KEPT`] is dropped from then on.
     pub async fn start(&self) -> Result<(), AgentError> {
-        self.outputs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter_mut()
-            .for_each(|o| drop(o.take()));
+        let outputs = self.outputs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(UNREAD_OUTPUT_KEPT).await;
+            outputs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter_mut()
+                .for_each(|o| drop(o.take()));
+        });
         self.qmp_call("cont").await
     }
 
