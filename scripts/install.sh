@@ -98,6 +98,9 @@ for f in "$root"/bin/*.new "$root"/share/husk/*.new; do
     # A link left by an older setup (virtiofsd into the cache) is replaced.
     mv -fT "$f" "${f%.new}"
 done
+# The same executable runs husk-vm pods (runtime io.containerd.husk-vm.v2)
+# when it runs under this name (docs/vm-pods.md, "Mode selection").
+ln -sfn containerd-shim-husk-v2 "$root/bin/containerd-shim-husk-vm-v2"
 echo "installed: $(cd "$root" && ls bin/containerd-shim-husk-v2 bin/husk bin/husk-vmm bin/virtiofsd \
     bin/vhost-device-vsock share/husk/vmlinux share/husk/husk-initrd.cpio | tr '\n' ' ')"
 

@@ -36,7 +36,8 @@ packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-
     cpio xz-utils libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
     busybox-static containerd runc iproute2 procps binutils
     containernetworking-plugins iptables
-    mmdebstrap qemu-utils extlinux syslinux-common fdisk dosfstools mtools openssh-client)
+    mmdebstrap qemu-utils extlinux syslinux-common fdisk dosfstools mtools openssh-client
+    ovmf)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

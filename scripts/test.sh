@@ -41,6 +41,8 @@ for line in 1.7 2.1; do
     echo "== containerd $line: ctr_run and the CRI subset"
     HUSK_CONTAINERD=$line cargo test --locked -p husk-tests --test ctr_run -- --test-threads=2
     HUSK_CONTAINERD=$line cargo test --locked -p husk-tests --test cri -- --test-threads=2 --exact "${cri_subset[@]}"
+    # husk-vm's mode selection (the shim's name) and its errors on this line.
+    HUSK_CONTAINERD=$line cargo test --locked -p husk-tests --test vm_pods -- --exact bad_images_and_a_second_vm_fail_with_the_reason
 done
 
 # Every host parser of guest input, and the agent's planner, fuzzed for a

@@ -52,6 +52,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub confinement: ConfinementConfig,
     pub debug: DebugConfig,
+    pub vm: VmConfig,
 }
 
 /// Operator debugging aids, all off by default.
@@ -141,6 +142,54 @@ impl Default for PodConfig {
             max_memory_mib: 4096,
         }
     }
+}
+
+/// husk-vm pods (`runtimeClassName: husk-vm`): VM images booted by QEMU
+/// as pods (docs/vm-pods.md). Their VM is sized by the VM container's
+/// limits; these are the defaults and the tools.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// vCPUs of a VM whose container has no CPU limit.
+    pub vcpus: u32,
+    /// Memory of a VM whose container has no memory limit.
+    pub memory_mib: u32,
+    /// Under TCG, QEMU's translation cache in MiB (QEMU's default of 1 GiB
+    /// is most of its RSS); 0 keeps QEMU's default.
+    pub tcg_tb_size_mib: u32,
+    /// Makes the copy-on-write overlay of the image's disk.
+    pub qemu_img_path: PathBuf,
+    /// UEFI firmware for images booted with `io.husk.vm.firmware: uefi`:
+    /// the code (read-only) and the variable store each VM gets a copy of.
+    pub ovmf_code: PathBuf,
+    pub ovmf_vars: PathBuf,
+    /// Kernel command line for images booted directly (an image with
+    /// /boot/vmlinuz and /boot/initrd.img); the container annotation
+    /// `io.husk.vm.kernel_args` replaces it.
+    pub kernel_args: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 1024,
+            tcg_tb_size_mib: 256,
+            qemu_img_path: "/usr/bin/qemu-img".into(),
+            ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            kernel_args: "root=/dev/vda1 ro console=ttyS0,115200n8".into(),
+        }
+    }
+}
+
+/// The limits a husk-vm container was given (its spec's
+/// `linux.resources`), which size its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VmLimits {
+    pub cpu_quota: Option<u64>,
+    pub cpu_period: Option<u64>,
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -420,6 +469,46 @@ impl Config {
         ))
     }
 
+    /// The size of a husk-vm pod's VM: what `io.husk.vcpus` and
+    /// `io.husk.memory_mib` ask, within the container's limits; else the
+    /// limits themselves (CPUs rounded up; the memory limit is the guest's
+    /// RAM, QEMU's own use is the RuntimeClass overhead); else `[vm]`'s
+    /// defaults. Always within `[pod]`'s bounds.
+    pub fn vm_size(
+        &self,
+        annotations: &std::collections::HashMap<String, String>,
+        limits: VmLimits,
+    ) -> Result<(u32, u32), ConfigError> {
+        let cpus = match (limits.cpu_quota, limits.cpu_period) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => {
+                Some(q.div_ceil(p).clamp(1, self.pod.max_vcpus as u64) as u32)
+            }
+            _ => None,
+        };
+        let mib = limits.memory_bytes.filter(|&b| b > 0).map(|b| {
+            (b / (1 << 20)).clamp(MIN_MEMORY_MIB as u64, self.pod.max_memory_mib as u64) as u32
+        });
+        let vcpus = sized(
+            annotations,
+            VCPUS_ANNOTATION,
+            cpus.unwrap_or(self.vm.vcpus),
+            1,
+            cpus.map_or((self.pod.max_vcpus, "pod.max_vcpus"), |c| {
+                (c, "the container's CPU limit")
+            }),
+        )?;
+        let memory = sized(
+            annotations,
+            MEMORY_ANNOTATION,
+            mib.unwrap_or(self.vm.memory_mib),
+            MIN_MEMORY_MIB,
+            mib.map_or((self.pod.max_memory_mib, "pod.max_memory_mib"), |m| {
+                (m, "the container's memory limit")
+            }),
+        )?;
+        Ok((vcpus, memory))
+    }
+
     /// Range checks that serde cannot express. File existence is checked
     /// where the files are used (the hypervisor's preflight), so that a
     /// config can be validated on a machine without guest artifacts.
@@ -522,6 +611,43 @@ impl Config {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err(invalid("pool.shapes", "a shape is listed twice".into()));
         }
+        let v = &self.vm;
+        if v.vcpus == 0 || v.vcpus > p.max_vcpus {
+            return Err(invalid(
+                "vm.vcpus",
+                format!(
+                    "must be between 1 and pod.max_vcpus ({}), got {}",
+                    p.max_vcpus, v.vcpus
+                ),
+            ));
+        }
+        if v.memory_mib < MIN_MEMORY_MIB || v.memory_mib > p.max_memory_mib {
+            return Err(invalid(
+                "vm.memory_mib",
+                format!(
+                    "must be between {MIN_MEMORY_MIB} and pod.max_memory_mib ({}), got {}",
+                    p.max_memory_mib, v.memory_mib
+                ),
+            ));
+        }
+        for (key, path) in [
+            ("vm.qemu_img_path", &v.qemu_img_path),
+            ("vm.ovmf_code", &v.ovmf_code),
+            ("vm.ovmf_vars", &v.ovmf_vars),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("must be an absolute path, got {path:?}"),
+                ));
+            }
+        }
+        if v.kernel_args.contains(['\n', '\0']) {
+            return Err(invalid(
+                "vm.kernel_args",
+                "must not contain a newline or NUL".into(),
+            ));
+        }
         for (key, t) in [
             ("timeouts.kvm", &self.timeouts.kvm),
             ("timeouts.tcg", &self.timeouts.tcg),
@@ -554,6 +680,27 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// The annotation `key` if given, within `min..=max` (`max` named by its
+/// bound for the error), else `default`.
+fn sized(
+    annotations: &std::collections::HashMap<String, String>,
+    key: &'static str,
+    default: u32,
+    min: u32,
+    (max, bound): (u32, &str),
+) -> Result<u32, ConfigError> {
+    let Some(text) = annotations.get(key) else {
+        return Ok(default);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(ConfigError::Annotation {
+            key,
+            message: format!("{text:?} is outside {min}..={max} ({bound})"),
+        }),
     }
 }
 
@@ -714,6 +861,41 @@ mod tests {
             e.contains("io.husk.memory_mib") && e.contains("memory limit") && e.contains("384"),
             "{e}"
         );
+    }
+
+    /// A husk-vm container's limits are its VM's size; annotations size
+    /// it within them; without either, `[vm]`'s defaults.
+    #[test]
+    fn vm_pods_are_sized_by_their_container_limits() {
+        let c = Config::default();
+        let none = std::collections::HashMap::new();
+        assert_eq!(c.vm_size(&none, VmLimits::default()).unwrap(), (1, 1024));
+        let limits = VmLimits {
+            cpu_quota: Some(150_000),
+            cpu_period: Some(100_000),
+            memory_bytes: Some(2 << 30),
+        };
+        assert_eq!(c.vm_size(&none, limits).unwrap(), (2, 2048));
+        let ann =
+            std::collections::HashMap::from([(MEMORY_ANNOTATION.to_string(), "1536".to_string())]);
+        assert_eq!(c.vm_size(&ann, limits).unwrap(), (2, 1536));
+        let ann =
+            std::collections::HashMap::from([(MEMORY_ANNOTATION.to_string(), "3000".to_string())]);
+        let e = c.vm_size(&ann, limits).unwrap_err().to_string();
+        assert!(
+            e.contains("io.husk.memory_mib") && e.contains("container's memory limit"),
+            "{e}"
+        );
+        // Limits above [pod]'s bounds are cut to them.
+        let huge = VmLimits {
+            memory_bytes: Some(1 << 40),
+            ..limits
+        };
+        assert_eq!(c.vm_size(&none, huge).unwrap(), (2, 4096));
+        let e = Config::parse("[vm]\nmemory_mib = 8192\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm.memory_mib"), "{e}");
     }
 
     #[test]

@@ -18,20 +18,28 @@
 //!   vhost-device-vsock, virtiofsd) between fork and exec, gives each VM
 //!   an unprivileged id of its own, and says what each helper is left
 //!   with (docs/security.md).
+//! - [`vm_image`] launches a VM *image* (husk-vm pods: a whole OS booted
+//!   from its disk), with [`qmp`] and [`qga`] to drive QEMU and the guest
+//!   agent, and [`disk_format`] to check the image's disk first.
 
 mod accel;
 pub mod confine;
 mod daemon;
+pub mod disk_format;
 mod error;
 mod husk_vmm;
+pub mod json_lines;
 pub mod log_dir;
 pub mod log_pump;
 mod preflight;
 mod qemu;
+pub mod qga;
+pub mod qmp;
 mod supervisor;
 #[cfg(test)]
 mod test_support;
 mod vm;
+pub mod vm_image;
 mod vsock;
 
 pub use accel::{

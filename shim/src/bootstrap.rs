@@ -246,6 +246,10 @@ pub fn start(flags: &Flags) -> anyhow::Result<()> {
 /// A new pod of a pooled size takes a pre-booted VM's shim (docs/pool.md);
 /// the pool is refilled in the background either way. False: boot cold.
 fn claim_pooled_vm(flags: &Flags, bundle: &Path, pod: &str, ttrpc: &str, address: &str) -> bool {
+    // The pool holds micro-VMs; a husk-vm pod boots its own image.
+    if crate::Mode::current() != crate::Mode::Container {
+        return false;
+    }
     let Ok(config) = husk_config::Config::load_default() else {
         return false;
     };
@@ -335,6 +339,11 @@ fn spawn_server(
     // Nothing answers on it: a dead shim's, if anything.
     remove_dead_socket(socket_path(address));
     let mut cmd = Command::new(std::env::current_exe().context("the shim's own path")?);
+    // The server is told its mode by the name it runs as, as this process
+    // was (current_exe resolves the husk-vm link to the one executable).
+    if let Some(program) = std::env::args_os().next() {
+        std::os::unix::process::CommandExt::arg0(&mut cmd, program);
+    }
     cmd.args(["-namespace", &flags.namespace, "-id", &flags.id])
         .args(["-address", grpc, "-socket", address])
         .env(TTRPC_ADDRESS_ENV, ttrpc)
@@ -413,11 +422,18 @@ pub fn delete(flags: &Flags) -> anyhow::Result<Vec<u8>> {
     match address {
         Some(a) if answers(a) => eprintln!(
             "{}: the shim of pod {pod} still answers on {a}; nothing cleaned",
-            crate::RUNTIME_ID
+            crate::Mode::current().runtime_id()
         ),
         _ => {
             let config = husk_config::Config::load_default().unwrap_or_default();
-            crate::sandbox::cleanup_after_crash(&config, &pod, &flags.id, &bundle);
+            match crate::Mode::current() {
+                crate::Mode::Container => {
+                    crate::sandbox::cleanup_after_crash(&config, &pod, &flags.id, &bundle)
+                }
+                crate::Mode::VmImage => {
+                    crate::vmpod::cleanup_after_crash(&config, &flags.id, &bundle)
+                }
+            }
             if let Some(a) = address.filter(|_| pod == flags.id) {
                 remove_dead_socket(socket_path(a));
             }
@@ -438,7 +454,7 @@ pub fn version() -> String {
         "{}:\n  Version: {}\n  Runtime: {}\n",
         std::env::args().next().unwrap_or_default(),
         env!("CARGO_PKG_VERSION"),
-        crate::RUNTIME_ID
+        crate::Mode::current().runtime_id()
     )
 }
 
@@ -468,7 +484,7 @@ pub fn info() -> anyhow::Result<Vec<u8>> {
         "annotations": {"io.husk.vm": "true"}
     });
     let info = RuntimeInfo {
-        name: crate::RUNTIME_ID.into(),
+        name: crate::Mode::current().runtime_id().into(),
         version: MessageField::some(RuntimeVersion {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()

@@ -5,14 +5,16 @@
 //! none (serve the Task API on the socket `start` chose). `-v` and `-info`
 //! describe it. The actions are husk's own (husk_shim::bootstrap), and so
 //! is serving (husk_shim::server: the crate's ttrpc server over husk's
-//! Task service).
+//! Task service). Under the name `containerd-shim-husk-vm-v2` (a link to
+//! this executable) it serves husk-vm pods instead (`Mode`,
+//! docs/vm-pods.md).
 //!
 //! The crate is pinned to 0.10: it is the last with the task v2 API that
 //! containerd 1.6 and 1.7 speak (0.11 moved to v3, which only 2.x serves).
 
 use anyhow::Context;
 use husk_shim::server::{self, ServeArgs};
-use husk_shim::{bootstrap, RUNTIME_ID};
+use husk_shim::{bootstrap, Mode};
 use std::io::Write;
 
 fn main() {
@@ -98,7 +100,7 @@ fn pool_fill() {
 }
 
 fn fail(e: anyhow::Error) -> ! {
-    eprintln!("{RUNTIME_ID}: {e:#}");
+    eprintln!("{}: {e:#}", Mode::current().runtime_id());
     std::process::exit(1);
 }
 
@@ -145,8 +147,17 @@ async fn serve_pod(args: ServeArgs) -> anyhow::Result<()> {
     signal_started();
     husk_shim::logging::init(true);
     let pod_id = bootstrap::pod_id(&args.bundle, &args.id);
-    let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), husk_config::Config::load_default());
-    server::serve_pod(&args, pod_id, pod, bound).await
+    let config = husk_config::Config::load_default();
+    match Mode::current() {
+        Mode::Container => {
+            let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), config);
+            server::serve_pod(&args, pod_id, pod, bound).await
+        }
+        Mode::VmImage => {
+            let pod = husk_shim::vmpod::VmImagePod::new(pod_id.clone(), config);
+            server::serve_pod(&args, pod_id, pod, bound).await
+        }
+    }
 }
 
 /// Points stdout at stderr, closing the pipe `start` reads to EOF.

@@ -126,9 +126,26 @@ impl Pod for VmPod {
         );
         let (host_root, binds) = (plan.guest.host_root.clone(), plan.guest.binds.clone());
         let had_vm = state.vm.is_some();
+        let is_sandbox = plan
+            .guest
+            .spec
+            .pointer("/annotations/io.kubernetes.cri.container-type")
+            .and_then(|t| t.as_str())
+            == Some("sandbox");
         let shared = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             tree.create()?;
             let (rootfs, mounted) = mount_bundle_rootfs(&mounts, &bundle, &host_root)?;
+            if !is_sandbox && crate::vmpod::container_disk::looks_like_container_disk(&rootfs) {
+                if let Some(m) = &mounted {
+                    crate::share::unmount(m);
+                }
+                return Err(anyhow!(
+                    "the image is a KubeVirt containerDisk (a VM disk under /disk/ and nothing a \
+                     container can run): run it as a VM with runtimeClassName: husk-vm (containerd \
+                     runtime {})",
+                    crate::VM_RUNTIME_ID
+                ));
+            }
             match tree.share_container(&id, &rootfs, &binds) {
                 Ok(share) => Ok((share, mounted)),
                 Err(e) => {
@@ -258,7 +275,7 @@ impl Pod for VmPod {
 /// host's network namespace, and a workload silently given a private one
 /// would not be reachable where it expects: refused, as other VM runtimes
 /// do.
-fn refuse_host_network(guest: &crate::spec::GuestSpec) -> Result<(), TaskError> {
+pub(crate) fn refuse_host_network(guest: &crate::spec::GuestSpec) -> Result<(), TaskError> {
     let has_network = guest
         .spec
         .pointer("/linux/namespaces")
@@ -280,7 +297,7 @@ fn refuse_host_network(guest: &crate::spec::GuestSpec) -> Result<(), TaskError> 
 /// Mounts containerd's rootfs mounts at `<bundle>/rootfs` as runc's shim
 /// does; with none, the spec's own root (`ctr run --rootfs`) is shared as
 /// it is. Returns the directory to share and what was mounted.
-fn mount_bundle_rootfs(
+pub(crate) fn mount_bundle_rootfs(
     mounts: &[Mount],
     bundle: &Path,
     host_root: &Path,

@@ -52,9 +52,9 @@ pub fn bind(address: &str) -> std::io::Result<Bound> {
 
 /// Serves the Task API on `bound` with `service` until it signals exit,
 /// then removes the socket.
-pub async fn serve(
+pub async fn serve<P: crate::pod::Pod>(
     bound: Bound,
-    service: TaskService,
+    service: TaskService<P>,
     exit: Arc<ExitSignal>,
 ) -> anyhow::Result<()> {
     let task: Box<dyn Task + Send + Sync> = Box::new(service);
@@ -73,10 +73,10 @@ pub async fn serve(
 
 /// Serves pod `pod_id` with `pod` (cold: not booted yet; or a pool
 /// member's, booted) on `bound` until containerd's Shutdown.
-pub async fn serve_pod(
+pub async fn serve_pod<P: crate::pod::Pod>(
     args: &ServeArgs,
     pod_id: String,
-    pod: crate::sandbox::VmPod,
+    pod: P,
     bound: Bound,
 ) -> anyhow::Result<()> {
     ignore_signals()?;

@@ -5,23 +5,34 @@
 
 use crate::error::TaskError;
 use crate::manager::Manager;
-use crate::sandbox::VmPod;
+use crate::pod::Pod;
 use async_trait::async_trait;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::shim_async::Task;
 use std::sync::Arc;
 
-#[derive(Clone)]
-pub struct TaskService {
-    manager: Manager<VmPod>,
+/// Generic over the pod, so one service serves both modes (husk's
+/// `sandbox::VmPod`, husk-vm's `vmpod::VmImagePod`).
+pub struct TaskService<P: Pod> {
+    manager: Manager<P>,
     /// The ttrpc socket this shim serves (`unix:///run/containerd/s/...`).
     socket: String,
     exit: Arc<ExitSignal>,
 }
 
-impl TaskService {
-    pub fn new(manager: Manager<VmPod>, socket: String, exit: Arc<ExitSignal>) -> Self {
+impl<P: Pod> Clone for TaskService<P> {
+    fn clone(&self) -> Self {
+        Self {
+            manager: self.manager.clone(),
+            socket: self.socket.clone(),
+            exit: self.exit.clone(),
+        }
+    }
+}
+
+impl<P: Pod> TaskService<P> {
+    pub fn new(manager: Manager<P>, socket: String, exit: Arc<ExitSignal>) -> Self {
         Self {
             manager,
             socket,
@@ -37,7 +48,7 @@ impl TaskService {
 macro_rules! task_service {
     ($($name:ident($req:ty) -> $resp:ty $(, $sync:ident)?;)* ; $($rest:item)*) => {
         #[async_trait]
-        impl Task for TaskService {
+        impl<P: Pod> Task for TaskService<P> {
             $(
                 async fn $name(&self, _: &TtrpcContext, req: $req) -> TtrpcResult<$resp> {
                     let id = req.id.clone();

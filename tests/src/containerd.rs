@@ -36,6 +36,30 @@ pub fn build_bin_dir() -> PathBuf {
     deps.parent().unwrap_or(deps).to_owned()
 }
 
+/// `containerd-shim-husk-vm-v2` beside this build's shim: a link to it, as
+/// setup.sh installs one, so containerd runs the husk-vm mode of the shim
+/// under test (by `runtime_path`, and for `ctr --runtime
+/// io.containerd.husk-vm.v2` on its PATH). Made once per process, by
+/// renaming a new link over it, so parallel tests never see it missing.
+pub fn vm_shim_link() -> PathBuf {
+    static LINK: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LINK.get_or_init(|| {
+        let dir = build_bin_dir();
+        let link = dir.join("containerd-shim-husk-vm-v2");
+        let tmp = dir.join(format!(
+            ".containerd-shim-husk-vm-v2.{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink("containerd-shim-husk-v2", &tmp)
+            .unwrap_or_else(|e| panic!("linking {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &link)
+            .unwrap_or_else(|e| panic!("renaming to {}: {e}", link.display()));
+        link
+    })
+    .clone()
+}
+
 /// The CRI plugins of each config schema: containerd 2.x split the one
 /// `io.containerd.grpc.v1.cri` of 1.x into the server and two services.
 const CRI_PLUGINS_V2: &[&str] = &["io.containerd.grpc.v1.cri"];
@@ -98,6 +122,7 @@ impl Containerd {
     /// (after `stop`), and returns once it answers.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "containerd is already running");
+        vm_shim_link();
         let path = format!(
             "{}:{}:{}",
             build_bin_dir().display(),
@@ -403,11 +428,15 @@ impl Drop for Containerd {
         }
         // Shims outlive containerd by design; ours must not outlive the
         // test, nor the sockets of those killed here.
-        let sockets: Vec<PathBuf> = ["containerd-shim-husk-v2", "containerd-shim-runc-v2"]
-            .into_iter()
-            .flat_map(|b| self.shims(b))
-            .map(|s| self.shim_socket(&s.namespace, &s.id))
-            .collect();
+        let sockets: Vec<PathBuf> = [
+            "containerd-shim-husk-v2",
+            "containerd-shim-husk-vm-v2",
+            "containerd-shim-runc-v2",
+        ]
+        .into_iter()
+        .flat_map(|b| self.shims(b))
+        .map(|s| self.shim_socket(&s.namespace, &s.id))
+        .collect();
         for pid in processes_mentioning(&root.display().to_string()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),

@@ -1,6 +1,6 @@
 //! A CRI test harness: a private containerd (tests/src/containerd.rs) of
-//! any release line, with its CRI plugin enabled, runtime handlers `runc`
-//! and `husk` (the latter from the operator files in config/, see
+//! any release line, with its CRI plugin enabled, runtime handlers `runc`,
+//! `husk` and `husk-vm` (the latter two from the operator files in config/, see
 //! tests/src/cri_config.rs), the busybox pause image as
 //! sandbox image and a private CNI network (its own bridge, /24 subnet,
 //! IPAM state and network namespaces), plus a small typed CRI v1 client
@@ -34,6 +34,7 @@ pub const K8S_NAMESPACE: &str = "k8s.io";
 /// Runtime handler names (RuntimeClass handlers) the harness configures.
 pub const RUNC: &str = "runc";
 pub const HUSK: &str = "husk";
+pub const HUSK_VM: &str = "husk-vm";
 
 /// Every CRI call gets this long; a pod that runs in a VM under TCG takes
 /// seconds to start, none takes minutes.
@@ -304,6 +305,10 @@ pub struct ContainerSpec {
     pub mounts: Vec<cri::Mount>,
     pub resources: Option<cri::LinuxContainerResources>,
     pub annotations: HashMap<String, String>,
+    /// Host devices (a raw block volume reaches CRI as one).
+    pub devices: Vec<cri::Device>,
+    /// Keep stdin open (`stdin: true`), for attach to write to.
+    pub stdin: bool,
 }
 
 impl ContainerSpec {
@@ -319,6 +324,8 @@ impl ContainerSpec {
             mounts: Vec::new(),
             resources: None,
             annotations: HashMap::new(),
+            devices: Vec::new(),
+            stdin: false,
         }
     }
 }
@@ -367,6 +374,7 @@ impl Cri {
         let stream_addr = format!("127.0.0.1:{stream_port}");
         let cgroup_parent = format!("/husk-cri-{}", net.index);
         let shim = build_bin_dir().join("containerd-shim-husk-v2");
+        let vm_shim = crate::containerd::vm_shim_link();
         let config = crate::cri_config::cri_config(
             release,
             &crate::cri_config::Private {
@@ -377,6 +385,7 @@ impl Cri {
                 default_runtime: RUNC,
                 runc_type: crate::ctr::RUNC,
                 shim: &shim,
+                vm_shim: &vm_shim,
             },
         );
         if let Some(drop_in) = &config.drop_in {
@@ -474,6 +483,12 @@ impl Cri {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Imports an OCI archive and waits until CRI sees image `name`.
+    pub fn import_image(&mut self, archive: &Path, name: &str) {
+        self.import(archive);
+        self.wait_image(name);
     }
 
     fn wait_image(&mut self, name: &str) {
@@ -611,6 +626,37 @@ impl Cri {
     /// CreateContainer then StartContainer in `pod`; returns the container
     /// id.
     pub fn create_and_start(&self, pod: &Pod, spec: &ContainerSpec) -> String {
+        let id = self
+            .try_create(pod, spec)
+            .unwrap_or_else(|e| panic!("CreateContainer {}: {}", spec.name, e));
+        self.start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer {}: {}", spec.name, e));
+        id
+    }
+
+    /// StartContainer, with its error as a value.
+    pub fn start_container(&self, id: &str) -> Result<(), String> {
+        let mut client = self.client();
+        let request = cri::StartContainerRequest {
+            container_id: id.into(),
+        };
+        self.call(async move { client.start_container(request).await })
+            .map(drop)
+    }
+
+    /// RemoveContainer.
+    pub fn remove_container(&self, id: &str) {
+        let mut client = self.client();
+        let request = cri::RemoveContainerRequest {
+            container_id: id.into(),
+        };
+        self.call(async move { client.remove_container(request).await })
+            .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e}"));
+    }
+
+    /// CreateContainer in `pod`, with its error (the runtime's message) as
+    /// a value; returns the container id.
+    pub fn try_create(&self, pod: &Pod, spec: &ContainerSpec) -> Result<String, String> {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: spec.name.clone(),
@@ -631,6 +677,8 @@ impl Cri {
                 })
                 .collect(),
             mounts: spec.mounts.clone(),
+            devices: spec.devices.clone(),
+            stdin: spec.stdin,
             annotations: spec.annotations.clone(),
             log_path: spec.log_path.clone(),
             linux: Some(cri::LinuxContainerConfig {
@@ -655,22 +703,26 @@ impl Cri {
             sandbox_config: Some(pod.config.clone()),
         };
         let id = self
-            .call(async move { client.create_container(request).await })
-            .unwrap_or_else(|e| panic!("CreateContainer {}: {}", spec.name, e))
+            .call(async move { client.create_container(request).await })?
             .into_inner()
             .container_id;
         pod.containers.lock().unwrap().push(id.clone());
-        let mut client = self.client();
-        let request = cri::StartContainerRequest {
-            container_id: id.clone(),
-        };
-        self.call(async move { client.start_container(request).await })
-            .unwrap_or_else(|e| panic!("StartContainer {}: {}", spec.name, e));
-        id
+        Ok(id)
     }
 
     /// ExecSync of `cmd` in container `id`, with a timeout in seconds.
     pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout_s: i64) -> ExecResult {
+        self.try_exec_sync(id, cmd, timeout_s)
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?} in {id}: {}", e))
+    }
+
+    /// ExecSync, with the runtime's error as a value.
+    pub fn try_exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_s: i64,
+    ) -> Result<ExecResult, String> {
         let mut client = self.client();
         let request = cri::ExecSyncRequest {
             container_id: id.into(),
@@ -678,14 +730,13 @@ impl Cri {
             timeout: timeout_s,
         };
         let response = self
-            .call(async move { client.exec_sync(request).await })
-            .unwrap_or_else(|e| panic!("ExecSync {cmd:?} in {id}: {}", e))
+            .call(async move { client.exec_sync(request).await })?
             .into_inner();
-        ExecResult {
+        Ok(ExecResult {
             stdout: String::from_utf8_lossy(&response.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&response.stderr).into_owned(),
             exit_code: response.exit_code,
-        }
+        })
     }
 
     /// StopContainer: the image's stop signal, SIGKILL after `timeout_s`.
@@ -825,12 +876,19 @@ impl Cri {
 
     /// Exec (streaming): the URL a client connects to for `cmd`'s stdio.
     pub fn exec_url(&self, id: &str, cmd: &[&str]) -> String {
+        self.exec_url_with(id, cmd, false)
+    }
+
+    /// Exec (streaming) with a terminal when `tty` (`kubectl exec -t`:
+    /// stdout only, stderr goes to the terminal).
+    pub fn exec_url_with(&self, id: &str, cmd: &[&str], tty: bool) -> String {
         let mut client = self.client();
         let request = cri::ExecRequest {
             container_id: id.into(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
             stdout: true,
-            stderr: true,
+            stderr: !tty,
             ..Default::default()
         };
         self.call(async move { client.exec(request).await })
@@ -841,9 +899,15 @@ impl Cri {
 
     /// Attach: the URL a client connects to for a container's output.
     pub fn attach_url(&self, id: &str) -> String {
+        self.attach_url_with(id, false)
+    }
+
+    /// Attach, with stdin when `stdin` (the container must keep it open).
+    pub fn attach_url_with(&self, id: &str, stdin: bool) -> String {
         let mut client = self.client();
         let request = cri::AttachRequest {
             container_id: id.into(),
+            stdin,
             stdout: true,
             stderr: true,
             ..Default::default()

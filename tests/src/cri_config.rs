@@ -4,8 +4,8 @@
 //! operator's files for the husk handler as shipped in config/ — for 1.x
 //! the version-2 snippet appended to config.toml, for 2.x the version-3
 //! drop-in imported from conf.d/, as an operator installs them. The one
-//! change: `runtime_path` points at the shim of this build instead of
-//! /usr/local/bin.
+//! change: each handler's `runtime_path` (husk's and husk-vm's) points at
+//! the shim of this build instead of /usr/local/bin.
 
 use crate::release::Release;
 use std::path::Path;
@@ -16,6 +16,8 @@ pub const OPERATOR_SNIPPET_V2: &str = include_str!("../../config/containerd-cri.
 pub const OPERATOR_DROP_IN_V3: &str = include_str!("../../config/containerd-husk-v3.toml");
 /// The shim path both operator files name.
 pub const INSTALLED_SHIM: &str = "/usr/local/bin/containerd-shim-husk-v2";
+/// The husk-vm handler's shim: the same executable under its husk-vm name.
+pub const INSTALLED_VM_SHIM: &str = "/usr/local/bin/containerd-shim-husk-vm-v2";
 
 /// The harness' CRI config: tables for config.toml and, for 2.x, a drop-in
 /// for `<dir>/conf.d/husk.toml`.
@@ -35,33 +37,44 @@ pub struct Private<'a> {
     pub runc_type: &'a str,
     /// The shim the husk handler runs (`runtime_path`).
     pub shim: &'a Path,
+    /// The shim the husk-vm handler runs (a link to `shim`).
+    pub vm_shim: &'a Path,
 }
 
-/// `file` with its `runtime_path` pointing at `shim`; fails when the file
-/// does not name the installed shim exactly once, since then the test would
-/// not be testing what ships.
-pub fn with_shim(file: &str, shim: &Path) -> String {
-    let line = format!("runtime_path = {INSTALLED_SHIM:?}");
-    assert_eq!(
-        file.matches(&line).count(),
-        1,
-        "the operator file must set `{line}` once"
-    );
-    file.replace(
-        &line,
-        &format!("runtime_path = {:?}", shim.display().to_string()),
-    )
+/// `file` with its handlers' `runtime_path`s pointing at `shim` (husk)
+/// and `vm_shim` (husk-vm); fails when the file does not name each
+/// installed shim exactly once, since then the test would not be testing
+/// what ships.
+pub fn with_shim(file: &str, shim: &Path, vm_shim: &Path) -> String {
+    let mut out = file.to_owned();
+    for (installed, tested) in [(INSTALLED_SHIM, shim), (INSTALLED_VM_SHIM, vm_shim)] {
+        let line = format!("runtime_path = {installed:?}");
+        assert_eq!(
+            out.matches(&line).count(),
+            1,
+            "the operator file must set `{line}` once"
+        );
+        out = out.replace(
+            &line,
+            &format!("runtime_path = {:?}", tested.display().to_string()),
+        );
+    }
+    out
 }
 
 pub fn cri_config(release: &Release, p: &Private) -> CriConfig {
     if release.config_version() >= 3 {
         CriConfig {
             main: v3(p),
-            drop_in: Some(with_shim(OPERATOR_DROP_IN_V3, p.shim)),
+            drop_in: Some(with_shim(OPERATOR_DROP_IN_V3, p.shim, p.vm_shim)),
         }
     } else {
         CriConfig {
-            main: format!("{}{}", v2(p), with_shim(OPERATOR_SNIPPET_V2, p.shim)),
+            main: format!(
+                "{}{}",
+                v2(p),
+                with_shim(OPERATOR_SNIPPET_V2, p.shim, p.vm_shim)
+            ),
             drop_in: None,
         }
     }
@@ -154,6 +167,8 @@ mod tests {
         }
     }
 
+    const VM_SHIM: &str = "/build/containerd-shim-husk-vm-v2";
+
     fn private<'a>(shim: &'a Path) -> Private<'a> {
         Private {
             dir: Path::new("/x"),
@@ -163,6 +178,7 @@ mod tests {
             default_runtime: "runc",
             runc_type: "io.containerd.runc.v2",
             shim,
+            vm_shim: Path::new(VM_SHIM),
         }
     }
 
@@ -175,12 +191,20 @@ mod tests {
         let shim = Path::new("/build/containerd-shim-husk-v2");
         let c = cri_config(&release(1, 7), &private(shim));
         assert!(c.drop_in.is_none());
-        assert!(c.main.ends_with(&with_shim(OPERATOR_SNIPPET_V2, shim)));
+        assert!(c
+            .main
+            .ends_with(&with_shim(OPERATOR_SNIPPET_V2, shim, Path::new(VM_SHIM))));
         let parsed: toml::Table = c.main.parse().expect("the CRI config is TOML");
         let plugin = &parsed["plugins"]["io.containerd.grpc.v1.cri"];
         let husk = husk_handler(plugin);
         assert_eq!(husk["runtime_type"].as_str(), Some("io.containerd.husk.v2"));
         assert_eq!(husk["runtime_path"].as_str(), shim.to_str());
+        let vm = &plugin["containerd"]["runtimes"]["husk-vm"];
+        assert_eq!(
+            vm["runtime_type"].as_str(),
+            Some("io.containerd.husk-vm.v2")
+        );
+        assert_eq!(vm["runtime_path"].as_str(), Some(VM_SHIM));
         assert_eq!(
             plugin["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(),
             Some("io.containerd.runc.v2")
@@ -214,6 +238,13 @@ mod tests {
         let husk = husk_handler(&drop_in["plugins"]["io.containerd.cri.v1.runtime"]);
         assert_eq!(husk["runtime_type"].as_str(), Some("io.containerd.husk.v2"));
         assert_eq!(husk["runtime_path"].as_str(), shim.to_str());
+        let vm = &drop_in["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
+            ["husk-vm"];
+        assert_eq!(
+            vm["runtime_type"].as_str(),
+            Some("io.containerd.husk-vm.v2")
+        );
+        assert_eq!(vm["runtime_path"].as_str(), Some(VM_SHIM));
     }
 
     #[test]
@@ -223,6 +254,15 @@ mod tests {
         let a = husk_handler(&v2["plugins"]["io.containerd.grpc.v1.cri"]);
         let b = husk_handler(&v3["plugins"]["io.containerd.cri.v1.runtime"]);
         assert_eq!(a, b);
+        let vm = |t: &toml::Table, plugin: &str| {
+            t["plugins"][plugin]["containerd"]["runtimes"]["husk-vm"].clone()
+        };
+        let (va, vb) = (
+            vm(&v2, "io.containerd.grpc.v1.cri"),
+            vm(&v3, "io.containerd.cri.v1.runtime"),
+        );
+        assert_eq!(va, vb);
+        assert_eq!(va["runtime_path"].as_str(), Some(INSTALLED_VM_SHIM));
         assert_eq!(a["runtime_path"].as_str(), Some(INSTALLED_SHIM));
         assert_eq!(a["pod_annotations"], toml::Value::from(vec!["io.husk.*"]));
         assert_eq!(

@@ -410,6 +410,11 @@ fn cri_plugin_config_has_both_handlers() {
     );
     let shim = husk_tests::containerd::build_bin_dir().join("containerd-shim-husk-v2");
     assert_eq!(runtimes[HUSK]["runtimePath"], shim.to_str().unwrap());
+    // husk-vm: the same shim under its husk-vm name (docs/vm-pods.md).
+    let vm = &runtimes[husk_tests::cri::HUSK_VM];
+    assert_eq!(vm["runtimeType"], "io.containerd.husk-vm.v2");
+    let vm_shim = husk_tests::containerd::build_bin_dir().join("containerd-shim-husk-vm-v2");
+    assert_eq!(vm["runtimePath"], vm_shim.to_str().unwrap());
     if cri.containerd().release.config_version() >= 3 {
         // 2.x reports the runtime service's config only; the sandbox image
         // is the images service's (pinned_images.sandbox), which every pod

@@ -1,0 +1,287 @@
+//! Telling a VM image's disk file apart by its content, as KubeVirt's
+//! containerDisk asks ("qcow2 or raw"), before QEMU is given it. The file
+//! comes from a user's image, so it is hostile: QEMU is always told the
+//! format (never left to probe), and a qcow2 that would make QEMU open
+//! another file — a backing file or an external data file named in its
+//! header, which could be any host path — is refused.
+//!
+//! Formats: qcow2 (QEMU's docs/interop/qcow2.txt, "Header"); raw is a
+//! whole number of 512-byte sectors that starts like a disk (an MBR or
+//! protective-MBR boot signature, as GPT disks have too) or like a bare
+//! ext2/3/4 filesystem. Other image formats QEMU knows are named in the
+//! refusal, with the conversion that fixes it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// qcow2's magic, "QFI\xfb".
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+/// Incompatible feature bit 1: the image is marked corrupt.
+const QCOW2_CORRUPT: u64 = 1 << 1;
+/// Incompatible feature bit 2: the guest data lives in an external file.
+const QCOW2_EXTERNAL_DATA: u64 = 1 << 2;
+const SECTOR: u64 = 512;
+/// The ext2/3/4 superblock starts at 1024; s_magic is at offset 56 in it.
+const EXT_MAGIC_OFFSET: usize = 1024 + 56;
+const EXT_MAGIC: [u8; 2] = [0x53, 0xef];
+/// What is read of the file's start to tell it apart.
+const HEAD: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    /// The name QEMU's `format=` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskFormatError {
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is a {format} image; husk-vm boots qcow2 or raw disks (convert it: qemu-img convert -O qcow2 {path} disk.qcow2)")]
+    OtherFormat { path: PathBuf, format: &'static str },
+    #[error("{path} is not a disk image: {reason}")]
+    NotADisk { path: PathBuf, reason: String },
+    #[error("{path} is a qcow2 image that names a backing file; a containerDisk must hold the whole disk (flatten it: qemu-img convert -O qcow2 {path} disk.qcow2)")]
+    Qcow2BackingFile { path: PathBuf },
+    #[error("{path} is a qcow2 image with an external data file; a containerDisk must hold the whole disk (flatten it: qemu-img convert -O qcow2 {path} disk.qcow2)")]
+    Qcow2ExternalData { path: PathBuf },
+    #[error("{path} is a qcow2 image marked corrupt (check it: qemu-img check -r all {path})")]
+    Qcow2Corrupt { path: PathBuf },
+}
+
+/// Reads the start of `path` and says which format it is, or why it is
+/// not a disk husk-vm boots.
+pub fn probe(path: &Path) -> Result<DiskFormat, DiskFormatError> {
+    let io = |source| DiskFormatError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut head = Vec::with_capacity(HEAD);
+    (&file)
+        .take(HEAD as u64)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    classify(&head, len).map_err(|e| e.at(path))
+}
+
+/// What is wrong, before the path is known.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    Other(&'static str),
+    NotADisk(String),
+    Backing,
+    ExternalData,
+    Corrupt,
+}
+
+impl Refusal {
+    fn at(self, path: &Path) -> DiskFormatError {
+        let path = path.to_owned();
+        match self {
+            Refusal::Other(format) => DiskFormatError::OtherFormat { path, format },
+            Refusal::NotADisk(reason) => DiskFormatError::NotADisk { path, reason },
+            Refusal::Backing => DiskFormatError::Qcow2BackingFile { path },
+            Refusal::ExternalData => DiskFormatError::Qcow2ExternalData { path },
+            Refusal::Corrupt => DiskFormatError::Qcow2Corrupt { path },
+        }
+    }
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn classify(head: &[u8], len: u64) -> Result<DiskFormat, Refusal> {
+    if head.starts_with(QCOW2_MAGIC) {
+        return qcow2(head);
+    }
+    // Formats QEMU would take but husk-vm does not: named, so the user
+    // knows what to convert.
+    let other = [
+        (&b"KDMV"[..], 0, "VMDK"),
+        (b"# Disk DescriptorFile", 0, "VMDK descriptor"),
+        (b"vhdxfile", 0, "VHDX"),
+        (b"conectix", 0, "VHD (vpc)"),
+        (b"QFI", 0, "qcow (version 1)"),
+        (b"QED\0", 0, "QED"),
+        (b"<<< Oracle VM VirtualBox Disk Image >>>", 0, "VDI"),
+        (b"<<< innotek VirtualBox Disk Image >>>", 0, "VDI"),
+        (b"<<< Sun xVM VirtualBox Disk Image >>>", 0, "VDI"),
+    ];
+    for (magic, at, name) in other {
+        if head.get(at..at + magic.len()) == Some(magic) {
+            return Err(Refusal::Other(name));
+        }
+    }
+    if len == 0 {
+        return Err(Refusal::NotADisk("the file is empty".into()));
+    }
+    if !len.is_multiple_of(SECTOR) {
+        return Err(Refusal::NotADisk(format!(
+            "{len} bytes is not a whole number of 512-byte sectors, and it is not qcow2"
+        )));
+    }
+    let boot_signature = head.get(510..512) == Some(&[0x55, 0xaa]);
+    let ext = head.get(EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2) == Some(&EXT_MAGIC);
+    if boot_signature || ext {
+        return Ok(DiskFormat::Raw);
+    }
+    Err(Refusal::NotADisk(
+        "neither qcow2 nor a raw disk (no partition table's boot signature at byte 510, \
+         no ext filesystem)"
+            .into(),
+    ))
+}
+
+/// A qcow2 header that QEMU can open without any other file.
+fn qcow2(head: &[u8]) -> Result<DiskFormat, Refusal> {
+    let version =
+        be32(head, 4).ok_or_else(|| Refusal::NotADisk("a truncated qcow2 header".into()))?;
+    if version != 2 && version != 3 {
+        return Err(Refusal::NotADisk(format!(
+            "qcow2 version {version}; QEMU knows 2 and 3"
+        )));
+    }
+    let backing_offset =
+        be64(head, 8).ok_or_else(|| Refusal::NotADisk("a truncated qcow2 header".into()))?;
+    if backing_offset != 0 {
+        return Err(Refusal::Backing);
+    }
+    if version == 3 {
+        let incompatible =
+            be64(head, 72).ok_or_else(|| Refusal::NotADisk("a truncated qcow2 header".into()))?;
+        if incompatible & QCOW2_EXTERNAL_DATA != 0 {
+            return Err(Refusal::ExternalData);
+        }
+        if incompatible & QCOW2_CORRUPT != 0 {
+            return Err(Refusal::Corrupt);
+        }
+    }
+    Ok(DiskFormat::Qcow2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qcow2_header(version: u32, backing: u64, incompatible: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(QCOW2_MAGIC);
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        h[8..16].copy_from_slice(&backing.to_be_bytes());
+        h[72..80].copy_from_slice(&incompatible.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn qcow2_is_taken_only_when_it_needs_no_other_file() {
+        assert_eq!(
+            classify(&qcow2_header(3, 0, 0), 1 << 20),
+            Ok(DiskFormat::Qcow2)
+        );
+        assert_eq!(
+            classify(&qcow2_header(2, 0, 0), 1 << 20),
+            Ok(DiskFormat::Qcow2)
+        );
+        assert_eq!(
+            classify(&qcow2_header(3, 512, 0), 1 << 20),
+            Err(Refusal::Backing)
+        );
+        assert_eq!(
+            classify(&qcow2_header(2, 512, 0), 1 << 20),
+            Err(Refusal::Backing)
+        );
+        assert_eq!(
+            classify(&qcow2_header(3, 0, QCOW2_EXTERNAL_DATA), 1 << 20),
+            Err(Refusal::ExternalData)
+        );
+        assert_eq!(
+            classify(&qcow2_header(3, 0, QCOW2_CORRUPT), 1 << 20),
+            Err(Refusal::Corrupt)
+        );
+        assert!(matches!(
+            classify(&qcow2_header(4, 0, 0), 1 << 20),
+            Err(Refusal::NotADisk(r)) if r.contains("version 4")
+        ));
+        assert!(matches!(
+            classify(&QCOW2_MAGIC[..], 4),
+            Err(Refusal::NotADisk(r)) if r.contains("truncated")
+        ));
+    }
+
+    #[test]
+    fn raw_needs_sectors_and_a_disk_or_filesystem_signature() {
+        let mut mbr = vec![0u8; 4096];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert_eq!(classify(&mbr, 1 << 30), Ok(DiskFormat::Raw));
+        let mut ext = vec![0u8; 4096];
+        ext[EXT_MAGIC_OFFSET] = 0x53;
+        ext[EXT_MAGIC_OFFSET + 1] = 0xef;
+        assert_eq!(classify(&ext, 1 << 30), Ok(DiskFormat::Raw));
+        // Not whole sectors: the test image's text file.
+        let text = b"This is not a disk image.\n";
+        assert!(matches!(
+            classify(text, text.len() as u64),
+            Err(Refusal::NotADisk(r)) if r.contains("26 bytes")
+        ));
+        assert!(matches!(
+            classify(&vec![0u8; 4096], 1 << 20),
+            Err(Refusal::NotADisk(r)) if r.contains("boot signature")
+        ));
+        assert!(matches!(classify(b"", 0), Err(Refusal::NotADisk(r)) if r.contains("empty")));
+    }
+
+    #[test]
+    fn other_image_formats_are_named() {
+        assert_eq!(
+            classify(b"KDMV\x01\0\0\0", 1 << 20),
+            Err(Refusal::Other("VMDK"))
+        );
+        assert_eq!(
+            classify(b"vhdxfile....", 1 << 20),
+            Err(Refusal::Other("VHDX"))
+        );
+        assert_eq!(
+            classify(b"<<< Oracle VM VirtualBox Disk Image >>>\n", 1 << 20),
+            Err(Refusal::Other("VDI"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk.img");
+        std::fs::write(&p, b"This is not a disk image.\n").unwrap();
+        let e = probe(&p).unwrap_err().to_string();
+        assert!(e.contains("disk.img is not a disk image"), "{e}");
+        std::fs::write(&p, qcow2_header(3, 512, 0)).unwrap();
+        let e = probe(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("backing file") && e.contains("qemu-img convert"),
+            "{e}"
+        );
+        let e = probe(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
+}

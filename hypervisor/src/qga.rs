@@ -1,0 +1,348 @@
+//! A client of the QEMU guest agent (qemu-guest-agent in the guest, on the
+//! virtio-serial port `org.qemu.guest_agent.0`; QEMU's qga/qapi-schema.json):
+//! the calls husk-vm's exec needs — `guest-sync-delimited` to find the
+//! agent and skip stale replies, `guest-exec` and `guest-exec-status`.
+//!
+//! Everything that comes back is the guest's: each reply line is bounded,
+//! every call has a deadline, fields are type-checked, and captured output
+//! is base64 that must decode. The agent answers only once it runs (late in
+//! the guest's boot); a request sent before waits in the port, so callers
+//! sync first, with a short deadline, to tell "no agent yet" apart.
+
+use crate::json_lines::{read_object, LineError};
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+/// Longest reply line taken: `guest-exec-status` carries the captured
+/// output in base64, and the agent itself keeps up to 16 MiB per stream.
+pub const MAX_REPLY: usize = 24 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestAgentError {
+    #[error("guest agent socket {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest agent")]
+    Line(#[from] LineError),
+    #[error("guest agent: writing")]
+    Write(#[source] std::io::Error),
+    #[error("the guest agent did not answer {0} in time")]
+    Timeout(&'static str),
+    #[error("guest agent {command}: {class}: {desc}")]
+    Command {
+        command: &'static str,
+        class: String,
+        desc: String,
+    },
+    #[error("guest agent {command}: an answer husk cannot read: {what}")]
+    BadReply { command: &'static str, what: String },
+}
+
+/// What `guest-exec-status` says of a process.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecStatus {
+    pub exited: bool,
+    /// The exit code, when it exited normally.
+    pub exit_code: Option<i64>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i64>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The agent cut the output (its own 16 MiB cap).
+    pub truncated: bool,
+}
+
+/// One connection to the agent. QEMU's socket chardev takes one client at
+/// a time: callers share one `GuestAgent` behind a lock.
+pub struct GuestAgent {
+    read: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+    /// Ids for guest-sync-delimited, distinct per call.
+    next_sync: u64,
+}
+
+impl GuestAgent {
+    pub async fn connect(path: &Path) -> Result<Self, GuestAgentError> {
+        let stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| GuestAgentError::Connect {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        let (read, write) = stream.into_split();
+        // A different start for every connection, so a reply left in the
+        // port by an earlier one never matches.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            & 0x3fff_ffff_ffff;
+        Ok(Self {
+            read: BufReader::new(read),
+            write,
+            next_sync: seed,
+        })
+    }
+
+    /// `guest-sync-delimited` with a fresh id; replies to anything sent
+    /// before are read and dropped until ours comes.
+    pub async fn sync(&mut self, timeout: Duration) -> Result<(), GuestAgentError> {
+        self.next_sync += 1;
+        let id = self.next_sync;
+        // 0xFF first: the agent drops any partial request it holds.
+        let mut line = vec![0xff];
+        line.extend(
+            json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})
+                .to_string()
+                .bytes(),
+        );
+        line.push(b'\n');
+        tokio::time::timeout(timeout, async {
+            self.write
+                .write_all(&line)
+                .await
+                .map_err(GuestAgentError::Write)?;
+            loop {
+                let reply = read_object(&mut self.read, MAX_REPLY).await?;
+                if reply.get("return").and_then(Value::as_u64) == Some(id) {
+                    return Ok(());
+                }
+            }
+        })
+        .await
+        .map_err(|_| GuestAgentError::Timeout("guest-sync-delimited"))?
+    }
+
+    /// One command and its `return` value.
+    async fn call(
+        &mut self,
+        command: &'static str,
+        arguments: Value,
+        timeout: Duration,
+    ) -> Result<Value, GuestAgentError> {
+        let mut line = json!({"execute": command, "arguments": arguments})
+            .to_string()
+            .into_bytes();
+        line.push(b'\n');
+        let reply = tokio::time::timeout(timeout, async {
+            self.write
+                .write_all(&line)
+                .await
+                .map_err(GuestAgentError::Write)?;
+            Ok::<_, GuestAgentError>(read_object(&mut self.read, MAX_REPLY).await?)
+        })
+        .await
+        .map_err(|_| GuestAgentError::Timeout(command))??;
+        reply_value(command, reply)
+    }
+
+    /// `guest-exec` with output captured; returns the guest pid.
+    pub async fn exec(
+        &mut self,
+        path: &str,
+        args: &[String],
+        env: &[String],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<i64, GuestAgentError> {
+        let mut arguments = json!({
+            "path": path,
+            "arg": args,
+            "env": env,
+            "capture-output": true,
+        });
+        if let Some(data) = input {
+            arguments["input-data"] = base64::engine::general_purpose::STANDARD
+                .encode(data)
+                .into();
+        }
+        let r = self.call("guest-exec", arguments, timeout).await?;
+        r.get("pid")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| GuestAgentError::BadReply {
+                command: "guest-exec",
+                what: "no integer pid".into(),
+            })
+    }
+
+    pub async fn exec_status(
+        &mut self,
+        pid: i64,
+        timeout: Duration,
+    ) -> Result<ExecStatus, GuestAgentError> {
+        let r = self
+            .call("guest-exec-status", json!({"pid": pid}), timeout)
+            .await?;
+        parse_exec_status(&r)
+    }
+}
+
+fn reply_value(
+    command: &'static str,
+    mut reply: Map<String, Value>,
+) -> Result<Value, GuestAgentError> {
+    if let Some(r) = reply.remove("return") {
+        return Ok(r);
+    }
+    let Some(error) = reply.get("error") else {
+        return Err(GuestAgentError::BadReply {
+            command,
+            what: "neither return nor error".into(),
+        });
+    };
+    let field = |k: &str| printable(error.get(k).and_then(Value::as_str).unwrap_or("?"), 512);
+    Err(GuestAgentError::Command {
+        command,
+        class: field("class"),
+        desc: field("desc"),
+    })
+}
+
+/// Guest text for a log or an error: at most `max` characters, control
+/// characters replaced.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn parse_exec_status(r: &Value) -> Result<ExecStatus, GuestAgentError> {
+    let bad = |what: &str| GuestAgentError::BadReply {
+        command: "guest-exec-status",
+        what: what.into(),
+    };
+    let exited = r
+        .get("exited")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| bad("no boolean `exited`"))?;
+    let int = |k: &str| -> Result<Option<i64>, GuestAgentError> {
+        match r.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| bad(&format!("`{k}` is not an integer"))),
+        }
+    };
+    let data = |k: &str| -> Result<Vec<u8>, GuestAgentError> {
+        match r.get(k) {
+            None => Ok(Vec::new()),
+            Some(v) => {
+                let text = v
+                    .as_str()
+                    .ok_or_else(|| bad(&format!("`{k}` is not a string")))?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| bad(&format!("`{k}` is not base64: {e}")))
+            }
+        }
+    };
+    let flag = |k: &str| r.get(k).and_then(Value::as_bool).unwrap_or(false);
+    Ok(ExecStatus {
+        exited,
+        exit_code: int("exitcode")?,
+        signal: int("signal")?,
+        stdout: data("out-data")?,
+        stderr: data("err-data")?,
+        truncated: flag("out-truncated") || flag("err-truncated"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::UnixListener;
+
+    /// A fake guest agent: a stale reply first, then answers in order; an
+    /// exec of "/bin/slow" stays running once.
+    async fn fake_agent(listener: UnixListener) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"{\"return\": 12345}\n").await.unwrap();
+        let mut lines = BufReader::new(read).split(b'\n');
+        let mut polls = 0;
+        while let Some(line) = lines.next_segment().await.unwrap() {
+            let start = line.iter().rposition(|&b| b == 0xff).map_or(0, |i| i + 1);
+            let cmd: Value = serde_json::from_slice(&line[start..]).unwrap();
+            let answer = match cmd["execute"].as_str().unwrap() {
+                "guest-sync-delimited" => {
+                    format!("\u{ff}{}", json!({"return": cmd["arguments"]["id"]}))
+                }
+                "guest-exec" if cmd["arguments"]["path"] == "/nonexistent" => json!({"error": {"class": "GenericError", "desc": "Guest agent command failed, error was 'Failed to execute child process \u{1b}[31m'"}}).to_string(),
+                "guest-exec" => json!({"return": {"pid": 42}}).to_string(),
+                "guest-exec-status" => {
+                    polls += 1;
+                    if polls == 1 {
+                        json!({"return": {"exited": false}}).to_string()
+                    } else {
+                        json!({"return": {"exited": true, "exitcode": 7,
+                            "out-data": "dG8tc3Rkb3V0Cg==", "err-data": "dG8tc3RkZXJyCg=="}})
+                        .to_string()
+                    }
+                }
+                _ => unreachable!(),
+            };
+            let mut bytes = answer.into_bytes();
+            bytes.push(b'\n');
+            // The sync reply starts with 0xFF as a raw byte, not as UTF-8.
+            if bytes.starts_with("\u{ff}".as_bytes()) {
+                bytes.splice(..2, [0xff]);
+            }
+            write.write_all(&bytes).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_skips_stale_replies_and_exec_reports_output_and_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let server = tokio::spawn(fake_agent(UnixListener::bind(&path).unwrap()));
+        let t = Duration::from_secs(5);
+        let mut ga = GuestAgent::connect(&path).await.unwrap();
+        ga.sync(t).await.unwrap();
+        let pid = ga
+            .exec("/bin/sh", &["-c".into(), "exit 7".into()], &[], None, t)
+            .await
+            .unwrap();
+        assert_eq!(pid, 42);
+        assert!(!ga.exec_status(pid, t).await.unwrap().exited);
+        let done = ga.exec_status(pid, t).await.unwrap();
+        assert_eq!(
+            (
+                done.exited,
+                done.exit_code,
+                done.stdout.as_slice(),
+                done.stderr.as_slice()
+            ),
+            (true, Some(7), &b"to-stdout\n"[..], &b"to-stderr\n"[..])
+        );
+        let e = ga
+            .exec("/nonexistent", &[], &[], None, t)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Failed to execute child process ?[31m"), "{e}");
+        server.abort();
+    }
+
+    #[test]
+    fn exec_status_fields_are_checked() {
+        let e = parse_exec_status(&json!({"exited": "yes"})).unwrap_err();
+        assert!(e.to_string().contains("exited"), "{e}");
+        let e = parse_exec_status(&json!({"exited": true, "out-data": "%%%"})).unwrap_err();
+        assert!(e.to_string().contains("base64"), "{e}");
+        let s = parse_exec_status(&json!({"exited": true, "signal": 9})).unwrap();
+        assert_eq!((s.exit_code, s.signal), (None, Some(9)));
+    }
+}

@@ -1,0 +1,368 @@
+//! A QMP client (QEMU Machine Protocol, QEMU's docs/interop/qmp-spec):
+//! one connection for the VM's life, commands matched to their replies by
+//! `id`, events read as they come. Only the events husk acts on are kept:
+//! GUEST_PANICKED (pvpanic) and whether the guest powered itself down.
+//! QMP is QEMU's, not the guest's, but its lines are still bounded and
+//! every command has a deadline, so a wedged QEMU cannot hang the shim.
+
+use crate::json_lines::{read_object, LineError};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+/// Longest QMP message taken (query replies are a few KiB).
+const MAX_MESSAGE: usize = 1 << 20;
+/// How often connect looks again for QEMU's socket.
+const CONNECT_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("QMP socket {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP socket {0} did not appear in time")]
+    NoSocket(PathBuf),
+    #[error("QMP")]
+    Line(#[from] LineError),
+    #[error("QMP: writing")]
+    Write(#[source] std::io::Error),
+    #[error("QMP greeting was not {{\"QMP\": ...}}: {0}")]
+    Greeting(String),
+    #[error("QMP {command}: {class}: {desc}")]
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
+    #[error("QMP {0}: no answer in time")]
+    Timeout(String),
+    #[error("QMP {0}: the connection closed before the answer")]
+    Closed(String),
+}
+
+/// What QMP events told about the guest so far.
+#[derive(Debug)]
+pub struct GuestEvents {
+    panicked: AtomicBool,
+    shutdown_by_guest: AtomicBool,
+    /// Becomes true when QEMU closed the connection (it exited): every
+    /// event it sent has been recorded by then.
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for GuestEvents {
+    fn default() -> Self {
+        Self {
+            panicked: AtomicBool::new(false),
+            shutdown_by_guest: AtomicBool::new(false),
+            closed: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl GuestEvents {
+    /// Waits (up to `timeout`) until QEMU's connection has closed, so
+    /// that the events of its last moments are in.
+    pub async fn wait_closed(&self, timeout: Duration) {
+        let mut rx = self.closed.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await;
+    }
+
+    /// GUEST_PANICKED came (the guest kernel reported a panic by pvpanic).
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(Ordering::SeqCst)
+    }
+
+    /// SHUTDOWN came with `guest: true`: the guest powered off (or asked
+    /// to reset) by itself.
+    pub fn shutdown_by_guest(&self) -> bool {
+        self.shutdown_by_guest.load(Ordering::SeqCst)
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
+
+pub struct Qmp {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    events: Arc<GuestEvents>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Qmp {
+    /// Connects to QEMU's QMP socket at `path` (waiting up to `timeout`
+    /// for QEMU to make it), reads the greeting and leaves negotiation
+    /// mode.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(QmpError::NoSocket(path.to_owned()));
+                    }
+                    tokio::time::sleep(CONNECT_POLL).await;
+                }
+                Err(source) => {
+                    return Err(QmpError::Connect {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        };
+        let (read, write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let greeting = tokio::time::timeout(left.max(Duration::from_secs(1)), async {
+            read_object(&mut read, MAX_MESSAGE).await
+        })
+        .await
+        .map_err(|_| QmpError::Timeout("greeting".into()))??;
+        if !greeting.contains_key("QMP") {
+            return Err(QmpError::Greeting(Value::Object(greeting).to_string()));
+        }
+        let pending: Pending = Arc::default();
+        let events = Arc::new(GuestEvents::default());
+        let reader = tokio::spawn(read_loop(read, pending.clone(), events.clone()));
+        let qmp = Qmp {
+            writer: tokio::sync::Mutex::new(write),
+            pending,
+            next_id: AtomicU64::new(1),
+            events,
+            reader,
+        };
+        qmp.execute(
+            "qmp_capabilities",
+            None,
+            timeout.max(Duration::from_secs(1)),
+        )
+        .await?;
+        Ok(qmp)
+    }
+
+    /// Runs `command` and returns its `return` value.
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let mut message = json!({"execute": command, "id": id});
+        if let Some(a) = arguments {
+            message["arguments"] = a;
+        }
+        let mut line = message.to_string().into_bytes();
+        line.push(b'\n');
+        let result = tokio::time::timeout(timeout, async {
+            self.writer
+                .lock()
+                .await
+                .write_all(&line)
+                .await
+                .map_err(QmpError::Write)?;
+            rx.await.map_err(|_| QmpError::Closed(command.to_owned()))
+        })
+        .await;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match result {
+            Err(_) => Err(QmpError::Timeout(command.to_owned())),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err((class, desc)))) => Err(QmpError::Command {
+                command: command.to_owned(),
+                class,
+                desc,
+            }),
+        }
+    }
+
+    /// The events so far; the handle outlives the client.
+    pub fn events(&self) -> Arc<GuestEvents> {
+        self.events.clone()
+    }
+}
+
+impl Drop for Qmp {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Delivers replies to their waiters and records events, until QEMU closes
+/// the socket (it exited) or sends something that is not QMP.
+async fn read_loop(
+    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    pending: Pending,
+    events: Arc<GuestEvents>,
+) {
+    loop {
+        let message = match read_object(&mut read, MAX_MESSAGE).await {
+            Ok(m) => m,
+            Err(LineError::Closed) => break,
+            Err(e) => {
+                tracing::warn!("QMP: {e}; closing the connection");
+                break;
+            }
+        };
+        if let Some(event) = message.get("event").and_then(Value::as_str) {
+            record_event(&events, event, &message);
+            continue;
+        }
+        let Some(id) = message.get("id").and_then(Value::as_u64) else {
+            continue;
+        };
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(reply(&message));
+        }
+    }
+    // Waiters left see their sender dropped: "closed before the answer".
+    pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    events.closed.send_replace(true);
+}
+
+fn record_event(events: &GuestEvents, event: &str, message: &Map<String, Value>) {
+    match event {
+        "GUEST_PANICKED" => {
+            tracing::warn!("QMP: GUEST_PANICKED");
+            events.panicked.store(true, Ordering::SeqCst);
+        }
+        "SHUTDOWN" => {
+            let by_guest = message
+                .get("data")
+                .and_then(|d| d.get("guest"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if by_guest {
+                events.shutdown_by_guest.store(true, Ordering::SeqCst);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A reply's `return`, or its error's class and description.
+fn reply(message: &Map<String, Value>) -> Result<Value, (String, String)> {
+    if let Some(r) = message.get("return") {
+        return Ok(r.clone());
+    }
+    let error = message.get("error");
+    let field = |k: &str| {
+        error
+            .and_then(|e| e.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .chars()
+            .take(512)
+            .collect::<String>()
+    };
+    Err((field("class"), field("desc")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::UnixListener;
+
+    /// A fake QEMU: greets, answers each command in order, and sends an
+    /// event before the answer to `system_powerdown`.
+    async fn fake_qemu(listener: UnixListener) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+            .await
+            .unwrap();
+        let mut lines = BufReader::new(read).lines();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let cmd: Value = serde_json::from_str(&line).unwrap();
+            let id = cmd["id"].clone();
+            let answer = match cmd["execute"].as_str().unwrap() {
+                "system_powerdown" => {
+                    write
+                        .write_all(b"{\"event\": \"GUEST_PANICKED\", \"data\": {}}\n")
+                        .await
+                        .unwrap();
+                    json!({"return": {}, "id": id})
+                }
+                "nope" => {
+                    json!({"error": {"class": "CommandNotFound", "desc": "no nope"}, "id": id})
+                }
+                "hang" => continue,
+                _ => json!({"return": {"ok": true}, "id": id}),
+            };
+            write
+                .write_all(format!("{answer}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_get_their_answers_and_events_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let server = tokio::spawn(fake_qemu(UnixListener::bind(&path).unwrap()));
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(qmp.execute("stop", None, t).await.unwrap()["ok"], true);
+        assert!(!qmp.events().panicked());
+        qmp.execute("system_powerdown", None, t).await.unwrap();
+        assert!(qmp.events().panicked());
+        let e = qmp.execute("nope", None, t).await.unwrap_err().to_string();
+        assert!(
+            e.contains("CommandNotFound") && e.contains("no nope"),
+            "{e}"
+        );
+        let e = qmp
+            .execute("hang", None, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, QmpError::Timeout(_)), "{e}");
+        drop(qmp);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_named_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.sock");
+        let e = Qmp::connect(&path, Duration::from_millis(50))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("none.sock"), "{e}");
+    }
+}

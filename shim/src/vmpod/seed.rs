@@ -1,0 +1,263 @@
+//! The files a husk-vm container's VM boots from, made in the container's
+//! writable area (`<rootfs>/.husk-vm/`, so kubelet's ephemeral-storage
+//! accounting sees them and a restarted container starts clean):
+//!
+//! - the root disk: a qcow2 overlay whose backing file is the image's disk
+//!   (`qemu-img create -b`), so the image itself is never written;
+//! - the NoCloud seed: a vfat image labelled `cidata` holding the
+//!   cloud-init files (`mkfs.vfat` and `mcopy`, Debian's dosfstools and
+//!   mtools: no root, no loop device, no mount).
+
+use husk_hypervisor::disk_format::DiskFormat;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The directory in the container's rootfs holding the VM's files.
+pub const VM_FILES_DIR: &str = ".husk-vm";
+pub const ROOT_DISK: &str = "root.qcow2";
+pub const SEED: &str = "seed.img";
+/// The volume label cloud-init's NoCloud looks for.
+const SEED_LABEL: &str = "CIDATA";
+/// The tools are looked for here, whatever PATH the shim was given.
+const TOOL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Making either file takes well under a second; this only bounds a hang.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} not found ({hint})")]
+    MissingTool {
+        tool: &'static str,
+        hint: &'static str,
+    },
+    #[error("{tool} failed ({status}): {stderr}")]
+    ToolFailed {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{0} did not finish within 60 s")]
+    ToolTimeout(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SeedError {
+    let context = context.into();
+    move |source| SeedError::Io { context, source }
+}
+
+/// Runs a tool to completion; its stderr is the error when it fails.
+async fn run(
+    tool: &'static str,
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    hint: &'static str,
+) -> Result<(), SeedError> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("PATH", TOOL_PATH)
+        // mtools checks a disk's geometry against its own table otherwise.
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SeedError::MissingTool { tool, hint })
+        }
+        Err(e) => return Err(io(format!("starting {tool}"))(e)),
+    };
+    let out = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| SeedError::ToolTimeout(tool.to_owned()))?
+        .map_err(io(format!("running {tool}")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(SeedError::ToolFailed {
+            tool: tool.to_owned(),
+            status: out.status.to_string(),
+            stderr: stderr.trim().chars().take(2000).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes `<rootfs>/.husk-vm/` (empty, root only); a leftover of an
+/// earlier VM in the same rootfs is removed first.
+pub fn create_dir(rootfs: &Path) -> Result<PathBuf, SeedError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = rootfs.join(VM_FILES_DIR);
+    remove_dir(rootfs);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(format!("creating {}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Removes `<rootfs>/.husk-vm/` and what is in it (never following a
+/// link out: it is removed as a link).
+pub fn remove_dir(rootfs: &Path) {
+    let dir = rootfs.join(VM_FILES_DIR);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), %e, "cannot remove the VM's files");
+            }
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(&dir);
+        }
+        Err(_) => {}
+    }
+}
+
+/// The root disk: a qcow2 overlay in `dir` backed by the image's `disk`
+/// (named relative to `dir`, so the overlay keeps working wherever the
+/// rootfs is mounted), of the disk's own virtual size.
+pub async fn create_overlay(
+    qemu_img: &Path,
+    dir: &Path,
+    disk: &Path,
+    format: DiskFormat,
+) -> Result<PathBuf, SeedError> {
+    let overlay = dir.join(ROOT_DISK);
+    let backing = relative_to(disk, dir);
+    run(
+        "qemu-img",
+        qemu_img,
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-F".as_ref(),
+            format.as_str().as_ref(),
+            "-b".as_ref(),
+            backing.as_os_str(),
+            overlay.as_os_str(),
+        ],
+        "apt-get install qemu-utils, or set vm.qemu_img_path",
+    )
+    .await?;
+    Ok(overlay)
+}
+
+/// `path` relative to the directory `from`, both absolute.
+fn relative_to(path: &Path, from: &Path) -> PathBuf {
+    let p: Vec<_> = path.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..f.len() {
+        rel.push("..");
+    }
+    for c in &p[common..] {
+        rel.push(c);
+    }
+    rel
+}
+
+/// The NoCloud seed in `dir`: a vfat image labelled CIDATA holding
+/// `files`, sized to fit them.
+pub async fn create_seed(
+    dir: &Path,
+    files: &[(&'static str, Vec<u8>)],
+) -> Result<PathBuf, SeedError> {
+    let staging = dir.join("seed");
+    std::fs::create_dir(&staging).map_err(io(format!("creating {}", staging.display())))?;
+    let mut paths = Vec::new();
+    let mut total = 0u64;
+    for (name, data) in files {
+        let p = staging.join(name);
+        std::fs::write(&p, data).map_err(io(format!("writing {}", p.display())))?;
+        total += data.len() as u64;
+        paths.push(p);
+    }
+    let seed = dir.join(SEED);
+    // Room for the files, the FAT and directory entries; at least 1 MiB.
+    let size = (total + (512 << 10)).div_ceil(1 << 20).max(1) << 20;
+    let file = std::fs::File::create(&seed).map_err(io(format!("creating {}", seed.display())))?;
+    file.set_len(size)
+        .map_err(io(format!("sizing {}", seed.display())))?;
+    drop(file);
+    run(
+        "mkfs.vfat",
+        Path::new("mkfs.vfat"),
+        &["-n".as_ref(), SEED_LABEL.as_ref(), seed.as_os_str()],
+        "apt-get install dosfstools",
+    )
+    .await?;
+    let mut args: Vec<&std::ffi::OsStr> = vec!["-i".as_ref(), seed.as_os_str()];
+    args.extend(paths.iter().map(|p| p.as_os_str()));
+    args.push("::".as_ref());
+    run("mcopy", Path::new("mcopy"), &args, "apt-get install mtools").await?;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_files_are_named_relative_to_the_overlay() {
+        assert_eq!(
+            relative_to(
+                Path::new("/b/rootfs/disk/disk.qcow2"),
+                Path::new("/b/rootfs/.husk-vm")
+            ),
+            PathBuf::from("../disk/disk.qcow2")
+        );
+        assert_eq!(
+            relative_to(Path::new("/b/x"), Path::new("/b")),
+            PathBuf::from("x")
+        );
+    }
+
+    /// The seed as cloud-init finds it: label CIDATA, the files by name.
+    /// Needs dosfstools and mtools (setup.sh installs them).
+    #[tokio::test]
+    async fn the_seed_is_a_cidata_vfat_with_the_files() {
+        if std::process::Command::new("mdir")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("SKIPPED: mtools is not installed");
+            return;
+        }
+        let rootfs = tempfile::tempdir().unwrap();
+        let dir = create_dir(rootfs.path()).unwrap();
+        let files = vec![
+            ("meta-data", b"{\"instance-id\": \"i-1\"}\n".to_vec()),
+            ("user-data", b"#cloud-config\n".to_vec()),
+        ];
+        let seed = create_seed(&dir, &files).await.unwrap();
+        let label = std::process::Command::new("mlabel")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", seed.to_str().unwrap(), "-s", "::"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&label.stdout).contains("CIDATA"),
+            "{label:?}"
+        );
+        let meta = std::process::Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", seed.to_str().unwrap(), "::meta-data"])
+            .output()
+            .unwrap();
+        assert_eq!(meta.stdout, files[0].1);
+        assert!(!dir.join("seed").exists(), "the staging directory is left");
+        remove_dir(rootfs.path());
+        assert!(!rootfs.path().join(VM_FILES_DIR).exists());
+    }
+}
