@@ -513,6 +513,17 @@ impl Config {
     /// where the files are used (the hypervisor's preflight), so that a
     /// config can be validated on a machine without guest artifacts.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_sizes_and_paths()?;
+        self.validate_logs()?;
+        self.validate_pool()?;
+        self.validate_vm()?;
+        self.validate_timeouts()?;
+        self.validate_confinement()
+    }
+
+    /// `[hypervisor]` and `[pod]`: the guest's size within its bounds, and
+    /// every path absolute.
+    fn validate_sizes_and_paths(&self) -> Result<(), ConfigError> {
         let h = &self.hypervisor;
         if h.memory_mib < MIN_MEMORY_MIB || h.memory_mib > MAX_MEMORY_MIB {
             return Err(invalid(
@@ -573,6 +584,10 @@ impl Config {
                 "must not contain a newline or NUL".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_logs(&self) -> Result<(), ConfigError> {
         let l = &self.logs;
         if !(MIN_LOG_FILE_KIB..=MAX_LOG_FILE_KIB).contains(&l.max_file_kib) {
             return Err(invalid(
@@ -592,6 +607,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Each pooled shape within `[pod]`'s bounds, and listed once.
+    fn validate_pool(&self) -> Result<(), ConfigError> {
         for shape in &self.pool.shapes {
             if !(1..=self.pod.max_vcpus).contains(&shape.vcpus)
                 || !(MIN_MEMORY_MIB..=self.pod.max_memory_mib).contains(&shape.memory_mib)
@@ -611,6 +631,12 @@ impl Config {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err(invalid("pool.shapes", "a shape is listed twice".into()));
         }
+        Ok(())
+    }
+
+    /// `[vm]` (husk-vm pods): the default size within `[pod]`'s bounds.
+    fn validate_vm(&self) -> Result<(), ConfigError> {
+        let p = &self.pod;
         let v = &self.vm;
         if v.vcpus == 0 || v.vcpus > p.max_vcpus {
             return Err(invalid(
@@ -648,6 +674,10 @@ impl Config {
                 "must not contain a newline or NUL".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
         for (key, t) in [
             ("timeouts.kvm", &self.timeouts.kvm),
             ("timeouts.tcg", &self.timeouts.tcg),
@@ -660,6 +690,10 @@ impl Config {
                 return Err(invalid(key, "timeouts must be at least 1 second".into()));
             }
         }
+        Ok(())
+    }
+
+    fn validate_confinement(&self) -> Result<(), ConfigError> {
         let c = &self.confinement;
         // Not root's id, and not -1, which set*id(2) read as "unchanged".
         let last = u64::from(c.first_id) + u64::from(c.id_count);

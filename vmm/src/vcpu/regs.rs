@@ -29,7 +29,11 @@ pub const EFER_LMA: u64 = 1 << 10;
 pub const GDT_CODE: u16 = 2;
 pub const GDT_DATA: u16 = 3;
 pub const GDT_TSS: u16 = 4;
+/// The selectors of those slots, as the tests and the test guest's
+/// assembler check them (the boot path builds them from the table).
+#[cfg(any(test, feature = "test-util"))]
 pub const BOOT_CS: u16 = GDT_CODE * 8;
+#[cfg(any(test, feature = "test-util"))]
 pub const BOOT_DS: u16 = GDT_DATA * 8;
 
 /// Identity map of the first GiB with 2 MiB pages: enough for the kernel's
