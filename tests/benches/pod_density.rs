@@ -9,6 +9,10 @@
 //! StartContainer, until the container's first line is in its CRI log;
 //! the wall time for all N, and each pod's own time.
 //!
+//! The same from a pool of N pre-booted VMs (docs/pool.md), filled first,
+//! with what one idle pool VM costs the node (PSS of its member shim and
+//! everything below it).
+//!
 //! Density: N idle pods (one `sleep` container each); then, per pod, the
 //! memory of each host process that belongs to it — the pod's shim and
 //! everything below it (husk: QEMU, virtiofsd, vhost-device-vsock; runc:
@@ -53,7 +57,7 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-fn parallel(cri: &Cri, handler: &str, n: usize) {
+fn parallel(cri: &Cri, handler: &str, label: &str, n: usize) {
     let started = Instant::now();
     let results: Vec<(Pod, f64)> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..n)
@@ -66,7 +70,7 @@ fn parallel(cri: &Cri, handler: &str, n: usize) {
     let (min, median, max) = stats(&mut each);
     println!(
         "{:<28} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
-        format!("{handler}: {n} pods at once"),
+        format!("{label}: {n} pods at once"),
         wall,
         min,
         median,
@@ -75,6 +79,103 @@ fn parallel(cri: &Cri, handler: &str, n: usize) {
     for (pod, _) in &results {
         cri.stop_and_remove(pod);
     }
+}
+
+/// The pool members (shims waiting with a booted VM) of this harness.
+fn pool_members(cri: &Cri) -> Vec<u32> {
+    husk_tests::containerd::processes_mentioning("pool-member")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(cri.containerd().dir.path()))
+        })
+        .filter(|p| comm(*p).starts_with("containerd-shim"))
+        .collect()
+}
+
+/// `pid` and every process below it.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        all.push(p);
+        queue.extend(children(p));
+    }
+    all
+}
+
+/// Parallel start of `n` pods, each taking a VM from a pool of `n` that was
+/// filled beforehand; prints what an idle pool VM costs.
+fn pool_parallel(cri: &Cri, n: usize) {
+    let path = cri.containerd().dir.path().join("husk.toml");
+    let mut config = husk_config::Config::load(&path).unwrap();
+    let shape = husk_config::PoolShape {
+        vcpus: config.hypervisor.vcpus,
+        memory_mib: config.hypervisor.memory_mib,
+        size: n as u32,
+    };
+    config.pool.shapes = vec![shape];
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let pool = cri
+        .containerd()
+        .husk_runtime
+        .join("pool")
+        .join(shape.name());
+    // A first pod starts the filling; it is not counted.
+    let (primer, _) = start_pod(cri, HUSK, "pool-primer");
+    cri.stop_and_remove(&primer);
+    let idle = || {
+        std::fs::read_dir(&pool)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while idle() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the pool holds {} of {n}",
+            idle()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let members = pool_members(cri);
+    let (mut pss, mut rss) = (0, 0);
+    for m in &members {
+        for p in tree(*m) {
+            let (a, b) = memory_of(p);
+            pss += a;
+            rss += b;
+        }
+    }
+    println!(
+        "{:<28} {:>10} idle VMs: PSS {:.1} MiB, RSS {:.1} MiB each (member shim and its VM)",
+        "husk pool",
+        members.len(),
+        pss as f64 / 1024.0 / members.len().max(1) as f64,
+        rss as f64 / 1024.0 / members.len().max(1) as f64
+    );
+    // The pool refills in the background while the pods take their VMs,
+    // as it does on a node.
+    parallel(cri, HUSK, "husk pool", n);
+    // Off, then the refilled members (and their VMs) ended.
+    config.pool.shapes.clear();
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while idle() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for pid in pool_members(cri) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
 }
 
 fn meminfo_kib(key: &str) -> u64 {
@@ -202,9 +303,9 @@ fn main() {
         "{:<28} {:>10} {:>10} {:>10} {:>10}",
         "", "all", "min", "median", "max"
     );
-    for handler in [RUNC, HUSK] {
-        parallel(&cri, handler, parallel_n);
-    }
+    parallel(&cri, RUNC, "runc", parallel_n);
+    parallel(&cri, HUSK, "husk cold", parallel_n);
+    pool_parallel(&cri, parallel_n);
     println!(
         "\ndensity: idle pods; MiB per pod (PSS summed over the pod's host processes), \
          node memory in use after minus before (MiB), per process PSS/RSS MiB per pod\n"
