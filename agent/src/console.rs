@@ -119,6 +119,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         ws_ypixel: 0,
     });
     let pty = openpty(winsize.as_ref(), None)?;
+    // openpty's descriptors are inherited across exec: without this, the
+    // shell of a session started meanwhile (or any process the agent
+    // starts) would hold this session's terminal open, and its end would
+    // never come.
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+    }
     let shell = spawn_shell(&pty.slave)?;
     drop(pty.slave);
     tracing::info!(pid = shell, "debug console session started");
