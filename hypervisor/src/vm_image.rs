@@ -351,7 +351,10 @@ mod tests {
             "file=/b/rootfs/.husk-vm/root.qcow2,format=qcow2",
             "-device virtio-blk-pci,drive=root,bootindex=0",
             "file=/b/rootfs/.husk-vm/seed.img,format=raw,readonly=on",
-            "-netdev tap,id=net0,fd=3,vhost=off -device virtio-net-pci,netdev=net0,mac=02:42:0a:00:00:05",
+            &format!(
+                "-netdev tap,id=net0,fd={},vhost=off -device virtio-net-pci,netdev=net0,mac=02:42:0a:00:00:05",
+                crate::FIRST_TAP_FD
+            ),
             "socket,id=qga,path=/run/husk/vms/c1/qga.sock,server=on,wait=off",
             "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
             "-device pvpanic",

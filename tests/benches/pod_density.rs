@@ -178,6 +178,42 @@ fn pool_parallel(cri: &Cri, n: usize) {
     std::thread::sleep(Duration::from_secs(5));
 }
 
+/// The shim's RSS of a husk pod before and after rounds of `n` ExecSyncs
+/// and container create/remove cycles: what grows with a pod's lifetime.
+fn lifetime_growth(cri: &Cri, n: usize) {
+    let pod = cri.run_pod(HUSK, &PodSpec::new("lifetime"));
+    let spec = ContainerSpec::new("idle", &["sleep", "36000"]);
+    let id = cri.create_and_start(&pod, &spec);
+    let shim = pod_processes(&pod)[0];
+    let rss = || memory_of(shim).1 as f64 / 1024.0;
+    // The first calls warm the allocator and the connection.
+    for _ in 0..20 {
+        cri.exec_sync(&id, &["true"], 30);
+    }
+    let mut row = vec![format!("{:.1}", rss())];
+    for _ in 0..3 {
+        for _ in 0..n {
+            let r = cri.exec_sync(&id, &["sh", "-c", "echo out; echo err >&2"], 30);
+            assert_eq!(r.stdout.trim(), "out");
+        }
+        for i in 0..n / 10 {
+            let mut c = ContainerSpec::new(&format!("short-{i}"), &["true"]);
+            c.log_path = format!("short-{i}.log");
+            let cid = cri.create_and_start(&pod, &c);
+            cri.stop_container(&cid, 5);
+            cri.remove_container(&cid);
+        }
+        row.push(format!("{:.1}", rss()));
+    }
+    println!(
+        "\nshim RSS (MiB) of one husk pod: at start, then after each round of {n} ExecSyncs \
+         and {} containers created, run and removed: {}",
+        n / 10,
+        row.join(" -> ")
+    );
+    cri.stop_and_remove(&pod);
+}
+
 fn meminfo_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -306,6 +342,7 @@ fn main() {
     parallel(&cri, RUNC, "runc", parallel_n);
     parallel(&cri, HUSK, "husk cold", parallel_n);
     pool_parallel(&cri, parallel_n);
+    lifetime_growth(&cri, 200);
     println!(
         "\ndensity: idle pods; MiB per pod (PSS summed over the pod's host processes), \
          node memory in use after minus before (MiB), per process PSS/RSS MiB per pod\n"
