@@ -410,14 +410,22 @@ fn uefi_firmware_runs_and_attach_types_into_the_console() {
     println!("OVMF's shell after {shell:?}");
     // stdin is the console: a command typed through attach runs in the
     // firmware's shell, and its output is in the log.
-    wait_console(&pod, &spec, &["Shell>"], t);
+    // The prompt ("Shell> ") ends no line, so the CRI log (line by line)
+    // does not show it: wait for the startup.nsh countdown, then its end.
+    wait_console(&pod, &spec, &["startup.nsh", "1 seconds"], t);
+    std::thread::sleep(Duration::from_secs(5));
+    // The shell echoes what is typed; the command's own output is the line
+    // that is exactly its words.
+    let answered = |o: &husk_tests::streaming::StreamOutput| {
+        o.stdout
+            .split(['\r', '\n'])
+            .any(|l| l.trim() == "husk typed this")
+    };
     let url = cri.attach_url_with(&id, true);
-    let typed = husk_tests::streaming::write_stdin(&url, b"echo husk-typed-this\r", |o| {
-        o.stdout.contains("husk-typed-this")
-    })
-    .unwrap();
-    assert!(typed.stdout.contains("husk-typed-this"), "{typed:?}");
-    wait_console(&pod, &spec, &["husk-typed-this"], t);
+    let typed =
+        husk_tests::streaming::write_stdin(&url, b"echo husk typed this\r", answered).unwrap();
+    assert!(answered(&typed), "{typed:?}");
+    wait_console(&pod, &spec, &["husk typed this"], t);
     cri.stop_container(&id, 5);
     cri.stop_and_remove(&pod);
     assert_no_vm_leftovers(&cri);
