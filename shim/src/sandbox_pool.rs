@@ -200,6 +200,8 @@ impl VmPod {
     ) -> Result<VsockAgent, TaskError> {
         let pod_id = &self.pod_id;
         let host = |what: &'static str| move |e: anyhow::Error| TaskError::Host(e.context(what));
+        // The VM booted at the pool's lower priority; the pod's runs at 0.
+        normal_priority(&running.vm.processes());
         // The VM's processes join the pod's cgroup (they started outside):
         // each of them, what the daemons forked included (a pid written to
         // cgroup.procs moves that process alone).
@@ -273,5 +275,26 @@ impl VmPod {
             .map_err(|s| host("personalizing the guest")(anyhow!("{}", s.message())))?;
         tracing::info!(pod_id, "pool VM handed out");
         Ok(VsockAgent::new(client))
+    }
+}
+
+/// Sets every thread of `pids` and of this shim back to niceness 0: the
+/// member booted its VM at `pool::BOOT_NICENESS`, and niceness is per
+/// thread (a vCPU thread keeps the value it was created with). A thread
+/// that is gone meanwhile is skipped.
+fn normal_priority(pids: &[u32]) {
+    for pid in pids.iter().copied().chain([std::process::id()]) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for tid in tasks
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse::<libc::id_t>().ok())
+        {
+            // SAFETY: setpriority takes plain integers; no memory is shared.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid, 0);
+            }
+        }
     }
 }

@@ -102,6 +102,24 @@ fn comm(pid: u32) -> String {
         .to_owned()
 }
 
+/// The niceness of each thread of `pid` (field 19 of its tasks' stat).
+fn niceness(pid: u32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 fn parent(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(')')
@@ -151,6 +169,14 @@ fn a_pooled_vm_becomes_the_pods_own() {
     assert!(!got_pool_vm(&cri, &first));
     let first_c = sleeper(&cri, &first);
     wait_for_members(&cri, 1);
+    // An idle member booted its VM at the pool's lower priority.
+    for m in member_processes(&cri) {
+        assert_eq!(
+            niceness(m),
+            vec![husk_shim::pool::BOOT_NICENESS as i64; niceness(m).len()],
+            "member {m}"
+        );
+    }
     // The second is handed the pooled VM.
     let pod = cri.run_pod(HUSK, &PodSpec::new("pool-second"));
     assert!(got_pool_vm(&cri, &pod), "the second pod booted cold");
@@ -242,6 +268,12 @@ fn a_pooled_vm_becomes_the_pods_own() {
             in_cgroup.contains(p),
             "{p} is not in {}: {in_cgroup:?}",
             pod.cgroup
+        );
+        // And runs at the pod's priority, every thread (vCPUs included).
+        let nice = niceness(*p);
+        assert!(
+            !nice.is_empty() && nice.iter().all(|n| *n == 0),
+            "{p}: {nice:?}"
         );
     }
     // Two pods, two VMs.
