@@ -10,7 +10,7 @@ use std::process::Command;
 
 /// What one pod's VM costs on the host beyond its guest memory: the
 /// RuntimeClass' `overhead.podFixed` memory (config/runtimeclass.yaml).
-const POD_HOST_OVERHEAD_MIB: u64 = 160;
+const POD_HOST_OVERHEAD_MIB: u64 = 192;
 
 pub fn accelerator_and_vmm(h: &HypervisorConfig) -> Vec<Line> {
     let mut out = Vec::new();
