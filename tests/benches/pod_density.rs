@@ -39,16 +39,7 @@ fn start_pod(cri: &Cri, handler: &str, name: &str) -> (Pod, f64) {
     let pod = cri.run_pod(handler, &PodSpec::new(name));
     let spec = ContainerSpec::new("idle", &["sh", "-c", "echo ready; exec sleep 36000"]);
     cri.create_and_start(&pod, &spec);
-    let log = pod.log_dir.join(&spec.log_path);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" stdout F ready")) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line in {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    cri.wait_log(&pod, &spec, " stdout F ready", Duration::from_secs(300));
     (pod, started.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -79,18 +70,6 @@ fn parallel(cri: &Cri, handler: &str, label: &str, n: usize) {
     for (pod, _) in &results {
         cri.stop_and_remove(pod);
     }
-}
-
-/// The pool members (shims waiting with a booted VM) of this harness.
-fn pool_members(cri: &Cri) -> Vec<u32> {
-    husk_tests::containerd::processes_mentioning("pool-member")
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_link(format!("/proc/{p}/cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(cri.containerd().dir.path()))
-        })
-        .filter(|p| comm(*p).starts_with("containerd-shim"))
-        .collect()
 }
 
 /// `pid` and every process below it.
@@ -143,7 +122,7 @@ fn pool_parallel(cri: &Cri, n: usize) {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(5));
-    let members = pool_members(cri);
+    let members = cri.containerd().pool_members();
     let (mut pss, mut rss) = (0, 0);
     for m in &members {
         for p in tree(*m) {
@@ -169,7 +148,7 @@ fn pool_parallel(cri: &Cri, n: usize) {
     while idle() < n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
-    for pid in pool_members(cri) {
+    for pid in cri.containerd().pool_members() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,

@@ -17,16 +17,7 @@ fn pod_start(cri: &Cri, handler: &str, i: usize) -> f64 {
     let pod = cri.run_pod(handler, &PodSpec::new(&format!("bench-{handler}-{i}")));
     let spec = ContainerSpec::new("hello", &["sh", "-c", "echo ready; sleep 3600"]);
     cri.create_and_start(&pod, &spec);
-    let log = pod.log_dir.join(&spec.log_path);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" stdout F ready")) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line in {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    cri.wait_log(&pod, &spec, " stdout F ready", Duration::from_secs(120));
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     cri.stop_and_remove(&pod);
     ms
@@ -86,13 +77,7 @@ fn main() {
         .collect();
     row("husk from the pool: pod start", pooled);
     // End the pool's members (their VMs with them).
-    for pid in husk_tests::containerd::processes_mentioning("pool-member")
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_link(format!("/proc/{p}/cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(cri.containerd().dir.path()))
-        })
-    {
+    for pid in cri.containerd().pool_members() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,

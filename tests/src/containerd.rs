@@ -186,6 +186,25 @@ impl Containerd {
         self.start_again();
     }
 
+    /// The pool members (shims waiting with a booted VM, docs/pool.md) this
+    /// containerd's shims started: they run in a directory under its own.
+    /// A member's PID-namespace monitor (a fork that never execs, so it
+    /// shows the member's command line) is its VM's, not a member.
+    pub fn pool_members(&self) -> Vec<u32> {
+        let monitor = husk_hypervisor::confine::MONITOR_NAME.to_string_lossy();
+        processes_mentioning("pool-member")
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_link(format!("/proc/{p}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(self.dir.path()))
+            })
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim_end() != monitor)
+            })
+            .collect()
+    }
+
     /// The shims of `binary` (e.g. `containerd-shim-husk-v2`) serving this
     /// containerd: their command line names its socket. A PID-namespace
     /// monitor (a fork of the shim that never execs, so it shows the

@@ -777,6 +777,22 @@ impl Cri {
             .expect("container status")
     }
 
+    /// Waits until container `spec` of `pod` has logged a line holding
+    /// `needle` (its CRI log file, e.g. " stdout F ready"); panics after
+    /// `timeout`.
+    pub fn wait_log(&self, pod: &Pod, spec: &ContainerSpec, needle: &str, timeout: Duration) {
+        let log = pod.log_dir.join(&spec.log_path);
+        let deadline = Instant::now() + timeout;
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Polls ContainerStatus until the container has exited.
     pub fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
         let deadline = Instant::now() + timeout;

@@ -104,7 +104,29 @@ pub fn read_stream(
     url: &str,
     until: impl Fn(&StreamOutput) -> bool,
 ) -> Result<StreamOutput, String> {
+    read_until(connect(url)?, until)
+}
+
+/// Writes `input` to an attach or exec stream's stdin (channel 0), then
+/// reads what comes back as [`read_stream`] does.
+pub fn write_stdin(
+    url: &str,
+    input: &[u8],
+    until: impl Fn(&StreamOutput) -> bool,
+) -> Result<StreamOutput, String> {
     let mut ws = connect(url)?;
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(input);
+    ws.send(Message::Binary(frame))
+        .map_err(|e| format!("sending: {e}"))?;
+    read_until(ws, until)
+}
+
+/// What arrives on `ws` until it closes, `until` holds, or 60 s pass.
+fn read_until(
+    mut ws: Socket,
+    until: impl Fn(&StreamOutput) -> bool,
+) -> Result<StreamOutput, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out = StreamOutput::default();
     while Instant::now() < deadline && !until(&out) {
@@ -130,43 +152,6 @@ pub fn read_stream(
             2 => out.stderr.push_str(&text),
             3 => out.status.push_str(&text),
             _ => {}
-        }
-    }
-    let _ = ws.close(None);
-    Ok(out)
-}
-
-/// Writes `input` to an attach or exec stream's stdin (channel 0), then
-/// reads what comes back until `until` holds on it or 60 s pass.
-pub fn write_stdin(
-    url: &str,
-    input: &[u8],
-    until: impl Fn(&StreamOutput) -> bool,
-) -> Result<StreamOutput, String> {
-    let mut ws = connect(url)?;
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(input);
-    ws.send(Message::Binary(frame))
-        .map_err(|e| format!("sending: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out = StreamOutput::default();
-    while Instant::now() < deadline && !until(&out) {
-        let msg = match ws.read() {
-            Ok(m) => m,
-            Err(tungstenite::Error::Io(e)) if retryable(&e) => continue,
-            Err(e) => return Err(format!("reading: {e} (after {out:?})")),
-        };
-        let Message::Binary(bytes) = msg else {
-            continue;
-        };
-        if let Some((&channel, payload)) = bytes.split_first() {
-            let text = String::from_utf8_lossy(payload);
-            match channel {
-                1 => out.stdout.push_str(&text),
-                2 => out.stderr.push_str(&text),
-                3 => out.status.push_str(&text),
-                _ => {}
-            }
         }
     }
     let _ = ws.close(None);

@@ -81,18 +81,9 @@ fn exec(cri: &Cri, id: &str, cmd: &str) -> String {
     r.stdout.trim().to_owned()
 }
 
-/// Pool members (their processes) of this harness. A PID-namespace
-/// monitor (a fork of the member that never execs, so it shows the
-/// member's command line) is not one: it is its VM's.
+/// Pool members (their processes) of this harness.
 fn member_processes(cri: &Cri) -> Vec<u32> {
-    processes_mentioning("pool-member")
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_link(format!("/proc/{p}/cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(cri.containerd().dir.path()))
-        })
-        .filter(|p| comm(*p) != husk_hypervisor::confine::MONITOR_NAME.to_string_lossy())
-        .collect()
+    cri.containerd().pool_members()
 }
 
 fn comm(pid: u32) -> String {

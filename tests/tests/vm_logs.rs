@@ -82,22 +82,11 @@ fn cpu_secs(pid: u32) -> f64 {
 
 /// The shim serving container `id` of this containerd.
 fn shim_of(ctrd: &Containerd, id: &str) -> u32 {
-    let shims: Vec<u32> = processes_mentioning("containerd-shim-husk-v2")
+    let shims: Vec<u32> = ctrd
+        .shims("containerd-shim-husk-v2")
         .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
-                let c = text(&c);
-                c.contains(id) && c.contains(&ctrd.socket.display().to_string())
-            })
-        })
-        // A PID-namespace monitor (a fork of the shim that never execs,
-        // so it shows the shim's command line) is its VM's, not a shim.
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .unwrap_or_default()
-                .trim_end()
-                != husk_hypervisor::confine::MONITOR_NAME.to_string_lossy()
-        })
+        .filter(|s| s.id == id)
+        .map(|s| s.pid)
         .collect();
     assert_eq!(shims.len(), 1, "shims of {id}: {shims:?}");
     shims[0]
