@@ -28,6 +28,9 @@ const SHELL: &str = "/bin/busybox";
 const MAX_SIZE_LINE: usize = 32;
 /// ASCII EOT: the terminal's end-of-file character (VEOF by default).
 const EOT: u8 = 0x04;
+/// Longest wait for the shell's first output before the host's input is
+/// passed on anyway.
+const SHELL_READY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether the host asked for the console.
 pub fn enabled() -> bool {
@@ -135,14 +138,27 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let mut from_pty = tokio::fs::File::from_std(std::fs::File::from(pty.master.try_clone()?));
     let mut to_pty = tokio::fs::File::from_std(std::fs::File::from(pty.master));
     let (mut from_host, mut to_host) = tokio::io::split(stream);
+    // The shell discards what its terminal holds when its line editor
+    // starts: input written before that (a piped script, and the ^D that
+    // ends it) would be lost and the session never end. So the host's
+    // input goes in once the shell has printed something (its prompt), or
+    // after SHELL_READY at most.
+    let (ready, shell_ready) = tokio::sync::oneshot::channel::<()>();
     let input = tokio::spawn(async move {
+        let _ = tokio::time::timeout(SHELL_READY, shell_ready).await;
         let _ = tokio::io::copy(&mut from_host, &mut to_pty).await;
         // The host's input ended: so does the shell's.
         let _ = to_pty.write_all(&[EOT]).await;
         let _ = to_pty.flush().await;
     });
     // Ends when the terminal has no process left (EIO) or the host left.
-    let _ = tokio::io::copy(&mut from_pty, &mut to_host).await;
+    let mut first = [0u8; 4096];
+    if let Ok(n @ 1..) = from_pty.read(&mut first).await {
+        let _ = ready.send(());
+        if to_host.write_all(&first[..n]).await.is_ok() {
+            let _ = tokio::io::copy(&mut from_pty, &mut to_host).await;
+        }
+    }
     input.abort();
     // Nothing of the session outlives it.
     let _ = nix::sys::signal::killpg(
