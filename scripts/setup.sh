@@ -32,6 +32,17 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+# Disk: a full run (release and debug builds, the static agent, the fuzz
+# build, the guest kernel tree, the VM images) peaks near NEED_GIB in the
+# repository's file system. Too little space fails late and obscurely (the
+# linker dies with SIGBUS mid-link), so say so up front.
+NEED_GIB=12
+free_gib=$(df --output=avail -BG "$repo" | tail -1 | tr -dc 0-9)
+echo "setup.sh: ${free_gib} GiB free in $repo's file system"
+if [ "$free_gib" -lt "$NEED_GIB" ]; then
+    echo "setup.sh: warning: a full build and test run needs about $NEED_GIB GiB free there; expect 'No space left on device' or a linker SIGBUS" >&2
+fi
+
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev
     cpio xz-utils libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
     busybox-static containerd runc iproute2 procps binutils

@@ -5,6 +5,8 @@
 # subset again on containerd 1.7 and 2.1 (fetched by setup.sh). The restart
 # tests (tests/tests/restart.rs) cover all three lines themselves.
 set -euo pipefail
+# One build per run: incremental state would only add gigabytes to target/.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup.sh"
 cd "$repo"
