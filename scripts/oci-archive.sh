@@ -3,13 +3,16 @@
 # (image layout tarball) that `ctr images import` takes: no registry and no
 # image builder needed. Reproducible: fixed mtimes and owners, so the same
 # tree gives the same digest.
-# Usage: scripts/oci-archive.sh ROOTFS NAME OUTPUT CREATED_BY CMD [ARG...]
-#   NAME       e.g. docker.io/husk/busybox:test (the tag is the ref name)
-#   CREATED_BY the image history's one line
-#   CMD ...    the image's command
+# Usage: scripts/oci-archive.sh [--entrypoint] ROOTFS NAME OUTPUT CREATED_BY CMD [ARG...]
+#   --entrypoint  CMD ... is the image's Entrypoint (a pause image), not its Cmd
+#   NAME          e.g. docker.io/husk/busybox:test (the tag is the ref name)
+#   CREATED_BY    the image history's one line
+#   CMD ...       the image's command
 set -euo pipefail
 export LC_ALL=C # --sort=name: byte order
-[ $# -ge 5 ] || { echo "usage: oci-archive.sh ROOTFS NAME OUTPUT CREATED_BY CMD [ARG...]" >&2; exit 2; }
+command_key=Cmd
+if [ "${1:-}" = --entrypoint ]; then command_key=Entrypoint; shift; fi
+[ $# -ge 5 ] || { echo "usage: oci-archive.sh [--entrypoint] ROOTFS NAME OUTPUT CREATED_BY CMD [ARG...]" >&2; exit 2; }
 root=$1 name=$2 out=$3 created_by=$4
 shift 4
 for tool in tar gzip sha256sum python3; do
@@ -41,10 +44,11 @@ read -r config_digest config_size < <(python3 -c '
 import json, sys
 print(json.dumps({
     "architecture": "amd64", "os": "linux",
-    "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": sys.argv[3:]},
+    "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+               "WorkingDir": "/", sys.argv[3]: sys.argv[4:]},
     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sys.argv[1]]},
     "history": [{"created_by": sys.argv[2]}],
-}, separators=(",", ":")), end="")' "$diff_id" "$created_by" "$@" | blob)
+}, separators=(",", ":")), end="")' "$diff_id" "$created_by" "$command_key" "$@" | blob)
 
 read -r manifest_digest manifest_size < <(python3 -c '
 import json, sys
