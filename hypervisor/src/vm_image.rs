@@ -87,8 +87,23 @@ fn opt_path(p: &Path) -> String {
 
 /// QEMU's command line for `l` (without the binary).
 pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
-    let mut a: Vec<String> = Vec::new();
-    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    [
+        machine_args(l),
+        firmware_args(l),
+        disk_args(l),
+        device_args(l),
+        kernel_args(l),
+    ]
+    .concat()
+}
+
+fn strs(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The machine, its CPUs and memory, what QEMU may do, the console and
+/// the monitor.
+fn machine_args(l: &VmImageLaunch) -> Vec<String> {
     let machine = match l.boot {
         ImageBoot::Uefi { .. } => "q35",
         _ => "pc",
@@ -101,7 +116,7 @@ pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
         Accelerator::Kvm => "host",
         Accelerator::Tcg => "max",
     };
-    push(&[
+    strs(&[
         "-name",
         &format!("husk-vm-{},debug-threads=on", l.id),
         "-M",
@@ -134,25 +149,34 @@ pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
             "unix:{},server=on,wait=off",
             opt_path(&qmp_socket(&l.run_dir))
         ),
-    ]);
-    if let ImageBoot::Uefi { code, vars } = &l.boot {
-        push(&[
-            "-drive",
-            &format!(
-                "if=pflash,unit=0,format=raw,readonly=on,file={}",
-                opt_path(code)
-            ),
-            "-drive",
-            &format!("if=pflash,unit=1,format=raw,file={}", opt_path(vars)),
-        ]);
-    }
+    ])
+}
+
+/// OVMF's code (read-only) and the VM's own copy of its variables.
+fn firmware_args(l: &VmImageLaunch) -> Vec<String> {
+    let ImageBoot::Uefi { code, vars } = &l.boot else {
+        return Vec::new();
+    };
+    strs(&[
+        "-drive",
+        &format!(
+            "if=pflash,unit=0,format=raw,readonly=on,file={}",
+            opt_path(code)
+        ),
+        "-drive",
+        &format!("if=pflash,unit=1,format=raw,file={}", opt_path(vars)),
+    ])
+}
+
+/// The root overlay, the cloud-init seed and the pod's raw block volumes.
+fn disk_args(l: &VmImageLaunch) -> Vec<String> {
     // The kernel's option ROM takes boot index 0 itself ("bootindex 0 has
     // already been used").
     let bootindex = match l.boot {
         ImageBoot::Kernel { .. } => "",
         _ => ",bootindex=0",
     };
-    push(&[
+    let mut a = strs(&[
         "-drive",
         &format!(
             "if=none,id=root,file={},format=qcow2,discard=unmap",
@@ -162,7 +186,7 @@ pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
         &format!("virtio-blk-pci,drive=root{bootindex}"),
     ]);
     if let Some(seed) = &l.seed {
-        push(&[
+        a.extend(strs(&[
             "-drive",
             &format!(
                 "if=none,id=seed,file={},format=raw,readonly=on",
@@ -170,10 +194,10 @@ pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
             ),
             "-device",
             "virtio-blk-pci,drive=seed",
-        ]);
+        ]));
     }
     for (i, d) in l.block_devices.iter().enumerate() {
-        push(&[
+        a.extend(strs(&[
             "-drive",
             &format!(
                 "if=none,id=blk{i},file={},format=raw,cache=none,aio=threads",
@@ -184,17 +208,24 @@ pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
                 "virtio-blk-pci,drive=blk{i},serial={}",
                 d.serial.replace(',', ",,")
             ),
-        ]);
+        ]));
     }
+    a
+}
+
+/// The pod's NIC (on the TAP passed as an fd), the guest agent's channel
+/// and the panic device.
+fn device_args(l: &VmImageLaunch) -> Vec<String> {
+    let mut a = Vec::new();
     if let Some(mac) = &l.nic {
-        push(&[
+        a = strs(&[
             "-netdev",
             &format!("tap,id=net0,fd={},vhost=off", crate::FIRST_TAP_FD),
             "-device",
             &format!("virtio-net-pci,netdev=net0,mac={mac}"),
         ]);
     }
-    push(&[
+    a.extend(strs(&[
         "-device",
         "virtio-serial-pci",
         "-chardev",
@@ -206,23 +237,28 @@ pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
         &format!("virtserialport,chardev=qga,name={GUEST_AGENT_PORT}"),
         "-device",
         "pvpanic",
-    ]);
-    if let ImageBoot::Kernel {
+    ]));
+    a
+}
+
+/// Direct kernel boot: kernel, initrd and command line.
+fn kernel_args(l: &VmImageLaunch) -> Vec<String> {
+    let ImageBoot::Kernel {
         kernel,
         initrd,
         cmdline,
     } = &l.boot
-    {
-        push(&[
-            "-kernel",
-            &kernel.display().to_string(),
-            "-initrd",
-            &initrd.display().to_string(),
-            "-append",
-            cmdline,
-        ]);
-    }
-    a
+    else {
+        return Vec::new();
+    };
+    strs(&[
+        "-kernel",
+        &kernel.display().to_string(),
+        "-initrd",
+        &initrd.display().to_string(),
+        "-append",
+        cmdline,
+    ])
 }
 
 /// The QEMU process of a VM image, paused, with its stdio.
