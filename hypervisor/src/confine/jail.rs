@@ -241,107 +241,129 @@ impl JailPlan {
     /// has just entered with `unshare(CLONE_NEWNS)`. System calls only:
     /// safe between fork and exec.
     pub(crate) fn enter(&mut self) -> Result<(), StepError> {
+        // SAFETY: mount(2) with a NUL-terminated literal path and null
+        // source, type and data.
+        check("making / private", unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        } as _)?;
+        self.clone_sources()?;
+        // SAFETY: mount(2) with NUL-terminated strings: literals and the
+        // plan's stage path, which lives as long as `self`.
+        check("mounting the jail's tmpfs", unsafe {
+            libc::mount(
+                c"husk-jail".as_ptr(),
+                self.stage.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"mode=0755,size=64k,nr_inodes=256".as_ptr().cast(),
+            )
+        } as _)?;
+        for step in &self.steps {
+            self.take(step)?;
+        }
+        self.pivot()
+    }
+
+    /// Clones each source's tree (open_tree) into `self.fds` and sets its
+    /// mount flags, before anything is attached.
+    fn clone_sources(&mut self) -> Result<(), StepError> {
         let empty = c"".as_ptr();
-        // SAFETY: every call below: the paths are NUL-terminated strings
-        // owned by the plan, the attr struct lives on this stack for the
-        // call it is passed to, and the descriptors are the ones open_tree
-        // returned here.
+        for (slot, source) in self.fds.iter_mut().zip(&self.sources) {
+            // SAFETY: open_tree(2) with a NUL-terminated path owned by the
+            // plan; it returns a new descriptor or -1.
+            let fd = check("cloning a source (open_tree)", unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    source.path.as_ptr(),
+                    libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+                )
+            })? as libc::c_int;
+            *slot = fd;
+            let attr = libc::mount_attr {
+                attr_set: source.attr,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            // SAFETY: mount_setattr(2) on the descriptor just returned, with
+            // an empty NUL-terminated path and a pointer to `attr`, which
+            // lives on this stack for the call, and its size.
+            check("setting a source's flags (mount_setattr)", unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    fd,
+                    empty,
+                    libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+                    &attr as *const libc::mount_attr,
+                    std::mem::size_of::<libc::mount_attr>(),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One step of building the jail in its tmpfs.
+    fn take(&self, step: &Step) -> Result<(), StepError> {
+        // SAFETY: every call below gets NUL-terminated paths owned by the
+        // plan, and descriptors clone_sources opened; errno is read right
+        // after the call that set it.
         unsafe {
-            check(
-                "making / private",
-                libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) as _,
-            )?;
-            for (slot, source) in self.fds.iter_mut().zip(&self.sources) {
-                let fd = check(
-                    "cloning a source (open_tree)",
-                    libc::syscall(
-                        libc::SYS_open_tree,
-                        libc::AT_FDCWD,
-                        source.path.as_ptr(),
-                        libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
-                    ),
-                )? as libc::c_int;
-                *slot = fd;
-                let attr = libc::mount_attr {
-                    attr_set: source.attr,
-                    attr_clr: 0,
-                    propagation: 0,
-                    userns_fd: 0,
-                };
-                check(
-                    "setting a source's flags (mount_setattr)",
-                    libc::syscall(
-                        libc::SYS_mount_setattr,
-                        fd,
-                        empty,
-                        libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-                        &attr as *const libc::mount_attr,
-                        std::mem::size_of::<libc::mount_attr>(),
-                    ),
-                )?;
-            }
-            check(
-                "mounting the jail's tmpfs",
-                libc::mount(
-                    c"husk-jail".as_ptr(),
-                    self.stage.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"mode=0755,size=64k,nr_inodes=256".as_ptr().cast(),
-                ) as _,
-            )?;
-            for step in &self.steps {
-                match step {
-                    Step::Dir(p) => {
-                        if libc::mkdir(p.as_ptr(), 0o755) != 0
-                            && *libc::__errno_location() != libc::EEXIST
-                        {
-                            return Err((
-                                "making a jail directory",
-                                std::io::Error::last_os_error(),
-                            ));
-                        }
-                    }
-                    Step::File(p) => {
-                        // mknod, not open: the file may already be there,
-                        // on a read-only bind (a writable file in a
-                        // read-only directory), where open would fail.
-                        if libc::mknod(p.as_ptr(), libc::S_IFREG | 0o444, 0) != 0
-                            && *libc::__errno_location() != libc::EEXIST
-                        {
-                            return Err((
-                                "making a jail mount point",
-                                std::io::Error::last_os_error(),
-                            ));
-                        }
-                    }
-                    Step::Link { target, path } => {
-                        check(
-                            "making a jail link",
-                            libc::symlink(target.as_ptr(), path.as_ptr()) as _,
-                        )?;
-                    }
-                    Step::Attach { source, at } => {
-                        check(
-                            "attaching a source (move_mount)",
-                            libc::syscall(
-                                libc::SYS_move_mount,
-                                self.fds[*source],
-                                empty,
-                                libc::AT_FDCWD,
-                                at.as_ptr(),
-                                libc::MOVE_MOUNT_F_EMPTY_PATH,
-                            ),
-                        )?;
+            match step {
+                Step::Dir(p) => {
+                    if libc::mkdir(p.as_ptr(), 0o755) != 0
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        return Err(("making a jail directory", std::io::Error::last_os_error()));
                     }
                 }
+                Step::File(p) => {
+                    // mknod, not open: the file may already be there, on a
+                    // read-only bind (a writable file in a read-only
+                    // directory), where open would fail.
+                    if libc::mknod(p.as_ptr(), libc::S_IFREG | 0o444, 0) != 0
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        return Err(("making a jail mount point", std::io::Error::last_os_error()));
+                    }
+                }
+                Step::Link { target, path } => {
+                    check(
+                        "making a jail link",
+                        libc::symlink(target.as_ptr(), path.as_ptr()) as _,
+                    )?;
+                }
+                Step::Attach { source, at } => {
+                    check(
+                        "attaching a source (move_mount)",
+                        libc::syscall(
+                            libc::SYS_move_mount,
+                            self.fds[*source],
+                            c"".as_ptr(),
+                            libc::AT_FDCWD,
+                            at.as_ptr(),
+                            libc::MOVE_MOUNT_F_EMPTY_PATH,
+                        ),
+                    )?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Makes the built tmpfs the root, drops the old one, makes the new
+    /// one read-only and closes the source descriptors.
+    fn pivot(&self) -> Result<(), StepError> {
+        // SAFETY: every call below gets NUL-terminated literals or the
+        // plan's stage path, null pointers where mount(2) allows them, and
+        // closes only descriptors clone_sources opened.
+        unsafe {
             check("chdir to the jail", libc::chdir(self.stage.as_ptr()) as _)?;
             // pivot_root(".", "."): the old root is stacked on the new one
             // and detached right after (runc's way).
