@@ -165,6 +165,92 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Io { context, source }
 }
 
+/// Writes the pod's cloud-init seed (address, DNS, hostname, the user's
+/// data) and serves the same address over DHCP on the pod's TAP, for
+/// guests that ask rather than read the seed. Returns the seed's path.
+async fn seed_and_dhcp(
+    id: &str,
+    p: &Prepared,
+    ctx: &VmPodContext,
+    files: &Path,
+    leftovers: &mut Leftovers,
+) -> Result<PathBuf, VmError> {
+    let guest = leftovers.network.as_ref().map(|n| n.guest.clone());
+    let facts = pod_facts(&p.spec, id, guest)?;
+    let seed_files = cloud_init::seed_files(&facts);
+    // What the VM's network is told (user-data, which may hold secrets, is
+    // not logged).
+    for (name, data) in seed_files.iter().filter(|(n, _)| *n == "network-config") {
+        tracing::info!(pod_id = %ctx.pod_id, container_id = id, file = name, content = %String::from_utf8_lossy(data).replace('\n', " "), "cloud-init seed");
+    }
+    let seed = seed::create_seed(files, &seed_files).await?;
+    if let Some(n) = &leftovers.network {
+        match super::dhcp::Lease::of_pod(&n.guest, &facts.dns, &facts.hostname) {
+            Some(lease) => {
+                leftovers.dhcp = Some(super::dhcp::serve(
+                    &n.netns,
+                    crate::network::TAP_NAME,
+                    lease,
+                )?)
+            }
+            None => {
+                tracing::info!(pod_id = %ctx.pod_id, container_id = id, "the pod has no IPv4 address: no DHCP")
+            }
+        }
+    }
+    Ok(seed)
+}
+
+/// The VM's run directory (QMP and guest agent sockets), owner-only.
+fn create_run_dir(dir: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("creating {}", dir.display())))
+}
+
+/// The guest NIC's MAC: the pod interface's, which the TAP took over.
+fn nic_mac(network: Option<&PodNetwork>) -> Result<Option<husk_hypervisor::MacAddr>, VmError> {
+    network
+        .map(|n| {
+            n.mac
+                .parse()
+                .map_err(|e| VmError::Invalid(format!("the pod interface's MAC {:?}: {e}", n.mac)))
+        })
+        .transpose()
+}
+
+/// Connects to the new QEMU's monitor. If QEMU never makes its socket, it
+/// is ended, and the error says what QEMU printed.
+async fn connect_qmp(
+    run_dir: &Path,
+    spawned: vm_image::SpawnedVm,
+) -> Result<(Qmp, vm_image::SpawnedVm), VmError> {
+    let e = match Qmp::connect(&vm_image::qmp_socket(run_dir), QMP_CONNECT).await {
+        Ok(qmp) => return Ok((qmp, spawned)),
+        Err(e) => e,
+    };
+    let _ = spawned.killer.kill();
+    let mut child = spawned.child;
+    let _ = child.wait().await;
+    let mut diagnostics = String::new();
+    let mut err = spawned.diagnostics;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        (&mut err).take(4096).read_to_string(&mut diagnostics),
+    )
+    .await;
+    Err(VmError::Invalid(format!(
+        "QEMU did not start: {}; it said: {}",
+        super::chain(e),
+        diagnostics.trim()
+    )))
+}
+
 impl VmContainer {
     /// Makes the VM's files, connects the pod network and spawns QEMU,
     /// paused. On error nothing of it is left but the rootfs mount.
@@ -204,51 +290,10 @@ impl VmContainer {
                 .await
                 .map_err(|e| VmError::Invalid(format!("network attach: {e}")))??;
         }
-        let facts = pod_facts(
-            &p.spec,
-            id,
-            leftovers.network.as_ref().map(|n| n.guest.clone()),
-        )?;
-        let seed_files = cloud_init::seed_files(&facts);
-        // What the VM's network is told (user-data, which may hold
-        // secrets, is not logged).
-        for (name, data) in seed_files.iter().filter(|(n, _)| *n == "network-config") {
-            tracing::info!(pod_id = %ctx.pod_id, container_id = id, file = name, content = %String::from_utf8_lossy(data).replace('\n', " "), "cloud-init seed");
-        }
-        let seed = seed::create_seed(files, &seed_files).await?;
-        if let Some(n) = &leftovers.network {
-            match super::dhcp::Lease::of_pod(&n.guest, &facts.dns, &facts.hostname) {
-                Some(lease) => {
-                    leftovers.dhcp = Some(super::dhcp::serve(
-                        &n.netns,
-                        crate::network::TAP_NAME,
-                        lease,
-                    )?)
-                }
-                None => {
-                    tracing::info!(pod_id = %ctx.pod_id, container_id = id, "the pod has no IPv4 address: no DHCP")
-                }
-            }
-        }
-        let boot = boot_of(p, &ctx.config.vm, files)?;
+        let seed = seed_and_dhcp(id, p, ctx, files, leftovers).await?;
+        let boot = boot_of(p, vm_config, files)?;
         let block_devices = block_devices(&p.spec)?;
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            if let Some(parent) = leftovers.run_dir.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(io(format!("creating {}", parent.display())))?;
-            }
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&leftovers.run_dir)
-                .map_err(io(format!("creating {}", leftovers.run_dir.display())))?;
-        }
-        let nic = match &leftovers.network {
-            Some(n) => Some(n.mac.parse().map_err(|e| {
-                VmError::Invalid(format!("the pod interface's MAC {:?}: {e}", n.mac))
-            })?),
-            None => None,
-        };
+        create_run_dir(&leftovers.run_dir)?;
         let launch = VmImageLaunch {
             id: id.to_owned(),
             accelerator: ctx.accelerator,
@@ -259,7 +304,7 @@ impl VmContainer {
             root,
             seed: Some(seed),
             block_devices,
-            nic,
+            nic: nic_mac(leftovers.network.as_ref())?,
             run_dir: leftovers.run_dir.clone(),
         };
         let tap = leftovers.network.as_ref().map(|n| n.tap.as_raw_fd());
@@ -270,26 +315,21 @@ impl VmContainer {
             .cgroups_path
             .as_deref()
             .and_then(|path| join_cgroup(pid, id, path));
-        let qmp = match Qmp::connect(&vm_image::qmp_socket(&leftovers.run_dir), QMP_CONNECT).await {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = spawned.killer.kill();
-                let mut child = spawned.child;
-                let _ = child.wait().await;
-                let mut diagnostics = String::new();
-                let mut err = spawned.diagnostics;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    (&mut err).take(4096).read_to_string(&mut diagnostics),
-                )
-                .await;
-                return Err(VmError::Invalid(format!(
-                    "QEMU did not start: {}; it said: {}",
-                    super::chain(e),
-                    diagnostics.trim()
-                )));
-            }
-        };
+        let (qmp, spawned) = connect_qmp(&leftovers.run_dir, spawned).await?;
+        Ok(Self::watched(id, p, ctx, qmp, spawned, leftovers))
+    }
+
+    /// The container around a running QEMU: relays for its console and
+    /// messages, and the task that waits for its exit and then removes
+    /// what `leftovers` holds (which it takes over).
+    fn watched(
+        id: &str,
+        p: &Prepared,
+        ctx: &VmPodContext,
+        qmp: Qmp,
+        spawned: vm_image::SpawnedVm,
+        leftovers: &mut Leftovers,
+    ) -> Self {
         let events = qmp.events();
         let killed = Arc::new(AtomicBool::new(false));
         let (console_tx, console_rx) = mpsc::channel(OUTPUT_QUEUE);
@@ -315,9 +355,9 @@ impl VmContainer {
             exit_tx,
             (ctx.pod_id.clone(), id.to_owned()),
         ));
-        Ok(VmContainer {
+        VmContainer {
             id: id.to_owned(),
-            pid,
+            pid: spawned.pid,
             rootfs: p.rootfs.clone(),
             qmp,
             killer: spawned.killer,
@@ -331,7 +371,7 @@ impl VmContainer {
             exit: exit_rx,
             execs: Mutex::default(),
             call_timeout: ctx.timeouts.agent_call,
-        })
+        }
     }
 
     /// Lets the vCPUs run. Output nobody has asked for within
