@@ -9,9 +9,10 @@ use crate::daemon::{Daemon, Placement, DRAIN};
 use crate::log_dir::{Ending, VmLogDir, CONSOLE_LOG, VMM_LOG};
 use crate::log_pump::LogPump;
 use crate::{preflight, Accelerator, Error, HuskVmm, Hypervisor, MacAddr, Qemu, VmLaunch};
-use husk_config::{AccelTimeouts, Backend, Config};
+use husk_config::{AccelTimeouts, Backend, Config, HypervisorConfig};
 use husk_proto::agent::agent_client::AgentClient;
 use husk_proto::agent::{HealthRequest, SetClockRequest, ShutdownRequest};
+use husk_vmm_config::Identity;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -207,6 +208,51 @@ impl MicroVm {
         let helpers_started = Instant::now();
         let identity = self.ids.as_ref().map(VmIds::identity);
         policy::share_run_dir(&self.dir, identity)?;
+        let fs_socket = self.start_virtiofsd(h, spec, identity).await?;
+        let vsock_socket = self.start_vsock_backend(h, identity).await?;
+        self.timings.helpers = helpers_started.elapsed();
+
+        let launch = VmLaunch {
+            id: self.id.clone(),
+            accelerator: self.accelerator,
+            vcpus: h.vcpus,
+            memory_mib: h.memory_mib,
+            kernel: h.kernel.clone(),
+            initrd: h.initrd.clone(),
+            cmdline: kernel_cmdline(&h.kernel_params),
+            run_dir: self.dir.clone(),
+            console_log: PathBuf::from(format!("/proc/self/fd/{}", crate::CONSOLE_FD)),
+            vsock_vhost_socket: vsock_socket,
+            fs_vhost_socket: fs_socket,
+            fs_tag: husk_proto::SHARED_FS_TAG.into(),
+            nets: net_launches(spec)?,
+            identity,
+        };
+        let vmm_started = Instant::now();
+        self.start_vmm(hypervisor, &launch, spec)?;
+        self.timings.vmm_spawn = vmm_started.elapsed();
+        self.watcher = self.watch_daemons();
+
+        self.wait_for_agent().await?;
+        self.timings.agent_ready = vmm_started.elapsed();
+        self.timings.total = started.elapsed();
+        tracing::info!(
+            vm_id = %self.id,
+            total_ms = self.timings.total.as_millis() as u64,
+            agent_ready_ms = self.timings.agent_ready.as_millis() as u64,
+            "VM ready"
+        );
+        Ok(())
+    }
+
+    /// Starts virtiofsd on the shared directory, confined, and hands its
+    /// socket to the VMM's identity. Returns the socket's path.
+    async fn start_virtiofsd(
+        &mut self,
+        h: &HypervisorConfig,
+        spec: &VmSpec,
+        identity: Option<Identity>,
+    ) -> Result<PathBuf, Error> {
         let fs_socket = self.dir.join(FS_SOCKET);
         let mut fs_cmd = Command::new(&h.virtiofsd_path);
         let (fs_args, fs_confinement) = policy::virtiofsd();
@@ -220,19 +266,28 @@ impl MicroVm {
         // Confined first: the change of user comes before the hooks
         // Daemon::spawn adds (cgroup, descriptors, parent-death signal).
         fs_confinement.apply(&mut fs_cmd)?;
-        let limits = self.logs.limits();
         let fs = self.fs.insert(Daemon::spawn(
             "virtiofsd",
             fs_cmd,
             self.logs.file("virtiofsd.log")?,
-            limits,
+            self.logs.limits(),
             &self.placement,
             Vec::new(),
         )?);
         fs.wait_for_socket(&fs_socket, DAEMON_SOCKET_TIMEOUT)
             .await?;
         policy::give(&fs_socket, identity)?;
+        Ok(fs_socket)
+    }
 
+    /// Starts vhost-device-vsock in its own directory, confined, and links
+    /// the agent's socket where the launcher looks for it. Returns the
+    /// vhost-user socket's path.
+    async fn start_vsock_backend(
+        &mut self,
+        h: &HypervisorConfig,
+        identity: Option<Identity>,
+    ) -> Result<PathBuf, Error> {
         let vsock_dir = policy::vsock_dir(&self.dir, identity)?;
         let vsock_socket = vsock_dir.join(policy::VSOCK_VHOST_SOCKET);
         let vsock_agent_socket = vsock_dir.join(policy::VSOCK_AGENT_SOCKET);
@@ -249,7 +304,7 @@ impl MicroVm {
             "vhost-device-vsock",
             vsock_cmd,
             self.logs.file("vhost-device-vsock.log")?,
-            limits,
+            self.logs.limits(),
             &self.placement,
             Vec::new(),
         )?);
@@ -259,34 +314,18 @@ impl MicroVm {
         // The agent's socket is there too (made before the vhost-user
         // one); the launcher uses its own link to it from here on.
         policy::link_socket(&vsock_agent_socket, &self.agent_socket())?;
-        self.timings.helpers = helpers_started.elapsed();
+        Ok(vsock_socket)
+    }
 
-        let launch = VmLaunch {
-            id: self.id.clone(),
-            accelerator: self.accelerator,
-            vcpus: h.vcpus,
-            memory_mib: h.memory_mib,
-            kernel: h.kernel.clone(),
-            initrd: h.initrd.clone(),
-            cmdline: kernel_cmdline(&h.kernel_params),
-            run_dir: self.dir.clone(),
-            console_log: PathBuf::from(format!("/proc/self/fd/{}", crate::CONSOLE_FD)),
-            vsock_vhost_socket: vsock_socket,
-            fs_vhost_socket: fs_socket,
-            fs_tag: husk_proto::SHARED_FS_TAG.into(),
-            nets: spec
-                .nets
-                .iter()
-                .map(|n| {
-                    let mac = n.mac.parse::<MacAddr>().map_err(|source| Error::Mac {
-                        mac: n.mac.clone(),
-                        source,
-                    })?;
-                    Ok(crate::NetLaunch { mac })
-                })
-                .collect::<Result<_, Error>>()?,
-            identity,
-        };
+    /// Starts the VMM with the console pipe and the pod's TAPs, the
+    /// console's end pumped into console.log.
+    fn start_vmm(
+        &mut self,
+        hypervisor: &dyn Hypervisor,
+        launch: &VmLaunch,
+        spec: &VmSpec,
+    ) -> Result<(), Error> {
+        let limits = self.logs.limits();
         // The console is a pipe the VMM finds at CONSOLE_FD and opens as
         // its console file; the shim end is pumped into console.log.
         let (console_rx, console_tx) =
@@ -301,8 +340,7 @@ impl MicroVm {
             )
             .map_err(|e| Error::io("a thread for the console log", e))?,
         );
-        let vmm_started = Instant::now();
-        let command = hypervisor.command(&launch)?;
+        let command = hypervisor.command(launch)?;
         let fds = std::iter::once(console_tx.as_raw_fd())
             .chain(spec.nets.iter().map(|n| n.tap))
             .collect();
@@ -314,19 +352,8 @@ impl MicroVm {
             &self.placement,
             fds,
         )?);
+        // The VMM holds its own copy now.
         drop(console_tx);
-        self.timings.vmm_spawn = vmm_started.elapsed();
-        self.watcher = self.watch_daemons();
-
-        self.wait_for_agent().await?;
-        self.timings.agent_ready = vmm_started.elapsed();
-        self.timings.total = started.elapsed();
-        tracing::info!(
-            vm_id = %self.id,
-            total_ms = self.timings.total.as_millis() as u64,
-            agent_ready_ms = self.timings.agent_ready.as_millis() as u64,
-            "VM ready"
-        );
         Ok(())
     }
 
@@ -654,6 +681,20 @@ pub async fn set_guest_clock(agent: &mut AgentClient<Channel>) -> Result<(), Err
         })
         .await?;
     Ok(())
+}
+
+/// The guest NICs: one per pod interface, with its MAC.
+fn net_launches(spec: &VmSpec) -> Result<Vec<crate::NetLaunch>, Error> {
+    spec.nets
+        .iter()
+        .map(|n| {
+            let mac = n.mac.parse::<MacAddr>().map_err(|source| Error::Mac {
+                mac: n.mac.clone(),
+                source,
+            })?;
+            Ok(crate::NetLaunch { mac })
+        })
+        .collect()
 }
 
 /// `reboot=t` + the VMM's no-reboot turn a guest reboot into VMM exit;
