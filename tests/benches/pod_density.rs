@@ -20,6 +20,7 @@
 //! users, so the sum is what the node pays) and RSS, and the node's memory
 //! in use (MemTotal - MemAvailable) against the same count before.
 
+use husk_tests::comm;
 use husk_tests::cri::{ContainerSpec, Cri, Pod, PodSpec, HUSK, RUNC};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -219,13 +220,6 @@ fn memory_of(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("Pss:"), field("Rss:"))
-}
-
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 fn children(pid: u32) -> Vec<u32> {

@@ -94,18 +94,10 @@ fn largest_mapping_rss_kib(pid: u32) -> Option<u64> {
 /// How long ago `pid` started (its start time in /proc/<pid>/stat against
 /// the system's uptime).
 fn process_age(pid: u32) -> Duration {
-    let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let f: Vec<String> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            f.get(19)?.parse::<f64>().ok()
-        })
-        .map(|ticks| ticks / 100.0);
+    let start = husk_tests::stat_fields(pid)
+        .get(19)
+        .and_then(|t| t.parse::<f64>().ok())
+        .map(|ticks| ticks / husk_tests::clock_ticks());
     let uptime = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok());
@@ -113,13 +105,6 @@ fn process_age(pid: u32) -> Duration {
         (Some(s), Some(u)) if u >= s => Duration::from_secs_f64(u - s),
         _ => Duration::ZERO,
     }
-}
-
-fn cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = (f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64;
-    Some(ticks / 100.0)
 }
 
 fn sshd_answers(ip: std::net::Ipv4Addr) -> bool {
@@ -181,7 +166,7 @@ fn husk_run(cri: &Cri, i: usize, keys: &Path) -> Sample {
             })
         {
             finished = Some((t_pod.elapsed(), t_qemu.elapsed()));
-            s.cpu_at_finished = cpu_s(qemu_pid);
+            s.cpu_at_finished = husk_tests::cpu_secs(qemu_pid);
             s.qemu_rss_mib = status_kib(qemu_pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
             s.qemu_own_mib =
                 largest_mapping_rss_kib(qemu_pid).map(|ram| s.qemu_rss_mib - ram as f64 / 1024.0);

@@ -191,17 +191,13 @@ impl Containerd {
     /// A member's PID-namespace monitor (a fork that never execs, so it
     /// shows the member's command line) is its VM's, not a member.
     pub fn pool_members(&self) -> Vec<u32> {
-        let monitor = husk_hypervisor::confine::MONITOR_NAME.to_string_lossy();
         processes_mentioning("pool-member")
             .into_iter()
             .filter(|p| {
                 std::fs::read_link(format!("/proc/{p}/cwd"))
                     .is_ok_and(|cwd| cwd.starts_with(self.dir.path()))
             })
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim_end() != monitor)
-            })
+            .filter(|p| !is_monitor(*p))
             .collect()
     }
 
@@ -211,13 +207,9 @@ impl Containerd {
     /// shim's command line) is not one.
     pub fn shims(&self, binary: &str) -> Vec<Shim> {
         let socket = self.socket.display().to_string();
-        let monitor = husk_hypervisor::confine::MONITOR_NAME.to_string_lossy();
         processes_mentioning(binary)
             .into_iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim_end() != monitor)
-            })
+            .filter(|pid| !is_monitor(*pid))
             .filter_map(|pid| {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
                 let args: Vec<String> = cmdline
@@ -400,6 +392,15 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found
+}
+
+/// Whether `pid` is a PID-namespace monitor (a fork of a shim or pool
+/// member that never execs, so it shows their command line; it is its VM's).
+/// A process that is gone counts as one: it is nobody's to list.
+fn is_monitor(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| {
+        c.trim_end() == husk_hypervisor::confine::MONITOR_NAME.to_string_lossy()
+    })
 }
 
 /// Pids of processes whose command line mentions `needle`.

@@ -77,14 +77,53 @@ pub fn host_kernel_release() -> String {
 
 /// True while `pid` is a live process (a zombie counts as gone).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat_fields(pid)
+        .first()
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name
+/// (which may itself hold spaces and ')'), from 0: 0 is the state (field 3
+/// in proc(5)), 1 the parent, 11 and 12 user and system time in ticks, 16
+/// the niceness, 19 the start time in ticks since boot. A thread id works
+/// as `pid` (the thread's own values). Empty when it is gone.
+pub fn stat_fields(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            Some(rest.split_whitespace().map(str::to_owned).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// The parent of `pid` (0 when it is gone).
+pub fn parent_pid(pid: u32) -> u32 {
+    stat_fields(pid)
+        .get(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The command name of `pid` (`/proc/<pid>/comm`; empty when it is gone).
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) as f64 }
+}
+
+/// CPU seconds `pid` has used, user and system (None when it is gone).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let f = stat_fields(pid);
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
 }
 
 /// Entries directly below `dir` (empty when it does not exist).

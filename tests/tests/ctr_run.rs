@@ -82,24 +82,17 @@ fn missing_entrypoint_fails_like_runc_and_leaves_nothing() {
     assert_nothing_left(&ctrd);
 }
 
-/// SIGKILLs the one process of VM `id` whose name starts with `comm` and
+/// SIGKILLs the one process of VM `id` whose name starts with `name` and
 /// whose parent's does not (virtiofsd serves from a child in its sandbox:
 /// the process the shim started is its parent).
-fn kill_vm_process(ctrd: &Containerd, id: &str, comm: &str) {
+fn kill_vm_process(ctrd: &Containerd, id: &str, name: &str) {
     let vm_dir = ctrd.husk_runtime.join("vms").join(id).display().to_string();
-    let comm_of = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-    let parent_of = |p: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
-            .unwrap_or_default()
-    };
     let found: Vec<u32> = processes_mentioning(&vm_dir)
         .into_iter()
-        .filter(|p| comm_of(&p.to_string()).starts_with(comm))
-        .filter(|p| !comm_of(&parent_of(*p)).starts_with(comm))
+        .filter(|p| comm(*p).starts_with(name))
+        .filter(|p| !comm(parent_pid(*p)).starts_with(name))
         .collect();
-    assert_eq!(found.len(), 1, "one {comm} per VM: {found:?}");
+    assert_eq!(found.len(), 1, "one {name} per VM: {found:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(found[0] as i32),
         nix::sys::signal::Signal::SIGKILL,

@@ -58,15 +58,7 @@ fn pod_processes(ctrd: &Containerd, id: &str) -> (Privileges, Vec<(String, Privi
 }
 
 fn parent_comm(pid: u32) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let ppid = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        .unwrap_or("0");
-    std::fs::read_to_string(format!("/proc/{ppid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    husk_tests::comm(husk_tests::parent_pid(pid))
 }
 
 /// Host paths with secrets or other pods in them, as `pid` sees them

@@ -130,15 +130,7 @@ async fn guest_runs_our_kernel_and_sees_the_shared_directory() {
     // forks into its sandbox, vhost-device-vsock's PID-namespace monitor
     // and vhost-device-vsock under it.
     let processes = vm.processes();
-    let comms: Vec<String> = processes
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .unwrap_or_default()
-                .trim_end()
-                .to_owned()
-        })
-        .collect();
+    let comms: Vec<String> = processes.iter().map(|p| husk_tests::comm(*p)).collect();
     assert_eq!(processes.len(), 5, "{comms:?}");
     for (pid, name) in [
         (pids.vmm, "qemu"),

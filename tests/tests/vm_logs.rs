@@ -65,21 +65,6 @@ fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
     f
 }
 
-/// CPU seconds `pid` has used (user + system).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as f64
-}
-
 /// The shim serving container `id` of this containerd.
 fn shim_of(ctrd: &Containerd, id: &str) -> u32 {
     let shims: Vec<u32> = ctrd
@@ -118,7 +103,10 @@ fn a_console_flood_keeps_every_host_file_under_its_cap() {
     wait_running(&ctrd, "flood");
     let run_before = usage(&ctrd.husk_runtime);
     let shim = shim_of(&ctrd, "flood");
-    let (cpu0, t0) = (cpu_secs(shim), Instant::now());
+    let (cpu0, t0) = (
+        husk_tests::cpu_secs(shim).expect("the shim's CPU time"),
+        Instant::now(),
+    );
     let mut biggest = 0;
     while t0.elapsed() < Duration::from_secs(20) {
         for (f, len) in files(&logs) {
@@ -131,7 +119,8 @@ fn a_console_flood_keeps_every_host_file_under_its_cap() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let shim_cpu = (cpu_secs(shim) - cpu0) / t0.elapsed().as_secs_f64();
+    let shim_cpu = (husk_tests::cpu_secs(shim).expect("the shim's CPU time") - cpu0)
+        / t0.elapsed().as_secs_f64();
     let in_files = files(&logs);
     // The guest's tty ends its lines with \r\n.
     let console = (std::fs::read_to_string(logs.join("console.log.1")).unwrap_or_default()
