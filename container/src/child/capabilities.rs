@@ -4,7 +4,7 @@
 //! and inheritable sets and raise the ambient ones (`set`).
 
 use super::sys::check;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::CapSets;
 use nix::errno::Errno;

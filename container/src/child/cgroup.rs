@@ -2,7 +2,7 @@
 //! namespace, so that its root is that cgroup (as under runc).
 
 use super::sys::borrow;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::Plan;
 use nix::fcntl::OFlag;

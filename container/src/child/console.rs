@@ -5,7 +5,7 @@
 //! stack memory: nix's sendmsg would allocate its control buffer.
 
 use super::sys::check;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;

@@ -3,8 +3,8 @@
 //! same in user namespaces; here it saves a mknod per device) and
 //! linux.devices are made with mknod; after it, the /dev symlinks.
 
+use super::sys::At;
 use super::sys::{make_path, make_target, Last};
-use super::At;
 use crate::failure::{Report, Step};
 use crate::plan::{DeviceNode, Devices};
 use nix::errno::Errno;

@@ -1,7 +1,7 @@
 //! An init sets the spec's hostname, in the container's UTS
 //! namespace.
 
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use std::ffi::{CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;

@@ -4,7 +4,7 @@
 //! wrappers would wait for them forever.
 
 use super::sys::check;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::User;
 use nix::errno::Errno;

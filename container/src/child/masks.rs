@@ -3,7 +3,7 @@
 //! bound read-only, and a read-only root last. Paths the image lacks are
 //! skipped, as under runc.
 
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::{Masks, Root};
 use nix::errno::Errno;

@@ -26,25 +26,12 @@ mod sys;
 mod sysctls;
 
 pub(crate) use exec::ExecArgs;
+pub(crate) use sys::ChildFds;
 
 use crate::failure::{Report, Step};
 use crate::plan::Plan;
-use nix::errno::Errno;
 use std::convert::Infallible;
-use std::os::fd::RawFd;
-
-/// File descriptors the child uses; all close-on-exec except after dup2.
-pub(crate) struct ChildFds {
-    pub stdin: RawFd,
-    pub stdout: RawFd,
-    pub stderr: RawFd,
-    /// The status pipe's write end: reports to the agent.
-    pub status: RawFd,
-    /// The start pipe's read end: a byte releases the child to exec.
-    pub start: RawFd,
-    /// Socket to send a terminal's master on; -1 without a terminal.
-    pub console: RawFd,
-}
+use sys::At;
 
 /// Runs in the child; never returns.
 pub(crate) fn main(plan: &Plan, fds: &ChildFds, exec_args: &ExecArgs<'_>) -> isize {
@@ -94,15 +81,4 @@ fn run(plan: &Plan, fds: &ChildFds, exec_args: &ExecArgs<'_>) -> Result<Infallib
         seccomp::load(plan.seccomp.as_ref())?;
     }
     Err(exec::exec(program, exec_args))
-}
-
-/// A system call's errno, placed: `?` in a phase turns it into the report.
-trait At<T> {
-    fn at(self, step: Step, index: usize) -> Result<T, Report>;
-}
-
-impl<T> At<T> for Result<T, Errno> {
-    fn at(self, step: Step, index: usize) -> Result<T, Report> {
-        self.map_err(|errno| Report::new(step, index, errno))
-    }
 }

@@ -4,7 +4,7 @@
 //! spec's mounts in order.
 
 use super::sys::make_target;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::{MountOp, Plan};
 use nix::errno::Errno;

@@ -3,7 +3,7 @@
 //! (its PID namespace was entered by the thread that cloned it).
 
 use super::sys::borrow;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::Namespaces;
 use nix::fcntl::OFlag;

@@ -1,7 +1,7 @@
 //! An init enters the rootfs. pivot_root(".", ".") stacks the
 //! old root under the new one, and the detach removes it (as runc does).
 
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::Root;
 use nix::mount::{umount2, MntFlags};

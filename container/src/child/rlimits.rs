@@ -1,6 +1,6 @@
 //! process.rlimits, each a setrlimit(2).
 
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::Rlimit;
 use nix::sys::resource::setrlimit;

@@ -3,7 +3,7 @@
 //! loaded depends on noNewPrivileges (see `run`).
 
 use super::sys::check;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::SeccompProgram;
 use nix::errno::Errno;

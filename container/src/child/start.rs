@@ -3,7 +3,7 @@
 //! `Created` and blocks on the start pipe until the agent releases it.
 
 use super::sys::{borrow, exit, is_regular};
-use super::{At, ChildFds};
+use super::sys::{At, ChildFds};
 use crate::failure::{Report, Step};
 use crate::plan::ProcessPlan;
 use nix::errno::Errno;

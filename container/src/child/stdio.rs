@@ -2,7 +2,7 @@
 //! session of its own (a terminal, if any, becomes its controlling tty in
 //! `console`).
 
-use super::{At, ChildFds};
+use super::sys::{At, ChildFds};
 use crate::failure::{Report, Step};
 use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd;

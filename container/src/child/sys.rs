@@ -1,6 +1,8 @@
-//! What the phases share: raw system call results, borrowed fds, and
+//! What the phases share: the child's descriptors, a failed call placed
+//! in the report ([`At`]), raw system call results, borrowed fds, and
 //! `mkdir -p` on a prepared C string, all without allocating.
 
+use crate::failure::{Report, Step};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -86,6 +88,30 @@ pub(super) fn make_path(path: &CStr, last_as: Last) -> Result<(), Errno> {
 
 pub(super) fn is_regular(path: &CStr) -> bool {
     nix::sys::stat::stat(path).is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG)
+}
+
+/// File descriptors the child uses; all close-on-exec except after dup2.
+pub(crate) struct ChildFds {
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    /// The status pipe's write end: reports to the agent.
+    pub status: RawFd,
+    /// The start pipe's read end: a byte releases the child to exec.
+    pub start: RawFd,
+    /// Socket to send a terminal's master on; -1 without a terminal.
+    pub console: RawFd,
+}
+
+/// A system call's errno, placed: `?` in a phase turns it into the report.
+pub(super) trait At<T> {
+    fn at(self, step: Step, index: usize) -> Result<T, Report>;
+}
+
+impl<T> At<T> for Result<T, Errno> {
+    fn at(self, step: Step, index: usize) -> Result<T, Report> {
+        self.map_err(|errno| Report::new(step, index, errno))
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! namespaces before /proc/sys becomes read-only (it is in readonlyPaths).
 
 use super::sys::borrow;
-use super::At;
+use super::sys::At;
 use crate::failure::{Report, Step};
 use crate::plan::Sysctl;
 use nix::errno::Errno;
