@@ -49,15 +49,28 @@ packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-
     containernetworking-plugins iptables
     mmdebstrap qemu-utils extlinux syslinux-common fdisk dosfstools mtools openssh-client
     ovmf)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
+not_installed() {
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+}
+# Twice at most: installing one package can remove another as a conflict
+# (a machine that came with bookworm-backports' qemu-utils 10.0 loses it
+# when QEMU 7.2's qemu-system-common goes in), so what is missing after
+# the first pass is installed from this Debian's own suite.
+for pass in 1 2; do
+    not_installed
+    [ ${#missing[@]} -eq 0 ] && break
+    log "installing Debian packages (pass $pass): ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    [ "$pass" = 1 ] && apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
+not_installed
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup.sh: these Debian packages could not be installed together: ${missing[*]}" >&2
+    exit 1
 fi
 
 bash "$repo/scripts/install.sh"
