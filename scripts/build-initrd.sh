@@ -12,8 +12,10 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=husk-agent
+features=()
 if [ "${1:-}" = --fake ]; then
     bin=husk-fake-agent
+    features=(--features fake-agent)
     shift
 fi
 out=${1:-$repo/target/husk/husk-initrd.cpio}
@@ -22,7 +24,7 @@ target=x86_64-unknown-linux-gnu
 # --target keeps crt-static off the build scripts and proc-macros, which
 # must stay dynamic; glibc's static libc.a comes with libc6-dev.
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked -p husk-agent --bin "$bin" --target "$target")
+    cargo build --release --locked -p husk-agent "${features[@]}" --bin "$bin" --target "$target")
 agent=$repo/target/$target/release/$bin
 if readelf -l "$agent" | grep -q 'Requesting program interpreter'; then
     echo "build-initrd: $agent is dynamically linked; the initrd has no libc" >&2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the VM-image test images for the husk-vm runtime (issue 14, item 6):
+# Builds the VM-image test images for the husk-vm runtime:
 # a Debian 12 disk with its stock kernel, systemd, cloud-init,
 # qemu-guest-agent and openssh-server, bootable by SeaBIOS (MBR + extlinux)
 # and by direct kernel boot, packed as KubeVirt containerDisk OCI archives

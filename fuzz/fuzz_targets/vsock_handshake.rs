@@ -10,7 +10,7 @@
 
 use husk_fuzz::{block_on, Input};
 use husk_hypervisor::{read_handshake_reply, HandshakeError};
-use husk_shim::portforward::{read_forward_reply, ForwardReplyError};
+use husk_shim::micro_vm::portforward::{read_forward_reply, ForwardReplyError};
 use libfuzzer_sys::fuzz_target;
 
 /// The hypervisor's bound on the reply line (vsock.rs MAX_REPLY).

@@ -67,11 +67,54 @@ pub fn pass_fds(command: &mut Command, mut fds: Vec<std::os::fd::RawFd>, first: 
     }
 }
 
+/// What every VM process gets between fork and exec, after its
+/// confinement: the pod's cgroup (joined through `cgroup.procs` files
+/// opened here, before the fork; the returned descriptors are the
+/// caller's to drop once spawned), `fds` at `PASSED_FDS_START`,
+/// `PASSED_FDS_START + 1`, ... ([`pass_fds`]), umask 077 (its sockets and
+/// files are the owner's only) and the parent-death signal: a killed
+/// shim leaves no VM behind.
+pub(crate) fn prepare_spawn(
+    command: &mut Command,
+    placement: &Placement,
+    fds: Vec<std::os::fd::RawFd>,
+) -> Result<Vec<OwnedFd>, Error> {
+    // The cgroup is joined first: moving fds into place may reuse the
+    // numbers of the cgroup.procs fds.
+    let cgroups = open_cgroup_procs(&placement.cgroup_procs)?;
+    join_cgroups_before_exec(command, &cgroups);
+    pass_fds(command, fds, crate::PASSED_FDS_START);
+    // SAFETY: prctl and umask are async-signal-safe and touch no memory
+    // of the parent. PDEATHSIG ends the child if the process that
+    // spawned it dies, even by SIGKILL.
+    unsafe {
+        command.pre_exec(|| {
+            nix::libc::umask(0o077);
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    Ok(cgroups)
+}
+
+/// The error of a spawn that failed, naming the cgroup when there was one
+/// to join (its failure and exec's are one error).
+pub(crate) fn spawn_error(program: &Path, placement: &Placement, source: std::io::Error) -> Error {
+    match placement.cgroup_procs.is_empty() {
+        true => Error::Spawn {
+            program: program.to_owned(),
+            source,
+        },
+        false => Error::SpawnInCgroup {
+            program: program.to_owned(),
+            cgroups: placement.cgroup_procs.clone(),
+            source,
+        },
+    }
+}
+
 impl Daemon {
     /// Spawns `command` with stdin closed and stdout and stderr into
-    /// `log` (bounded by `limits`), in `placement`'s cgroup from before
-    /// its first instruction, with umask 077 (its sockets and files are
-    /// the owner's only), and `fds` at fd 3, 4, ... ([`pass_fds`]).
+    /// `log` (bounded by `limits`), placed as [`prepare_spawn`] says.
     pub fn spawn(
         name: &'static str,
         mut command: Command,
@@ -91,37 +134,13 @@ impl Daemon {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
-        // The cgroup is joined first: moving fds into place may reuse the
-        // numbers of the cgroup.procs fds.
-        let cgroups = open_cgroup_procs(&placement.cgroup_procs)?;
-        join_cgroups_before_exec(&mut command, &cgroups);
-        pass_fds(&mut command, fds, crate::PASSED_FDS_START);
-        // SAFETY: prctl and umask are async-signal-safe and touch no memory
-        // of the parent. PDEATHSIG ends the child if the process that
-        // spawned it dies, even by SIGKILL, so a killed shim leaves no VM
-        // behind.
-        unsafe {
-            command.pre_exec(|| {
-                nix::libc::umask(0o077);
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
-        }
+        let cgroups = prepare_spawn(&mut command, placement, fds)?;
         let spawned = command.spawn();
         // The child has its copies; the pipe ends when the child (and
         // whatever it leaves running) has closed them.
         drop(command);
         drop(cgroups);
-        let child = spawned.map_err(|source| match placement.cgroup_procs.is_empty() {
-            true => Error::Spawn {
-                program: program.clone(),
-                source,
-            },
-            false => Error::SpawnInCgroup {
-                program: program.clone(),
-                cgroups: placement.cgroup_procs.clone(),
-                source,
-            },
-        })?;
+        let child = spawned.map_err(|source| spawn_error(&program, placement, source))?;
         let pid = child.id().ok_or_else(|| Error::Spawn {
             program,
             source: std::io::Error::other("exited at once"),

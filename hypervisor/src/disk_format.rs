@@ -63,9 +63,22 @@ pub enum DiskFormatError {
     Qcow2Corrupt { path: PathBuf },
 }
 
-/// Reads the start of `path` and says which format it is, or why it is
-/// not a disk husk-vm boots.
-pub fn probe(path: &Path) -> Result<DiskFormat, DiskFormatError> {
+/// What a disk file's header says, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskInfo {
+    pub format: DiskFormat,
+    /// The size of the disk the guest sees: qcow2's header field, a raw
+    /// disk's length.
+    pub virtual_size: u64,
+}
+
+/// The largest virtual size taken: QEMU's own limit for qcow2 (32 MiB
+/// clusters) is 2^61 bytes; a header claiming more is not a disk.
+pub const MAX_VIRTUAL_SIZE: u64 = 1 << 61;
+
+/// Reads the start of `path` and says which format it is and how large a
+/// disk it holds, or why it is not a disk husk-vm boots.
+pub fn probe(path: &Path) -> Result<DiskInfo, DiskFormatError> {
     let io = |source| DiskFormatError::Io {
         path: path.to_owned(),
         source,
@@ -111,7 +124,7 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-fn classify(head: &[u8], len: u64) -> Result<DiskFormat, Refusal> {
+fn classify(head: &[u8], len: u64) -> Result<DiskInfo, Refusal> {
     if head.starts_with(QCOW2_MAGIC) {
         return qcow2(head);
     }
@@ -144,7 +157,10 @@ fn classify(head: &[u8], len: u64) -> Result<DiskFormat, Refusal> {
     let boot_signature = head.get(510..512) == Some(&[0x55, 0xaa]);
     let ext = head.get(EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2) == Some(&EXT_MAGIC);
     if boot_signature || ext {
-        return Ok(DiskFormat::Raw);
+        return Ok(DiskInfo {
+            format: DiskFormat::Raw,
+            virtual_size: len,
+        });
     }
     Err(Refusal::NotADisk(
         "neither qcow2 nor a raw disk (no partition table's boot signature at byte 510, \
@@ -154,7 +170,7 @@ fn classify(head: &[u8], len: u64) -> Result<DiskFormat, Refusal> {
 }
 
 /// A qcow2 header that QEMU can open without any other file.
-fn qcow2(head: &[u8]) -> Result<DiskFormat, Refusal> {
+fn qcow2(head: &[u8]) -> Result<DiskInfo, Refusal> {
     let version =
         be32(head, 4).ok_or_else(|| Refusal::NotADisk("a truncated qcow2 header".into()))?;
     if version != 2 && version != 3 {
@@ -177,7 +193,18 @@ fn qcow2(head: &[u8]) -> Result<DiskFormat, Refusal> {
             return Err(Refusal::Corrupt);
         }
     }
-    Ok(DiskFormat::Qcow2)
+    let truncated = || Refusal::NotADisk("a truncated qcow2 header".into());
+    let virtual_size = be64(head, 24).ok_or_else(truncated)?;
+    if virtual_size == 0 || virtual_size > MAX_VIRTUAL_SIZE || virtual_size % SECTOR != 0 {
+        return Err(Refusal::NotADisk(format!(
+            "a qcow2 header giving the disk {virtual_size} bytes (a disk is a whole number \
+             of 512-byte sectors, at most 2^61 bytes)"
+        )));
+    }
+    Ok(DiskInfo {
+        format: DiskFormat::Qcow2,
+        virtual_size,
+    })
 }
 
 #[cfg(test)]
@@ -189,20 +216,38 @@ mod tests {
         h[..4].copy_from_slice(QCOW2_MAGIC);
         h[4..8].copy_from_slice(&version.to_be_bytes());
         h[8..16].copy_from_slice(&backing.to_be_bytes());
+        h[24..32].copy_from_slice(&(2u64 << 30).to_be_bytes());
         h[72..80].copy_from_slice(&incompatible.to_be_bytes());
         h
     }
 
+    fn qcow2(virtual_size: u64) -> Result<DiskInfo, Refusal> {
+        Ok(DiskInfo {
+            format: DiskFormat::Qcow2,
+            virtual_size,
+        })
+    }
+
+    #[test]
+    fn the_virtual_size_comes_from_a_checked_header() {
+        assert_eq!(classify(&qcow2_header(3, 0, 0), 1 << 20), qcow2(2 << 30));
+        for bad in [0u64, 511, u64::MAX, MAX_VIRTUAL_SIZE + 512] {
+            let mut h = qcow2_header(3, 0, 0);
+            h[24..32].copy_from_slice(&bad.to_be_bytes());
+            assert!(
+                matches!(classify(&h, 1 << 20), Err(Refusal::NotADisk(r)) if r.contains("bytes")),
+                "{bad}"
+            );
+        }
+        let mut mbr = vec![0u8; 4096];
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        assert_eq!(classify(&mbr, 3 << 20).map(|d| d.virtual_size), Ok(3 << 20));
+    }
+
     #[test]
     fn qcow2_is_taken_only_when_it_needs_no_other_file() {
-        assert_eq!(
-            classify(&qcow2_header(3, 0, 0), 1 << 20),
-            Ok(DiskFormat::Qcow2)
-        );
-        assert_eq!(
-            classify(&qcow2_header(2, 0, 0), 1 << 20),
-            Ok(DiskFormat::Qcow2)
-        );
+        assert_eq!(classify(&qcow2_header(3, 0, 0), 1 << 20), qcow2(2 << 30));
+        assert_eq!(classify(&qcow2_header(2, 0, 0), 1 << 20), qcow2(2 << 30));
         assert_eq!(
             classify(&qcow2_header(3, 512, 0), 1 << 20),
             Err(Refusal::Backing)
@@ -234,11 +279,17 @@ mod tests {
         let mut mbr = vec![0u8; 4096];
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
-        assert_eq!(classify(&mbr, 1 << 30), Ok(DiskFormat::Raw));
+        assert_eq!(
+            classify(&mbr, 1 << 30).map(|d| d.format),
+            Ok(DiskFormat::Raw)
+        );
         let mut ext = vec![0u8; 4096];
         ext[EXT_MAGIC_OFFSET] = 0x53;
         ext[EXT_MAGIC_OFFSET + 1] = 0xef;
-        assert_eq!(classify(&ext, 1 << 30), Ok(DiskFormat::Raw));
+        assert_eq!(
+            classify(&ext, 1 << 30).map(|d| d.format),
+            Ok(DiskFormat::Raw)
+        );
         // Not whole sectors: the test image's text file.
         let text = b"This is not a disk image.\n";
         assert!(matches!(

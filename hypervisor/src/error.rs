@@ -93,7 +93,7 @@ pub enum Error {
     },
     /// tonic's error says only "transport error"; the message carries its
     /// causes too.
-    #[error("hybrid vsock {socket}: gRPC connect to port {port}: {}", crate::vsock::error_chain(.source))]
+    #[error("hybrid vsock {socket}: gRPC connect to port {port}: {}", error_chain(.source))]
     AgentConnect {
         socket: PathBuf,
         port: u32,
@@ -114,6 +114,13 @@ pub enum Error {
         count: u32,
         lock_file: PathBuf,
     },
+    /// A VM image's QEMU never answered on its monitor.
+    #[error("QEMU did not start: {source}; it said: {said}")]
+    QemuDidNotStart {
+        #[source]
+        source: crate::qemu::qmp::QmpError,
+        said: String,
+    },
     /// Boxed: a Status is large and would bloat every Result here.
     #[error("agent RPC failed: {0}")]
     Rpc(Box<tonic::Status>),
@@ -132,4 +139,16 @@ impl Error {
             source,
         }
     }
+}
+
+/// `e` and its causes, "outer: inner: ...".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

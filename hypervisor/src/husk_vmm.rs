@@ -25,6 +25,13 @@ impl Hypervisor for HuskVmm {
     fn command(&self, l: &VmLaunch) -> Result<Command, Error> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(vmm_config(l)?.to_args());
+        // husk-vmm confines itself; its standing with the OOM killer is
+        // the one thing set from outside, before it runs.
+        crate::confine::Confinement {
+            oom_score_adj: l.oom_score_adj,
+            ..Default::default()
+        }
+        .apply(&mut cmd)?;
         Ok(cmd)
     }
 }

@@ -14,7 +14,7 @@ use husk_proto::agent::agent_client::AgentClient;
 use husk_proto::agent::{HealthRequest, SetClockRequest, ShutdownRequest};
 use husk_vmm_config::Identity;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -47,6 +47,9 @@ pub struct VmSpec {
     /// cgroup v1): the VMM and the daemons start in it. Empty: they stay
     /// in the caller's.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The `oom_score_adj` of every process of the VM (the pod's, as runc
+    /// would give its containers; `confine::oom`). None: the caller's.
+    pub oom_score_adj: Option<i32>,
 }
 
 /// Where boot time went, measured on the host.
@@ -97,56 +100,14 @@ impl MicroVm {
     /// process and file made so far is gone again.
     pub async fn start(config: &Config, spec: VmSpec) -> Result<Self, Error> {
         let started = Instant::now();
-        config.validate()?;
+        let dir = check(config, &spec)?;
         let h = &config.hypervisor;
-        preflight::check_vm_id(&spec.id)?;
-        preflight::check_kernel(&h.kernel)?;
-        preflight::check_initrd(&h.initrd)?;
-        preflight::check_shared_dir(&spec.shared_dir)?;
-        preflight::check_executable("hypervisor.virtiofsd_path", &h.virtiofsd_path)?;
-        preflight::check_executable("hypervisor.vsock_backend_path", &h.vsock_backend_path)?;
-        let dir = h.runtime_dir.join("vms").join(&spec.id);
-        let longest = dir.join(policy::VSOCK_DIR).join(policy::VSOCK_VHOST_SOCKET);
-        if longest.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(Error::InvalidSpec {
-                field: "hypervisor.runtime_dir",
-                message: format!("{} is too long for a Unix socket path", longest.display()),
-            });
-        }
-
         let decision = crate::resolve_accelerator(h.accelerator);
         let timeouts = match decision.accelerator {
             Accelerator::Kvm => config.timeouts.kvm,
             Accelerator::Tcg => config.timeouts.tcg,
         };
-        let backend = crate::resolve_backend(
-            h.backend,
-            &decision,
-            preflight::check_executable("hypervisor.vmm_path", &h.vmm_path).is_ok(),
-        );
-        let hypervisor: Box<dyn Hypervisor> = match backend.backend {
-            Backend::HuskVmm => {
-                if decision.accelerator != Accelerator::Kvm {
-                    return Err(Error::InvalidSpec {
-                        field: "hypervisor.backend",
-                        message: format!(
-                            "husk-vmm needs KVM, and the accelerator is TCG: {}",
-                            decision.reason
-                        ),
-                    });
-                }
-                preflight::check_executable("hypervisor.vmm_path", &h.vmm_path)?;
-                Box::new(HuskVmm {
-                    binary: h.vmm_path.clone(),
-                })
-            }
-            _ => {
-                preflight::check_executable("hypervisor.qemu_path", &h.qemu_path)?;
-                Box::new(Qemu {
-                    binary: h.qemu_path.clone(),
-                })
-            }
-        };
+        let (hypervisor, backend_reason) = choose_vmm(h, &decision)?;
         let c = &config.confinement;
         let ids = match c.id_count {
             0 => None,
@@ -163,7 +124,7 @@ impl MicroVm {
         tracing::info!(
             vm_id = %spec.id,
             backend = hypervisor.name(),
-            backend_reason = %backend.reason,
+            backend_reason = %backend_reason,
             accelerator = %decision.accelerator,
             reason = %decision.reason,
             logs = %logs.path().display(),
@@ -209,7 +170,9 @@ impl MicroVm {
         let identity = self.ids.as_ref().map(VmIds::identity);
         policy::share_run_dir(&self.dir, identity)?;
         let fs_socket = self.start_virtiofsd(h, spec, identity).await?;
-        let vsock_socket = self.start_vsock_backend(h, identity).await?;
+        let vsock_socket = self
+            .start_vsock_backend(h, identity, spec.oom_score_adj)
+            .await?;
         self.timings.helpers = helpers_started.elapsed();
 
         let launch = VmLaunch {
@@ -227,6 +190,7 @@ impl MicroVm {
             fs_tag: husk_proto::SHARED_FS_TAG.into(),
             nets: net_launches(spec)?,
             identity,
+            oom_score_adj: spec.oom_score_adj,
         };
         let vmm_started = Instant::now();
         self.start_vmm(hypervisor, &launch, spec)?;
@@ -255,7 +219,7 @@ impl MicroVm {
     ) -> Result<PathBuf, Error> {
         let fs_socket = self.dir.join(FS_SOCKET);
         let mut fs_cmd = Command::new(&h.virtiofsd_path);
-        let (fs_args, fs_confinement) = policy::virtiofsd();
+        let (fs_args, fs_confinement) = policy::virtiofsd(spec.oom_score_adj);
         fs_cmd
             .arg("--socket-path")
             .arg(&fs_socket)
@@ -287,6 +251,7 @@ impl MicroVm {
         &mut self,
         h: &HypervisorConfig,
         identity: Option<Identity>,
+        oom_score_adj: Option<i32>,
     ) -> Result<PathBuf, Error> {
         let vsock_dir = policy::vsock_dir(&self.dir, identity)?;
         let vsock_socket = vsock_dir.join(policy::VSOCK_VHOST_SOCKET);
@@ -298,8 +263,14 @@ impl MicroVm {
             vsock_socket.display(),
             vsock_agent_socket.display()
         ));
-        policy::vsock_backend(&h.vsock_backend_path, &self.dir, &vsock_dir, identity)?
-            .apply(&mut vsock_cmd)?;
+        policy::vsock_backend(
+            &h.vsock_backend_path,
+            &self.dir,
+            &vsock_dir,
+            identity,
+            oom_score_adj,
+        )?
+        .apply(&mut vsock_cmd)?;
         let vsock = self.vsock.insert(Daemon::spawn(
             "vhost-device-vsock",
             vsock_cmd,
@@ -521,6 +492,14 @@ impl MicroVm {
             .collect()
     }
 
+    /// Sets `score` as the `oom_score_adj` of every process of the VM (a
+    /// pooled VM handed to its pod; a container of the pod that asks for
+    /// a higher one).
+    pub fn set_oom_score_adj(&mut self, score: i32) -> Result<(), Error> {
+        let score = crate::confine::oom::Score::new(score)?;
+        crate::confine::oom::set(&self.processes(), &score)
+    }
+
     /// Whether the VMM has exited (reaped, so a killed VMM is not taken
     /// for a live one).
     pub fn has_exited(&mut self) -> bool {
@@ -647,14 +626,79 @@ impl Drop for MicroVm {
     }
 }
 
-fn create_run_dir(dir: &Path) -> Result<(), Error> {
-    // `<runtime_dir>/vms` is made 0700 too: the VMs' sockets are root's.
+/// Checks what a boot of `spec` needs before anything is made: the
+/// configuration, the id, the guest artifacts, the shared directory, the
+/// daemons, and that every socket path fits. Returns the run directory.
+fn check(config: &Config, spec: &VmSpec) -> Result<PathBuf, Error> {
+    config.validate()?;
+    let h = &config.hypervisor;
+    preflight::check_vm_id(&spec.id)?;
+    preflight::check_kernel(&h.kernel)?;
+    preflight::check_initrd(&h.initrd)?;
+    preflight::check_shared_dir(&spec.shared_dir)?;
+    preflight::check_executable("hypervisor.virtiofsd_path", &h.virtiofsd_path)?;
+    preflight::check_executable("hypervisor.vsock_backend_path", &h.vsock_backend_path)?;
+    let dir = h.runtime_dir.join("vms").join(&spec.id);
+    let longest = dir.join(policy::VSOCK_DIR).join(policy::VSOCK_VHOST_SOCKET);
+    if longest.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(Error::InvalidSpec {
+            field: "hypervisor.runtime_dir",
+            message: format!("{} is too long for a Unix socket path", longest.display()),
+        });
+    }
+    Ok(dir)
+}
+
+/// The VMM `h.backend` resolves to on this host (husk-vmm only under KVM),
+/// checked to be there, and why it was chosen.
+fn choose_vmm(
+    h: &HypervisorConfig,
+    decision: &crate::AcceleratorDecision,
+) -> Result<(Box<dyn Hypervisor>, String), Error> {
+    let backend = crate::resolve_backend(
+        h.backend,
+        decision,
+        preflight::check_executable("hypervisor.vmm_path", &h.vmm_path).is_ok(),
+    );
+    let hypervisor: Box<dyn Hypervisor> = match backend.backend {
+        Backend::HuskVmm => {
+            if decision.accelerator != Accelerator::Kvm {
+                return Err(Error::InvalidSpec {
+                    field: "hypervisor.backend",
+                    message: format!(
+                        "husk-vmm needs KVM, and the accelerator is TCG: {}",
+                        decision.reason
+                    ),
+                });
+            }
+            preflight::check_executable("hypervisor.vmm_path", &h.vmm_path)?;
+            Box::new(HuskVmm {
+                binary: h.vmm_path.clone(),
+            })
+        }
+        _ => {
+            preflight::check_executable("hypervisor.qemu_path", &h.qemu_path)?;
+            Box::new(Qemu {
+                binary: h.qemu_path.clone(),
+            })
+        }
+    };
+    Ok((hypervisor, backend.reason))
+}
+
+/// Makes a VM's run directory, 0700 root, and `<runtime_dir>/vms` above
+/// it 0700 too (the VMs' sockets are root's), whichever kind of VM makes
+/// it first. An existing one is a VM of that id running.
+pub(crate) fn create_run_dir(dir: &Path) -> Result<PathBuf, Error> {
     if let Some(parent) = dir.parent() {
+        let io = |e| Error::io(format!("creating {}", parent.display()), e);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(parent)
-            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            .map_err(io)?;
+        // Made by an older husk or by hand with another mode: root's only.
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -665,7 +709,8 @@ fn create_run_dir(dir: &Path) -> Result<(), Error> {
                 message: format!("a VM with this id already runs ({} exists)", dir.display()),
             },
             _ => Error::io(format!("creating {}", dir.display()), e),
-        })
+        })?;
+    Ok(dir.to_owned())
 }
 
 /// Gives the guest the host's clock (a TCG guest has no RTC and would

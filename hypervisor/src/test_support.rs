@@ -24,6 +24,7 @@ pub fn launch(accelerator: Accelerator) -> VmLaunch {
             uid: 1_879_048_200,
             gid: 1_879_048_200,
         }),
+        oom_score_adj: None,
     }
 }
 

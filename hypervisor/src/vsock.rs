@@ -111,18 +111,6 @@ pub async fn agent_channel(socket: &Path, port: u32, timeout: Duration) -> Resul
         })
 }
 
-/// `e` and its causes, "outer: inner: ...".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,9 @@
 //! containerd 1.6 and 1.7 speak (0.11 moved to v3, which only 2.x serves).
 
 use anyhow::Context;
-use husk_shim::server::{self, ServeArgs};
-use husk_shim::{bootstrap, Mode};
+use husk_shim::task::bootstrap;
+use husk_shim::task::server::{self, ServeArgs};
+use husk_shim::Mode;
 use std::io::Write;
 
 fn main() {
@@ -73,14 +74,14 @@ fn pool_member(args: &[std::ffi::OsString]) {
     husk_shim::logging::init(false);
     let run = (|| {
         let config = husk_config::Config::load_default()?;
-        let shape = husk_shim::pool::configured_shape(&config, &shape)?;
+        let shape = husk_shim::micro_vm::pool::configured_shape(&config, &shape)?;
         if !husk_proto::is_safe_id(&member, 64) {
             anyhow::bail!("member id {member:?} is not a safe name");
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let served = runtime.block_on(husk_shim::pool::run_member(config, shape, member));
+        let served = runtime.block_on(husk_shim::micro_vm::pool::run_member(config, shape, member));
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         served
     })();
@@ -93,7 +94,7 @@ fn pool_member(args: &[std::ffi::OsString]) {
 fn pool_fill() {
     let filled = husk_config::Config::load_default()
         .map_err(anyhow::Error::new)
-        .and_then(|c| husk_shim::pool::fill(&c));
+        .and_then(|c| husk_shim::micro_vm::pool::fill(&c));
     if let Err(e) = filled {
         fail(e.context("pool-fill"));
     }
@@ -149,12 +150,12 @@ async fn serve_pod(args: ServeArgs) -> anyhow::Result<()> {
     let pod_id = bootstrap::pod_id(&args.bundle, &args.id);
     let config = husk_config::Config::load_default();
     match Mode::current() {
-        Mode::Container => {
-            let pod = husk_shim::sandbox::VmPod::new(pod_id.clone(), config);
+        Mode::MicroVm => {
+            let pod = husk_shim::micro_vm::MicroVmPod::new(pod_id.clone(), config);
             server::serve_pod(&args, pod_id, pod, bound).await
         }
         Mode::VmImage => {
-            let pod = husk_shim::vmpod::VmImagePod::new(pod_id.clone(), config);
+            let pod = husk_shim::vm_image::VmImagePod::new(pod_id.clone(), config);
             server::serve_pod(&args, pod_id, pod, bound).await
         }
     }

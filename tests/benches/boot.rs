@@ -50,6 +50,7 @@ async fn one_boot(config: &husk_config::Config, run: usize) -> Sample {
         shared_dir: shared.path().to_owned(),
         nets: Vec::new(),
         cgroup_procs: Vec::new(),
+        oom_score_adj: None,
     };
     let mut vm = MicroVm::start(config, spec).await.expect("VM start");
     let ready_at = Instant::now();

@@ -1,4 +1,4 @@
-//! husk-vm pod start beside bare QEMU (issue 14's benchmark; a table, not a
+//! husk-vm pod start beside bare QEMU (a benchmark: a table, not a
 //! test). The Debian test image with the same cloud-init user-data (a web
 //! server) and an SSH key, booted
 //!

@@ -12,6 +12,7 @@ fn spec(shared: &Path) -> VmSpec {
         shared_dir: shared.to_owned(),
         nets: Vec::new(),
         cgroup_procs: Vec::new(),
+        oom_score_adj: None,
     }
 }
 
@@ -137,6 +138,7 @@ async fn bad_vm_id_is_refused() {
             shared_dir: shared.path().to_owned(),
             nets: Vec::new(),
             cgroup_procs: Vec::new(),
+            oom_score_adj: None,
         },
     )
     .await

@@ -103,6 +103,7 @@ async fn containers_run_in_the_guest_with_separate_stdio_and_exit_status() {
             shared_dir: shared.path().to_owned(),
             nets: Vec::new(),
             cgroup_procs: Vec::new(),
+            oom_score_adj: None,
         },
     )
     .await

@@ -1,6 +1,5 @@
-//! A hostile guest and failed boots, end to end through containerd
-//! (issue: "A hostile guest cannot reach the host, and no failure loses
-//! user data"). Root in the guest tries to plant links in the share the
+//! A hostile guest and failed boots, end to end through containerd: a
+//! hostile guest cannot reach the host, and no failure loses user data. Root in the guest tries to plant links in the share the
 //! host cleans up; a VM that cannot boot must leave the container's image
 //! and its host volumes whole.
 

@@ -1,5 +1,4 @@
-//! Least privilege of a pod's host processes, end to end (issue 12, item
-//! 7): after a pod boots, each process the shim started is read from /proc
+//! Least privilege of a pod's host processes, end to end: after a pod boots, each process the shim started is read from /proc
 //! (uid, capabilities, no_new_privs, seccomp, namespaces) and checked
 //! against what it must no longer have; the table it prints is the one in
 //! docs/security.md.

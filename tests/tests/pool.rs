@@ -149,7 +149,7 @@ fn a_pooled_vm_becomes_the_pods_own() {
             !nice.is_empty()
                 && nice
                     .iter()
-                    .all(|n| *n == husk_shim::pool::BOOT_NICENESS as i64),
+                    .all(|n| *n == husk_shim::micro_vm::pool::BOOT_NICENESS as i64),
             "member {m}: {nice:?}"
         );
     }

@@ -4,7 +4,7 @@
 //! one server per pod, `-v` and `-info`, and no process left behind.
 
 use containerd_shim_protos::protobuf::Message;
-use husk_shim::bootstrap::{BootstrapParams, BootstrapResult, ProtoAny};
+use husk_shim::task::bootstrap::{BootstrapParams, BootstrapResult, ProtoAny};
 use husk_tests::containerd::{build_bin_dir, processes_mentioning, Containerd};
 use prost::Message as _;
 use std::path::{Path, PathBuf};

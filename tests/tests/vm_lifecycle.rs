@@ -37,6 +37,7 @@ fn spec(id: &str, shared: &std::path::Path) -> VmSpec {
         shared_dir: shared.to_owned(),
         nets: Vec::new(),
         cgroup_procs: Vec::new(),
+        oom_score_adj: None,
     }
 }
 

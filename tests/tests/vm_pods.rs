@@ -1,4 +1,4 @@
-//! husk-vm end to end through CRI (issue 14's "Must show"): a KubeVirt
+//! husk-vm end to end through CRI: a KubeVirt
 //! containerDisk (the Debian test image, scripts/build-vm-image.sh) booted
 //! as a pod under `runtimeClassName: husk-vm`, driven as kubelet drives
 //! it. A full Debian boot under TCG takes minutes, so one test boots as

@@ -1194,6 +1194,7 @@ fn the_launchers_husk_vmm_command_starts_husk_vmm_with_the_daemons() {
             uid: VM_ID,
             gid: VM_ID,
         }),
+        oom_score_adj: None,
     };
     let backend = HuskVmm {
         binary: HUSK_VMM.into(),

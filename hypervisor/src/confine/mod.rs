@@ -3,6 +3,9 @@
 //! code is not ours: husk-vmm confines itself (docs/husk-vmm.md). What a
 //! [`Confinement`] can take away, in the order it is applied:
 //!
+//! 0. its standing with the OOM killer: the score its pod's containers
+//!    would have under runc (`oom_score_adj`, set first, while `/proc` is
+//!    still the host's; inherited by everything it forks; [`oom`]);
 //! 1. the host's PID namespace: a new one, the helper its PID 1, behind a
 //!    small monitor process ([`monitor`]);
 //! 2. the host's IPC, UTS, network and mount namespaces (`namespaces`);
@@ -15,21 +18,25 @@
 //! 6. gaining privileges through exec (no_new_privs);
 //! 7. the system calls of [`seccomp::DENIED`] (a deny list: the helpers'
 //!    own needs change with their releases; what they must never do does
-//!    not).
+//!    not), or for virtiofsd, which mounts and unshares itself, only the
+//!    file-handle calls ([`seccomp::Filter::FileHandles`]).
 //!
 //! Everything that allocates is done in the parent ([`Confinement::apply`]);
 //! the closure that runs in the child makes system calls only. On
 //! failure it writes the failed step to the helper's log (its stderr is in
 //! place by then) and the spawn fails with the system call's error.
 
+mod credentials;
 mod ids;
 mod jail;
 mod monitor;
+pub mod oom;
 pub mod policy;
 pub mod seccomp;
 #[cfg(test)]
 mod tests;
 
+use credentials::Credentials;
 pub use ids::VmIds;
 pub use jail::Jail;
 pub use monitor::MONITOR_NAME;
@@ -57,8 +64,11 @@ pub struct Confinement {
     /// A PID namespace of its own, behind a monitor ([`monitor`]).
     pub pid_namespace: bool,
     pub jail: Option<Jail>,
-    /// The [`seccomp::deny_list`] filter, with no_new_privs.
-    pub seccomp: bool,
+    /// A seccomp filter ([`seccomp::Filter`]), with no_new_privs.
+    pub seccomp: Option<seccomp::Filter>,
+    /// `/proc/self/oom_score_adj` before anything else: the pod's score
+    /// (-1000..=1000). None: the launcher's, inherited.
+    pub oom_score_adj: Option<i32>,
 }
 
 impl Default for Confinement {
@@ -71,85 +81,9 @@ impl Default for Confinement {
             namespaces: CloneFlags::empty(),
             pid_namespace: false,
             jail: None,
-            seccomp: false,
+            seccomp: None,
+            oom_score_adj: None,
         }
-    }
-}
-
-/// Who the child becomes: applied by the helper and by its monitor.
-#[derive(Debug)]
-pub(crate) struct Credentials {
-    identity: Option<Identity>,
-    groups: Vec<libc::gid_t>,
-    drop_capabilities: bool,
-}
-
-impl Credentials {
-    /// Bounding and ambient sets first (dropping needs CAP_SETPCAP), then
-    /// groups, gid, uid (the uid last: it takes CAP_SETGID with it), then
-    /// what capabilities are left. System calls only.
-    pub(crate) fn apply(&self) -> std::io::Result<()> {
-        let check = |ret: libc::c_long| {
-            if ret < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
-        // SAFETY: every call: prctl, setgroups, setres[ug]id and capset
-        // on integers and on the group list and capability structs owned
-        // here, which outlive each call.
-        unsafe {
-            if self.drop_capabilities {
-                for cap in 0..64 {
-                    if libc::prctl(libc::PR_CAPBSET_READ, cap) != 1 {
-                        continue;
-                    }
-                    check(libc::prctl(libc::PR_CAPBSET_DROP, cap) as _)?;
-                }
-                check(libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                    0,
-                    0,
-                    0,
-                ) as _)?;
-            }
-            if let Some(id) = self.identity {
-                check(libc::syscall(
-                    libc::SYS_setgroups,
-                    self.groups.len(),
-                    self.groups.as_ptr(),
-                ))?;
-                check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid))?;
-                check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid))?;
-            }
-            if self.drop_capabilities {
-                #[repr(C)]
-                struct Header {
-                    version: u32,
-                    pid: i32,
-                }
-                #[repr(C)]
-                #[derive(Clone, Copy)]
-                struct Data {
-                    effective: u32,
-                    permitted: u32,
-                    inheritable: u32,
-                }
-                let header = Header {
-                    version: 0x2008_0522,
-                    pid: 0,
-                };
-                let data = [Data {
-                    effective: 0,
-                    permitted: 0,
-                    inheritable: 0,
-                }; 2];
-                check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()))?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -187,18 +121,23 @@ impl Confinement {
             groups: self.groups.clone(),
             drop_capabilities: self.drop_capabilities,
         };
-        let filter: Option<Vec<sock_filter>> = self.seccomp.then(seccomp::deny_list);
+        let filter: Option<Vec<sock_filter>> = self.seccomp.map(seccomp::Filter::program);
         let mut namespaces = self.namespaces;
         if plan.is_some() {
             namespaces |= CloneFlags::CLONE_NEWNS;
         }
         let pid_namespace = self.pid_namespace;
-        let no_new_privs = self.seccomp || self.identity.is_some() || self.drop_capabilities;
+        let oom_score_adj = self.oom_score_adj.map(oom::Score::new).transpose()?;
+        let no_new_privs =
+            self.seccomp.is_some() || self.identity.is_some() || self.drop_capabilities;
         // SAFETY: the closure makes system calls only, on data moved into
         // it and prepared above (see the module comment); it allocates
         // nothing.
         unsafe {
             command.pre_exec(move || {
+                if let Some(score) = &oom_score_adj {
+                    score.write_own().map_err(|e| report("oom_score_adj", e))?;
+                }
                 let launcher = libc::getppid();
                 // A change of credentials clears the parent-death signal:
                 // whatever was asked for before (or the monitor's, below)

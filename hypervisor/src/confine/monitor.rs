@@ -19,7 +19,7 @@
 //! Everything here runs between fork and exec: system calls only, on
 //! memory prepared before the fork.
 
-use super::Credentials;
+use super::credentials::Credentials;
 use libc::{c_int, pid_t, sock_filter};
 
 /// The name the monitor shows in /proc/<pid>/comm.

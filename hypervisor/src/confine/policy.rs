@@ -26,6 +26,7 @@
 //! writes the console to a pipe it gets at `CONSOLE_FD`, and every helper
 //! writes its output to a pipe; the launcher writes the files.
 
+use super::seccomp::Filter;
 use super::{Confinement, Identity, Jail};
 use crate::Error;
 use nix::sched::CloneFlags;
@@ -95,15 +96,31 @@ pub fn link_socket(socket: &Path, link: &Path) -> Result<(), Error> {
 
 /// virtiofsd: its own sandbox (`--sandbox namespace`: new mount, PID and
 /// network namespaces, the share as its root) and seccomp filter
-/// (`--seccomp kill`); from here, new IPC and UTS namespaces. It stays
-/// root with the capabilities serving files of every uid takes
-/// (virtiofsd's own list: chown, dac_override, dac_read_search, fowner,
-/// fsetid, setgid, setuid, mknod, setfcap); it drops the rest itself.
-pub fn virtiofsd() -> (Vec<&'static str>, Confinement) {
+/// (`--seccomp kill`); from here, new IPC and UTS namespaces and a filter
+/// under its own that refuses `open_by_handle_at` and
+/// `name_to_handle_at`. It stays root with the capabilities serving files
+/// of every uid takes (virtiofsd's own list: chown, dac_override, fowner,
+/// fsetid, setgid, setuid, mknod, setfcap) but not dac_read_search
+/// (`--modcaps=-dac_read_search`): with it, and a file handle guessed or
+/// made up, `open_by_handle_at` opens any file of the file system a
+/// shared bind lives on (the host's root for `/etc/hosts`, emptyDir,
+/// hostPath) whatever directory it is in. virtiofsd needs neither: it
+/// references inodes by O_PATH descriptors (`--inode-file-handles=never`,
+/// its default, said explicitly).
+pub fn virtiofsd(oom_score_adj: Option<i32>) -> (Vec<&'static str>, Confinement) {
     (
-        vec!["--sandbox", "namespace", "--seccomp", "kill"],
+        vec![
+            "--sandbox",
+            "namespace",
+            "--seccomp",
+            "kill",
+            "--modcaps=-dac_read_search",
+            "--inode-file-handles=never",
+        ],
         Confinement {
             namespaces: own_namespaces(),
+            seccomp: Some(Filter::FileHandles),
+            oom_score_adj,
             ..Confinement::default()
         },
     )
@@ -117,6 +134,7 @@ pub fn vsock_backend(
     run_dir: &Path,
     vsock_dir: &Path,
     identity: Option<Identity>,
+    oom_score_adj: Option<i32>,
 ) -> Result<Confinement, Error> {
     let mut jail = Jail::new(run_dir);
     jail.system(program)
@@ -132,7 +150,8 @@ pub fn vsock_backend(
         namespaces: own_namespaces() | CloneFlags::CLONE_NEWNET,
         pid_namespace: true,
         jail: Some(jail),
-        seccomp: true,
+        seccomp: Some(Filter::DenyList),
+        oom_score_adj,
     })
 }
 
@@ -147,19 +166,7 @@ pub fn vsock_backend(
 /// host ancestors: in the jail they are the tmpfs's.
 pub fn qemu(program: &Path, l: &crate::VmLaunch) -> Result<Confinement, Error> {
     let kvm = l.accelerator == crate::Accelerator::Kvm;
-    let (identity, groups) = match (l.identity, kvm) {
-        (Some(id), true) => match kvm_group(Path::new(KVM)) {
-            Some(gid) => (Some(id), vec![gid]),
-            None => {
-                tracing::warn!(
-                    vm_id = %l.id,
-                    "{KVM} is no group's to share: QEMU runs as uid 0, without capabilities"
-                );
-                (None, Vec::new())
-            }
-        },
-        (id, _) => (id, Vec::new()),
-    };
+    let (identity, groups) = kvm_identity(&l.id, l.identity, kvm);
     let mut jail = Jail::new(&l.run_dir);
     jail.system(program)
         .map_err(|source| Error::Confine {
@@ -185,8 +192,75 @@ pub fn qemu(program: &Path, l: &crate::VmLaunch) -> Result<Confinement, Error> {
         namespaces: own_namespaces() | CloneFlags::CLONE_NEWNET,
         pid_namespace: false,
         jail: Some(jail),
-        seccomp: true,
+        seccomp: Some(Filter::DenyList),
+        oom_score_adj: l.oom_score_adj,
     })
+}
+
+/// A VM image's QEMU (VM-image pods): as a micro-VM's QEMU — the VM's
+/// user (with /dev/kvm's group under KVM), no capability, its own mount,
+/// IPC, UTS and network namespaces (the TAP and its sockets come as
+/// descriptors), the deny-list filter under its own `-sandbox` — with a
+/// root holding /usr, /dev/urandom (and /dev/kvm) and, for a direct
+/// kernel boot, the image's kernel and initrd, read-only. Every disk and
+/// the firmware come as descriptors ([`crate::qemu::vm_image`]), so
+/// nothing of the VM's is writable in its root. `stage` is the VM's run
+/// directory (root's), over which the root is built.
+pub fn vm_image(
+    program: &Path,
+    l: &crate::qemu::vm_image::VmImageLaunch,
+    stage: &Path,
+    identity: Option<Identity>,
+    oom_score_adj: Option<i32>,
+) -> Result<Confinement, Error> {
+    let kvm = l.accelerator == crate::Accelerator::Kvm;
+    let (identity, groups) = kvm_identity(&l.id, identity, kvm);
+    let mut jail = Jail::new(stage);
+    jail.system(program)
+        .map_err(|source| Error::Confine {
+            program: program.to_owned(),
+            source,
+        })?
+        .device(Path::new("/dev/urandom"));
+    if let crate::qemu::vm_image::ImageBoot::Kernel { kernel, initrd, .. } = &l.boot {
+        jail.read_only(kernel).read_only(initrd);
+    }
+    if kvm {
+        jail.device(Path::new(KVM));
+    }
+    Ok(Confinement {
+        identity,
+        groups,
+        drop_capabilities: true,
+        namespaces: own_namespaces() | CloneFlags::CLONE_NEWNET,
+        pid_namespace: false,
+        jail: Some(jail),
+        seccomp: Some(Filter::DenyList),
+        oom_score_adj,
+    })
+}
+
+/// The identity and groups of a QEMU: the VM's user, and under KVM
+/// /dev/kvm's group too; where /dev/kvm is no group's, uid 0 without
+/// capabilities (see [`kvm_group`]).
+fn kvm_identity(
+    vm_id: &str,
+    identity: Option<Identity>,
+    kvm: bool,
+) -> (Option<Identity>, Vec<u32>) {
+    match (identity, kvm) {
+        (Some(id), true) => match kvm_group(Path::new(KVM)) {
+            Some(gid) => (Some(id), vec![gid]),
+            None => {
+                tracing::warn!(
+                    vm_id,
+                    "{KVM} is no group's to share: QEMU runs as uid 0, without capabilities"
+                );
+                (None, Vec::new())
+            }
+        },
+        (id, _) => (id, Vec::new()),
+    }
 }
 
 const KVM: &str = "/dev/kvm";

@@ -89,6 +89,56 @@ fn errno(e: i32) -> u32 {
     libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA)
 }
 
+/// Which filter a confined helper gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// [`deny_list`]: QEMU, vhost-device-vsock, the monitors.
+    DenyList,
+    /// [`file_handles`]: virtiofsd, whose own filter allows mounts and
+    /// namespaces (its sandbox), under this one.
+    FileHandles,
+}
+
+impl Filter {
+    pub fn program(self) -> Vec<sock_filter> {
+        match self {
+            Filter::DenyList => deny_list(),
+            Filter::FileHandles => file_handles(),
+        }
+    }
+}
+
+/// The two calls that turn a file handle into an open file or the other
+/// way: EPERM, on this architecture only (any other is killed).
+pub fn file_handles() -> Vec<sock_filter> {
+    let ld = BPF_LD | BPF_W | BPF_ABS;
+    let jeq = BPF_JMP | BPF_JEQ | BPF_K;
+    let ret = BPF_RET | BPF_K;
+    let mut p = arch_check();
+    for nr in [libc::SYS_open_by_handle_at, libc::SYS_name_to_handle_at] {
+        p.push(stmt(ld, 0));
+        p.push(jump(jeq, nr as u32, 0, 1));
+        p.push(stmt(ret, errno(libc::EPERM)));
+    }
+    p.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    p
+}
+
+/// Kills a foreign architecture's or an x32 call; leaves `nr` loaded.
+fn arch_check() -> Vec<sock_filter> {
+    let ld = BPF_LD | BPF_W | BPF_ABS;
+    let jeq = BPF_JMP | BPF_JEQ | BPF_K;
+    let ret = BPF_RET | BPF_K;
+    vec![
+        stmt(ld, 4),
+        jump(jeq, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        stmt(ld, 0),
+        jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+    ]
+}
+
 /// The filter program. clone3 answers ENOSYS (its flags sit in memory a
 /// filter cannot read, and glibc then falls back to clone, whose flags it
 /// can); clone with a namespace flag answers EPERM.
@@ -96,14 +146,7 @@ pub fn deny_list() -> Vec<sock_filter> {
     let ld = BPF_LD | BPF_W | BPF_ABS;
     let jeq = BPF_JMP | BPF_JEQ | BPF_K;
     let ret = BPF_RET | BPF_K;
-    let mut p = vec![
-        stmt(ld, 4),
-        jump(jeq, AUDIT_ARCH_X86_64, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
-        stmt(ld, 0),
-        jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
-        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
-    ];
+    let mut p = arch_check();
     for nr in DENIED {
         p.push(jump(jeq, nr as u32, 0, 1));
         p.push(stmt(ret, errno(libc::EPERM)));
@@ -212,5 +255,43 @@ mod tests {
         // Pipes, fork (clone without namespace flags), exec, files.
         let (status, err) = under_filter("echo x | cat >/dev/null && (true) && ls / >/dev/null");
         assert!(status.success(), "{err}");
+    }
+
+    /// The errno of `name_to_handle_at` on "/" in a child, under `filter`
+    /// when given (a zero-sized handle: EOVERFLOW where file handles work).
+    fn name_to_handle_errno(filter: Option<Vec<sock_filter>>) -> i32 {
+        let mut cmd = Command::new("/bin/true");
+        // SAFETY: prctl, seccomp and name_to_handle_at are system calls on
+        // data prepared before the fork; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(program) = &filter {
+                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    install(program)?;
+                }
+                let mut handle = [0u32; 4];
+                let mut mount_id = 0i32;
+                libc::syscall(
+                    libc::SYS_name_to_handle_at,
+                    libc::AT_FDCWD,
+                    c"/".as_ptr(),
+                    handle.as_mut_ptr(),
+                    &mut mount_id as *mut i32,
+                    0,
+                );
+                Err(std::io::Error::last_os_error())
+            });
+        }
+        cmd.spawn().unwrap_err().raw_os_error().unwrap()
+    }
+
+    #[test]
+    fn virtiofsds_filter_refuses_file_handles_only() {
+        assert_eq!(name_to_handle_errno(None), libc::EOVERFLOW);
+        assert_eq!(name_to_handle_errno(Some(file_handles())), libc::EPERM);
+        let p = file_handles();
+        assert_eq!(p.last().unwrap().k, libc::SECCOMP_RET_ALLOW);
     }
 }

@@ -48,7 +48,8 @@ async fn a_jailed_helper_sees_only_what_it_is_given() {
     std::fs::create_dir(&own).unwrap();
     std::os::unix::fs::chown(&own, Some(ID.uid), Some(ID.gid)).unwrap();
     std::fs::write(stage.path().join("secret"), "host").unwrap();
-    let c = policy::vsock_backend(Path::new("/bin/sh"), stage.path(), &own, Some(ID)).unwrap();
+    let c =
+        policy::vsock_backend(Path::new("/bin/sh"), stage.path(), &own, Some(ID), None).unwrap();
     let script = format!(
         "echo pid=$$; id -u; id -g; id -G; ls -a /; touch {own}/made && echo wrote; \
          touch /usr/x 2>/dev/null || echo usr-ro; \
@@ -102,7 +103,7 @@ async fn a_confined_helper_holds_no_privilege() {
         identity: Some(ID),
         drop_capabilities: true,
         namespaces: CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNET,
-        seccomp: true,
+        seccomp: Some(super::seccomp::Filter::DenyList),
         ..Confinement::default()
     };
     let script = "grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
@@ -143,7 +144,7 @@ async fn the_pid_namespace_monitor_ends_its_helper_on_sigterm() {
         identity: Some(ID),
         drop_capabilities: true,
         pid_namespace: true,
-        seccomp: true,
+        seccomp: Some(super::seccomp::Filter::DenyList),
         ..Confinement::default()
     };
     let mut cmd = Command::new("/bin/sleep");
@@ -220,7 +221,7 @@ async fn a_writable_file_in_a_read_only_directory_and_a_device() {
         identity: Some(ID),
         drop_capabilities: true,
         jail: Some(jail),
-        seccomp: true,
+        seccomp: Some(super::seccomp::Filter::DenyList),
         ..Confinement::default()
     };
     let script = format!(
@@ -269,7 +270,7 @@ async fn a_later_hook_still_places_the_confined_helper_in_a_cgroup() {
         identity: Some(ID),
         drop_capabilities: true,
         pid_namespace: true,
-        seccomp: true,
+        seccomp: Some(super::seccomp::Filter::DenyList),
         ..Confinement::default()
     };
     let mut cmd = Command::new("/bin/sleep");

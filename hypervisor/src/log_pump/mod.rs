@@ -480,5 +480,4 @@ fn push_tail(tail: &mut VecDeque<u8>, bytes: &[u8]) {
 }
 
 #[cfg(test)]
-#[path = "log_pump_tests.rs"]
 mod tests;

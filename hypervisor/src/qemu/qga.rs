@@ -9,7 +9,7 @@
 //! the guest's boot); a request sent before waits in the port, so callers
 //! sync first, with a short deadline, to tell "no agent yet" apart.
 
-use crate::json_lines::{read_object, LineError};
+use super::json_lines::{read_object, LineError};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! QMP is QEMU's, not the guest's, but its lines are still bounded and
 //! every command has a deadline, so a wedged QEMU cannot hang the shim.
 
-use crate::json_lines::{read_object, LineError};
+use super::json_lines::{read_object, LineError};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

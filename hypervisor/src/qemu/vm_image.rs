@@ -1,26 +1,31 @@
-//! Launching a VM *image* (husk-vm pods, docs/vm-pods.md): a whole OS
-//! with its own kernel, booted by QEMU from a disk, unlike the micro-VMs of
-//! `vm` that boot husk's kernel and agent. The disk is a PC's: `-M pc`
-//! with SeaBIOS, `-M q35` with OVMF for UEFI-only images, or the image's
-//! own kernel and initrd booted directly. Devices are what a cloud image
-//! expects (virtio-blk, virtio-net, virtio-serial for the QEMU guest
-//! agent, pvpanic) and nothing else (`-nodefaults`).
+//! QEMU's command line for a VM *image* (VM-image pods, docs/vm-pods.md):
+//! a whole OS with its own kernel, booted from a disk, unlike the
+//! micro-VMs of [`super::Qemu`]. The disk is a PC's: `-M pc` with SeaBIOS,
+//! `-M q35` with OVMF for UEFI-only images, or the image's own kernel and
+//! initrd booted directly. Devices are what a cloud image expects
+//! (virtio-blk, virtio-net, virtio-serial for the QEMU guest agent,
+//! pvpanic) and nothing else (`-nodefaults`).
 //!
-//! QEMU starts paused (`-S`): the caller connects QMP and the console
-//! first and lets the vCPUs run with QMP `cont`, so no console byte is
-//! lost. The serial console is QEMU's stdin and stdout, its own messages
-//! its stderr; QMP and the guest agent are Unix sockets in the run
-//! directory. A guest panic (pvpanic) makes QEMU exit with status 1
-//! (`-action panic=exit-failure`) after the GUEST_PANICKED event; a guest
-//! reboot resets the VM, as on a PC.
+//! QEMU opens no file by name but the boot kernel and initrd: every disk,
+//! the firmware and its variables are descriptors the launcher opened
+//! ([`VmImage`](crate::VmImage)), passed through `-add-fd` and named
+//! `/dev/fdset/N`; QMP's and the guest agent's sockets are listening
+//! sockets it is handed. The root disk's backing node is given explicitly
+//! (`-blockdev ... backing=base`), so the name an overlay's header holds is
+//! never resolved, and the image's disk is opened read-only. So QEMU's
+//! jail needs no disk, no directory it may write, no socket path.
+//!
+//! QEMU starts paused (`-S`): the launcher connects QMP and the console
+//! first and the vCPUs run at QMP `cont`, so no console byte is lost. The
+//! serial console is QEMU's stdin and stdout, its own messages its stderr.
+//! A guest panic (pvpanic) makes QEMU exit with status 1 (`-action
+//! panic=exit-failure`) after the GUEST_PANICKED event; a guest reboot
+//! resets the VM, as on a PC.
 
-use crate::{Accelerator, Error, MacAddr};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use crate::disk_format::DiskFormat;
+use crate::{Accelerator, MacAddr};
+use std::path::PathBuf;
 
-const QMP_SOCKET: &str = "qmp.sock";
-const GUEST_AGENT_SOCKET: &str = "qga.sock";
 /// The port name qemu-guest-agent opens in the guest.
 pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
@@ -37,6 +42,17 @@ pub enum ImageBoot {
         kernel: PathBuf,
         initrd: PathBuf,
         cmdline: String,
+    },
+}
+
+/// The disk the VM boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootDisk {
+    /// A qcow2 overlay (written) on the image's disk (only read).
+    Overlay {
+        overlay: PathBuf,
+        base: PathBuf,
+        base_format: DiskFormat,
     },
 }
 
@@ -60,38 +76,102 @@ pub struct VmImageLaunch {
     /// its RSS under TCG); 0 keeps QEMU's. Not used under KVM.
     pub tcg_tb_size_mib: u32,
     pub boot: ImageBoot,
-    /// The root disk: a qcow2 overlay whose backing file is the image's.
-    pub root: PathBuf,
+    pub root: RootDisk,
     /// The NoCloud seed (vfat, read-only).
     pub seed: Option<PathBuf>,
     pub block_devices: Vec<BlockDevice>,
-    /// The NIC's MAC; its TAP is the child's fd `FIRST_TAP_FD`.
+    /// The NIC's MAC; its TAP comes as a descriptor.
     pub nic: Option<MacAddr>,
-    /// Where QMP's and the guest agent's sockets are made.
-    pub run_dir: PathBuf,
 }
 
-pub fn qmp_socket(run_dir: &Path) -> PathBuf {
-    run_dir.join(QMP_SOCKET)
+/// How a file is given to QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
 }
 
-pub fn guest_agent_socket(run_dir: &Path) -> PathBuf {
-    run_dir.join(GUEST_AGENT_SOCKET)
+/// A file QEMU gets as a descriptor: opened by the launcher, at the
+/// descriptor `fd` in QEMU, in the fd set `set` (`/dev/fdset/<set>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedFile {
+    pub path: PathBuf,
+    pub access: Access,
+    /// Whether it must be a block device (a volume) or a regular file.
+    pub block_device: bool,
 }
 
-/// A path inside a QEMU option value: commas are doubled, as QEMU's
-/// option parser reads `,,` as one comma.
-fn opt_path(p: &Path) -> String {
-    p.display().to_string().replace(',', ",,")
+/// Where QEMU finds each descriptor it is handed: QMP's and the guest
+/// agent's listening sockets, the TAP, then the files of
+/// [`files`] in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLayout {
+    pub qmp: i32,
+    pub guest_agent: i32,
+    pub tap: Option<i32>,
+    pub first_file: i32,
+}
+
+impl FdLayout {
+    pub fn of(l: &VmImageLaunch) -> Self {
+        let first = crate::PASSED_FDS_START;
+        let tap = l.nic.is_some().then_some(first + 2);
+        FdLayout {
+            qmp: first,
+            guest_agent: first + 1,
+            tap,
+            first_file: first + 2 + i32::from(tap.is_some()),
+        }
+    }
+}
+
+/// The files QEMU is handed, in the order of their descriptors.
+pub fn files(l: &VmImageLaunch) -> Vec<PassedFile> {
+    let file = |path: &PathBuf, access| PassedFile {
+        path: path.clone(),
+        access,
+        block_device: false,
+    };
+    let mut f = Vec::new();
+    if let ImageBoot::Uefi { code, vars } = &l.boot {
+        f.push(file(code, Access::ReadOnly));
+        f.push(file(vars, Access::ReadWrite));
+    }
+    match &l.root {
+        RootDisk::Overlay { overlay, base, .. } => {
+            f.push(file(base, Access::ReadOnly));
+            f.push(file(overlay, Access::ReadWrite));
+        }
+    }
+    if let Some(seed) = &l.seed {
+        f.push(file(seed, Access::ReadOnly));
+    }
+    for d in &l.block_devices {
+        f.push(PassedFile {
+            path: d.path.clone(),
+            access: Access::ReadWrite,
+            block_device: true,
+        });
+    }
+    f
 }
 
 /// QEMU's command line for `l` (without the binary).
 pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
+    let fds = FdLayout::of(l);
+    let mut files = Files {
+        next_fd: fds.first_file,
+        next_set: 1,
+        args: Vec::new(),
+    };
+    let firmware = firmware_args(l, &mut files);
+    let disks = disk_args(l, &mut files);
     [
-        machine_args(l),
-        firmware_args(l),
-        disk_args(l),
-        device_args(l),
+        machine_args(l, firmware),
+        monitor_args(&fds),
+        files.args,
+        disks,
+        device_args(l, &fds),
         kernel_args(l),
     ]
     .concat()
@@ -101,11 +181,40 @@ fn strs(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// The machine, its CPUs and memory, what QEMU may do, the console and
-/// the monitor.
-fn machine_args(l: &VmImageLaunch) -> Vec<String> {
+/// Hands out the passed files' descriptors in the order of [`files`],
+/// one fd set each.
+struct Files {
+    next_fd: i32,
+    next_set: u32,
+    /// The `-add-fd` options.
+    args: Vec<String>,
+}
+
+impl Files {
+    /// A `file` (or `host_device`) node named `node` on the next passed
+    /// descriptor, and the format node `format_node` over it.
+    fn node(&mut self, driver: &str, node: &str, access: Access, extra: &str) -> Vec<String> {
+        let (fd, set) = (self.next_fd, self.next_set);
+        self.next_fd += 1;
+        self.next_set += 1;
+        self.args
+            .extend(strs(&["-add-fd", &format!("fd={fd},set={set}")]));
+        let ro = match access {
+            Access::ReadOnly => ",read-only=on",
+            Access::ReadWrite => "",
+        };
+        strs(&[
+            "-blockdev",
+            &format!("driver={driver},filename=/dev/fdset/{set},node-name={node}-file{ro}{extra}"),
+        ])
+    }
+}
+
+/// The machine (with its firmware's flash), its CPUs and memory, what
+/// QEMU may do, and the console.
+fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
     let machine = match l.boot {
-        ImageBoot::Uefi { .. } => "q35",
+        ImageBoot::Uefi { .. } => "q35,pflash0=fw-code,pflash1=fw-vars",
         _ => "pc",
     };
     let accel = match (l.accelerator, l.tcg_tb_size_mib) {
@@ -116,7 +225,7 @@ fn machine_args(l: &VmImageLaunch) -> Vec<String> {
         Accelerator::Kvm => "host",
         Accelerator::Tcg => "max",
     };
-    strs(&[
+    let mut a = strs(&[
         "-name",
         &format!("husk-vm-{},debug-threads=on", l.id),
         "-M",
@@ -144,68 +253,96 @@ fn machine_args(l: &VmImageLaunch) -> Vec<String> {
         "stdio,id=console,signal=off",
         "-serial",
         "chardev:console",
-        "-qmp",
-        &format!(
-            "unix:{},server=on,wait=off",
-            opt_path(&qmp_socket(&l.run_dir))
-        ),
-    ])
+    ]);
+    a.extend(firmware);
+    a
 }
 
-/// OVMF's code (read-only) and the VM's own copy of its variables.
-fn firmware_args(l: &VmImageLaunch) -> Vec<String> {
-    let ImageBoot::Uefi { code, vars } = &l.boot else {
-        return Vec::new();
-    };
+/// QMP and the guest agent's channel, each on a listening socket QEMU is
+/// handed (QEMU makes no socket file).
+fn monitor_args(fds: &FdLayout) -> Vec<String> {
     strs(&[
-        "-drive",
-        &format!(
-            "if=pflash,unit=0,format=raw,readonly=on,file={}",
-            opt_path(code)
-        ),
-        "-drive",
-        &format!("if=pflash,unit=1,format=raw,file={}", opt_path(vars)),
+        "-chardev",
+        &format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
+        "-mon",
+        "chardev=qmp,mode=control",
+        "-chardev",
+        &format!("socket,id=qga,fd={},server=on,wait=off", fds.guest_agent),
     ])
 }
 
-/// The root overlay, the cloud-init seed and the pod's raw block volumes.
-fn disk_args(l: &VmImageLaunch) -> Vec<String> {
+/// OVMF's code (read-only) and the VM's own copy of its variables, as
+/// the machine's two flash devices.
+fn firmware_args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
+    if !matches!(l.boot, ImageBoot::Uefi { .. }) {
+        return Vec::new();
+    }
+    let mut a = files.node("file", "fw-code", Access::ReadOnly, "");
+    a.extend(strs(&[
+        "-blockdev",
+        "driver=raw,file=fw-code-file,node-name=fw-code,read-only=on",
+    ]));
+    a.extend(files.node("file", "fw-vars", Access::ReadWrite, ""));
+    a.extend(strs(&[
+        "-blockdev",
+        "driver=raw,file=fw-vars-file,node-name=fw-vars",
+    ]));
+    a
+}
+
+/// The root disk, the cloud-init seed and the pod's raw block volumes.
+fn disk_args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
     // The kernel's option ROM takes boot index 0 itself ("bootindex 0 has
     // already been used").
     let bootindex = match l.boot {
         ImageBoot::Kernel { .. } => "",
         _ => ",bootindex=0",
     };
-    let mut a = strs(&[
-        "-drive",
-        &format!(
-            "if=none,id=root,file={},format=qcow2,discard=unmap",
-            opt_path(&l.root)
-        ),
+    let mut a = Vec::new();
+    match &l.root {
+        RootDisk::Overlay { base_format, .. } => {
+            a.extend(files.node("file", "base", Access::ReadOnly, ""));
+            a.extend(strs(&[
+                "-blockdev",
+                &format!(
+                    "driver={},file=base-file,node-name=base,read-only=on",
+                    base_format.as_str()
+                ),
+            ]));
+            a.extend(files.node("file", "root", Access::ReadWrite, ",discard=unmap"));
+            a.extend(strs(&[
+                "-blockdev",
+                "driver=qcow2,file=root-file,backing=base,node-name=root,discard=unmap",
+            ]));
+        }
+    }
+    a.extend(strs(&[
         "-device",
         &format!("virtio-blk-pci,drive=root{bootindex}"),
-    ]);
-    if let Some(seed) = &l.seed {
+    ]));
+    if l.seed.is_some() {
+        a.extend(files.node("file", "seed", Access::ReadOnly, ""));
         a.extend(strs(&[
-            "-drive",
-            &format!(
-                "if=none,id=seed,file={},format=raw,readonly=on",
-                opt_path(seed)
-            ),
+            "-blockdev",
+            "driver=raw,file=seed-file,node-name=seed,read-only=on",
             "-device",
             "virtio-blk-pci,drive=seed",
         ]));
     }
     for (i, d) in l.block_devices.iter().enumerate() {
+        let node = format!("blk{i}");
+        a.extend(files.node(
+            "host_device",
+            &node,
+            Access::ReadWrite,
+            ",cache.direct=on,aio=threads",
+        ));
         a.extend(strs(&[
-            "-drive",
-            &format!(
-                "if=none,id=blk{i},file={},format=raw,cache=none,aio=threads",
-                opt_path(&d.path)
-            ),
+            "-blockdev",
+            &format!("driver=raw,file={node}-file,node-name={node},cache.direct=on"),
             "-device",
             &format!(
-                "virtio-blk-pci,drive=blk{i},serial={}",
+                "virtio-blk-pci,drive={node},serial={}",
                 d.serial.replace(',', ",,")
             ),
         ]));
@@ -215,12 +352,12 @@ fn disk_args(l: &VmImageLaunch) -> Vec<String> {
 
 /// The pod's NIC (on the TAP passed as an fd), the guest agent's channel
 /// and the panic device.
-fn device_args(l: &VmImageLaunch) -> Vec<String> {
+fn device_args(l: &VmImageLaunch, fds: &FdLayout) -> Vec<String> {
     let mut a = Vec::new();
-    if let Some(mac) = &l.nic {
+    if let (Some(mac), Some(tap)) = (&l.nic, fds.tap) {
         a = strs(&[
             "-netdev",
-            &format!("tap,id=net0,fd={},vhost=off", crate::FIRST_TAP_FD),
+            &format!("tap,id=net0,fd={tap},vhost=off"),
             "-device",
             &format!("virtio-net-pci,netdev=net0,mac={mac}"),
         ]);
@@ -228,11 +365,6 @@ fn device_args(l: &VmImageLaunch) -> Vec<String> {
     a.extend(strs(&[
         "-device",
         "virtio-serial-pci",
-        "-chardev",
-        &format!(
-            "socket,id=qga,path={},server=on,wait=off",
-            opt_path(&guest_agent_socket(&l.run_dir))
-        ),
         "-device",
         &format!("virtserialport,chardev=qga,name={GUEST_AGENT_PORT}"),
         "-device",
@@ -261,93 +393,6 @@ fn kernel_args(l: &VmImageLaunch) -> Vec<String> {
     ])
 }
 
-/// The QEMU process of a VM image, paused, with its stdio.
-pub struct SpawnedVm {
-    pub pid: u32,
-    /// Waited for by whoever reports the VM's exit.
-    pub child: Child,
-    /// The serial console's input.
-    pub console_in: ChildStdin,
-    /// The serial console's output.
-    pub console_out: ChildStdout,
-    /// QEMU's own messages.
-    pub diagnostics: ChildStderr,
-    pub killer: VmKiller,
-}
-
-/// SIGKILLs the QEMU process through a pidfd, so a reaped and reused pid
-/// is never hit.
-pub struct VmKiller(crate::supervisor::Pidfd);
-
-impl VmKiller {
-    pub fn kill(&self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-}
-
-/// Checks `l` and spawns QEMU (`qemu`) for it, the NIC's TAP `tap` as its
-/// fd `FIRST_TAP_FD`. QEMU dies with the caller (PDEATHSIG), like every
-/// VM process of husk.
-pub fn spawn(
-    qemu: &Path,
-    l: &VmImageLaunch,
-    tap: Option<std::os::fd::RawFd>,
-) -> Result<SpawnedVm, Error> {
-    crate::preflight::check_vm_id(&l.id)?;
-    crate::preflight::check_executable("hypervisor.qemu_path", qemu)?;
-    if l.nic.is_some() != tap.is_some() {
-        return Err(Error::InvalidSpec {
-            field: "nic",
-            message: "a NIC needs its TAP, and a TAP its NIC".into(),
-        });
-    }
-    if let ImageBoot::Kernel { cmdline, .. } = &l.boot {
-        if cmdline.contains(['\n', '\0']) {
-            return Err(Error::InvalidSpec {
-                field: "kernel command line",
-                message: "must not contain a newline or NUL".into(),
-            });
-        }
-    }
-    let mut command = Command::new(qemu);
-    command
-        .args(qemu_args(l))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    crate::daemon::pass_fds(&mut command, tap.into_iter().collect(), crate::FIRST_TAP_FD);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the
-    // parent; PDEATHSIG ends QEMU if the shim dies, even by SIGKILL.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let spawn_error = |source| Error::Spawn {
-        program: qemu.to_owned(),
-        source,
-    };
-    let mut child = command.spawn().map_err(spawn_error)?;
-    let pid = child
-        .id()
-        .ok_or_else(|| spawn_error(std::io::Error::other("exited at once")))?;
-    let killer = VmKiller(
-        crate::supervisor::Pidfd::open(pid)
-            .map_err(|e| Error::io(format!("pidfd_open of QEMU ({pid})"), e))?,
-    );
-    let missing = || spawn_error(std::io::Error::other("a stdio pipe is missing"));
-    Ok(SpawnedVm {
-        pid,
-        console_in: child.stdin.take().ok_or_else(missing)?,
-        console_out: child.stdout.take().ok_or_else(missing)?,
-        diagnostics: child.stderr.take().ok_or_else(missing)?,
-        child,
-        killer,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,17 +406,21 @@ mod tests {
             memory_mib: 1024,
             tcg_tb_size_mib: 256,
             boot,
-            root: "/b/rootfs/.husk-vm/root.qcow2".into(),
+            root: RootDisk::Overlay {
+                overlay: "/b/rootfs/.husk-vm/root.qcow2".into(),
+                base: "/b/rootfs/disk/disk.qcow2".into(),
+                base_format: DiskFormat::Qcow2,
+            },
             seed: Some("/b/rootfs/.husk-vm/seed.img".into()),
             block_devices: Vec::new(),
             nic: Some("02:42:0a:00:00:05".parse().unwrap()),
-            run_dir: "/run/husk/vms/c1".into(),
         }
     }
 
     #[test]
     fn firmware_boot_is_a_pc_booting_the_root_disk_first() {
-        let args = qemu_args(&launch(ImageBoot::Bios));
+        let l = launch(ImageBoot::Bios);
+        let args = qemu_args(&l);
         assert_eq!(value_after(&args, "-M"), "pc");
         assert_eq!(value_after(&args, "-accel"), "tcg,tb-size=256");
         assert_eq!(value_after(&args, "-cpu"), "max");
@@ -383,15 +432,17 @@ mod tests {
             "-S ",
             "-nodefaults",
             "-chardev stdio,id=console,signal=off -serial chardev:console",
-            "-qmp unix:/run/husk/vms/c1/qmp.sock,server=on,wait=off",
-            "file=/b/rootfs/.husk-vm/root.qcow2,format=qcow2",
+            "-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control",
+            "-chardev socket,id=qga,fd=4,server=on,wait=off",
+            "-netdev tap,id=net0,fd=5,vhost=off -device virtio-net-pci,netdev=net0,mac=02:42:0a:00:00:05",
+            // The image's disk read-only, the overlay on it, the seed.
+            "-add-fd fd=6,set=1 -add-fd fd=7,set=2 -add-fd fd=8,set=3",
+            "-blockdev driver=file,filename=/dev/fdset/1,node-name=base-file,read-only=on",
+            "-blockdev driver=qcow2,file=base-file,node-name=base,read-only=on",
+            "-blockdev driver=file,filename=/dev/fdset/2,node-name=root-file,discard=unmap",
+            "driver=qcow2,file=root-file,backing=base,node-name=root",
             "-device virtio-blk-pci,drive=root,bootindex=0",
-            "file=/b/rootfs/.husk-vm/seed.img,format=raw,readonly=on",
-            &format!(
-                "-netdev tap,id=net0,fd={},vhost=off -device virtio-net-pci,netdev=net0,mac=02:42:0a:00:00:05",
-                crate::FIRST_TAP_FD
-            ),
-            "socket,id=qga,path=/run/husk/vms/c1/qga.sock,server=on,wait=off",
+            "-blockdev driver=file,filename=/dev/fdset/3,node-name=seed-file,read-only=on",
             "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
             "-device pvpanic",
         ] {
@@ -399,6 +450,17 @@ mod tests {
         }
         assert!(!line.contains("-kernel"), "{line}");
         assert!(!line.contains("pflash"), "{line}");
+        // QEMU is given no disk by name.
+        assert!(!line.contains("/b/rootfs"), "{line}");
+        let paths: Vec<_> = files(&l).into_iter().map(|f| (f.path, f.access)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("/b/rootfs/disk/disk.qcow2".into(), Access::ReadOnly),
+                ("/b/rootfs/.husk-vm/root.qcow2".into(), Access::ReadWrite),
+                ("/b/rootfs/.husk-vm/seed.img".into(), Access::ReadOnly),
+            ]
+        );
     }
 
     #[test]
@@ -418,23 +480,25 @@ mod tests {
     }
 
     #[test]
-    fn uefi_is_q35_with_the_firmware_and_its_own_variables() {
-        let args = qemu_args(&launch(ImageBoot::Uefi {
+    fn uefi_is_q35_with_the_firmware_and_its_own_variables_as_flash() {
+        let l = launch(ImageBoot::Uefi {
             code: "/usr/share/OVMF/OVMF_CODE.fd".into(),
             vars: "/b/rootfs/.husk-vm/OVMF_VARS.fd".into(),
-        }))
-        .join(" ");
-        assert!(args.contains("-M q35"), "{args}");
-        assert!(
-            args.contains(
-                "if=pflash,unit=0,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd"
-            ),
-            "{args}"
-        );
-        assert!(
-            args.contains("if=pflash,unit=1,format=raw,file=/b/rootfs/.husk-vm/OVMF_VARS.fd"),
-            "{args}"
-        );
+        });
+        let args = qemu_args(&l).join(" ");
+        for part in [
+            "-M q35,pflash0=fw-code,pflash1=fw-vars",
+            "-add-fd fd=6,set=1",
+            "driver=file,filename=/dev/fdset/1,node-name=fw-code-file,read-only=on",
+            "driver=raw,file=fw-code-file,node-name=fw-code,read-only=on",
+            "driver=file,filename=/dev/fdset/2,node-name=fw-vars-file ",
+            "driver=raw,file=fw-vars-file,node-name=fw-vars",
+        ] {
+            assert!(args.contains(part), "{part:?} missing in {args}");
+        }
+        let f = files(&l);
+        assert_eq!(f[0].path, PathBuf::from("/usr/share/OVMF/OVMF_CODE.fd"));
+        assert_eq!(f[1].access, Access::ReadWrite);
     }
 
     #[test]
@@ -447,31 +511,23 @@ mod tests {
     }
 
     #[test]
-    fn commas_in_paths_cannot_add_options() {
+    fn volumes_are_block_devices_and_serials_cannot_add_options() {
         let mut l = launch(ImageBoot::Bios);
-        l.root = "/b/x,file=/etc/shadow/root.qcow2".into();
+        l.nic = None;
         l.block_devices = vec![BlockDevice {
             path: "/dev/block/7:1".into(),
             serial: "data,x=y".into(),
         }];
         let args = qemu_args(&l).join(" ");
+        assert!(!args.contains("-netdev"), "{args}");
         assert!(
-            args.contains("file=/b/x,,file=/etc/shadow/root.qcow2,format=qcow2"),
+            args.contains(
+                "driver=host_device,filename=/dev/fdset/4,node-name=blk0-file,cache.direct=on"
+            ),
             "{args}"
         );
-        assert!(
-            args.contains("file=/dev/block/7:1,format=raw") && args.contains("serial=data,,x=y"),
-            "{args}"
-        );
-    }
-
-    #[test]
-    fn a_nic_without_its_tap_is_refused_before_spawning() {
-        let l = launch(ImageBoot::Bios);
-        let e = spawn(Path::new("/bin/true"), &l, None)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("TAP"), "{e}");
+        assert!(args.contains("-add-fd fd=8,set=4"), "{args}");
+        assert!(args.contains("serial=data,,x=y"), "{args}");
+        assert!(files(&l)[3].block_device);
     }
 }

@@ -10,7 +10,7 @@
 //! is a containerDisk and nothing else, given to `husk`, is pointed to
 //! `husk-vm`.
 
-use husk_hypervisor::disk_format::{self, DiskFormat, DiskFormatError};
+use husk_hypervisor::disk_format::{self, DiskFormat, DiskFormatError, DiskInfo};
 use std::path::{Path, PathBuf};
 
 /// Where a containerDisk keeps its disk (KubeVirt's default path).
@@ -25,6 +25,8 @@ pub struct ContainerDisk {
     /// The disk file, inside the mounted rootfs.
     pub disk: PathBuf,
     pub format: DiskFormat,
+    /// The size of the disk the guest sees, from the checked header.
+    pub virtual_size: u64,
     /// (vmlinuz, initrd.img) when the image has both.
     pub kernel: Option<(PathBuf, PathBuf)>,
 }
@@ -117,10 +119,14 @@ pub fn inspect(rootfs: &Path) -> Result<ContainerDisk, ContainerDiskError> {
             kind: kind(&meta),
         });
     }
-    let format = disk_format::probe(&disk).map_err(ContainerDiskError::Format)?;
+    let DiskInfo {
+        format,
+        virtual_size,
+    } = disk_format::probe(&disk).map_err(ContainerDiskError::Format)?;
     Ok(ContainerDisk {
         disk,
         format,
+        virtual_size,
         kernel: kernel(rootfs)?,
     })
 }
@@ -187,6 +193,11 @@ pub fn looks_like_container_disk(rootfs: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// An error and its causes on one line.
+    fn chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
+        format!("{:#}", anyhow::Error::new(e))
+    }
+
     const QCOW2: &[u8] = b"QFI\xfb\0\0\0\x03\0\0\0\0\0\0\0\0";
 
     fn image(files: &[(&str, &[u8])]) -> tempfile::TempDir {
@@ -202,6 +213,7 @@ mod tests {
     fn qcow2() -> Vec<u8> {
         let mut h = QCOW2.to_vec();
         h.resize(512, 0);
+        h[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
         h
     }
 
@@ -210,6 +222,7 @@ mod tests {
         let root = image(&[("disk/whatever.img", &qcow2())]);
         let d = inspect(root.path()).unwrap();
         assert_eq!(d.format, DiskFormat::Qcow2);
+        assert_eq!(d.virtual_size, 1 << 30);
         assert_eq!(d.disk, root.path().join("disk/whatever.img"));
         assert_eq!(d.kernel, None);
         assert!(looks_like_container_disk(root.path()));
@@ -232,29 +245,29 @@ mod tests {
         );
         assert!(looks_like_container_disk(root.path()));
         let half = image(&[("disk/disk.qcow2", &qcow2()), ("boot/vmlinuz", b"k")]);
-        let e = super::super::chain(inspect(half.path()).unwrap_err());
+        let e = chain(inspect(half.path()).unwrap_err());
         assert!(e.contains("/boot/vmlinuz but not /boot/initrd.img"), "{e}");
     }
 
     #[test]
     fn every_bad_image_says_what_is_wrong() {
         let none = image(&[("bin/sh", b"")]);
-        let e = super::super::chain(inspect(none.path()).unwrap_err());
+        let e = chain(inspect(none.path()).unwrap_err());
         assert!(e.contains("no /disk/ directory"), "{e}");
         assert!(!looks_like_container_disk(none.path()));
 
         let two = image(&[("disk/a.qcow2", &qcow2()), ("disk/b.qcow2", &qcow2())]);
-        let e = super::super::chain(inspect(two.path()).unwrap_err());
+        let e = chain(inspect(two.path()).unwrap_err());
         assert!(e.contains("holds 2 files (a.qcow2, b.qcow2)"), "{e}");
 
         let text = image(&[("disk/disk.img", b"This is not a disk image.\n")]);
-        let e = super::super::chain(inspect(text.path()).unwrap_err());
+        let e = chain(inspect(text.path()).unwrap_err());
         assert!(e.contains("disk.img is not a disk image"), "{e}");
         assert!(!looks_like_container_disk(text.path()));
 
         let empty = image(&[]);
         std::fs::create_dir(empty.path().join("disk")).unwrap();
-        let e = super::super::chain(inspect(empty.path()).unwrap_err());
+        let e = chain(inspect(empty.path()).unwrap_err());
         assert!(e.contains("/disk/ is empty"), "{e}");
     }
 
@@ -263,17 +276,17 @@ mod tests {
         let root = image(&[]);
         std::fs::create_dir(root.path().join("disk")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.path().join("disk/disk.img")).unwrap();
-        let e = super::super::chain(inspect(root.path()).unwrap_err());
+        let e = chain(inspect(root.path()).unwrap_err());
         assert!(e.contains("disk.img is a symbolic link"), "{e}");
 
         let linked = image(&[]);
         std::os::unix::fs::symlink("/etc", linked.path().join("disk")).unwrap();
-        let e = super::super::chain(inspect(linked.path()).unwrap_err());
+        let e = chain(inspect(linked.path()).unwrap_err());
         assert!(e.contains("/disk is a symbolic link"), "{e}");
 
         let kernel = image(&[("disk/disk.qcow2", &qcow2()), ("boot/initrd.img", b"i")]);
         std::os::unix::fs::symlink("/boot/vmlinuz", kernel.path().join("boot/vmlinuz")).unwrap();
-        let e = super::super::chain(inspect(kernel.path()).unwrap_err());
+        let e = chain(inspect(kernel.path()).unwrap_err());
         assert!(e.contains("/boot/vmlinuz is a symbolic link"), "{e}");
     }
 

@@ -236,6 +236,54 @@ async fn attach_in_ns(
     netns: PathBuf,
     moved: Option<(OwnedFd, String)>,
 ) -> Result<Option<PodNetwork>, NetworkError> {
+    let Some(pod_if) = pod_interface(&handle).await? else {
+        return Ok(None);
+    };
+    let addresses = addresses_of(&handle, pod_if.index).await?;
+    let mut routes = routes_of::<Ipv4Addr>(&handle, pod_if.index, &pod_if.name).await?;
+    routes.extend(routes_of::<Ipv6Addr>(&handle, pod_if.index, &pod_if.name).await?);
+    let (tap, tap_index) = tap_in_ns(&handle, moved).await?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(tap_index)
+                .mtu(pod_if.mtu)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink("bringing the TAP up"))?;
+    redirect_both_ways(&handle, pod_if.index, tap_index).await?;
+    Ok(Some(PodNetwork {
+        netns,
+        tap,
+        mac: pod_if.mac.clone(),
+        guest: ConfigureNetworkRequest {
+            interfaces: vec![NetworkInterface {
+                mac: pod_if.mac,
+                name: pod_if.name,
+                mtu: pod_if.mtu,
+                addresses,
+                // The caller's, when the guest NIC has another (a pooled VM).
+                current_mac: String::new(),
+            }],
+            routes,
+        },
+        pod_if_index: pod_if.index,
+    }))
+}
+
+/// The pod interface CNI made: the namespace's one link that is neither
+/// loopback nor husk's TAP.
+struct PodInterface {
+    index: u32,
+    name: String,
+    mtu: u32,
+    mac: String,
+}
+
+async fn pod_interface(handle: &Handle) -> Result<Option<PodInterface>, NetworkError> {
     let links: Vec<LinkMessage> = handle
         .link()
         .get()
@@ -251,34 +299,39 @@ async fn attach_in_ns(
     }) else {
         return Ok(None);
     };
-    let index = pod_if.header.index;
-    let name = attr(pod_if, |a| match a {
-        LinkAttribute::IfName(n) => Some(n.clone()),
-        _ => None,
-    })
-    .unwrap_or_default();
-    let mtu = attr(pod_if, |a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
-    .unwrap_or(1500);
-    let mac = attr(pod_if, |a| match a {
-        LinkAttribute::Address(m) => Some(format_mac(m)),
-        _ => None,
-    })
-    .unwrap_or_default();
+    Ok(Some(PodInterface {
+        index: pod_if.header.index,
+        name: attr(pod_if, |a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default(),
+        mtu: attr(pod_if, |a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(1500),
+        mac: attr(pod_if, |a| match a {
+            LinkAttribute::Address(m) => Some(format_mac(m)),
+            _ => None,
+        })
+        .unwrap_or_default(),
+    }))
+}
 
-    let addresses = addresses_of(&handle, index).await?;
-    let mut routes = routes_of::<Ipv4Addr>(&handle, index, &name).await?;
-    routes.extend(routes_of::<Ipv6Addr>(&handle, index, &name).await?);
-
-    let (tap, tap_index) = match moved {
+/// The VM's TAP in the namespace, named `TAP_NAME`: made here, or the
+/// `moved` one (a pooled VM's) renamed. Returns it and its link index.
+async fn tap_in_ns(
+    handle: &Handle,
+    moved: Option<(OwnedFd, String)>,
+) -> Result<(OwnedFd, u32), NetworkError> {
+    match moved {
         None => {
             let tap = open_tap(TAP_NAME)?;
-            (tap, link_index(&handle, TAP_NAME).await?)
+            Ok((tap, link_index(handle, TAP_NAME).await?))
         }
         Some((tap, name)) => {
-            let index = link_index(&handle, &name).await?;
+            let index = link_index(handle, &name).await?;
             handle
                 .link()
                 .set(
@@ -289,16 +342,15 @@ async fn attach_in_ns(
                 .execute()
                 .await
                 .map_err(netlink("renaming the TAP"))?;
-            (tap, index)
+            Ok((tap, index))
         }
-    };
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).up().build())
-        .execute()
-        .await
-        .map_err(netlink("bringing the TAP up"))?;
-    for (from, to) in [(index, tap_index), (tap_index, index)] {
+    }
+}
+
+/// An ingress qdisc on each of the two links, with a match-all filter
+/// whose mirred action redirects every frame to the other.
+async fn redirect_both_ways(handle: &Handle, a: u32, b: u32) -> Result<(), NetworkError> {
+    for (from, to) in [(a, b), (b, a)] {
         handle
             .qdisc()
             .add(from as i32)
@@ -317,23 +369,7 @@ async fn attach_in_ns(
             .await
             .map_err(netlink("adding the redirect"))?;
     }
-    Ok(Some(PodNetwork {
-        netns,
-        tap,
-        mac: mac.clone(),
-        guest: ConfigureNetworkRequest {
-            interfaces: vec![NetworkInterface {
-                mac,
-                name,
-                mtu,
-                addresses,
-                // The caller's, when the guest NIC has another (a pooled VM).
-                current_mac: String::new(),
-            }],
-            routes,
-        },
-        pod_if_index: index,
-    }))
+    Ok(())
 }
 
 async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<String>, NetworkError> {

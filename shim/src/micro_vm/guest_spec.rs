@@ -16,6 +16,7 @@
 //!   where the pod's network is, and stay refused by the agent where the
 //!   spec has no network namespace at all, as runc refuses them.
 
+use crate::bundle::BundleSpec;
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -37,33 +38,39 @@ pub struct HostBind {
 
 #[derive(Debug)]
 pub struct GuestSpec {
+    /// The bundle as read: its root, network namespace (a pod's, from
+    /// CNI: the VM's network is connected to it), cgroup, annotations.
+    pub bundle: BundleSpec,
+    /// The spec as the guest's agent gets it.
     pub spec: Value,
-    /// The rootfs on the host: root.path against the bundle.
-    pub host_root: PathBuf,
-    /// The network namespace the spec names by path (a pod's, from CNI):
-    /// the VM's network is connected to it.
-    pub netns: Option<PathBuf>,
-    /// linux.cgroupsPath: where the VM's processes go on the host.
-    pub cgroups_path: Option<String>,
     pub binds: Vec<HostBind>,
+}
+
+/// Where the container's rootfs is in the guest (its share point).
+pub fn guest_rootfs(container_id: &str) -> String {
+    format!("{}/{container_id}/rootfs", husk_proto::GUEST_SHARED_DIR)
+}
+
+/// Where host bind `index` of the container is in the guest.
+fn guest_bind(container_id: &str, index: usize) -> String {
+    format!(
+        "{}/{container_id}/mounts/{index}",
+        husk_proto::GUEST_SHARED_DIR
+    )
 }
 
 /// Reads `<bundle>/config.json`, checks it and rewrites it for the guest.
 pub fn prepare(bundle: &Path, id: &str) -> anyhow::Result<GuestSpec> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let spec: Value =
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
-    for_guest(spec, bundle, id).context("config.json")
+    for_guest(BundleSpec::read(bundle)?, id).context("config.json")
 }
 
-fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSpec> {
+fn for_guest(bundle: BundleSpec, id: &str) -> anyhow::Result<GuestSpec> {
+    let mut spec = bundle.spec.clone();
     check_capabilities(&spec)?;
     check_memory_limit(&spec)?;
     // The VM is the pod, and its network namespace is the pod's network:
     // a network namespace named by a path (CNI's, for a pod) means the
     // guest's own; one without a path stays a new, empty one.
-    let mut netns = None;
     for ns in spec
         .pointer_mut("/linux/namespaces")
         .and_then(|n| n.as_array_mut())
@@ -71,22 +78,11 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
         .flatten()
     {
         let path = ns.get("path").and_then(|p| p.as_str());
-        if let (Some("network"), Some(p)) = (ns.get("type").and_then(|t| t.as_str()), path) {
-            netns = Some(PathBuf::from(p));
+        if let (Some("network"), Some(_)) = (ns.get("type").and_then(|t| t.as_str()), path) {
             ns["path"] = GUEST_NETNS.into();
         }
     }
-    let Some(root) = spec.get_mut("root").and_then(|r| r.as_object_mut()) else {
-        bail!("root: missing");
-    };
-    let host_root = match root.get("path").and_then(|p| p.as_str()) {
-        Some(p) => bundle.join(p),
-        None => bail!("root.path: missing"),
-    };
-    root.insert(
-        "path".into(),
-        crate::share::ShareTree::guest_rootfs(id).into(),
-    );
+    spec["root"]["path"] = guest_rootfs(id).into();
 
     let mut binds = Vec::new();
     for (i, m) in spec
@@ -128,17 +124,11 @@ fn for_guest(mut spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSp
             read_only,
             is_file: !meta.is_dir(),
         });
-        m["source"] = format!("{}/{id}/mounts/{i}", husk_proto::GUEST_SHARED_DIR).into();
+        m["source"] = guest_bind(id, i).into();
     }
-    let cgroups_path = spec
-        .pointer("/linux/cgroupsPath")
-        .and_then(|p| p.as_str())
-        .map(str::to_owned);
     Ok(GuestSpec {
+        bundle,
         spec,
-        host_root,
-        netns,
-        cgroups_path,
         binds,
     })
 }
@@ -193,6 +183,11 @@ mod tests {
         v
     }
 
+    /// The guest spec of `spec` in bundle /b.
+    fn for_guest(spec: Value, bundle: &Path, id: &str) -> anyhow::Result<GuestSpec> {
+        super::for_guest(BundleSpec::of(spec, bundle)?, id)
+    }
+
     #[test]
     fn root_and_bind_sources_point_into_the_share() {
         let host = tempfile::tempdir().unwrap();
@@ -208,7 +203,7 @@ mod tests {
             "c1",
         )
         .unwrap();
-        assert_eq!(g.host_root, Path::new("/b/rootfs"));
+        assert_eq!(g.bundle.host_root, Path::new("/b/rootfs"));
         assert_eq!(g.spec["root"]["path"], "/run/husk/shared/c1/rootfs");
         assert_eq!(g.spec["mounts"][0]["source"], "proc");
         assert_eq!(
@@ -259,7 +254,7 @@ mod tests {
             ])
         );
         assert_eq!(
-            g.netns.as_deref(),
+            g.bundle.netns.as_deref(),
             Some(Path::new("/var/run/netns/cni-1234"))
         );
     }
@@ -297,7 +292,7 @@ mod tests {
             )
             .unwrap();
             assert_eq!(g.spec["linux"]["namespaces"], namespaces);
-            assert_eq!(g.netns, None);
+            assert_eq!(g.bundle.netns, None);
         }
     }
 
@@ -320,6 +315,6 @@ mod tests {
         assert!(e.starts_with("linux.resources.memory.limit"), "{e}");
         assert!(e.contains("-5"), "{e}");
         let e = err(json!({"root": {}}));
-        assert!(e.starts_with("root.path"), "{e}");
+        assert!(e.contains("root.path"), "{e}");
     }
 }

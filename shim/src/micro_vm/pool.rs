@@ -10,7 +10,7 @@
 //! the background (`pool-fill`). A member whose VM dies exits and is not
 //! handed out; a node restart empties /run, and with it the pool.
 
-use crate::server::ServeArgs;
+use crate::task::server::ServeArgs;
 use anyhow::{bail, Context};
 use husk_config::{Config, PoolShape};
 use std::io::{BufRead, Write};
@@ -314,7 +314,7 @@ async fn member_life(
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut pod = crate::sandbox::VmPod::preboot(member.to_owned(), config, shape)
+    let mut pod = crate::micro_vm::MicroVmPod::preboot(member.to_owned(), config, shape)
         .await
         .context("booting the pool VM")?;
     let listener = paths.listen()?;
@@ -329,13 +329,13 @@ async fn member_life(
             },
             _ = terminate.recv() => {
                 tracing::info!(member, "SIGTERM: leaving the pool");
-                crate::pod::Pod::stop(&pod).await;
+                crate::task::pod::Pod::stop(&pod).await;
                 let _ = std::fs::remove_file(&paths.log);
                 return Ok(());
             }
             _ = check.tick() => {
                 if !pod.pooled_vm_alive().await {
-                    crate::pod::Pod::stop(&pod).await;
+                    crate::task::pod::Pod::stop(&pod).await;
                     bail!("the pool VM died while it waited");
                 }
             }
@@ -350,7 +350,7 @@ async fn member_life(
         std::env::set_current_dir(&claim.serve.bundle)
             .with_context(|| format!("entering the bundle {}", claim.serve.bundle.display()))?;
         pod.adopt(&claim.pod_id)?;
-        let bound = crate::server::bind(&claim.serve.socket)
+        let bound = crate::task::server::bind(&claim.serve.socket)
             .with_context(|| format!("binding {}", claim.serve.socket))?;
         anyhow::Ok((claim, bound))
     }
@@ -359,7 +359,7 @@ async fn member_life(
         Ok(t) => t,
         Err(e) => {
             answer(&stream, Some(format!("{e:#}")));
-            crate::pod::Pod::stop(&pod).await;
+            crate::task::pod::Pod::stop(&pod).await;
             return Err(e);
         }
     };
@@ -368,5 +368,5 @@ async fn member_life(
     crate::logging::to_bundle();
     let _ = std::fs::remove_file(&paths.log);
     tracing::info!(pod_id = %claim.pod_id, member, "serving the pod with a pool VM");
-    crate::server::serve_pod(&claim.serve, claim.pod_id.clone(), pod, bound).await
+    crate::task::server::serve_pod(&claim.serve, claim.pod_id.clone(), pod, bound).await
 }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("listening in the pod's network namespace: {0}")]
-    Listen(#[source] crate::network::NetworkError),
+    Listen(#[source] crate::host::network::NetworkError),
     #[error("listening in {netns}: {source}")]
     Listener {
         netns: PathBuf,
@@ -91,7 +91,7 @@ fn iptables(netns: &Path, args: &[String]) -> Result<(), ForwardError> {
 
 /// A listener on 127.0.0.1 in `netns` (made on a thread that entered it).
 fn listen_in(netns: &Path) -> Result<std::net::TcpListener, ForwardError> {
-    crate::network::on_thread_in_netns(netns, || {
+    crate::host::network::on_thread_in_netns(netns, || {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.set_nonblocking(true)?;
         Ok(l)
@@ -193,7 +193,7 @@ pub async fn read_forward_reply<R: AsyncRead + Unpin>(
     }
     if reply != b"OK\n" {
         let text = String::from_utf8_lossy(&reply);
-        return Err(ForwardReplyError::Refused(crate::agent::sanitize(
+        return Err(ForwardReplyError::Refused(crate::task::agent::sanitize(
             text.trim(),
         )));
     }

@@ -1,6 +1,8 @@
-//! The agent as the shim sees it: [`AgentApi`], the calls the container
-//! manager makes into the guest, and [`VsockAgent`], their implementation
-//! over the agent's gRPC service on hybrid vsock.
+//! The guest as the container manager sees it: [`AgentApi`], the calls it
+//! makes into a pod's guest, each pod kind with its own implementation
+//! (`micro_vm::VsockAgent`: husk's agent over gRPC on hybrid vsock;
+//! `vm_image::VmAgent`: a VM image, answered on the host), and the bounds
+//! every guest answer goes through.
 //!
 //! The guest is hostile (docs/security.md): every message the agent sends
 //! back is bounded before it is logged or handed to containerd, and a
@@ -10,16 +12,11 @@
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
-use husk_proto::agent::agent_client::AgentClient;
 use husk_proto::agent::{
     ContainerRequest, ContainerStatsResponse, CreateContainerRequest, ExecProcessRequest,
-    OutputChunk, OutputStream, ReadOutputRequest, ResizePtyRequest, SignalContainerRequest,
-    StdinChunk, UpdateContainerRequest,
+    OutputChunk, OutputStream, ResizePtyRequest, SignalContainerRequest, UpdateContainerRequest,
 };
-use std::future::Future;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// Longest agent error message passed on; the rest is cut.
 pub const MAX_AGENT_MESSAGE: usize = 4096;
@@ -86,8 +83,8 @@ pub type AgentStream<T> = BoxStream<'static, Result<T, AgentError>>;
 pub type InputStream = tokio::sync::mpsc::Receiver<Vec<u8>>;
 
 /// What the shim asks of the agent for a pod's containers. The manager is
-/// generic over it: [`VsockAgent`] in the shim, an in-memory fake in the
-/// manager's tests.
+/// generic over it: one per pod kind, an in-memory fake in the manager's
+/// tests.
 #[async_trait]
 pub trait AgentApi: Clone + Send + Sync + 'static {
     /// Creates the container from its guest spec; returns its init's pid.
@@ -120,169 +117,6 @@ pub trait AgentApi: Clone + Send + Sync + 'static {
         req: ContainerRequest,
         input: InputStream,
     ) -> Result<(), AgentError>;
-}
-
-/// The agent over its gRPC service on the VM's hybrid-vsock socket.
-#[derive(Clone)]
-pub struct VsockAgent {
-    client: AgentClient<Channel>,
-}
-
-impl VsockAgent {
-    pub fn new(client: AgentClient<Channel>) -> Self {
-        Self { client }
-    }
-
-    /// Runs one call on a clone of the client (tonic clients are cheap
-    /// handles on one connection).
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, AgentError>
-    where
-        F: FnOnce(AgentClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        f(self.client.clone())
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(AgentError::from_status)
-    }
-}
-
-#[async_trait]
-impl AgentApi for VsockAgent {
-    async fn create_container(&self, req: CreateContainerRequest) -> Result<u32, AgentError> {
-        let r = self
-            .call(|mut c| async move { c.create_container(req).await })
-            .await?;
-        Ok(r.pid)
-    }
-
-    async fn exec_process(&self, req: ExecProcessRequest) -> Result<u32, AgentError> {
-        let r = self
-            .call(|mut c| async move { c.exec_process(req).await })
-            .await?;
-        Ok(r.pid)
-    }
-
-    async fn start(&self, req: ContainerRequest) -> Result<(), AgentError> {
-        self.call(|mut c| async move { c.start_container(req).await })
-            .await
-            .map(drop)
-    }
-
-    async fn wait(&self, req: ContainerRequest) -> Result<u32, AgentError> {
-        let r = self
-            .call(|mut c| async move { c.wait_container(req).await })
-            .await?;
-        Ok(r.exit_status)
-    }
-
-    async fn signal(&self, req: SignalContainerRequest) -> Result<(), AgentError> {
-        self.call(|mut c| async move { c.signal_container(req).await })
-            .await
-            .map(drop)
-    }
-
-    async fn remove(&self, req: ContainerRequest) -> Result<(), AgentError> {
-        self.call(|mut c| async move { c.remove_container(req).await })
-            .await
-            .map(drop)
-    }
-
-    async fn pause(&self, req: ContainerRequest) -> Result<(), AgentError> {
-        self.call(|mut c| async move { c.pause_container(req).await })
-            .await
-            .map(drop)
-    }
-
-    async fn resume(&self, req: ContainerRequest) -> Result<(), AgentError> {
-        self.call(|mut c| async move { c.resume_container(req).await })
-            .await
-            .map(drop)
-    }
-
-    async fn list_processes(&self, req: ContainerRequest) -> Result<Vec<u32>, AgentError> {
-        let r = self
-            .call(|mut c| async move { c.list_processes(req).await })
-            .await?;
-        Ok(r.pids)
-    }
-
-    async fn stats(&self, req: ContainerRequest) -> Result<ContainerStatsResponse, AgentError> {
-        self.call(|mut c| async move { c.container_stats(req).await })
-            .await
-    }
-
-    async fn update(&self, req: UpdateContainerRequest) -> Result<(), AgentError> {
-        self.call(|mut c| async move { c.update_container(req).await })
-            .await
-            .map(drop)
-    }
-
-    async fn resize_pty(&self, req: ResizePtyRequest) -> Result<(), AgentError> {
-        self.call(|mut c| async move { c.resize_pty(req).await })
-            .await
-            .map(drop)
-    }
-
-    async fn watch_oom(&self, req: ContainerRequest) -> Result<AgentStream<u64>, AgentError> {
-        let events = self
-            .call(|mut c| async move { c.watch_oom(req).await })
-            .await?;
-        Ok(events
-            .map(|e| e.map(|e| e.oom_kill_count).map_err(AgentError::from_status))
-            .boxed())
-    }
-
-    async fn read_output(
-        &self,
-        req: ContainerRequest,
-        stream: OutputStream,
-    ) -> Result<AgentStream<Vec<u8>>, AgentError> {
-        let request = ReadOutputRequest {
-            container_id: req.container_id,
-            exec_id: req.exec_id,
-            stream: stream as i32,
-        };
-        let chunks = self
-            .call(|mut c| async move { c.read_output(request).await })
-            .await?;
-        Ok(chunks
-            .map(|c| c.map(output_bytes).map_err(AgentError::from_status))
-            .boxed())
-    }
-
-    async fn write_stdin(
-        &self,
-        req: ContainerRequest,
-        input: InputStream,
-    ) -> Result<(), AgentError> {
-        // The agent learns the process from the first message, so an empty
-        // input still sends one message naming it.
-        let opening = StdinChunk {
-            container_id: req.container_id,
-            exec_id: req.exec_id,
-            data: Vec::new(),
-        };
-        fn chunk(data: Vec<u8>) -> StdinChunk {
-            StdinChunk {
-                data,
-                ..Default::default()
-            }
-        }
-        let chunks = tokio_stream::StreamExt::chain(
-            tokio_stream::once(opening),
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::ReceiverStream::new(input),
-                chunk as fn(Vec<u8>) -> StdinChunk,
-            ),
-        );
-        let mut client = self.client.clone();
-        client
-            .write_stdin(chunks)
-            .await
-            .map(drop)
-            .map_err(AgentError::from_status)
-    }
 }
 
 #[cfg(test)]

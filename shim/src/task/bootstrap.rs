@@ -247,7 +247,7 @@ pub fn start(flags: &Flags) -> anyhow::Result<()> {
 /// the pool is refilled in the background either way. False: boot cold.
 fn claim_pooled_vm(flags: &Flags, bundle: &Path, pod: &str, ttrpc: &str, address: &str) -> bool {
     // The pool holds micro-VMs; a husk-vm pod boots its own image.
-    if crate::Mode::current() != crate::Mode::Container {
+    if crate::Mode::current() != crate::Mode::MicroVm {
         return false;
     }
     let Ok(config) = husk_config::Config::load_default() else {
@@ -263,23 +263,25 @@ fn claim_pooled_vm(flags: &Flags, bundle: &Path, pod: &str, ttrpc: &str, address
             .and_then(|spec| serde_json::from_value(spec.get("annotations")?.clone()).ok())
             .unwrap_or_default();
     let claimed = match config.pod_size(&annotations) {
-        Ok((vcpus, memory_mib)) => match crate::pool::shape_for(&config, vcpus, memory_mib) {
-            Some(shape) => crate::pool::claim(
-                &config,
-                &shape,
-                &crate::pool::Claim {
-                    pod_id: pod.to_owned(),
-                    serve: crate::server::ServeArgs {
-                        namespace: flags.namespace.clone(),
-                        id: flags.id.clone(),
-                        socket: address.to_owned(),
-                        ttrpc_address: ttrpc.to_owned(),
-                        bundle: bundle.to_owned(),
+        Ok((vcpus, memory_mib)) => {
+            match crate::micro_vm::pool::shape_for(&config, vcpus, memory_mib) {
+                Some(shape) => crate::micro_vm::pool::claim(
+                    &config,
+                    &shape,
+                    &crate::micro_vm::pool::Claim {
+                        pod_id: pod.to_owned(),
+                        serve: crate::task::server::ServeArgs {
+                            namespace: flags.namespace.clone(),
+                            id: flags.id.clone(),
+                            socket: address.to_owned(),
+                            ttrpc_address: ttrpc.to_owned(),
+                            bundle: bundle.to_owned(),
+                        },
                     },
-                },
-            ),
-            None => false,
-        },
+                ),
+                None => false,
+            }
+        }
         // A size the pod may not have: the cold path refuses it by name.
         Err(_) => false,
     };
@@ -427,11 +429,11 @@ pub fn delete(flags: &Flags) -> anyhow::Result<Vec<u8>> {
         _ => {
             let config = husk_config::Config::load_default().unwrap_or_default();
             match crate::Mode::current() {
-                crate::Mode::Container => {
-                    crate::sandbox::cleanup_after_crash(&config, &pod, &flags.id, &bundle)
+                crate::Mode::MicroVm => {
+                    crate::micro_vm::cleanup_after_crash(&config, &pod, &flags.id, &bundle)
                 }
                 crate::Mode::VmImage => {
-                    crate::vmpod::cleanup_after_crash(&config, &flags.id, &bundle)
+                    crate::vm_image::cleanup_after_crash(&config, &flags.id, &bundle)
                 }
             }
             if let Some(a) = address.filter(|_| pod == flags.id) {
@@ -441,7 +443,7 @@ pub fn delete(flags: &Flags) -> anyhow::Result<Vec<u8>> {
     }
     let exited_at = containerd_shim::util::timestamp().map_err(|e| anyhow::anyhow!("{e}"))?;
     let response = containerd_shim_protos::api::DeleteResponse {
-        exit_status: crate::manager::KILLED,
+        exit_status: crate::task::manager::KILLED,
         exited_at: Some(exited_at).into(),
         ..Default::default()
     };

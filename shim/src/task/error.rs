@@ -2,7 +2,7 @@
 //! each becomes the ttrpc code containerd acts on (NOT_FOUND after a
 //! process is gone, FAILED_PRECONDITION for a call in the wrong state, ...).
 
-use crate::agent::AgentError;
+use crate::task::agent::AgentError;
 use containerd_shim_protos::ttrpc::{self, Code};
 
 #[derive(Debug, thiserror::Error)]

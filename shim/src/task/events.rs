@@ -87,21 +87,14 @@ impl Event {
                 container_id,
                 bundle,
                 rootfs,
-                stdio: [stdin, stdout, stderr],
+                stdio,
                 terminal,
                 pid,
             } => Box::new(TaskCreate {
                 container_id,
                 bundle,
                 rootfs,
-                io: Some(TaskIO {
-                    stdin,
-                    stdout,
-                    stderr,
-                    terminal,
-                    ..Default::default()
-                })
-                .into(),
+                io: Some(task_io(stdio, terminal)).into(),
                 pid,
                 ..Default::default()
             }),
@@ -147,14 +140,7 @@ impl Event {
                 pid,
                 exit_status,
                 exited_at,
-            } => Box::new(TaskDelete {
-                id: container_id.clone(),
-                container_id,
-                pid,
-                exit_status,
-                exited_at: Some(exited_at).into(),
-                ..Default::default()
-            }),
+            } => Box::new(task_delete(container_id, pid, exit_status, exited_at)),
             Event::Oom { container_id } => Box::new(TaskOOM {
                 container_id,
                 ..Default::default()
@@ -168,6 +154,34 @@ impl Event {
                 ..Default::default()
             }),
         }
+    }
+}
+
+/// A TaskCreate's stdio: containerd's FIFO paths.
+fn task_io([stdin, stdout, stderr]: [String; 3], terminal: bool) -> TaskIO {
+    TaskIO {
+        stdin,
+        stdout,
+        stderr,
+        terminal,
+        ..Default::default()
+    }
+}
+
+/// A TaskDelete: its `id` is the container's (the init process).
+fn task_delete(
+    container_id: String,
+    pid: u32,
+    exit_status: u32,
+    exited_at: Timestamp,
+) -> TaskDelete {
+    TaskDelete {
+        id: container_id.clone(),
+        container_id,
+        pid,
+        exit_status,
+        exited_at: Some(exited_at).into(),
+        ..Default::default()
     }
 }
 

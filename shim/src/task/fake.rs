@@ -3,10 +3,11 @@
 //! [`FakePod`], a host that records what it was asked, and [`Recorder`],
 //! an event sink that keeps what it was sent.
 
-use crate::agent::{AgentApi, AgentError, AgentStream};
-use crate::error::TaskError;
-use crate::events::{Event, EventSink};
-use crate::pod::{ContainerPlan, Pod, PodTimeouts};
+use crate::bundle::BundleSpec;
+use crate::task::agent::{AgentApi, AgentError, AgentStream};
+use crate::task::error::TaskError;
+use crate::task::events::{Event, EventSink};
+use crate::task::pod::{ContainerPlan, Pod, PodTimeouts};
 use async_trait::async_trait;
 use containerd_shim_protos::api::CreateTaskRequest;
 use futures_util::StreamExt;
@@ -231,7 +232,7 @@ impl AgentApi for FakeAgent {
     async fn write_stdin(
         &self,
         _req: ContainerRequest,
-        mut input: crate::agent::InputStream,
+        mut input: crate::task::agent::InputStream,
     ) -> Result<(), AgentError> {
         self.enter("write_stdin").await?;
         while input.recv().await.is_some() {}
@@ -266,25 +267,31 @@ impl FakePod {
     }
 }
 
+/// The fake pod's plan: the bundle as read, given to the guest as it is.
+pub struct FakePlan(BundleSpec);
+
+impl ContainerPlan for FakePlan {
+    fn agent_spec(&self) -> &serde_json::Value {
+        &self.0.spec
+    }
+}
+
 #[async_trait]
 impl Pod for FakePod {
     type Agent = FakeAgent;
+    type Plan = FakePlan;
 
-    fn plan(&self, req: &CreateTaskRequest) -> Result<ContainerPlan, TaskError> {
-        let guest =
-            crate::spec::prepare(Path::new(&req.bundle), &req.id).map_err(TaskError::Invalid)?;
-        Ok(ContainerPlan {
-            guest,
-            vcpus: 1,
-            memory_mib: 256,
-        })
+    fn plan(&self, req: &CreateTaskRequest) -> Result<FakePlan, TaskError> {
+        BundleSpec::read(Path::new(&req.bundle))
+            .map(FakePlan)
+            .map_err(|e| TaskError::Invalid(e.into()))
     }
 
     async fn share(
         &self,
         container_id: &str,
         _req: &CreateTaskRequest,
-        _plan: &ContainerPlan,
+        _plan: &FakePlan,
     ) -> Result<(), TaskError> {
         self.note(format!("share {container_id}"));
         Ok(())
@@ -294,7 +301,7 @@ impl Pod for FakePod {
         self.note(format!("unshare {container_id}"));
     }
 
-    async fn boot(&self, _plan: &ContainerPlan) -> Result<FakeAgent, TaskError> {
+    async fn boot(&self, _plan: &FakePlan) -> Result<FakeAgent, TaskError> {
         self.note("boot".into());
         self.agent.alive.send_replace(true);
         match &self.boot_fails {

@@ -89,7 +89,7 @@ impl Process {
 
     /// Stops relays that are still running (the process is going away).
     pub fn abort_outputs(&self) {
-        crate::relay::unblock_stdin(&self.stdin);
+        crate::task::relay::unblock_stdin(&self.stdin);
         for handle in self
             .outputs
             .lock()

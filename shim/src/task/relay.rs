@@ -4,7 +4,7 @@
 //! agent sends is bounded per message (`agent::VsockAgent::read_output`)
 //! and never held beyond one chunk.
 
-use crate::agent::AgentApi;
+use crate::task::agent::AgentApi;
 use husk_proto::agent::{ContainerRequest, OutputStream};
 use std::io::Read;
 use tokio::io::AsyncWriteExt;

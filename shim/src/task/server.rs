@@ -5,7 +5,7 @@
 //! shim can also begin life as a pre-booted pool member (`pool`) and
 //! become a pod's shim when one is claimed.
 
-use crate::service::TaskService;
+use crate::task::service::TaskService;
 use anyhow::Context;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::ExitSignal;
@@ -52,7 +52,7 @@ pub fn bind(address: &str) -> std::io::Result<Bound> {
 
 /// Serves the Task API on `bound` with `service` until it signals exit,
 /// then removes the socket.
-pub async fn serve<P: crate::pod::Pod>(
+pub async fn serve<P: crate::task::pod::Pod>(
     bound: Bound,
     service: TaskService<P>,
     exit: Arc<ExitSignal>,
@@ -73,15 +73,16 @@ pub async fn serve<P: crate::pod::Pod>(
 
 /// Serves pod `pod_id` with `pod` (cold: not booted yet; or a pool
 /// member's, booted) on `bound` until containerd's Shutdown.
-pub async fn serve_pod<P: crate::pod::Pod>(
+pub async fn serve_pod<P: crate::task::pod::Pod>(
     args: &ServeArgs,
     pod_id: String,
     pod: P,
     bound: Bound,
 ) -> anyhow::Result<()> {
     ignore_signals()?;
-    let events = crate::events::Publisher::start(publisher(args).await?, args.namespace.clone());
-    let manager = crate::manager::Manager::new(pod_id, pod, Arc::new(events));
+    let events =
+        crate::task::events::Publisher::start(publisher(args).await?, args.namespace.clone());
+    let manager = crate::task::manager::Manager::new(pod_id, pod, Arc::new(events));
     let exit = Arc::new(ExitSignal::default());
     let service = TaskService::new(manager, args.socket.clone(), exit.clone());
     serve(bound, service, exit).await

@@ -3,9 +3,9 @@
 //! [`TaskError::into_ttrpc`]. Checkpoint is refused; Shutdown ends the
 //! shim once no container is left.
 
-use crate::error::TaskError;
-use crate::manager::Manager;
-use crate::pod::Pod;
+use crate::task::error::TaskError;
+use crate::task::manager::Manager;
+use crate::task::pod::Pod;
 use async_trait::async_trait;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api;

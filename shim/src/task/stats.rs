@@ -18,10 +18,55 @@ use husk_proto::agent::ContainerStatsResponse;
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
 
 pub fn to_metrics(s: &ContainerStatsResponse) -> Metrics {
+    Metrics {
+        pids: Some(PidsStat {
+            current: s.pids_current,
+            limit: s.pids_max,
+            ..Default::default()
+        })
+        .into(),
+        cpu: Some(cpu(s)).into(),
+        memory: Some(memory(s)).into(),
+        blkio: Some(blkio(s)).into(),
+        memory_oom_control: Some(MemoryOomControl {
+            oom_kill: s.memory_events.get("oom_kill").copied().unwrap_or(0),
+            under_oom: 0,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// cpu.stat: microseconds in v2, nanoseconds in v1.
+fn cpu(s: &ContainerStatsResponse) -> CPUStat {
     let cpu = |k: &str| s.cpu_stat.get(k).copied().unwrap_or(0);
+    let nsec = |k: &str| cpu(k).saturating_mul(1000);
+    CPUStat {
+        usage: Some(CPUUsage {
+            total: nsec("usage_usec"),
+            user: nsec("user_usec"),
+            kernel: nsec("system_usec"),
+            ..Default::default()
+        })
+        .into(),
+        throttling: Some(Throttle {
+            periods: cpu("nr_periods"),
+            throttled_periods: cpu("nr_throttled"),
+            throttled_time: nsec("throttled_usec"),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// memory.stat, memory.current/max/peak and memory.events as v1's
+/// MemoryStat (runc's mapping: cache = file, rss = anon); the hierarchy is
+/// the container's own, so each `total_` field is its plain one.
+fn memory(s: &ContainerStatsResponse) -> MemoryStat {
     let mem = |k: &str| s.memory_stat.get(k).copied().unwrap_or(0);
-    let usec = |k: &str| cpu(k).saturating_mul(1000);
-    let memory = MemoryStat {
+    MemoryStat {
         cache: mem("file"),
         rss: mem("anon"),
         rss_huge: mem("anon_thp"),
@@ -66,7 +111,11 @@ pub fn to_metrics(s: &ContainerStatsResponse) -> Metrics {
         })
         .into(),
         ..Default::default()
-    };
+    }
+}
+
+/// io.stat as v1's recursive service bytes and counts, per device.
+fn blkio(s: &ContainerStatsResponse) -> BlkIOStat {
     let entry = |d: &husk_proto::agent::IoDeviceStats, op: &str, value: u64| BlkIOEntry {
         op: op.into(),
         major: d.major.into(),
@@ -74,57 +123,15 @@ pub fn to_metrics(s: &ContainerStatsResponse) -> Metrics {
         value,
         ..Default::default()
     };
-    Metrics {
-        pids: Some(PidsStat {
-            current: s.pids_current,
-            limit: s.pids_max,
-            ..Default::default()
-        })
-        .into(),
-        cpu: Some(CPUStat {
-            usage: Some(CPUUsage {
-                total: usec("usage_usec"),
-                user: usec("user_usec"),
-                kernel: usec("system_usec"),
-                ..Default::default()
-            })
-            .into(),
-            throttling: Some(Throttle {
-                periods: cpu("nr_periods"),
-                throttled_periods: cpu("nr_throttled"),
-                throttled_time: usec("throttled_usec"),
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        })
-        .into(),
-        memory: Some(memory).into(),
-        blkio: Some(BlkIOStat {
-            io_service_bytes_recursive: s
-                .io
-                .iter()
-                .flat_map(|d| {
-                    [
-                        entry(d, "Read", d.read_bytes),
-                        entry(d, "Write", d.write_bytes),
-                    ]
-                })
-                .collect(),
-            io_serviced_recursive: s
-                .io
-                .iter()
-                .flat_map(|d| [entry(d, "Read", d.read_ios), entry(d, "Write", d.write_ios)])
-                .collect(),
-            ..Default::default()
-        })
-        .into(),
-        memory_oom_control: Some(MemoryOomControl {
-            oom_kill: s.memory_events.get("oom_kill").copied().unwrap_or(0),
-            under_oom: 0,
-            ..Default::default()
-        })
-        .into(),
+    let per_device = |read: fn(&husk_proto::agent::IoDeviceStats) -> u64,
+                      write: fn(&husk_proto::agent::IoDeviceStats) -> u64| {
+        s.io.iter()
+            .flat_map(|d| [entry(d, "Read", read(d)), entry(d, "Write", write(d))])
+            .collect()
+    };
+    BlkIOStat {
+        io_service_bytes_recursive: per_device(|d| d.read_bytes, |d| d.write_bytes),
+        io_serviced_recursive: per_device(|d| d.read_ios, |d| d.write_ios),
         ..Default::default()
     }
 }

@@ -2,8 +2,9 @@
 //! by the host: the sandbox's placeholder, or the VM container (QEMU, QMP,
 //! the serial console, the QEMU guest agent for exec).
 
-use super::{Member, Placeholder, Shared};
-use crate::agent::{AgentApi, AgentError, AgentStream, InputStream};
+use super::container::VmContainer;
+use super::members::{Member, Placeholder, Shared};
+use crate::task::agent::{AgentApi, AgentError, AgentStream, InputStream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use husk_proto::agent::{
@@ -20,7 +21,7 @@ pub struct VmAgent {
 /// A member as the calls need it.
 enum Target {
     Sandbox(Arc<Placeholder>),
-    Vm(Arc<super::vm::VmContainer>),
+    Vm(Arc<VmContainer>),
 }
 
 fn not_found(id: &str) -> AgentError {
@@ -52,7 +53,7 @@ impl VmAgent {
         }
     }
 
-    fn vm(&self, id: &str, what: &str) -> Result<Arc<super::vm::VmContainer>, AgentError> {
+    fn vm(&self, id: &str, what: &str) -> Result<Arc<VmContainer>, AgentError> {
         match self.target(id)? {
             Target::Vm(v) => Ok(v),
             Target::Sandbox(_) => Err(AgentError::Status {
@@ -74,7 +75,7 @@ impl AgentApi for VmAgent {
             let mut members = self.shared.members();
             match members.remove(&id) {
                 Some(Member::PlannedSandbox) => {
-                    members.insert(id, Member::Sandbox(Arc::new(Placeholder::new())));
+                    members.insert(id, Member::Sandbox(Arc::new(Placeholder::default())));
                     // No process stands for the sandbox: its pid is the shim's.
                     return Ok(std::process::id());
                 }
@@ -96,7 +97,7 @@ impl AgentApi for VmAgent {
             code: tonic::Code::FailedPrecondition,
             message: e.to_string(),
         })?;
-        match super::vm::VmContainer::create(&id, *prepared, ctx).await {
+        match VmContainer::create(&id, *prepared, ctx).await {
             Ok(vm) => {
                 let pid = vm.pid;
                 self.shared.members().insert(id, Member::Vm(Arc::new(vm)));
@@ -111,7 +112,9 @@ impl AgentApi for VmAgent {
 
     async fn exec_process(&self, req: ExecProcessRequest) -> Result<u32, AgentError> {
         let vm = self.vm(&req.container_id, "exec")?;
-        vm.exec(&req.exec_id, &req.process_json, req.stdin).await
+        vm.execs()
+            .exec(&req.exec_id, &req.process_json, req.stdin)
+            .await
     }
 
     async fn start(&self, req: ContainerRequest) -> Result<(), AgentError> {
@@ -127,7 +130,7 @@ impl AgentApi for VmAgent {
         match self.target(&req.container_id)? {
             Target::Sandbox(p) => Ok(p.wait().await),
             Target::Vm(vm) if req.exec_id.is_empty() => Ok(vm.wait().await),
-            Target::Vm(vm) => Ok(vm.guest_exec(&req.exec_id)?.wait().await),
+            Target::Vm(vm) => Ok(vm.execs().guest_exec(&req.exec_id)?.wait().await),
         }
     }
 
@@ -138,14 +141,14 @@ impl AgentApi for VmAgent {
                 Ok(())
             }
             Target::Vm(vm) if req.exec_id.is_empty() => vm.signal(req.signal).await,
-            Target::Vm(vm) => vm.signal_exec(&req.exec_id, req.signal).await,
+            Target::Vm(vm) => vm.execs().signal_exec(&req.exec_id, req.signal).await,
         }
     }
 
     async fn remove(&self, req: ContainerRequest) -> Result<(), AgentError> {
         if !req.exec_id.is_empty() {
             if let Ok(Target::Vm(vm)) = self.target(&req.container_id) {
-                vm.remove_exec(&req.exec_id);
+                vm.execs().remove_exec(&req.exec_id);
             }
             return Ok(());
         }
@@ -220,7 +223,9 @@ impl AgentApi for VmAgent {
         match self.target(&req.container_id)? {
             Target::Sandbox(_) => Ok(stream_of(None)),
             Target::Vm(vm) if req.exec_id.is_empty() => Ok(stream_of(vm.take_output(which))),
-            Target::Vm(vm) => Ok(stream_of(vm.guest_exec(&req.exec_id)?.take_output(which))),
+            Target::Vm(vm) => Ok(stream_of(
+                vm.execs().guest_exec(&req.exec_id)?.take_output(which),
+            )),
         }
     }
 

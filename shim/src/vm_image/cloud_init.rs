@@ -18,7 +18,7 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// Where the pod's volumes for cloud-init are mounted (issue 14's API).
+/// Where the pod's volumes for cloud-init are mounted (docs/vm-pods.md).
 pub const CLOUD_INIT_MOUNT: &str = "/cloud-init";
 pub const SSH_KEYS_MOUNT: &str = "/ssh-keys";
 /// Largest user file taken (a ConfigMap holds at most 1 MiB).

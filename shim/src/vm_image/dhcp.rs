@@ -365,8 +365,8 @@ pub fn serve(
     netns: &Path,
     tap: &'static str,
     lease: Lease,
-) -> Result<tokio::task::JoinHandle<()>, crate::network::NetworkError> {
-    let fd = crate::network::on_thread_in_netns(netns, move || {
+) -> Result<tokio::task::JoinHandle<()>, crate::host::network::NetworkError> {
+    let fd = crate::host::network::on_thread_in_netns(netns, move || {
         let name = std::ffi::CString::new(tap)?;
         // SAFETY: if_nametoindex reads the NUL-terminated name only.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -378,7 +378,7 @@ pub fn serve(
     // SAFETY: the OwnedFd stays open and names the same socket until the
     // AsyncFd that owns it is dropped.
     let socket = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|source| {
-        crate::network::NetworkError::Namespace {
+        crate::host::network::NetworkError::Namespace {
             path: netns.to_owned(),
             source: source.into(),
         }
@@ -622,11 +622,11 @@ mod tests {
             assert!(out.status.success(), "ip {args:?}: {out:?}");
         }
         let netns = std::path::PathBuf::from(format!("/run/netns/{ns}"));
-        let pod = crate::network::attach(&netns).unwrap().unwrap();
+        let pod = crate::host::network::attach(&netns).unwrap().unwrap();
         let dns = super::super::cloud_init::Dns::default();
         let lease = Lease::of_pod(&pod.guest, &dns, "vm-1").unwrap();
         assert_eq!(lease.address, Ipv4Addr::new(10, 250, 3, 5));
-        let server = serve(&netns, crate::network::TAP_NAME, lease).unwrap();
+        let server = serve(&netns, crate::host::network::TAP_NAME, lease).unwrap();
         // The guest's side of the TAP: frames with the 12-byte vnet header.
         let mut tap = std::fs::File::from(pod.tap.try_clone().unwrap());
         let mut frame = vec![0u8; husk_hypervisor::tap::VNET_HDR_LEN];

@@ -7,10 +7,12 @@
 //! VM's terminal, `kubectl attach -it`) and stdin (`-i`). The output comes
 //! when the command has ended (the agent holds it until then).
 
-use super::vm::{GuestAgentSlot, VmContainer};
-use crate::agent::AgentError;
-use husk_hypervisor::qga::{ExecStatus, GuestAgent, GuestAgentError};
+use super::context::chain;
+use super::guest_agent::{on_agent, GuestAgentSlot};
+use crate::task::agent::{sanitize, AgentError};
+use husk_hypervisor::qemu::qga::{ExecStatus, GuestAgentError};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -25,7 +27,7 @@ const POLL_MAX: Duration = Duration::from_secs(1);
 const POLL_FAILURES: u32 = 5;
 /// The exit status of an exec whose outcome is unknown (the VM or its
 /// agent went away), as for a process whose VM died.
-const LOST: u32 = crate::manager::LOST;
+const LOST: u32 = crate::task::manager::LOST;
 
 fn refused(message: String) -> AgentError {
     AgentError::Status {
@@ -37,11 +39,11 @@ fn refused(message: String) -> AgentError {
 fn unavailable(e: GuestAgentError) -> AgentError {
     AgentError::Status {
         code: tonic::Code::Unavailable,
-        message: crate::agent::sanitize(&format!(
+        message: sanitize(&format!(
             "the VM's QEMU guest agent: {} (exec into a husk-vm container needs \
              qemu-guest-agent running in the image; the serial console, kubectl attach, \
              works without it)",
-            super::chain(e)
+            chain(e)
         )),
     }
 }
@@ -92,42 +94,37 @@ fn command_of(process: &Value) -> Result<(String, Vec<String>, Vec<String>), Age
     Ok((path, args, strings("env")))
 }
 
-/// The guest agent connection, connected and synced first when there is
-/// none. A caller whose call fails sets it to None, so the next one starts
-/// clean.
-async fn connected(
-    slot: &GuestAgentSlot,
-    timeout: Duration,
-) -> Result<tokio::sync::MutexGuard<'_, Option<GuestAgent>>, GuestAgentError> {
-    let mut conn = slot.conn.lock().await;
-    if conn.is_none() {
-        let mut agent = GuestAgent::connect(&slot.socket).await?;
-        agent.sync(timeout).await?;
-        *conn = Some(agent);
-    }
-    Ok(conn)
+/// A VM container's exec processes, by exec id.
+pub struct GuestExecs {
+    /// The container's id, for logs and errors.
+    container_id: String,
+    agent: Arc<GuestAgentSlot>,
+    /// The VM's exit: an exec whose VM is gone is lost.
+    vm_exit: watch::Receiver<bool>,
+    call_timeout: Duration,
+    execs: Mutex<HashMap<String, Arc<GuestExec>>>,
 }
 
-/// Runs one call on the connection: `$call` is a method of GuestAgent.
-macro_rules! on_agent {
-    ($slot:expr, $timeout:expr, |$a:ident| $call:expr) => {{
-        match connected($slot, $timeout).await {
-            Err(e) => Err(e),
-            Ok(mut conn) => match conn.as_mut() {
-                None => Err(GuestAgentError::Timeout("connect")),
-                Some($a) => {
-                    let result = $call.await;
-                    if result.is_err() {
-                        *conn = None;
-                    }
-                    result
-                }
-            },
+impl GuestExecs {
+    pub fn new(
+        container_id: &str,
+        agent: Arc<GuestAgentSlot>,
+        vm_exit: watch::Receiver<bool>,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            container_id: container_id.to_owned(),
+            agent,
+            vm_exit,
+            call_timeout,
+            execs: Mutex::default(),
         }
-    }};
-}
+    }
 
-impl VmContainer {
+    fn vm_exited(&self) -> bool {
+        *self.vm_exit.borrow()
+    }
+
     /// Starts `process_json` (an OCI process) in the guest; returns its
     /// guest pid. With `stdin`, refused.
     pub async fn exec(
@@ -150,21 +147,20 @@ impl VmContainer {
                     .into(),
             ));
         }
-        if self.exited() {
+        if self.vm_exited() {
             return Err(refused("the VM has exited".into()));
         }
         // The agent may still be booting: a short sync tells that apart
         // from a command that takes long.
         let sync = (self.call_timeout / 3).max(Duration::from_secs(2));
-        let pid = on_agent!(&self.guest_agent, sync, |a| a
-            .exec(&path, &args, &env, None, sync))
-        .map_err(unavailable)?;
+        let pid = on_agent!(self.agent, sync, |a| a.exec(&path, &args, &env, None, sync))
+            .map_err(unavailable)?;
         let (out_tx, out_rx) = mpsc::channel(2);
         let (err_tx, err_rx) = mpsc::channel(2);
         let (exit_tx, exit_rx) = watch::channel(None);
         let poller = tokio::spawn(poll(
-            self.guest_agent.clone(),
-            self.exit_watch(),
+            self.agent.clone(),
+            self.vm_exit.clone(),
             pid,
             sync,
             [out_tx, err_tx],
@@ -180,7 +176,7 @@ impl VmContainer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(exec_id.to_owned(), exec);
-        tracing::info!(container_id = %self.id, exec_id, guest_pid = pid, command = %path, "exec started in the guest");
+        tracing::info!(container_id = %self.container_id, exec_id, guest_pid = pid, command = %path, "exec started in the guest");
         Ok(u32::try_from(pid).unwrap_or(0))
     }
 
@@ -192,7 +188,7 @@ impl VmContainer {
             .cloned()
             .ok_or_else(|| AgentError::Status {
                 code: tonic::Code::NotFound,
-                message: format!("exec {exec_id} of {} not found", self.id),
+                message: format!("exec {exec_id} of {} not found", self.container_id),
             })
     }
 
@@ -211,15 +207,9 @@ impl VmContainer {
         }
         let args = vec![format!("-{signal}"), exec.pid.to_string()];
         let t = self.call_timeout;
-        on_agent!(&self.guest_agent, t, |a| a.exec(
-            "kill",
-            &args,
-            &[],
-            None,
-            t
-        ))
-        .map(drop)
-        .map_err(unavailable)
+        on_agent!(self.agent, t, |a| a.exec("kill", &args, &[], None, t))
+            .map(drop)
+            .map_err(unavailable)
     }
 }
 
@@ -242,7 +232,7 @@ impl GuestExec {
 /// gives up (LOST) when the VM exits or the agent stays away.
 async fn poll(
     agent: Arc<GuestAgentSlot>,
-    mut vm_exit: watch::Receiver<Option<u32>>,
+    mut vm_exit: watch::Receiver<bool>,
     pid: i64,
     timeout: Duration,
     [out, err]: [mpsc::Sender<Vec<u8>>; 2],
@@ -253,10 +243,10 @@ async fn poll(
     let status: Option<ExecStatus> = loop {
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = vm_exit.wait_for(Option::is_some) => break None,
+            _ = vm_exit.wait_for(|exited| *exited) => break None,
         }
         pause = (pause * 2).min(POLL_MAX);
-        match on_agent!(&agent, timeout, |a| a.exec_status(pid, timeout)) {
+        match on_agent!(agent, timeout, |a| a.exec_status(pid, timeout)) {
             Ok(s) if s.exited => break Some(s),
             Ok(_) => failures = 0,
             Err(e) => {

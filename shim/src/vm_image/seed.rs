@@ -8,7 +8,7 @@
 //!   cloud-init files (`mkfs.vfat` and `mcopy`, Debian's dosfstools and
 //!   mtools: no root, no loop device, no mount).
 
-use husk_hypervisor::disk_format::DiskFormat;
+use crate::bundle::container_disk::ContainerDisk;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,30 +119,34 @@ pub fn remove_dir(rootfs: &Path) {
     }
 }
 
-/// The root disk: a qcow2 overlay in `dir` backed by the image's `disk`
-/// (named relative to `dir`, so the overlay keeps working wherever the
-/// rootfs is mounted), of the disk's own virtual size.
+/// The root disk: a qcow2 overlay whose backing file is the image's disk
+/// (named relative to the overlay, for `qemu-img info`; QEMU is given the
+/// backing node itself), as large as the image's checked header says
+/// (`disk.virtual_size`). `qemu-img create -u` writes the new file without
+/// opening the backing one: no host process parses the user's image.
 pub async fn create_overlay(
     qemu_img: &Path,
     dir: &Path,
-    disk: &Path,
-    format: DiskFormat,
+    disk: &ContainerDisk,
 ) -> Result<PathBuf, SeedError> {
     let overlay = dir.join(ROOT_DISK);
-    let backing = relative_to(disk, dir);
+    let backing = relative_to(&disk.disk, dir);
+    let size = disk.virtual_size.to_string();
     run(
         "qemu-img",
         qemu_img,
         &[
             "create".as_ref(),
             "-q".as_ref(),
+            "-u".as_ref(),
             "-f".as_ref(),
             "qcow2".as_ref(),
             "-F".as_ref(),
-            format.as_str().as_ref(),
+            disk.format.as_str().as_ref(),
             "-b".as_ref(),
             backing.as_os_str(),
             overlay.as_os_str(),
+            size.as_ref(),
         ],
         "apt-get install qemu-utils, or set vm.qemu_img_path",
     )
@@ -220,6 +224,38 @@ mod tests {
             relative_to(Path::new("/b/x"), Path::new("/b")),
             PathBuf::from("x")
         );
+    }
+
+    /// The overlay is written without the image's disk being opened (it
+    /// does not even exist here), at the size its checked header gave.
+    #[tokio::test]
+    async fn the_overlay_is_made_without_opening_the_image() {
+        if std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("SKIPPED: qemu-img is not installed");
+            return;
+        }
+        let rootfs = tempfile::tempdir().unwrap();
+        let dir = create_dir(rootfs.path()).unwrap();
+        let disk = ContainerDisk {
+            disk: rootfs.path().join("disk/absent.qcow2"),
+            format: husk_hypervisor::disk_format::DiskFormat::Qcow2,
+            virtual_size: 3 << 30,
+            kernel: None,
+        };
+        let overlay = create_overlay(Path::new("qemu-img"), &dir, &disk)
+            .await
+            .unwrap();
+        let header = std::fs::read(&overlay).unwrap();
+        assert_eq!(&header[..4], b"QFI\xfb");
+        let size = u64::from_be_bytes(header[24..32].try_into().unwrap());
+        assert_eq!(size, 3 << 30);
+        let backing_len = u32::from_be_bytes(header[16..20].try_into().unwrap()) as usize;
+        let at = u64::from_be_bytes(header[8..16].try_into().unwrap()) as usize;
+        assert_eq!(&header[at..at + backing_len], b"../disk/absent.qcow2");
     }
 
     /// The seed as cloud-init finds it: label CIDATA, the files by name.

@@ -1,5 +1,5 @@
 //! `husk console POD`: a root shell in the pod's guest, outside any
-//! container (husk_shim::console has the protocol). Root only. When stdin
+//! container (husk_shim::micro_vm::console has the protocol). Root only. When stdin
 //! is a terminal it is put in raw mode for the session and restored after;
 //! otherwise stdin is sent as it is, then ^D, and the session ends when
 //! the shell exits.
@@ -29,7 +29,7 @@ pub fn run(mut args: Args) -> anyhow::Result<i32> {
     let tty = std::io::IsTerminal::is_terminal(&stdin);
     let (rows, cols) = if tty { window_size() } else { (0, 0) };
     let rt = args::runtime()?;
-    let stream = rt.block_on(husk_shim::console::open(
+    let stream = rt.block_on(husk_shim::micro_vm::console::open(
         &config,
         &pod,
         rows,

@@ -44,7 +44,7 @@ pub fn resolve(config: &Config, source: &args::Source) -> Env {
         husk_hypervisor::Accelerator::Tcg => config.timeouts.tcg,
     };
     let mut booted = config.clone();
-    husk_shim::console::ask_guest_for_console(&mut booted);
+    husk_shim::micro_vm::console::ask_guest_for_console(&mut booted);
     Env {
         husk: HuskInfo {
             version: env!("CARGO_PKG_VERSION"),

@@ -23,8 +23,9 @@
 //!
 //! In the guest, `shared/` is `/run/husk/shared`.
 
-use crate::spec::HostBind;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use super::guest_spec::HostBind;
+use crate::host::mounts::{is_mount_point, mounts_under, unmount};
+use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -140,11 +141,6 @@ impl ShareTree {
     /// mounts.
     pub fn shared_dir(&self) -> PathBuf {
         self.root.join("shared")
-    }
-
-    /// The guest path of a container's rootfs.
-    pub fn guest_rootfs(container_id: &str) -> String {
-        format!("{}/{container_id}/rootfs", husk_proto::GUEST_SHARED_DIR)
     }
 
     /// Makes the tree, unless it exists: `mounts/` as a shared mount of its
@@ -387,69 +383,6 @@ fn remove_below(dir: &Path, dev: u64, mounted: &[PathBuf]) {
     }
 }
 
-/// Lazily unmounts everything stacked at `target`, never following a
-/// symlink there.
-pub fn unmount(target: &Path) {
-    for _ in 0..16 {
-        match umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return,
-            Err(e) => {
-                tracing::warn!(target = %target.display(), %e, "umount failed");
-                return;
-            }
-        }
-    }
-}
-
-/// Whether `path` is a mount point in this mount namespace.
-pub fn is_mount_point(path: &Path) -> bool {
-    mounts_under(path).first().is_some_and(|m| m == path)
-}
-
-/// Mount points at or below `dir`, deepest first, from the mount table.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    // `is_mount_point` looks at the first: the shallowest is `dir` itself
-    // when it is one, so put an exact match first.
-    if let Some(i) = found.iter().position(|p| p == dir) {
-        let exact = found.remove(i);
-        found.insert(0, exact);
-    }
-    found
-}
-
-/// mountinfo writes space, tab, newline and backslash as \ooo.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 4 <= bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 struct BindFlags {
     recursive: bool,
     read_only: bool,
@@ -535,5 +468,4 @@ fn bind(source: &Path, target: &Path, flags: BindFlags) -> Result<(), ShareError
 }
 
 #[cfg(test)]
-#[path = "share_tests.rs"]
 mod tests;

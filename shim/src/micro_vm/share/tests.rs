@@ -4,6 +4,7 @@
 //! shim's cleanup follows what was planted in the tree.
 
 use super::*;
+use crate::host::mounts::{is_mount_point, mounts_under, unmount};
 use std::os::unix::fs::PermissionsExt;
 
 fn root_or_skip(test: &str) -> bool {
@@ -261,11 +262,4 @@ fn a_failed_share_leaves_nothing_and_deletes_nothing() {
     assert!(mounts_under(&f.tree.mounts().join("c1")).is_empty());
     assert!(!f.tree.mounts().join("c1").exists());
     f.assert_sources_whole();
-}
-
-#[test]
-fn mountinfo_escapes_are_decoded() {
-    assert_eq!(unescape_mountinfo(r"/run/a\040b\134c"), "/run/a b\\c");
-    assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-    assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04");
 }

@@ -9,11 +9,11 @@
 //! `kill_grace_secs` stops the VM, and the pod's processes are reported
 //! killed: no guest keeps a pod alive against containerd.
 
-use crate::agent::{AgentApi, AgentError};
-use crate::error::TaskError;
-use crate::events::{Event, EventSink};
-use crate::pod::{Pod, PodTimeouts};
-use crate::process::{Container, Process, State};
+use crate::task::agent::{AgentApi, AgentError};
+use crate::task::error::TaskError;
+use crate::task::events::{Event, EventSink};
+use crate::task::pod::{ContainerPlan, Pod, PodTimeouts};
+use crate::task::process::{Container, Process, State};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::types::task::Status as TaskStatus;
@@ -219,7 +219,7 @@ impl<P: Pod> Manager<P> {
             .inner
             .call("stats", agent.stats(request(&req.id, "")))
             .await?;
-        let any = crate::metrics::to_any(&stats)
+        let any = crate::task::stats::to_any(&stats)
             .map_err(|e| TaskError::Host(anyhow::Error::new(e).context("encoding metrics")))?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),
@@ -355,7 +355,7 @@ impl<P: Pod> Inner<P> {
     async fn create_in_vm(
         self: &Arc<Self>,
         req: &api::CreateTaskRequest,
-        plan: crate::pod::ContainerPlan,
+        plan: P::Plan,
         started: Instant,
     ) -> Result<api::CreateTaskResponse, TaskError> {
         let id = req.id.clone();
@@ -377,7 +377,7 @@ impl<P: Pod> Inner<P> {
                 }
             }
         };
-        let spec_json = serde_json::to_vec(&plan.guest.spec)
+        let spec_json = serde_json::to_vec(plan.agent_spec())
             .map_err(|e| TaskError::Host(anyhow::Error::new(e).context("serializing the spec")))?;
         let create_started = Instant::now();
         let pid = self
@@ -792,8 +792,12 @@ fn spawn_relays<A: AgentApi>(
         if path.is_empty() {
             continue;
         }
-        let relay =
-            crate::relay::relay_output(agent.clone(), request(id, exec_id), stream, path.clone());
+        let relay = crate::task::relay::relay_output(
+            agent.clone(),
+            request(id, exec_id),
+            stream,
+            path.clone(),
+        );
         let (cid, eid) = (id.to_owned(), exec_id.to_owned());
         outputs.push(tokio::spawn(async move {
             if let Err(e) = relay.await {
@@ -802,7 +806,8 @@ fn spawn_relays<A: AgentApi>(
         }));
     }
     if !stdin.is_empty() {
-        let relay = crate::relay::relay_stdin(agent.clone(), request(id, exec_id), stdin.clone());
+        let relay =
+            crate::task::relay::relay_stdin(agent.clone(), request(id, exec_id), stdin.clone());
         let (cid, eid) = (id.to_owned(), exec_id.to_owned());
         tokio::spawn(async move {
             if let Err(e) = relay.await {
@@ -814,5 +819,4 @@ fn spawn_relays<A: AgentApi>(
 }
 
 #[cfg(test)]
-#[path = "manager_tests.rs"]
 mod tests;

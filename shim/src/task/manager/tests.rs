@@ -3,7 +3,7 @@
 //! codes, and a guest that does not answer or does not obey.
 
 use super::*;
-use crate::fake::{FakeAgent, FakePod, Recorder};
+use crate::task::fake::{FakeAgent, FakePod, Recorder};
 use containerd_shim_protos::ttrpc::Code;
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,17 @@
+//! Everything of QEMU's, for both kinds of VM:
+//!
+//! - [`Qemu`] (`micro_vm`): the micro-VM backend of the [`crate::Hypervisor`]
+//!   trait (`-M microvm`, husk's kernel and agent, vhost-user devices);
+//! - [`vm_image`]: the command line of a VM image (a whole OS booted from
+//!   its disk, `-M pc`/`q35`), which [`crate::VmImage`] spawns;
+//! - [`qmp`]: QEMU's monitor protocol; [`qga`]: the QEMU guest agent in a
+//!   VM image's guest; both over [`json_lines`], one bounded JSON object
+//!   per line.
+
+pub mod json_lines;
+mod micro_vm;
+pub mod qga;
+pub mod qmp;
+pub mod vm_image;
+
+pub use micro_vm::Qemu;
