@@ -90,6 +90,11 @@ while IFS= read -r line; do
         ! grep -q -- "^$sym=" .config || missing+=("$sym (should be unset)")
     fi
 done < "$FRAGMENT"
+# Off whatever the fragment says: the vsock loopback transport lets every
+# guest process, a container's too, connect to the agent (docs/security.md).
+for sym in CONFIG_VSOCKETS_LOOPBACK; do
+    ! grep -q -- "^$sym=" .config || missing+=("$sym (must be off: docs/security.md)")
+done
 if ((${#missing[@]})); then
     for sym in "${missing[@]}"; do log "  not in final .config: $sym"; done
     die "${#missing[@]} option(s) from $FRAGMENT were not applied (unmet dependencies?)"

@@ -2,7 +2,8 @@
 //! container, for `husk console` on the host (husk_shim::console). Served
 //! only when the host asked for it on the kernel command line
 //! ([`husk_proto::DEBUG_CONSOLE_PARAM`], which the kernel hands to /init as
-//! an environment variable); otherwise the port is not even bound.
+//! an environment variable); otherwise the port is not even bound. Only the
+//! host is served (host_only.rs), never a process in the guest.
 //!
 //! The shell is the initrd's busybox. It is carried into the agent's tmpfs
 //! root only when the console is on ([`carry_shell`]) and freed otherwise,
@@ -20,7 +21,6 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 
 /// The shell: busybox from the initrd (scripts/build-initrd.sh).
 const SHELL: &str = "/bin/busybox";
@@ -63,12 +63,12 @@ pub fn serve() -> std::io::Result<()> {
         return Ok(());
     }
     let port = husk_proto::DEBUG_CONSOLE_VSOCK_PORT;
-    let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))?;
+    let listener = crate::host_only::bind(port)?;
     tracing::warn!(port, "debug console on: root shells are served to the host");
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     tokio::spawn(async move {
                         if let Err(e) = session(stream).await {
                             tracing::warn!("debug console session: {e}");

@@ -3,22 +3,20 @@
 //! `PORT <n>\n`, and gets `OK\n` once this has connected to
 //! 127.0.0.1:<n> in the guest (the pod's network namespace), or
 //! `ERR <reason>\n`; then the two streams are spliced until either ends.
+//! Only the host is served (host_only.rs).
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
+use tokio_vsock::VsockStream;
 
 /// Longest request line accepted: "PORT 65535\n" and some slack.
 const MAX_REQUEST: u64 = 32;
 
 pub fn serve() -> std::io::Result<()> {
-    let listener = VsockListener::bind(VsockAddr::new(
-        VMADDR_CID_ANY,
-        husk_proto::FORWARD_VSOCK_PORT,
-    ))?;
+    let listener = crate::host_only::bind(husk_proto::FORWARD_VSOCK_PORT)?;
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     tokio::spawn(async move {
                         if let Err(e) = forward(stream).await {
                             tracing::debug!("port forward: {e}");

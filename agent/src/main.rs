@@ -3,8 +3,9 @@
 //! serves the agent API (`husk-proto`) over vsock to the shim on the host.
 //!
 //! It is linked statically so the initrd needs nothing else. Run outside a VM
-//! (not as PID 1) it skips the init duties and serves on the given vsock
-//! port, which is how its RPCs can be exercised on a host with vsock.
+//! (not as PID 1) it skips the init duties and serves on its vsock ports;
+//! there too it serves only peers with the host's CID (host_only.rs), so
+//! not a client on the same machine through vsock loopback.
 
 // Helpers of RPC handlers return tonic::Status, the type the handlers must
 // return; boxing it only to unbox it at the boundary would buy nothing.
@@ -14,6 +15,7 @@ mod console;
 mod containers;
 mod forward;
 mod guest;
+mod host_only;
 mod init;
 mod network;
 mod reaper;
@@ -21,7 +23,6 @@ mod service;
 
 use anyhow::Context;
 use husk_proto::agent::agent_server::AgentServer;
-use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 
 fn main() {
     let is_init = std::process::id() == 1;
@@ -70,8 +71,9 @@ fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
         let reaper = reaper::Reaper::start().context("installing the SIGCHLD reaper")?;
         let containers = containers::Containers::new(reaper);
         let port = husk_proto::AGENT_VSOCK_PORT;
-        let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
-            .with_context(|| format!("binding vsock port {port}"))?;
+        // Only the host's connections reach tonic (host_only.rs).
+        let listener =
+            host_only::bind(port).with_context(|| format!("binding vsock port {port}"))?;
         if is_init {
             if let Err(e) = network::loopback_up().await {
                 tracing::warn!("loopback: {e}");
@@ -85,7 +87,7 @@ fn run(is_init: bool, started_ms: u64) -> anyhow::Result<()> {
         eprintln!("{}", husk_proto::AGENT_LISTENING_MARKER);
         tonic::transport::Server::builder()
             .add_service(AgentServer::new(service))
-            .serve_with_incoming(listener.incoming())
+            .serve_with_incoming(listener)
             .await
             .context("serving gRPC")
     })

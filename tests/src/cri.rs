@@ -309,6 +309,9 @@ pub struct ContainerSpec {
     pub devices: Vec<cri::Device>,
     /// Keep stdin open (`stdin: true`), for attach to write to.
     pub stdin: bool,
+    /// `securityContext.runAsUser`: the uid the container runs as (the
+    /// image's user when None).
+    pub run_as_user: Option<i64>,
 }
 
 impl ContainerSpec {
@@ -326,6 +329,7 @@ impl ContainerSpec {
             annotations: HashMap::new(),
             devices: Vec::new(),
             stdin: false,
+            run_as_user: None,
         }
     }
 }
@@ -691,6 +695,7 @@ impl Cri {
                         .as_ref()
                         .and_then(|l| l.security_context.as_ref())
                         .and_then(|c| c.namespace_options.clone()),
+                    run_as_user: spec.run_as_user.map(|value| cri::Int64Value { value }),
                     ..Default::default()
                 }),
             }),
