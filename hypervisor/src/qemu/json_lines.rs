@@ -1,8 +1,14 @@
 //! Reading newline-ended JSON messages from a socket with a bound on each:
 //! QMP (QEMU's monitor) and the QEMU guest agent both speak one JSON
-//! object per line, and the guest agent's lines are the guest's to write.
-//! A line longer than the bound is an error, never buffered on.
+//! object per line (QEMU's docs/interop/qmp-spec: `return`, `error`,
+//! `event`, `id`), and the guest agent's lines are the guest's to write.
+//! A line longer than the bound is an error, never buffered on; a line is
+//! parsed into a typed [`Message`] whose payloads stay raw text until the
+//! caller asks for its own type, so no line becomes an untyped JSON tree
+//! (a 24 MiB line of `[0,0,...]` as a tree costs the shim half a GiB).
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,22 +54,90 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-/// The next non-empty line as a JSON object. The guest agent puts a 0xFF
-/// byte before its reply to `guest-sync-delimited` (and may leave partial
-/// output of an earlier session before it): everything up to the last
-/// 0xFF of the line is skipped.
-pub async fn read_object<R: AsyncBufRead + Unpin>(
+/// One QAPI message as QMP and the guest agent send it. Fields husk does
+/// not read are skipped without being kept.
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    /// A command's result, as raw JSON text ([`Message::result`]).
+    #[serde(rename = "return")]
+    pub ret: Option<Box<RawValue>>,
+    pub error: Option<QapiError>,
+    /// An event's name and its data, raw.
+    pub event: Option<String>,
+    pub data: Option<Box<RawValue>>,
+    /// QMP's reply to our numeric command id.
+    pub id: Option<u64>,
+    /// QMP's greeting.
+    #[serde(rename = "QMP")]
+    pub greeting: Option<serde::de::IgnoredAny>,
+}
+
+/// A command's error.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QapiError {
+    pub class: String,
+    pub desc: String,
+}
+
+impl QapiError {
+    /// Class and description for a log or an error: at most 512
+    /// characters each, control characters replaced (they are the peer's).
+    pub fn printable(&self) -> (String, String) {
+        (printable(&self.class, 512), printable(&self.desc, 512))
+    }
+}
+
+/// Peer text for a log or an error: at most `max` characters, control
+/// characters replaced.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// What a message said: its result, or its error.
+#[derive(Debug)]
+pub enum Outcome {
+    Return(Box<RawValue>),
+    Error(QapiError),
+    /// Neither (an event, a greeting, or something else).
+    Neither,
+}
+
+impl Message {
+    pub fn outcome(self) -> Outcome {
+        match (self.ret, self.error) {
+            (Some(r), _) => Outcome::Return(r),
+            (None, Some(e)) => Outcome::Error(e),
+            (None, None) => Outcome::Neither,
+        }
+    }
+}
+
+/// Parses one line (without its newline) as a [`Message`]. The guest
+/// agent puts a 0xFF byte before its reply to `guest-sync-delimited` (and
+/// may leave partial output of an earlier session before it): everything
+/// up to the last 0xFF is skipped. None for a blank line.
+pub fn parse_message(line: &[u8]) -> Option<Result<Message, serde_json::Error>> {
+    let start = line.iter().rposition(|&b| b == 0xff).map_or(0, |i| i + 1);
+    let text = &line[start..];
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(serde_json::from_slice(text))
+}
+
+/// The next non-blank line as a [`Message`], at most `max` bytes.
+pub async fn read_message<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     max: usize,
-) -> Result<serde_json::Map<String, serde_json::Value>, LineError> {
+) -> Result<Message, LineError> {
     loop {
         let line = read_line(reader, max).await?;
-        let start = line.iter().rposition(|&b| b == 0xff).map_or(0, |i| i + 1);
-        let text = &line[start..];
-        if text.iter().all(u8::is_ascii_whitespace) {
-            continue;
+        if let Some(parsed) = parse_message(&line) {
+            return Ok(parsed?);
         }
-        return Ok(serde_json::from_slice(text)?);
     }
 }
 
@@ -72,24 +146,44 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn lines_are_bounded_and_objects_checked() {
-        let mut r: &[u8] = b"{\"a\":1}\r\n\n\xff{\"b\":2}\nxxxxxxxxxxxxxxxxxxxx\n";
-        assert_eq!(read_object(&mut r, 64).await.unwrap()["a"], 1);
-        assert_eq!(read_object(&mut r, 64).await.unwrap()["b"], 2);
+    async fn lines_are_bounded_and_messages_typed() {
+        let mut r: &[u8] =
+            b"{\"return\":1,\"id\":7}\r\n\n\xff{\"event\":\"X\",\"data\":{\"a\":[1]}}\nxxxxxxxxxxxxxxxxxxxx\n";
+        let m = read_message(&mut r, 64).await.unwrap();
+        assert_eq!((m.ret.unwrap().get(), m.id), ("1", Some(7)));
+        let m = read_message(&mut r, 64).await.unwrap();
+        assert_eq!(m.event.as_deref(), Some("X"));
+        assert_eq!(m.data.unwrap().get(), "{\"a\":[1]}");
         assert!(matches!(
-            read_object(&mut r, 8).await,
+            read_message(&mut r, 8).await,
             Err(LineError::TooLong(8))
         ));
-        let mut r: &[u8] = b"[1]\n";
-        assert!(matches!(
-            read_object(&mut r, 64).await,
-            Err(LineError::Json(_))
-        ));
+        for bad in [&b"[1]\n"[..], b"{\"id\":\"seven\"}\n", b"{\"error\":{\"class\":1}}\n"] {
+            let mut r = bad;
+            assert!(matches!(read_message(&mut r, 64).await, Err(LineError::Json(_))));
+        }
         let mut r: &[u8] = b"{\"unterminated\"";
         assert!(matches!(
-            read_object(&mut r, 64).await,
+            read_message(&mut r, 64).await,
             Err(LineError::Closed)
         ));
+    }
+
+    /// What husk does not read is skipped, however deep or wide it is:
+    /// nothing of it is kept.
+    #[test]
+    fn unread_fields_are_skipped() {
+        let wide = format!("{{\"other\":[{}0],\"return\":{{}}}}", "0,".repeat(100_000));
+        let m = parse_message(wide.as_bytes()).unwrap().unwrap();
+        assert_eq!(m.ret.unwrap().get(), "{}");
+        assert!(parse_message(b"  \xff ").is_none());
+        let e = parse_message(b"{\"error\":{\"class\":\"GenericError\",\"desc\":\"a\\u001bb\"}}")
+            .unwrap()
+            .unwrap();
+        let Outcome::Error(e) = e.outcome() else {
+            panic!("an error")
+        };
+        assert_eq!(e.printable(), ("GenericError".into(), "a?b".into()));
     }
 
     #[tokio::test]

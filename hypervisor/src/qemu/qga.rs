@@ -3,15 +3,18 @@
 //! the calls husk-vm's exec needs — `guest-sync-delimited` to find the
 //! agent and skip stale replies, `guest-exec` and `guest-exec-status`.
 //!
-//! Everything that comes back is the guest's: each reply line is bounded,
-//! every call has a deadline, fields are type-checked, and captured output
-//! is base64 that must decode. The agent answers only once it runs (late in
+//! Everything that comes back is the guest's: each reply line is bounded
+//! ([`MAX_REPLY`]) and parsed into the typed reply of its command (fields
+//! husk does not read are skipped, not kept), every call has a deadline,
+//! and captured output is base64 that must decode. The agent answers only once it runs (late in
 //! the guest's boot); a request sent before waits in the port, so callers
 //! sync first, with a short deadline, to tell "no agent yet" apart.
 
-use super::json_lines::{read_object, LineError};
+use super::json_lines::{printable, read_message, LineError, Message, Outcome};
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -19,8 +22,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 /// Longest reply line taken: `guest-exec-status` carries the captured
-/// output in base64, and the agent itself keeps up to 16 MiB per stream.
-pub const MAX_REPLY: usize = 24 << 20;
+/// output in base64, so an exec's output is taken up to about 6 MiB (the
+/// agent itself keeps up to 16 MiB per stream; a reply longer than this
+/// fails the exec, naming the bound).
+pub const MAX_REPLY: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestAgentError {
@@ -112,8 +117,8 @@ impl GuestAgent {
                 .await
                 .map_err(GuestAgentError::Write)?;
             loop {
-                let reply = read_object(&mut self.read, MAX_REPLY).await?;
-                if reply.get("return").and_then(Value::as_u64) == Some(id) {
+                let reply = read_message(&mut self.read, MAX_REPLY).await?;
+                if is_sync_reply(reply, id) {
                     return Ok(());
                 }
             }
@@ -122,13 +127,13 @@ impl GuestAgent {
         .map_err(|_| GuestAgentError::Timeout("guest-sync-delimited"))?
     }
 
-    /// One command and its `return` value.
-    async fn call(
+    /// One command and its `return` value, as `T`.
+    async fn call<T: DeserializeOwned>(
         &mut self,
         command: &'static str,
         arguments: Value,
         timeout: Duration,
-    ) -> Result<Value, GuestAgentError> {
+    ) -> Result<T, GuestAgentError> {
         let mut line = json!({"execute": command, "arguments": arguments})
             .to_string()
             .into_bytes();
@@ -138,7 +143,7 @@ impl GuestAgent {
                 .write_all(&line)
                 .await
                 .map_err(GuestAgentError::Write)?;
-            Ok::<_, GuestAgentError>(read_object(&mut self.read, MAX_REPLY).await?)
+            Ok::<_, GuestAgentError>(read_message(&mut self.read, MAX_REPLY).await?)
         })
         .await
         .map_err(|_| GuestAgentError::Timeout(command))??;
@@ -165,13 +170,8 @@ impl GuestAgent {
                 .encode(data)
                 .into();
         }
-        let r = self.call("guest-exec", arguments, timeout).await?;
-        r.get("pid")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| GuestAgentError::BadReply {
-                command: "guest-exec",
-                what: "no integer pid".into(),
-            })
+        let r: ExecStarted = self.call("guest-exec", arguments, timeout).await?;
+        Ok(r.pid)
     }
 
     pub async fn exec_status(
@@ -179,83 +179,86 @@ impl GuestAgent {
         pid: i64,
         timeout: Duration,
     ) -> Result<ExecStatus, GuestAgentError> {
-        let r = self
+        let r: ExecStatusReply = self
             .call("guest-exec-status", json!({"pid": pid}), timeout)
             .await?;
-        parse_exec_status(&r)
+        r.decode()
     }
 }
 
-fn reply_value(
+/// Whether `reply` is the answer to `guest-sync-delimited` `id` (an
+/// integer `return` equal to it); anything else is an older reply.
+pub fn is_sync_reply(reply: Message, id: u64) -> bool {
+    match reply.outcome() {
+        Outcome::Return(r) => serde_json::from_str::<u64>(r.get()).ok() == Some(id),
+        _ => false,
+    }
+}
+
+/// A reply's `return` as `T`, or its error.
+pub fn reply_value<T: DeserializeOwned>(
     command: &'static str,
-    mut reply: Map<String, Value>,
-) -> Result<Value, GuestAgentError> {
-    if let Some(r) = reply.remove("return") {
-        return Ok(r);
-    }
-    let Some(error) = reply.get("error") else {
-        return Err(GuestAgentError::BadReply {
-            command,
-            what: "neither return nor error".into(),
-        });
-    };
-    let field = |k: &str| printable(error.get(k).and_then(Value::as_str).unwrap_or("?"), 512);
-    Err(GuestAgentError::Command {
-        command,
-        class: field("class"),
-        desc: field("desc"),
-    })
-}
-
-/// Guest text for a log or an error: at most `max` characters, control
-/// characters replaced.
-fn printable(text: &str, max: usize) -> String {
-    text.chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-fn parse_exec_status(r: &Value) -> Result<ExecStatus, GuestAgentError> {
-    let bad = |what: &str| GuestAgentError::BadReply {
-        command: "guest-exec-status",
-        what: what.into(),
-    };
-    let exited = r
-        .get("exited")
-        .and_then(Value::as_bool)
-        .ok_or_else(|| bad("no boolean `exited`"))?;
-    let int = |k: &str| -> Result<Option<i64>, GuestAgentError> {
-        match r.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| bad(&format!("`{k}` is not an integer"))),
+    reply: Message,
+) -> Result<T, GuestAgentError> {
+    let bad = |what: String| GuestAgentError::BadReply { command, what };
+    match reply.outcome() {
+        Outcome::Return(r) => serde_json::from_str(r.get()).map_err(|e| bad(e.to_string())),
+        Outcome::Error(e) => {
+            let (class, desc) = e.printable();
+            Err(GuestAgentError::Command {
+                command,
+                class,
+                desc,
+            })
         }
-    };
-    let data = |k: &str| -> Result<Vec<u8>, GuestAgentError> {
-        match r.get(k) {
-            None => Ok(Vec::new()),
-            Some(v) => {
-                let text = v
-                    .as_str()
-                    .ok_or_else(|| bad(&format!("`{k}` is not a string")))?;
+        Outcome::Neither => Err(bad("neither return nor error".into())),
+    }
+}
+
+/// `guest-exec`'s return.
+#[derive(Debug, Deserialize)]
+struct ExecStarted {
+    pid: i64,
+}
+
+/// `guest-exec-status`'s return (qga/qapi-schema.json, GuestExecStatus).
+#[derive(Debug, Deserialize)]
+pub struct ExecStatusReply {
+    exited: bool,
+    exitcode: Option<i64>,
+    signal: Option<i64>,
+    #[serde(rename = "out-data")]
+    out_data: Option<String>,
+    #[serde(rename = "err-data")]
+    err_data: Option<String>,
+    #[serde(rename = "out-truncated", default)]
+    out_truncated: bool,
+    #[serde(rename = "err-truncated", default)]
+    err_truncated: bool,
+}
+
+impl ExecStatusReply {
+    /// The status with its output decoded (base64 that must decode).
+    pub fn decode(self) -> Result<ExecStatus, GuestAgentError> {
+        let data = |k: &str, v: Option<String>| -> Result<Vec<u8>, GuestAgentError> {
+            v.map_or(Ok(Vec::new()), |text| {
                 base64::engine::general_purpose::STANDARD
                     .decode(text)
-                    .map_err(|e| bad(&format!("`{k}` is not base64: {e}")))
-            }
-        }
-    };
-    let flag = |k: &str| r.get(k).and_then(Value::as_bool).unwrap_or(false);
-    Ok(ExecStatus {
-        exited,
-        exit_code: int("exitcode")?,
-        signal: int("signal")?,
-        stdout: data("out-data")?,
-        stderr: data("err-data")?,
-        truncated: flag("out-truncated") || flag("err-truncated"),
-    })
+                    .map_err(|e| GuestAgentError::BadReply {
+                        command: "guest-exec-status",
+                        what: format!("`{k}` is not base64: {}", printable(&e.to_string(), 200)),
+                    })
+            })
+        };
+        Ok(ExecStatus {
+            exited: self.exited,
+            exit_code: self.exitcode,
+            signal: self.signal,
+            stdout: data("out-data", self.out_data)?,
+            stderr: data("err-data", self.err_data)?,
+            truncated: self.out_truncated || self.err_truncated,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -336,13 +339,37 @@ mod tests {
         server.abort();
     }
 
+    /// A `guest-exec-status` reply line as the agent would send it.
+    fn exec_status(reply: Value) -> Result<ExecStatus, GuestAgentError> {
+        let line = json!({ "return": reply }).to_string();
+        let message = crate::qemu::json_lines::parse_message(line.as_bytes())
+            .unwrap()
+            .unwrap();
+        reply_value::<ExecStatusReply>("guest-exec-status", message)?.decode()
+    }
+
     #[test]
     fn exec_status_fields_are_checked() {
-        let e = parse_exec_status(&json!({"exited": "yes"})).unwrap_err();
-        assert!(e.to_string().contains("exited"), "{e}");
-        let e = parse_exec_status(&json!({"exited": true, "out-data": "%%%"})).unwrap_err();
+        let e = exec_status(json!({"exited": "yes"})).unwrap_err();
+        assert!(e.to_string().contains("exited") || e.to_string().contains("boolean"), "{e}");
+        let e = exec_status(json!({"exited": true, "out-data": "%%%"})).unwrap_err();
         assert!(e.to_string().contains("base64"), "{e}");
-        let s = parse_exec_status(&json!({"exited": true, "signal": 9})).unwrap();
+        let s = exec_status(json!({"exited": true, "signal": 9, "other": [[1], {"x": 2}]})).unwrap();
         assert_eq!((s.exit_code, s.signal), (None, Some(9)));
+        let e = exec_status(json!({"exitcode": 1})).unwrap_err();
+        assert!(e.to_string().contains("exited"), "{e}");
+    }
+
+    #[test]
+    fn only_an_integer_return_equal_to_the_id_ends_a_sync() {
+        let msg = |t: &str| {
+            crate::qemu::json_lines::parse_message(t.as_bytes())
+                .unwrap()
+                .unwrap()
+        };
+        assert!(is_sync_reply(msg("{\"return\": 5}"), 5));
+        assert!(!is_sync_reply(msg("{\"return\": 6}"), 5));
+        assert!(!is_sync_reply(msg("{\"return\": {\"pid\": 5}}"), 5));
+        assert!(!is_sync_reply(msg("{\"error\": {\"class\": \"x\", \"desc\": \"y\"}}"), 5));
     }
 }

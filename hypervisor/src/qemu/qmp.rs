@@ -2,11 +2,16 @@
 //! one connection for the VM's life, commands matched to their replies by
 //! `id`, events read as they come. Only the events husk acts on are kept:
 //! GUEST_PANICKED (pvpanic) and whether the guest powered itself down.
-//! QMP is QEMU's, not the guest's, but its lines are still bounded and
-//! every command has a deadline, so a wedged QEMU cannot hang the shim.
+//! QMP is QEMU's, and QEMU runs a guest: its lines are bounded and parsed
+//! into typed messages (results stay raw text until the caller's type
+//! reads them), and every command has a deadline, so a wedged or
+//! taken-over QEMU cannot hang the shim or make it hold an untyped tree.
 
-use super::json_lines::{read_object, LineError};
-use serde_json::{json, Map, Value};
+use super::json_lines::{read_message, LineError, Message, Outcome};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +53,8 @@ pub enum QmpError {
     Timeout(String),
     #[error("QMP {0}: the connection closed before the answer")]
     Closed(String),
+    #[error("QMP {command}: an answer husk cannot read: {what}")]
+    BadReply { command: String, what: String },
 }
 
 /// What QMP events told about the guest so far.
@@ -90,7 +97,7 @@ impl GuestEvents {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Box<RawValue>, (String, String)>>>>>;
 
 pub struct Qmp {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
@@ -132,12 +139,12 @@ impl Qmp {
         let mut read = BufReader::new(read);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let greeting = tokio::time::timeout(left.max(Duration::from_secs(1)), async {
-            read_object(&mut read, MAX_MESSAGE).await
+            read_message(&mut read, MAX_MESSAGE).await
         })
         .await
         .map_err(|_| QmpError::Timeout("greeting".into()))??;
-        if !greeting.contains_key("QMP") {
-            return Err(QmpError::Greeting(Value::Object(greeting).to_string()));
+        if greeting.greeting.is_none() {
+            return Err(QmpError::Greeting(format!("{greeting:?}")));
         }
         let pending: Pending = Arc::default();
         let events = Arc::new(GuestEvents::default());
@@ -158,13 +165,28 @@ impl Qmp {
         Ok(qmp)
     }
 
-    /// Runs `command` and returns its `return` value.
+    /// Runs `command` and returns its `return` value as `T` (`IgnoredAny`
+    /// where it does not matter).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<T, QmpError> {
+        let raw = self.execute(command, arguments, timeout).await?;
+        serde_json::from_str(raw.get()).map_err(|e| QmpError::BadReply {
+            command: command.to_owned(),
+            what: e.to_string(),
+        })
+    }
+
+    /// Runs `command` and returns its `return` value, raw.
     pub async fn execute(
         &self,
         command: &str,
         arguments: Option<Value>,
         timeout: Duration,
-    ) -> Result<Value, QmpError> {
+    ) -> Result<Box<RawValue>, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -223,7 +245,7 @@ async fn read_loop(
     events: Arc<GuestEvents>,
 ) {
     loop {
-        let message = match read_object(&mut read, MAX_MESSAGE).await {
+        let message = match read_message(&mut read, MAX_MESSAGE).await {
             Ok(m) => m,
             Err(LineError::Closed) => break,
             Err(e) => {
@@ -231,11 +253,11 @@ async fn read_loop(
                 break;
             }
         };
-        if let Some(event) = message.get("event").and_then(Value::as_str) {
-            record_event(&events, event, &message);
+        if message.event.is_some() {
+            record_event(&events, &message);
             continue;
         }
-        let Some(id) = message.get("id").and_then(Value::as_u64) else {
+        let Some(id) = message.id else {
             continue;
         };
         let waiter = pending
@@ -243,7 +265,7 @@ async fn read_loop(
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         if let Some(tx) = waiter {
-            let _ = tx.send(reply(&message));
+            let _ = tx.send(reply(message));
         }
     }
     // Waiters left see their sender dropped: "closed before the answer".
@@ -251,18 +273,25 @@ async fn read_loop(
     events.closed.send_replace(true);
 }
 
-fn record_event(events: &GuestEvents, event: &str, message: &Map<String, Value>) {
-    match event {
-        "GUEST_PANICKED" => {
+/// SHUTDOWN's data (qapi/run-state.json): whether the guest asked.
+#[derive(Deserialize)]
+struct ShutdownData {
+    #[serde(default)]
+    guest: bool,
+}
+
+fn record_event(events: &GuestEvents, message: &Message) {
+    match message.event.as_deref() {
+        Some("GUEST_PANICKED") => {
             tracing::warn!("QMP: GUEST_PANICKED");
             events.panicked.store(true, Ordering::SeqCst);
         }
-        "SHUTDOWN" => {
+        Some("SHUTDOWN") => {
             let by_guest = message
-                .get("data")
-                .and_then(|d| d.get("guest"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+                .data
+                .as_ref()
+                .and_then(|d| serde_json::from_str::<ShutdownData>(d.get()).ok())
+                .is_some_and(|d| d.guest);
             if by_guest {
                 events.shutdown_by_guest.store(true, Ordering::SeqCst);
             }
@@ -272,21 +301,12 @@ fn record_event(events: &GuestEvents, event: &str, message: &Map<String, Value>)
 }
 
 /// A reply's `return`, or its error's class and description.
-fn reply(message: &Map<String, Value>) -> Result<Value, (String, String)> {
-    if let Some(r) = message.get("return") {
-        return Ok(r.clone());
+fn reply(message: Message) -> Result<Box<RawValue>, (String, String)> {
+    match message.outcome() {
+        Outcome::Return(r) => Ok(r),
+        Outcome::Error(e) => Err(e.printable()),
+        Outcome::Neither => Err(("?".into(), "neither return nor error".into())),
     }
-    let error = message.get("error");
-    let field = |k: &str| {
-        error
-            .and_then(|e| e.get(k))
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .chars()
-            .take(512)
-            .collect::<String>()
-    };
-    Err((field("class"), field("desc")))
 }
 
 #[cfg(test)]
@@ -336,7 +356,8 @@ mod tests {
         let server = tokio::spawn(fake_qemu(UnixListener::bind(&path).unwrap()));
         let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
         let t = Duration::from_secs(5);
-        assert_eq!(qmp.execute("stop", None, t).await.unwrap()["ok"], true);
+        let stopped: Value = qmp.call("stop", None, t).await.unwrap();
+        assert_eq!(stopped["ok"], true);
         assert!(!qmp.events().panicked());
         qmp.execute("system_powerdown", None, t).await.unwrap();
         assert!(qmp.events().panicked());

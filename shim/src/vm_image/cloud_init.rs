@@ -14,9 +14,8 @@
 
 use husk_proto::agent::ConfigureNetworkRequest;
 use serde_json::{json, Value};
-use std::io::Read;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the pod's volumes for cloud-init are mounted (docs/vm-pods.md).
 pub const CLOUD_INIT_MOUNT: &str = "/cloud-init";
@@ -28,22 +27,10 @@ const MAX_SMALL_FILE: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudInitError {
-    #[error("reading {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} leads outside its volume {volume} (to {target}); husk-vm reads cloud-init files only inside their volume")]
-    OutsideVolume {
-        path: PathBuf,
-        volume: PathBuf,
-        target: PathBuf,
-    },
-    #[error("{path} is not a regular file")]
-    NotAFile { path: PathBuf },
-    #[error("{path} is larger than {max} bytes")]
-    TooLarge { path: PathBuf, max: u64 },
+    /// Reading a pod's file (husk-vm reads cloud-init files only inside
+    /// their volume, regular files only).
+    #[error("reading a cloud-init file: {0}")]
+    File(#[from] crate::host::files::FileError),
 }
 
 /// The seed's files: (name, content).
@@ -247,67 +234,25 @@ pub fn parse_authorized_keys(text: &str) -> Vec<String> {
 
 /// Reads `name` inside the volume directory `volume` (a mount's source
 /// on the host), following symbolic links only where they stay inside it
-/// (kubelet's ConfigMap and Secret volumes are links into `..data/`). None
-/// when the file does not exist.
+/// (kubelet's ConfigMap and Secret volumes are links into `..data/`), a
+/// regular file of at most `max` bytes. None when the file does not
+/// exist. Blocking: off the async threads.
 pub fn read_in_volume(
     volume: &Path,
     name: &str,
     max: u64,
 ) -> Result<Option<Vec<u8>>, CloudInitError> {
-    let path = volume.join(name);
-    let io = |source| CloudInitError::Io {
-        path: path.clone(),
-        source,
-    };
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    // What was opened, whatever links led there: checked after the open,
-    // so no link swapped in between can slip by.
-    let opened = std::fs::read_link(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&file)
-    ))
-    .map_err(io)?;
-    let volume_real = std::fs::canonicalize(volume).map_err(io)?;
-    if !opened.starts_with(&volume_real) {
-        return Err(CloudInitError::OutsideVolume {
-            path,
-            volume: volume.to_owned(),
-            target: opened,
-        });
-    }
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(CloudInitError::NotAFile { path });
-    }
-    if meta.len() > max {
-        return Err(CloudInitError::TooLarge { path, max });
-    }
-    let mut data = Vec::new();
-    file.take(max + 1).read_to_end(&mut data).map_err(io)?;
-    if data.len() as u64 > max {
-        return Err(CloudInitError::TooLarge { path, max });
-    }
-    Ok(Some(data))
+    Ok(crate::host::files::read_beneath(volume, name, max)?)
 }
 
 /// A small host file kubelet or containerd made for the pod (resolv.conf,
-/// hostname), as text.
+/// hostname), as text; the same rules as [`read_in_volume`], in its own
+/// directory.
 pub fn read_small(path: &Path) -> Result<String, CloudInitError> {
-    let file = std::fs::File::open(path).map_err(|source| CloudInitError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut data = Vec::new();
-    file.take(MAX_SMALL_FILE)
-        .read_to_end(&mut data)
-        .map_err(|source| CloudInitError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Ok(String::new());
+    };
+    let data = crate::host::files::read_beneath(dir, name, MAX_SMALL_FILE)?.unwrap_or_default();
     Ok(String::from_utf8_lossy(&data).into_owned())
 }
 
@@ -438,7 +383,7 @@ mod tests {
         let e = read_in_volume(vol.path(), "authorized_keys", MAX_USER_FILE)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("leads outside its volume"), "{e}");
+        assert!(e.contains("leads out of"), "{e}");
         std::fs::write(vol.path().join("big"), vec![b'x'; 100]).unwrap();
         let e = read_in_volume(vol.path(), "big", 10)
             .unwrap_err()

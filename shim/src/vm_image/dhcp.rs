@@ -13,7 +13,10 @@
 //! run no DHCP server.
 //!
 //! Everything read is the guest's: frames are parsed with bounds checks,
-//! only the VM's own MAC is answered, and only with the pod's lease.
+//! only the VM's own MAC is answered, only with the pod's lease, and at
+//! most [`ANSWER_BURST`] answers at once, then [`ANSWERS_PER_SEC`] a
+//! second ([`AnswerBudget`]): a guest flooding requests gets the rest
+//! dropped, and costs the shim a read per frame, not a send.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -32,6 +35,45 @@ const LEASE_SECS: u32 = 86_400;
 const SERVER_MAC: [u8; 6] = [0x02, 0x00, 0x68, 0x75, 0x73, 0x6b];
 /// Largest frame read (the TAP's MTU is the pod's; DHCP fits in 576).
 const MAX_FRAME: usize = 2048;
+/// Answers a VM may have at once (a client's DISCOVER, REQUEST and a few
+/// retries), and how many a second after that.
+pub const ANSWER_BURST: u32 = 8;
+pub const ANSWERS_PER_SEC: u32 = 2;
+
+/// A token bucket of answers: [`ANSWER_BURST`] deep, refilled at
+/// [`ANSWERS_PER_SEC`].
+#[derive(Debug)]
+pub struct AnswerBudget {
+    tokens: f64,
+    last: std::time::Instant,
+    /// Requests dropped since the last log line about them.
+    dropped: u64,
+}
+
+impl AnswerBudget {
+    pub fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: f64::from(ANSWER_BURST),
+            last: now,
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more answer may go at `now`.
+    pub fn take(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64()
+            * f64::from(ANSWERS_PER_SEC);
+        self.tokens = (self.tokens + refill).min(f64::from(ANSWER_BURST));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
 
 /// What the VM is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +139,7 @@ enum MessageType {
 
 /// A client's request, as far as the answer needs it.
 #[derive(Debug, PartialEq, Eq)]
-struct Request {
+pub struct Request {
     kind: MessageType,
     xid: [u8; 4],
     flags: [u8; 2],
@@ -105,7 +147,7 @@ struct Request {
 
 /// Reads a frame from the TAP: a DHCP request of the VM (`mac`), or None
 /// for anything else.
-fn parse(frame: &[u8], mac: &[u8; 6]) -> Option<Request> {
+pub fn parse(frame: &[u8], mac: &[u8; 6]) -> Option<Request> {
     if frame.get(6..12)? != mac || frame.get(12..14)? != ETH_P_IP.to_be_bytes() {
         return None;
     }
@@ -219,7 +261,7 @@ fn checksum(data: &[u8]) -> u16 {
 /// The answer to `req`: OFFER for DISCOVER, ACK for REQUEST, as a whole
 /// Ethernet frame to the broadcast address (the guest has no address
 /// yet; only it is on the TAP).
-fn answer(req: &Request, lease: &Lease) -> Vec<u8> {
+pub fn answer(req: &Request, lease: &Lease) -> Vec<u8> {
     let server = lease.gateway.unwrap_or(lease.address);
     let mut bootp = vec![0u8; BOOTP_FIXED];
     bootp[0..4].copy_from_slice(&[2, 1, 6, 0]);
@@ -385,6 +427,7 @@ pub fn serve(
     })?;
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_FRAME];
+        let mut budget = AnswerBudget::new(std::time::Instant::now());
         loop {
             let Ok(mut ready) = socket.readable().await else {
                 return;
@@ -410,6 +453,12 @@ pub fn serve(
             let Some(req) = parse(&buf[..n as usize], &lease.mac) else {
                 continue;
             };
+            if !budget.take(std::time::Instant::now()) {
+                if budget.dropped.is_power_of_two() {
+                    tracing::warn!(dropped = budget.dropped, "DHCP: the VM asks faster than it is answered; requests dropped");
+                }
+                continue;
+            }
             let frame = answer(&req, &lease);
             // SAFETY: send from `frame`, of the length given.
             let sent = unsafe {
@@ -466,6 +515,23 @@ mod tests {
         ip.extend_from_slice(&bootp);
         f.extend_from_slice(&ip);
         f
+    }
+
+    #[test]
+    fn answers_come_in_a_burst_then_at_the_rate() {
+        let t0 = std::time::Instant::now();
+        let mut b = AnswerBudget::new(t0);
+        let burst = (0..100).filter(|_| b.take(t0)).count();
+        assert_eq!(burst, ANSWER_BURST as usize);
+        assert_eq!(b.dropped, 100 - u64::from(ANSWER_BURST));
+        // Ten seconds later: the rate's worth, capped at the burst.
+        let t10 = t0 + std::time::Duration::from_secs(10);
+        let later = (0..100).filter(|_| b.take(t10)).count();
+        assert_eq!(later, ANSWER_BURST as usize);
+        let t11 = t10 + std::time::Duration::from_secs(1);
+        assert_eq!((0..100).filter(|_| b.take(t11)).count(), ANSWERS_PER_SEC as usize);
+        // A clock that goes back refills nothing.
+        assert!(!b.take(t0));
     }
 
     #[test]

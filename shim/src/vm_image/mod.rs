@@ -22,7 +22,7 @@ pub mod agent;
 pub mod cloud_init;
 pub mod container;
 pub mod context;
-mod dhcp;
+pub mod dhcp;
 pub mod error;
 mod exec;
 mod guest_agent;
