@@ -31,6 +31,7 @@ pub mod memory;
 pub mod probe;
 mod run;
 mod security;
+mod snapshot;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 mod vcpu;
