@@ -16,7 +16,9 @@
 //! see [`husk_vmm_config::tap`]), so a frame is one read or write on both sides.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
+use super::{
+    ActivateError, Interrupt, PauseError, Queue, QueuePosition, QueueT, ReadyQueue, VirtioDevice,
+};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 pub use husk_vmm_config::tap::VNET_HDR_LEN;
@@ -99,10 +101,10 @@ impl Net {
             }
             let mut tap = tap;
             while let Some(act) = end.wait_activation() {
-                match io_loop(&mut tap, act, &end) {
-                    // The queues were dropped with io_loop's frame.
-                    Next::Reset => end.ack_reset(),
-                    _ => return,
+                // The queues were dropped with io_loop's frame.
+                let (next, positions) = io_loop(&mut tap, act, &end);
+                if !end.after_serving(next, positions) {
+                    return;
                 }
             }
         })
@@ -170,13 +172,27 @@ impl VirtioDevice for Net {
             tracing::error!("net: the device thread did not stop in time for the reset");
         }
     }
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, PauseError> {
+        // Frames in the TAP stay there; a clone has a TAP of its own.
+        self.worker
+            .pause()
+            .map_err(|source| PauseError::ThreadGone {
+                device: "net",
+                source,
+            })
+    }
 }
 
-/// Moves frames until the driver resets the device or the device is
-/// dropped (which of the two it returns): guest tx chains to the TAP, TAP
-/// frames into guest rx chains. The TAP is polled only while the guest has
-/// rx buffers, so a full guest does not spin this thread.
-fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next {
+/// Moves frames until the driver resets the device, it pauses or is
+/// dropped (which of these it returns, with where it was in rx and tx):
+/// guest tx chains to the TAP, TAP frames into guest rx chains. The TAP is
+/// polled only while the guest has rx buffers, so a full guest does not
+/// spin this thread.
+fn io_loop(
+    tap: &mut File,
+    act: Activation,
+    end: &WorkerEnd<Activation>,
+) -> (Next, Vec<QueuePosition>) {
     let Activation {
         mem,
         features,
@@ -229,7 +245,8 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
                 if let Err(e) = set_offloads(tap, 0) {
                     tracing::warn!("net: clearing the TAP's offloads: {e}");
                 }
-                return next;
+                let positions = vec![QueuePosition::of(RX, &rx_q), QueuePosition::of(TX, &tx_q)];
+                return (next, positions);
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {
