@@ -13,9 +13,9 @@
 //!   state as well: a device that started over would never complete the
 //!   next request.
 //! - [`ticker`]: 64-bit; fills `fill_mib` MiB of RAM, then writes bytes
-//!   to COM1 as fast as it can, forever: for timing a restore to the
-//!   guest's first instruction, and the memory a clone shares with its
-//!   template.
+//!   to COM1 as fast as it can and counts them in RAM, forever: for
+//!   timing a restore to the guest's first instruction, and the memory a
+//!   clone shares with its template.
 //!
 //! PVM (the build hosts) runs these guests' instructions slowly, about
 //! 1.5 µs each (a 1000-turn `dec`/`jnz` loop took 3.1 ms, machine
@@ -144,7 +144,8 @@ pub fn rng_counter() -> Vec<u8> {
 }
 
 /// Fills `fill_mib` MiB of RAM from 4 MiB with a pattern (`rep stosd`),
-/// then writes `!` to COM1 in a loop of two instructions, forever.
+/// then writes `!` to COM1 and increments [`COUNTER_ADDR`] in a loop of
+/// three instructions, forever.
 pub fn ticker(fill_mib: u32) -> Vec<u8> {
     let mut a = Asm::long_mode();
     a.bytes(&[0xbf]).bytes(&0x40_0000u32.to_le_bytes()); // mov edi, 4 MiB
@@ -152,7 +153,10 @@ pub fn ticker(fill_mib: u32) -> Vec<u8> {
     a.bytes(&[0xb8]).bytes(&0x5a5a_5a5au32.to_le_bytes()); // mov eax, pattern
     a.bytes(&[0xf3, 0xab]); // rep stosd
     a.dx_com1().bytes(&[0xb0, b'!']);
-    a.bytes(&[0xee, 0xeb, 0xfd]); // l: out dx, al; jmp l
+    // l: out dx, al; inc dword [COUNTER_ADDR]; jmp l
+    a.bytes(&[0xee]);
+    inc_abs(&mut a, COUNTER_ADDR);
+    a.bytes(&[0xeb, 0xf6]);
     elf(&a.code, 0, false)
 }
 
