@@ -384,4 +384,67 @@ mod tests {
         // Host-side offloads ask nothing of the TAP.
         assert_eq!(tap_offloads(VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4), 0);
     }
+
+    /// A paused device reports where it is in rx and tx: here after one
+    /// frame sent. The "TAP" is one end of a datagram socket pair (it
+    /// refuses TUNSETOFFLOAD, which the device only logs).
+    #[test]
+    fn pause_reports_where_rx_and_tx_are() {
+        use crate::memory::create_guest_memory;
+        use std::os::unix::net::UnixDatagram;
+        use std::sync::Arc;
+        use vm_memory::{Bytes, GuestAddress};
+        use vmm_sys_util::eventfd::EventFd;
+        let (tap, host) = UnixDatagram::pair().unwrap();
+        host.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let tap = File::from(std::os::fd::OwnedFd::from(tap));
+        let mut net = Net::new(tap, [2, 0, 0, 0, 0, 1], SeccompMode::Off).unwrap();
+        let mem = create_guest_memory(16).unwrap();
+        let queue = |index: usize| {
+            let base = 0x10_0000 + index as u64 * 0x1_0000;
+            let mut q = Queue::new(256).unwrap();
+            q.try_set_size(16).unwrap();
+            q.try_set_desc_table_address(GuestAddress(base)).unwrap();
+            q.try_set_avail_ring_address(GuestAddress(base + 0x1000))
+                .unwrap();
+            q.try_set_used_ring_address(GuestAddress(base + 0x2000))
+                .unwrap();
+            q.set_ready(true);
+            ReadyQueue {
+                index,
+                queue: q,
+                kick: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            }
+        };
+        let (rx, tx) = (queue(RX), queue(TX));
+        // tx descriptor 0: a 64-byte frame at 0x20_0000, made available.
+        let desc = tx.queue.desc_table();
+        mem.write_obj(0x20_0000u64, GuestAddress(desc)).unwrap();
+        mem.write_obj(64u32, GuestAddress(desc + 8)).unwrap();
+        mem.write_obj(1u16, GuestAddress(tx.queue.avail_ring() + 2))
+            .unwrap();
+        let kick = tx.kick.clone();
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        net.activate(mem, FEATURES, vec![rx, tx], irq).unwrap();
+        kick.write(1).unwrap();
+        let mut frame = [0u8; 128];
+        assert_eq!(host.recv(&mut frame).unwrap(), 64, "the frame was sent");
+        let positions = net.pause().unwrap();
+        assert_eq!(
+            positions,
+            [
+                QueuePosition {
+                    index: RX,
+                    next_avail: 0,
+                    next_used: 0
+                },
+                QueuePosition {
+                    index: TX,
+                    next_avail: 1,
+                    next_used: 1
+                }
+            ]
+        );
+    }
 }
