@@ -128,29 +128,8 @@ pub fn run(config: &VmmConfig) -> Result<(), RunError> {
         tracing::info!(uid = id.uid, gid = id.gid, "running as the VM's own user");
     }
     let mut vm = vmm.start().map_err(RunError::Start)?;
-    let terminator = vm.terminator();
-    let mode = config.seccomp;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Err(e) = seccomp::harden_thread(ThreadKind::Signals, mode) {
-                let _ = terminator.send(VmEvent::Failed(format!("signal thread: {e}")));
-                return;
-            }
-            match stop_signals.wait() {
-                Ok(Signal::SIGUSR1) => {
-                    tracing::info!("SIGUSR1: pausing the guest for its snapshot");
-                    let _ = terminator.send(VmEvent::Snapshot);
-                }
-                Ok(sig) => {
-                    tracing::info!("{sig}: stopping the guest");
-                    let _ = terminator.send(VmEvent::Terminate);
-                }
-                Err(_) => {}
-            }
-        })
-        .map_err(RunError::SignalThread)?;
-    seccomp::apply(ThreadKind::Main { snapshot: template }, mode)?;
+    signal_thread(stop_signals, vm.terminator(), config.seccomp)?;
+    seccomp::apply(ThreadKind::Main { snapshot: template }, config.seccomp)?;
 
     let event = vm.wait();
     if event == VmEvent::Snapshot {
@@ -177,6 +156,37 @@ pub fn run(config: &VmmConfig) -> Result<(), RunError> {
         }
         VmEvent::Vcpu(index, VcpuStop::Failed(why)) => Err(RunError::Vcpu { index, why }),
     }
+}
+
+/// Starts the thread that takes `signals` (blocked in every thread) and
+/// tells the main thread through `terminator`: SIGUSR1 (a template's) is
+/// a snapshot, the others stop the VM.
+fn signal_thread(
+    signals: SigSet,
+    terminator: std::sync::mpsc::Sender<VmEvent>,
+    mode: SeccompMode,
+) -> Result<(), RunError> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Err(e) = seccomp::harden_thread(ThreadKind::Signals, mode) {
+                let _ = terminator.send(VmEvent::Failed(format!("signal thread: {e}")));
+                return;
+            }
+            match signals.wait() {
+                Ok(Signal::SIGUSR1) => {
+                    tracing::info!("SIGUSR1: pausing the guest for its snapshot");
+                    let _ = terminator.send(VmEvent::Snapshot);
+                }
+                Ok(sig) => {
+                    tracing::info!("{sig}: stopping the guest");
+                    let _ = terminator.send(VmEvent::Terminate);
+                }
+                Err(_) => {}
+            }
+        })
+        .map(drop)
+        .map_err(RunError::SignalThread)
 }
 
 /// What starts: the kernel and its entry, or the snapshot a clone runs on
