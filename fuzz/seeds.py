@@ -10,6 +10,9 @@ send, the agent's replies as gRPC frames, and what containerd 1.6-2.3 write
 on a shim's stdin. scripts/fuzz.sh merges these into fuzz/corpus/ (which
 is what is committed, minimized); run this again only when an input
 format changes: python3 fuzz/seeds.py
+
+Not written here: seeds/snapshot_state/, real husk-vmm state files
+(docs/fuzzing.md says how they were made).
 """
 
 import os

@@ -74,6 +74,7 @@ pub fn vmm_config(l: &VmLaunch) -> Result<VmmConfig, Error> {
         jail: Some(l.run_dir.clone()),
         identity: l.identity,
         new_pid_ns: true,
+        snapshot: None,
     };
     config.validate()?;
     Ok(config)

@@ -7,7 +7,9 @@
 //! - [`net_transmit`], [`net_receive`], [`rng_serve`]: a device's work on
 //!   its queues once the driver has set them up, without its thread;
 //! - [`vhost_user_vring`]: what the vhost-user frontend tells its daemon
-//!   about a ready queue.
+//!   about a ready queue;
+//! - [`snapshot_state`], [`restore_transport`]: a clone's reading of a
+//!   template's state file, and its transports taking their state back.
 
 use crate::devices::serial::SerialConsole;
 use crate::devices::virtio::{net, rng, vhost_user, Queue};
@@ -17,6 +19,7 @@ use std::path::Path;
 
 pub use crate::devices::bus::Bus;
 pub use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+pub use crate::snapshot::format::{DeviceState, TransportState};
 pub use vhost::VringConfigData;
 
 /// The bus with COM1 and `virtio` (base address, transport) windows.
@@ -49,4 +52,23 @@ pub fn rng_serve(
 /// The SET_VRING_ADDR the vhost-user frontend sends for `queue`.
 pub fn vhost_user_vring(mem: &GuestMemoryMmap, queue: &Queue) -> Result<VringConfigData, String> {
     vhost_user::vring_config(mem, queue)
+}
+
+/// The state file parser on `bytes`: the devices of the state it holds,
+/// or why it is refused. A state it accepts must encode back to exactly
+/// `bytes` (the format has one encoding per state: nothing is read
+/// loosely); it panics if not.
+pub fn snapshot_state(bytes: &[u8]) -> Result<Vec<DeviceState>, String> {
+    use crate::snapshot::format;
+    let state = format::decode(bytes).map_err(|e| e.to_string())?;
+    assert!(
+        format::encode(&state) == bytes,
+        "an accepted state file does not encode back to itself"
+    );
+    Ok(state.devices)
+}
+
+/// A clone's transport taking a state file's device state back.
+pub fn restore_transport(t: &mut MmioTransport, state: &TransportState) -> Result<(), String> {
+    t.restore(state).map_err(|e| e.to_string())
 }

@@ -12,6 +12,8 @@
 //! - [`devices`]: the exit bus, the serial console, virtio-mmio and each
 //!   virtio device;
 //! - `security`: seccomp filters and capability drop per thread, the jail;
+//! - `snapshot`: VM templates: a template's snapshot (SIGUSR1) and a
+//!   clone's restore from it, and the state file's format;
 //! - [`probe`]: can this `/dev/kvm` run guest code at all;
 //! - `test_util` (feature `test-util`): hand-encoded guest programs and
 //!   the boot-protocol constants tests check them against;
@@ -31,6 +33,7 @@ pub mod memory;
 pub mod probe;
 mod run;
 mod security;
+mod snapshot;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 mod vcpu;

@@ -1,15 +1,21 @@
 //! husk-vmm's guest physical memory: the address-space layout and
-//! guest RAM backed by one memfd.
+//! guest RAM backed by one file: a memfd, a template's file, or a
+//! template's file mapped private by a clone ([`RamBacking`]).
 //!
 //! RAM is a memfd (not anonymous memory) so that vhost-user daemons
 //! (virtiofsd, vhost-device-vsock) can map the very same pages when they are
 //! handed the fd. RAM starts at 0; the 32-bit MMIO hole
 //! [`MMIO_HOLE_START`, 4 GiB) is left out, and RAM that does not fit below
-//! it continues at 4 GiB.
+//! it continues at 4 GiB, in the same file after the low part.
 
 use std::ffi::CString;
 use std::fs::File;
-use vm_memory::{Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
+};
 
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
@@ -71,6 +77,43 @@ pub enum MemoryError {
     Resize { size: u64, source: std::io::Error },
     #[error("mapping guest RAM: {0}")]
     Mmap(#[from] vm_memory::mmap::FromRangesError),
+    #[error("guest RAM file {path}: {what}: {source}")]
+    File {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest RAM file {path}: {size} bytes, the VM's RAM is {expected}")]
+    FileSize {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+    },
+    #[error("guest RAM file {path}: not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("mapping guest RAM file {path} private: {source}")]
+    MmapPrivate {
+        path: PathBuf,
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest RAM regions: {0}")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
+}
+
+/// Where guest RAM lives.
+#[derive(Debug, Clone, Copy)]
+pub enum RamBacking<'a> {
+    /// A memfd of its own: an ordinary VM.
+    Memfd,
+    /// A new file at this path (refused if it exists), mapped shared: a
+    /// template's RAM, which its snapshot leaves in the file.
+    NewFile(&'a Path),
+    /// A template's file, opened read-only and mapped private (copy on
+    /// write): a clone's RAM. Pages the clone never writes stay the
+    /// file's, shared with the template and every other clone.
+    Template(&'a Path),
 }
 
 /// The guest-physical ranges RAM of `size` bytes occupies: below the MMIO
@@ -89,6 +132,11 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 /// Guest RAM of `mib` MiB in one memfd (`husk-guest-ram`), mapped shared
 /// (vm-memory maps file-backed regions MAP_SHARED).
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    guest_memory(mib, RamBacking::Memfd)
+}
+
+/// Guest RAM of `mib` MiB in `backing`.
+pub fn guest_memory(mib: u64, backing: RamBacking) -> Result<GuestMemoryMmap, MemoryError> {
     if mib < MIN_MEMORY_MIB {
         return Err(MemoryError::TooSmall { mib });
     }
@@ -96,26 +144,119 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .checked_mul(1 << 20)
         .filter(|s| usize::try_from(*s).is_ok())
         .ok_or(MemoryError::TooLarge { mib })?;
-    let name = CString::new("husk-guest-ram").expect("no NUL in a literal");
-    let fd = nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-        .map_err(MemoryError::Memfd)?;
-    let file = std::sync::Arc::new(File::from(fd));
+    let file = match backing {
+        RamBacking::Memfd => {
+            let name = CString::new("husk-guest-ram").expect("no NUL in a literal");
+            let flags = nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC;
+            let fd = nix::sys::memfd::memfd_create(&name, flags).map_err(MemoryError::Memfd)?;
+            File::from(fd)
+        }
+        RamBacking::NewFile(path) => {
+            let err = |what| {
+                move |source| MemoryError::File {
+                    path: path.into(),
+                    what,
+                    source,
+                }
+            };
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(err("creating it (it must not exist)"))?
+        }
+        RamBacking::Template(path) => return template_memory(path, size),
+    };
+    let file = std::sync::Arc::new(file);
     file.set_len(size)
         .map_err(|source| MemoryError::Resize { size, source })?;
-    let mut offset = 0u64;
-    let ranges: Vec<_> = ram_ranges(size)
+    let ranges: Vec<_> = file_ranges(size)
         .into_iter()
-        .map(|(addr, len)| {
-            let r = (
+        .map(|(addr, len, offset)| {
+            (
                 addr,
                 len as usize,
                 Some(FileOffset::from_arc(file.clone(), offset)),
-            );
-            offset += len;
-            r
+            )
         })
         .collect();
     Ok(GuestMemoryMmap::from_ranges_with_files(ranges)?)
+}
+
+/// [`ram_ranges`] with each range's offset in the RAM file.
+fn file_ranges(size: u64) -> Vec<(GuestAddress, u64, u64)> {
+    let mut offset = 0u64;
+    ram_ranges(size)
+        .into_iter()
+        .map(|(addr, len)| {
+            let r = (addr, len, offset);
+            offset += len;
+            r
+        })
+        .collect()
+}
+
+/// A clone's RAM: the template's file at `path`, which must be a regular
+/// file of exactly `size` bytes, opened read-only and mapped private, so
+/// nothing the clone does reaches the file.
+fn template_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let err = |what| {
+        move |source| MemoryError::File {
+            path: path.into(),
+            what,
+            source,
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(err("opening it read-only"))?;
+    let meta = file.metadata().map_err(err("fstat"))?;
+    if !meta.file_type().is_file() {
+        return Err(MemoryError::NotAFile { path: path.into() });
+    }
+    if meta.len() != size {
+        return Err(MemoryError::FileSize {
+            path: path.into(),
+            size: meta.len(),
+            expected: size,
+        });
+    }
+    let file = std::sync::Arc::new(file);
+    let mut regions = Vec::new();
+    for (addr, len, offset) in file_ranges(size) {
+        let mapping = MmapRegionBuilder::new(len as usize)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|source| MemoryError::MmapPrivate {
+                path: path.into(),
+                source,
+            })?;
+        // `addr + len` is below 1 TiB + 4 GiB: no overflow.
+        regions.push(GuestRegionMmap::new(mapping, addr).expect("RAM ranges do not overflow"));
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)
+}
+
+/// Writes guest RAM back to its file (msync): a template's memory on a
+/// disk-backed file is complete once this returns (on tmpfs it already
+/// is). Only for shared mappings; a private one has nothing to write.
+pub fn sync_to_file(mem: &GuestMemoryMmap) -> std::io::Result<()> {
+    for region in mem.iter() {
+        // SAFETY: the range is exactly one mapping `mem` owns and keeps
+        // for the call; msync reads page state and writes nothing in it.
+        let r =
+            unsafe { libc::msync(region.as_ptr().cast(), region.len() as usize, libc::MS_SYNC) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The end (exclusive) of the RAM below the MMIO hole: the limit for
@@ -164,6 +305,52 @@ mod tests {
         let mut buf = [0u8; 4];
         nix::sys::uio::pread(fo.file(), &mut buf, 0x1000).unwrap();
         assert_eq!(u32::from_le_bytes(buf), 0xfeed);
+    }
+
+    #[test]
+    fn a_template_file_is_shared_and_a_clone_maps_it_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let template = guest_memory(16, RamBacking::NewFile(&path)).unwrap();
+        template
+            .write_obj(0x1234_u32, GuestAddress(0x2000))
+            .unwrap();
+        sync_to_file(&template).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
+        // A second template on the same file is refused: it must be new.
+        let e = guest_memory(16, RamBacking::NewFile(&path)).unwrap_err();
+        assert!(e.to_string().contains("it must not exist"), "{e}");
+
+        let clone = guest_memory(16, RamBacking::Template(&path)).unwrap();
+        assert_eq!(clone.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0x1234);
+        clone.write_obj(0x5678_u32, GuestAddress(0x2000)).unwrap();
+        assert_eq!(clone.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0x5678);
+        // The clone's write stayed in its private copy.
+        let mut buf = [0u8; 4];
+        let f = File::open(&path).unwrap();
+        nix::sys::uio::pread(&f, &mut buf, 0x2000).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0x1234);
+        assert_eq!(
+            template.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+            0x1234
+        );
+    }
+
+    #[test]
+    fn a_template_file_of_another_size_or_kind_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        drop(guest_memory(16, RamBacking::NewFile(&path)).unwrap());
+        let e = guest_memory(32, RamBacking::Template(&path)).unwrap_err();
+        let want = format!(
+            "{}: 16777216 bytes, the VM's RAM is 33554432",
+            path.display()
+        );
+        assert!(e.to_string().contains(&want), "{e}");
+        let e = guest_memory(16, RamBacking::Template(dir.path())).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = guest_memory(16, RamBacking::Template(&dir.path().join("x"))).unwrap_err();
+        assert!(e.to_string().contains("opening it read-only"), "{e}");
     }
 
     #[test]

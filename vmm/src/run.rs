@@ -2,7 +2,13 @@
 //! [`VmmConfig`] names, confines itself (jail, capabilities, seccomp),
 //! runs the guest and waits for what ends it: the guest powering off or
 //! resetting (the guest kernel runs with `reboot=t`), SIGTERM or SIGINT,
-//! or a failure.
+//! a template's SIGUSR1 (snapshot, then end), or a failure.
+//!
+//! SIGUSR1 rather than a control socket: a snapshot takes no argument
+//! (the files are fixed at start), the signal thread that takes SIGTERM
+//! takes it too, nothing listens or parses, and only who may signal
+//! husk-vmm (its launcher, root) can ask. The launcher learns the outcome
+//! from the exit status: 0 once the state and memory files are complete.
 
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
@@ -12,9 +18,10 @@ use crate::security::identity::{self, IdentityError};
 use crate::security::jail::{Jail, JailError};
 use crate::security::pid_ns::{self, PidNsError};
 use crate::security::seccomp::{self, HardeningError, ThreadKind};
+use crate::snapshot::SnapshotError;
 use crate::{VcpuStop, VmEvent, Vmm, VmmError};
 use husk_vmm_config::tap::{adopt_tap, open_tap, TapError};
-use husk_vmm_config::{ConfigError, NetTap, SeccompMode, VmmConfig};
+use husk_vmm_config::{ConfigError, NetTap, SeccompMode, Snapshot, VmmConfig};
 use nix::sys::signal::{SigSet, Signal};
 use std::fs::File;
 use std::os::fd::{FromRawFd, RawFd};
@@ -59,6 +66,8 @@ pub enum RunError {
     Helper(String),
     #[error("vCPU {index}: {why}")]
     Vcpu { index: u8, why: String },
+    #[error("snapshot: {0}")]
+    Snapshot(#[source] SnapshotError),
 }
 
 /// Runs the VM `config` describes until it ends. Returns Ok when the guest
@@ -71,6 +80,7 @@ pub enum RunError {
 /// `security::pid_ns`).
 pub fn run(config: &VmmConfig) -> Result<(), RunError> {
     config.validate()?;
+    let template = matches!(config.snapshot, Some(Snapshot::Template { .. }));
     // Before any thread: each thread switches to it itself.
     if let Some(id) = config.identity {
         identity::set(id)?;
@@ -78,7 +88,7 @@ pub fn run(config: &VmmConfig) -> Result<(), RunError> {
     // What the launcher asked to get if it dies; a change of identity
     // clears it, so it is set again after the switch below.
     let (pdeathsig, parent) = if config.new_pid_ns {
-        let parent = pid_ns::enter(config.seccomp)?;
+        let parent = pid_ns::enter(config.seccomp, template)?;
         (libc::SIGKILL, parent)
     } else {
         (identity::pdeathsig(), identity::parent_pidfd())
@@ -86,24 +96,20 @@ pub fn run(config: &VmmConfig) -> Result<(), RunError> {
     // While this is the only thread: a mount namespace entered later would
     // hold only the thread that entered it.
     let jail = config.jail.as_deref().map(Jail::prepare).transpose()?;
-    // Block the stop signals before any thread exists, so every thread
-    // inherits the mask and only the waiter below ever receives them.
+    // Block the stop signals (and a template's SIGUSR1) before any thread
+    // exists, so every thread inherits the mask and only the waiter below
+    // ever receives them.
     let mut stop_signals = SigSet::empty();
     stop_signals.add(Signal::SIGTERM);
     stop_signals.add(Signal::SIGINT);
+    if template {
+        stop_signals.add(Signal::SIGUSR1);
+    }
     stop_signals.thread_block().map_err(RunError::SignalMask)?;
 
     let devices = devices(config)?;
     let vmm = Vmm::with_devices(config, devices).map_err(RunError::Setup)?;
-    let boot = vmm.boot_entry();
-    tracing::info!(
-        kernel = %config.kernel.display(),
-        entry = format_args!("{:#x}", boot.entry.0),
-        mode = ?boot.mode,
-        vcpus = config.vcpus,
-        memory_mib = config.memory_mib,
-        "starting guest"
-    );
+    log_start(config, &vmm);
     // Everything from the host (/dev/kvm, the memfd, kernel and initrd,
     // the console log, the daemons' sockets, the TAP) is open or loaded.
     if let Some(jail) = jail {
@@ -122,27 +128,19 @@ pub fn run(config: &VmmConfig) -> Result<(), RunError> {
         tracing::info!(uid = id.uid, gid = id.gid, "running as the VM's own user");
     }
     let mut vm = vmm.start().map_err(RunError::Start)?;
-    let terminator = vm.terminator();
-    let mode = config.seccomp;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Err(e) = seccomp::harden_thread(ThreadKind::Signals, mode) {
-                let _ = terminator.send(VmEvent::Failed(format!("signal thread: {e}")));
-                return;
-            }
-            if let Ok(sig) = stop_signals.wait() {
-                tracing::info!("{sig}: stopping the guest");
-                let _ = terminator.send(VmEvent::Terminate);
-            }
-        })
-        .map_err(RunError::SignalThread)?;
-    seccomp::apply(ThreadKind::Main, mode)?;
+    signal_thread(stop_signals, vm.terminator(), config.seccomp)?;
+    seccomp::apply(ThreadKind::Main { snapshot: template }, config.seccomp)?;
 
     let event = vm.wait();
+    if event == VmEvent::Snapshot {
+        // The VM ends with its snapshot, written or not.
+        let written = vm.snapshot();
+        vm.stop_and_join();
+        return written.map(drop).map_err(RunError::Snapshot);
+    }
     vm.stop_and_join();
     match event {
-        VmEvent::Terminate => Ok(()),
+        VmEvent::Terminate | VmEvent::Snapshot => Ok(()),
         VmEvent::Failed(why) => Err(RunError::Helper(why)),
         VmEvent::Vcpu(i, VcpuStop::GuestShutdown) => {
             tracing::info!("vCPU {i}: guest shut down");
@@ -157,6 +155,61 @@ pub fn run(config: &VmmConfig) -> Result<(), RunError> {
             Ok(())
         }
         VmEvent::Vcpu(index, VcpuStop::Failed(why)) => Err(RunError::Vcpu { index, why }),
+    }
+}
+
+/// Starts the thread that takes `signals` (blocked in every thread) and
+/// tells the main thread through `terminator`: SIGUSR1 (a template's) is
+/// a snapshot, the others stop the VM.
+fn signal_thread(
+    signals: SigSet,
+    terminator: std::sync::mpsc::Sender<VmEvent>,
+    mode: SeccompMode,
+) -> Result<(), RunError> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Err(e) = seccomp::harden_thread(ThreadKind::Signals, mode) {
+                let _ = terminator.send(VmEvent::Failed(format!("signal thread: {e}")));
+                return;
+            }
+            match signals.wait() {
+                Ok(Signal::SIGUSR1) => {
+                    tracing::info!("SIGUSR1: pausing the guest for its snapshot");
+                    let _ = terminator.send(VmEvent::Snapshot);
+                }
+                Ok(sig) => {
+                    tracing::info!("{sig}: stopping the guest");
+                    let _ = terminator.send(VmEvent::Terminate);
+                }
+                Err(_) => {}
+            }
+        })
+        .map(drop)
+        .map_err(RunError::SignalThread)
+}
+
+/// What starts: the kernel and its entry, or the snapshot a clone runs on
+/// from.
+fn log_start(config: &VmmConfig, vmm: &Vmm) {
+    match (vmm.boot_entry(), &config.snapshot) {
+        (Some(boot), _) => tracing::info!(
+            kernel = %config.kernel.display(),
+            entry = format_args!("{:#x}", boot.entry.0),
+            mode = ?boot.mode,
+            vcpus = config.vcpus,
+            memory_mib = config.memory_mib,
+            template = config.snapshot.is_some(),
+            "starting guest"
+        ),
+        (None, Some(s)) => tracing::info!(
+            state = %s.state_file().display(),
+            memory = %s.memory_file().display(),
+            vcpus = config.vcpus,
+            memory_mib = config.memory_mib,
+            "restored guest: it goes on from its template's snapshot"
+        ),
+        (None, None) => {}
     }
 }
 

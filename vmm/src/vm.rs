@@ -1,23 +1,29 @@
 //! One micro-VM: builds everything (KVM VM, guest RAM, kernel and boot
 //! structures, irqchip and PIT, serial console, vCPUs) before any vCPU
 //! runs, then runs one thread per vCPU until the guest shuts down or the
-//! VMM is told to stop.
+//! VMM is told to stop. A clone of a template is built from the
+//! template's snapshot instead of a kernel (`restore`), and a template's
+//! running VM can be snapshotted ([`RunningVm::snapshot`]).
 
 use crate::boot::loader::{self, BootEntry, LoaderError};
 use crate::boot::mptable::{self, MptableError};
 use crate::devices::bus::Bus;
 use crate::devices::serial::{SerialConsole, SerialError, COM1_GSI};
+use crate::devices::virtio::mmio::RestoreError;
 use crate::devices::virtio::mmio::{
     cmdline_device, MmioTransport, NotifyMismatch, MMIO_WINDOW_SIZE,
 };
 use crate::devices::virtio::{Interrupt, VirtioDevice};
-use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::memory::{self, GuestMemoryMmap, MemoryError, RamBacking};
 use crate::memory::{VIRTIO_IRQS, VIRTIO_MMIO_BASE};
 use crate::security::seccomp::{self, ThreadKind};
+use crate::snapshot::{self, SnapshotError};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuStop};
-use husk_vmm_config::{ConfigError, SeccompMode, VmmConfig, MAX_VCPUS};
+use husk_vmm_config::{ConfigError, SeccompMode, Snapshot, VmmConfig, MAX_VCPUS};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -77,17 +83,52 @@ pub enum VmmError {
     Transport(#[from] NotifyMismatch),
     #[error("starting vCPU thread {index}: {source}")]
     Thread { index: u8, source: std::io::Error },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("virtio device in slot {slot}: {source}")]
+    RestoreDevice {
+        slot: usize,
+        #[source]
+        source: RestoreError,
+    },
 }
 
 /// A fully set-up VM whose vCPUs have not run yet.
 pub struct Vmm {
     // The VM fd must outlive the vCPUs and the memory mappings KVM holds.
-    _vm: VmFd,
+    vm: VmFd,
     mem: GuestMemoryMmap,
-    boot: BootEntry,
+    /// How the guest was entered; None for a clone, which boots nothing.
+    boot: Option<BootEntry>,
     vcpus: Vec<Vcpu>,
     bus: Arc<Bus>,
     seccomp: SeccompMode,
+    template: Option<Template>,
+}
+
+/// What a template keeps for its snapshot: the state file, created at
+/// start (before any jail), and the MSRs KVM saves on this host.
+struct Template {
+    state: File,
+    msrs: Vec<u32>,
+}
+
+/// Removes a file this VM created if setting the VM up fails after it,
+/// so a retry with the same path does not find it taken.
+struct Created(Option<PathBuf>);
+
+impl Created {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
@@ -104,6 +145,10 @@ impl Vmm {
     /// Like [`new`](Self::new), with virtio devices on virtio-mmio: device
     /// `i` gets the window at `VIRTIO_MMIO_BASE + i * 4 KiB` and interrupt
     /// line `VIRTIO_IRQS[i]`, announced on the kernel command line.
+    ///
+    /// A clone (`config.snapshot` is [`Snapshot::Clone`]) is set up from
+    /// the template's snapshot instead, its devices (the same kinds, in
+    /// the same order) as the template's were.
     pub fn with_devices(
         config: &VmmConfig,
         devices: Vec<Box<dyn VirtioDevice>>,
@@ -111,20 +156,18 @@ impl Vmm {
         // Input first, so a bad kernel, initrd or size is reported as
         // such even on a host without KVM.
         config.validate()?;
-        if devices.len() > VIRTIO_IRQS.len() {
-            return Err(VmmError::TooManyDevices {
-                count: devices.len(),
-                max: VIRTIO_IRQS.len(),
-            });
-        }
-        let slots: Vec<(u64, u32)> = (0..devices.len())
-            .map(|i| {
-                (
-                    VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW_SIZE,
-                    VIRTIO_IRQS[i],
-                )
-            })
-            .collect();
+        let slots = slots(devices.len())?;
+        let (memory_file, state_file) = match &config.snapshot {
+            Some(Snapshot::Clone {
+                memory_file,
+                state_file,
+            }) => return Self::restore(config, devices, slots, memory_file, state_file),
+            Some(Snapshot::Template {
+                memory_file,
+                state_file,
+            }) => (Some(memory_file.as_path()), Some(state_file.as_path())),
+            None => (None, None),
+        };
         let mut cmdline = config.cmdline.clone();
         for (addr, irq) in &slots {
             if !cmdline.is_empty() {
@@ -132,52 +175,20 @@ impl Vmm {
             }
             cmdline.push_str(&cmdline_device(*addr, *irq));
         }
-        let mem = memory::create_guest_memory(config.memory_mib.into())?;
+        let backing = memory_file.map_or(RamBacking::Memfd, RamBacking::NewFile);
+        let mem = memory::guest_memory(config.memory_mib.into(), backing)?;
+        let created_memory = Created(memory_file.map(Path::to_path_buf));
+        let state = state_file.map(snapshot::create_state_file).transpose()?;
+        let created_state = Created(state_file.map(Path::to_path_buf));
         let boot = loader::load_guest(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
         mptable::setup(&mem, config.vcpus)?;
-        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
-        let max = kvm.get_max_vcpus().min(usize::from(MAX_VCPUS));
-        if usize::from(config.vcpus) > max {
-            return Err(VmmError::VcpuCount {
-                requested: config.vcpus,
-                max,
-            });
-        }
-
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the mapping is owned by `mem`, which `Vmm` keeps for
-            // as long as the VM fd lives.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        // The PIT drives the guest's early timer calibration; its speaker
-        // port is answered in the kernel instead of exiting to us.
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        let kvm = open_kvm(config.vcpus)?;
+        let vm = create_vm(&kvm, &mem)?;
 
         let serial = SerialConsole::new(&config.console_log)?;
         vm.register_irqfd(serial.irq_evt(), COM1_GSI)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-
-        let mut virtio = Vec::new();
-        for (device, (addr, irq)) in devices.into_iter().zip(slots) {
-            virtio.push((addr, attach_device(&vm, &mem, device, addr, irq)?));
-        }
+        let virtio = attach_devices(&vm, &mem, devices, slots)?;
 
         let cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -185,17 +196,73 @@ impl Vmm {
         let vcpus = (0..config.vcpus)
             .map(|i| Vcpu::new(&vm, &cpuid, i, config.vcpus, &mem, &boot))
             .collect::<Result<Vec<_>, _>>()?;
+        let template = match state {
+            Some(state) => Some(Template {
+                state,
+                msrs: vcpu::msrs_to_save(&kvm).map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?,
+            }),
+            None => None,
+        };
+        created_memory.keep();
+        created_state.keep();
         Ok(Vmm {
-            _vm: vm,
+            vm,
             mem,
-            boot,
+            boot: Some(boot),
             vcpus,
             bus: Arc::new(Bus::new(serial, virtio)),
             seccomp: config.seccomp,
+            template,
         })
     }
 
-    pub fn boot_entry(&self) -> BootEntry {
+    /// A clone: the state at `state_file` is read and checked against
+    /// `config` and `devices` before the template's RAM at `memory_file`
+    /// is mapped (private) and anything of KVM's exists; then irqchip,
+    /// PIT, serial, devices, vCPUs and clock are set as the template left
+    /// them.
+    fn restore(
+        config: &VmmConfig,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        slots: Vec<(u64, u32)>,
+        memory_file: &Path,
+        state_file: &Path,
+    ) -> Result<Self, VmmError> {
+        let state = snapshot::load(state_file)?;
+        let types: Vec<u32> = devices.iter().map(|d| d.device_type()).collect();
+        snapshot::check(&state, state_file, config, &types)?;
+        let backing = RamBacking::Template(memory_file);
+        let mem = memory::guest_memory(config.memory_mib.into(), backing)?;
+        let kvm = open_kvm(config.vcpus)?;
+        let allowed_msrs = vcpu::msrs_to_save(&kvm).map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+        let vm = create_vm(&kvm, &mem)?;
+        snapshot::restore_irqchip(&vm, &state)?;
+
+        let serial = SerialConsole::from_state(&config.console_log, &state.serial)?;
+        vm.register_irqfd(serial.irq_evt(), COM1_GSI)
+            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        let mut virtio = attach_devices(&vm, &mem, devices, slots)?;
+        for (slot, ((_, t), saved)) in virtio.iter_mut().zip(&state.devices).enumerate() {
+            t.restore(&saved.transport)
+                .map_err(|source| VmmError::RestoreDevice { slot, source })?;
+        }
+        let vcpus = (state.vcpus.iter().enumerate())
+            .map(|(i, s)| Vcpu::restore(&vm, i as u8, s, &allowed_msrs))
+            .collect::<Result<Vec<_>, _>>()?;
+        snapshot::restore_clock(&vm, &state)?;
+        Ok(Vmm {
+            vm,
+            mem,
+            boot: None,
+            vcpus,
+            bus: Arc::new(Bus::new(serial, virtio)),
+            seccomp: config.seccomp,
+            template: None,
+        })
+    }
+
+    /// How the guest was entered; None for a clone.
+    pub fn boot_entry(&self) -> Option<BootEntry> {
         self.boot
     }
 
@@ -215,8 +282,10 @@ impl Vmm {
             stop: stop.clone(),
             events: events.clone(),
             rx,
-            _vm: self._vm,
-            _mem: self.mem,
+            template: self.template,
+            vcpu_count: self.vcpus.len(),
+            vm: self.vm,
+            mem: self.mem,
         };
         for mut vcpu in self.vcpus {
             let (bus, stop, events) = (self.bus.clone(), stop.clone(), events.clone());
@@ -230,7 +299,8 @@ impl Vmm {
                         Err(e) => VcpuStop::Failed(e.to_string()),
                     };
                     let _ = events.send(VmEvent::Vcpu(index, why));
-                    // The fd closes when the thread ends, after the event.
+                    // Back to whoever joins: a snapshot reads its state.
+                    vcpu
                 })
                 .map_err(|source| VmmError::Thread { index, source });
             match thread {
@@ -245,6 +315,81 @@ impl Vmm {
         running.threads = threads;
         Ok(running)
     }
+}
+
+/// The virtio-mmio window and interrupt line of each of `count` devices:
+/// device `i` at `VIRTIO_MMIO_BASE + i * 4 KiB` on `VIRTIO_IRQS[i]`.
+fn slots(count: usize) -> Result<Vec<(u64, u32)>, VmmError> {
+    if count > VIRTIO_IRQS.len() {
+        return Err(VmmError::TooManyDevices {
+            count,
+            max: VIRTIO_IRQS.len(),
+        });
+    }
+    Ok((0..count)
+        .map(|i| {
+            (
+                VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW_SIZE,
+                VIRTIO_IRQS[i],
+            )
+        })
+        .collect())
+}
+
+/// /dev/kvm, if it allows `vcpus` vCPUs.
+fn open_kvm(vcpus: u8) -> Result<Kvm, VmmError> {
+    let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+    let max = kvm.get_max_vcpus().min(usize::from(MAX_VCPUS));
+    if usize::from(vcpus) > max {
+        return Err(VmmError::VcpuCount {
+            requested: vcpus,
+            max,
+        });
+    }
+    Ok(kvm)
+}
+
+/// A KVM VM with `mem` as its RAM, the in-kernel irqchip and the PIT.
+fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the mapping is owned by `mem`, which `Vmm` keeps for
+        // as long as the VM fd lives.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    // The PIT drives the guest's early timer calibration; its speaker
+    // port is answered in the kernel instead of exiting to us.
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// Each device behind its transport in its slot.
+fn attach_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    slots: Vec<(u64, u32)>,
+) -> Result<Vec<(u64, MmioTransport)>, VmmError> {
+    let mut virtio = Vec::new();
+    for (device, (addr, irq)) in devices.into_iter().zip(slots) {
+        virtio.push((addr, attach_device(vm, mem, device, addr, irq)?));
+    }
+    Ok(virtio)
 }
 
 /// Puts `device` behind a virtio-mmio transport at `addr`: one ioeventfd
@@ -293,6 +438,9 @@ pub enum VmEvent {
     Vcpu(u8, VcpuStop),
     /// The host asked the VM to stop (SIGTERM to husk-vmm).
     Terminate,
+    /// The host asked a template for its snapshot (SIGUSR1 to husk-vmm):
+    /// [`RunningVm::snapshot`], then the VM ends.
+    Snapshot,
     /// A helper thread of the VMM failed; the VM cannot go on safely.
     Failed(String),
 }
@@ -300,13 +448,15 @@ pub enum VmEvent {
 /// A VM whose vCPUs run. Dropping it stops them.
 pub struct RunningVm {
     bus: Arc<Bus>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Vcpu>>,
     stop: Arc<AtomicBool>,
     events: Sender<VmEvent>,
     rx: Receiver<VmEvent>,
+    template: Option<Template>,
+    vcpu_count: usize,
     // Declared after `threads`: dropped only once the vCPUs are joined.
-    _vm: VmFd,
-    _mem: GuestMemoryMmap,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
 }
 
 impl RunningVm {
@@ -333,7 +483,14 @@ impl RunningVm {
 
     /// Stops every vCPU and joins its thread.
     pub fn stop_and_join(&mut self) {
+        drop(self.stop_vcpus());
+    }
+
+    /// Stops every vCPU, joins its thread and returns the vCPUs (those
+    /// whose thread did not panic), each done with its last exit.
+    fn stop_vcpus(&mut self) -> Vec<Vcpu> {
         self.stop.store(true, Ordering::Release);
+        let mut vcpus = Vec::new();
         for t in std::mem::take(&mut self.threads) {
             // Kick until the thread has left KVM_RUN: a kick that lands
             // just before it enters KVM_RUN would otherwise be lost.
@@ -341,8 +498,35 @@ impl RunningVm {
                 let _ = t.kill(vcpu::kick_signal());
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let _ = t.join();
+            vcpus.extend(t.join());
         }
+        vcpus
+    }
+
+    /// A template's snapshot: stops the vCPUs and devices for good and
+    /// writes the state to the template's state file and RAM to its
+    /// memory file. The VM cannot run on: clones map that file. Returns
+    /// the state file's size.
+    pub fn snapshot(&mut self) -> Result<usize, SnapshotError> {
+        if self.template.is_none() {
+            return Err(SnapshotError::NotATemplate);
+        }
+        let started = std::time::Instant::now();
+        let vcpus = self.stop_vcpus();
+        let template = self.template.as_mut().ok_or(SnapshotError::NotATemplate)?;
+        if vcpus.len() != self.vcpu_count {
+            return Err(SnapshotError::VcpuLost);
+        }
+        let state = snapshot::capture(&self.vm, &vcpus, &self.bus, &self.mem, &template.msrs)?;
+        let bytes = snapshot::write(&state, &mut template.state, &self.mem)?;
+        tracing::info!(
+            bytes,
+            vcpus = vcpus.len(),
+            devices = state.devices.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "snapshot written"
+        );
+        Ok(bytes)
     }
 }
 

@@ -3,8 +3,8 @@
 //! and the VMM cannot disagree on a name or a format.
 
 use crate::{
-    ConfigError, FsShare, Identity, MacAddr, NetConfig, NetTap, SeccompMode, ValueError, VmmConfig,
-    DEFAULT_MAC, IDENTITY_MAX, IDENTITY_MIN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+    ConfigError, FsShare, Identity, MacAddr, NetConfig, NetTap, SeccompMode, Snapshot, ValueError,
+    VmmConfig, DEFAULT_MAC, IDENTITY_MAX, IDENTITY_MIN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
 };
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -28,9 +28,12 @@ pub(crate) mod flag {
     pub const UID: &str = "--uid";
     pub const GID: &str = "--gid";
     pub const NEW_PID_NS: &str = "--new-pid-ns";
+    pub const MEMORY_FILE: &str = "--memory-file";
+    pub const SNAPSHOT_TO: &str = "--snapshot-to";
+    pub const RESTORE_FROM: &str = "--restore-from";
 
     /// Every flag; only `--rng` and `--new-pid-ns` take no value.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 20] = [
         KERNEL,
         INITRD,
         CMDLINE,
@@ -48,6 +51,9 @@ pub(crate) mod flag {
         UID,
         GID,
         NEW_PID_NS,
+        MEMORY_FILE,
+        SNAPSHOT_TO,
+        RESTORE_FROM,
     ];
 }
 
@@ -57,7 +63,10 @@ pub(crate) const TAP_FD_PREFIX: &str = "fd:";
 pub const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
 [--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
 [--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME|fd:N [--net-mac MAC]] \
-[--rng] [--jail DIR] [--uid UID --gid GID] [--new-pid-ns]";
+[--rng] [--jail DIR] [--uid UID --gid GID] [--new-pid-ns] \
+[--memory-file PATH --snapshot-to PATH]
+   or: husk-vmm --memory-file PATH --restore-from PATH [the same options, without \
+--kernel, --initrd and --cmdline]";
 
 pub(crate) fn tap_arg(tap: &NetTap) -> String {
     match tap {
@@ -71,12 +80,16 @@ impl VmmConfig {
     /// switch), in the order of [`USAGE`].
     pub(crate) fn flags(&self) -> Vec<(&'static str, Option<OsString>)> {
         let value = |v: &dyn AsRef<OsStr>| Some(v.as_ref().to_owned());
-        let mut f = vec![(flag::KERNEL, value(&self.kernel))];
-        if let Some(initrd) = &self.initrd {
-            f.push((flag::INITRD, value(initrd)));
+        let mut f = Vec::new();
+        // A clone boots nothing: its kernel is in the template's memory.
+        if !matches!(self.snapshot, Some(Snapshot::Clone { .. })) {
+            f.push((flag::KERNEL, value(&self.kernel)));
+            if let Some(initrd) = &self.initrd {
+                f.push((flag::INITRD, value(initrd)));
+            }
+            f.push((flag::CMDLINE, value(&self.cmdline)));
         }
         f.extend([
-            (flag::CMDLINE, value(&self.cmdline)),
             (flag::MEMORY_MIB, value(&self.memory_mib.to_string())),
             (flag::VCPUS, value(&self.vcpus.to_string())),
             (flag::CONSOLE_LOG, value(&self.console_log)),
@@ -106,6 +119,23 @@ impl VmmConfig {
         if self.new_pid_ns {
             f.push((flag::NEW_PID_NS, None));
         }
+        match &self.snapshot {
+            Some(Snapshot::Template {
+                memory_file,
+                state_file,
+            }) => f.extend([
+                (flag::MEMORY_FILE, value(memory_file)),
+                (flag::SNAPSHOT_TO, value(state_file)),
+            ]),
+            Some(Snapshot::Clone {
+                memory_file,
+                state_file,
+            }) => f.extend([
+                (flag::MEMORY_FILE, value(memory_file)),
+                (flag::RESTORE_FROM, value(state_file)),
+            ]),
+            None => {}
+        }
         f
     }
 
@@ -133,6 +163,7 @@ impl VmmConfig {
         let mut config = VmmConfig::new("", "");
         let (mut fs_socket, mut fs_tag, mut net_tap, mut net_mac) = (None, None, None, None);
         let (mut uid, mut gid) = (None, None);
+        let (mut memory_file, mut snapshot_to, mut restore_from) = (None, None, None);
         while let Some(arg) = args.next() {
             let name = arg.to_str().unwrap_or_default();
             if name == "--help" || name == "-h" {
@@ -197,10 +228,19 @@ impl VmmConfig {
                         _ => gid = id,
                     }
                 }
+                flag::MEMORY_FILE => memory_file = Some(PathBuf::from(value)),
+                flag::SNAPSHOT_TO => snapshot_to = Some(PathBuf::from(value)),
+                flag::RESTORE_FROM => restore_from = Some(PathBuf::from(value)),
                 _ => unreachable!("every flag of flag::ALL is matched"),
             }
         }
-        config.kernel = kernel.ok_or(ConfigError::Required { flag: flag::KERNEL })?;
+        config.snapshot = Snapshot::from_flags(memory_file, snapshot_to, restore_from)?;
+        // A clone has no kernel of its own (validate refuses one).
+        if !matches!(config.snapshot, Some(Snapshot::Clone { .. })) {
+            config.kernel = kernel.ok_or(ConfigError::Required { flag: flag::KERNEL })?;
+        } else if let Some(k) = kernel {
+            config.kernel = k;
+        }
         config.console_log = console_log.ok_or(ConfigError::Required {
             flag: flag::CONSOLE_LOG,
         })?;
@@ -302,6 +342,35 @@ mod tests {
                 gid: 1_879_048_194,
             }),
             new_pid_ns: true,
+            snapshot: None,
+        }
+    }
+
+    /// [`everything`] as a template: without its vhost-user devices,
+    /// which templates cannot have.
+    fn template() -> VmmConfig {
+        VmmConfig {
+            vsock_socket: None,
+            fs: None,
+            snapshot: Some(Snapshot::Template {
+                memory_file: "/dev/shm/t/memory".into(),
+                state_file: "/run/x/state".into(),
+            }),
+            ..everything()
+        }
+    }
+
+    /// A clone of [`template`], jailed and hardened like it.
+    fn clone() -> VmmConfig {
+        VmmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: String::new(),
+            snapshot: Some(Snapshot::Clone {
+                memory_file: "/dev/shm/t/memory".into(),
+                state_file: "/run/t/state".into(),
+            }),
+            ..template()
         }
     }
 
@@ -314,11 +383,20 @@ mod tests {
         use std::os::unix::ffi::OsStringExt;
         odd_paths.initrd = Some(OsString::from_vec(b"/k/\xffinitrd".to_vec()).into());
         odd_paths.memory_mib = MIN_MEMORY_MIB;
+        let mut odd_clone = VmmConfig::clone_of(
+            OsString::from_vec(b"/dev/shm/\xffmemory".to_vec()),
+            "/run/t/a state",
+            "/c",
+        );
+        odd_clone.memory_mib = 64;
         for config in [
             everything(),
             named_tap,
             odd_paths,
             VmmConfig::new("/k", "/c"),
+            template(),
+            clone(),
+            odd_clone,
         ] {
             let args = config.to_args();
             let back = VmmConfig::parse(args.clone())
@@ -357,6 +435,99 @@ mod tests {
         assert!(args.contains(&"--new-pid-ns"));
         // Every flag once, nothing else: 15 with a value, two switches.
         assert_eq!(args.len(), 15 * 2 + 2, "{args:?}");
+    }
+
+    #[test]
+    fn a_template_and_a_clone_write_their_files_and_a_clone_no_kernel() {
+        let strings = |c: VmmConfig| -> Vec<String> {
+            c.to_args()
+                .iter()
+                .map(|a| a.to_str().unwrap().to_owned())
+                .collect()
+        };
+        let after = |args: &[String], f: &str| {
+            let i = args.iter().position(|a| a == f).unwrap();
+            args[i + 1].clone()
+        };
+        let t = strings(template());
+        assert_eq!(after(&t, "--memory-file"), "/dev/shm/t/memory");
+        assert_eq!(after(&t, "--snapshot-to"), "/run/x/state");
+        assert_eq!(after(&t, "--kernel"), "/k/vmlinux");
+        assert!(!t.contains(&"--restore-from".to_string()));
+        let c = strings(clone());
+        assert_eq!(after(&c, "--memory-file"), "/dev/shm/t/memory");
+        assert_eq!(after(&c, "--restore-from"), "/run/t/state");
+        for absent in ["--kernel", "--initrd", "--cmdline", "--snapshot-to"] {
+            assert!(!c.contains(&absent.to_string()), "{absent} in {c:?}");
+        }
+        // What a clone must match, it is written with.
+        assert_eq!(after(&c, "--memory-mib"), "512");
+        assert_eq!(after(&c, "--vcpus"), "254");
+    }
+
+    #[test]
+    fn template_and_clone_flags_are_checked_together() {
+        let clone_args = "--console-log c --memory-file m --restore-from s";
+        let template_args = "--kernel k --console-log c --memory-file m --snapshot-to s";
+        assert!(parse(clone_args).is_ok() && parse(template_args).is_ok());
+        for (a, want) in [
+            (
+                "--kernel k --console-log c --memory-file m".to_string(),
+                "--memory-file needs --snapshot-to or --restore-from",
+            ),
+            (
+                "--kernel k --console-log c --snapshot-to s".into(),
+                "--snapshot-to needs --memory-file",
+            ),
+            (
+                "--console-log c --restore-from s".into(),
+                "--restore-from needs --memory-file",
+            ),
+            (
+                format!("{template_args} --restore-from r"),
+                "--snapshot-to cannot go with --restore-from: a VM is a template or a clone",
+            ),
+            (
+                format!("{clone_args} --kernel k"),
+                "--kernel cannot go with --restore-from: a clone runs the template's kernel",
+            ),
+            (
+                format!("{clone_args} --initrd i"),
+                "--initrd cannot go with --restore-from",
+            ),
+            (
+                format!("{clone_args} --cmdline quiet"),
+                "--cmdline cannot go with --restore-from",
+            ),
+            (
+                format!("{template_args} --vsock-socket v"),
+                "--vsock-socket cannot go with --snapshot-to: vhost-user daemons map guest RAM",
+            ),
+            (
+                format!("{clone_args} --fs-socket f --fs-tag t"),
+                "--fs-socket cannot go with --restore-from: vhost-user",
+            ),
+            ("--console-log c".into(), "--kernel is required"),
+            (
+                format!("{template_args} --memory-file m2"),
+                "--memory-file given twice",
+            ),
+        ] {
+            let e = parse(&a).unwrap_err().to_string();
+            assert!(e.contains(want), "{a}: {e}");
+        }
+        // validate holds a config built in code to the same rules.
+        let mut c = clone();
+        c.kernel = "/k".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--kernel cannot go with --restore-from"), "{e}");
+        let mut t = template();
+        t.vsock_socket = Some("/v".into());
+        let e = t.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--vsock-socket cannot go with --snapshot-to"),
+            "{e}"
+        );
     }
 
     #[test]

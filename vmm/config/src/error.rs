@@ -23,6 +23,12 @@ pub enum ConfigError {
         flag: &'static str,
         with: &'static str,
     },
+    #[error("{flag} cannot go with {with}: {why}")]
+    Conflict {
+        flag: &'static str,
+        with: &'static str,
+        why: &'static str,
+    },
     #[error("{flag} needs {needs}")]
     Needs {
         flag: &'static str,

@@ -8,7 +8,9 @@
 //! [`FS_TAG_MAX`]), and husk-config bounds `hypervisor.vcpus` and
 //! `hypervisor.memory_mib` with them too, so a configuration that loads is
 //! one husk-vmm accepts. [`tap`] is the rest of the contract: the TAP the
-//! launcher hands over as `--net-tap fd:N`.
+//! launcher hands over as `--net-tap fd:N`. [`Snapshot`] makes a VM a
+//! template or a clone of one (`--memory-file` with `--snapshot-to` or
+//! `--restore-from`).
 //!
 //! The crate needs only libc and thiserror, so the shim links it without
 //! the VMM's KVM, guest-memory, vhost and seccomp crates.
@@ -16,11 +18,13 @@
 mod args;
 mod error;
 mod mac;
+mod snapshot;
 pub mod tap;
 
 pub use args::USAGE;
 pub use error::{ConfigError, ValueError};
 pub use mac::{MacAddr, MacError};
+pub use snapshot::Snapshot;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -154,6 +158,10 @@ pub struct VmmConfig {
     /// first thing and its first process only waits for the VM and
     /// passes SIGTERM/SIGINT on (Firecracker's jailer's `--new-pid-ns`).
     pub new_pid_ns: bool,
+    /// A template (snapshotted on SIGUSR1) or a clone of one; None: an
+    /// ordinary VM, RAM in a memfd. A clone's `kernel` is empty, and it
+    /// has no `initrd` or `cmdline`: it boots nothing.
+    pub snapshot: Option<Snapshot>,
 }
 
 impl VmmConfig {
@@ -176,12 +184,31 @@ impl VmmConfig {
             jail: None,
             identity: None,
             new_pid_ns: false,
+            snapshot: None,
         }
     }
 
-    /// Checks the limits: vCPUs, memory, the fs tag, the TAP, and that no
-    /// value holds a NUL (it could not be an argument). The error names the
-    /// flag. `parse` calls it; the launcher calls it before `to_args`, and
+    /// A clone of the template whose RAM is `memory_file` and whose state
+    /// is `state_file`, with the console `console_log` and everything else
+    /// at the defaults `parse` applies (`memory_mib` and `vcpus` must be
+    /// set to the template's).
+    pub fn clone_of(
+        memory_file: impl Into<PathBuf>,
+        state_file: impl Into<PathBuf>,
+        console_log: impl Into<PathBuf>,
+    ) -> Self {
+        VmmConfig {
+            snapshot: Some(Snapshot::Clone {
+                memory_file: memory_file.into(),
+                state_file: state_file.into(),
+            }),
+            ..VmmConfig::new("", console_log)
+        }
+    }
+
+    /// Checks the limits: vCPUs, memory, the fs tag, the TAP, what a
+    /// template or clone may not have, and that no value holds a NUL (it
+    /// could not be an argument). The error names the flag. `parse` calls it; the launcher calls it before `to_args`, and
     /// husk-vmm before it sets a VM up.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use args::flag;
@@ -223,6 +250,7 @@ impl VmmConfig {
             }
             _ => {}
         }
+        snapshot::check(self)?;
         for (flag, value) in self.flags() {
             if let Some(v) = value.filter(|v| v.as_encoded_bytes().contains(&0)) {
                 return Err(ConfigError::value(

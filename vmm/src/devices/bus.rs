@@ -5,9 +5,12 @@
 
 use crate::devices::serial::{SerialConsole, COM1_PORT, COM1_PORT_COUNT};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+use crate::devices::virtio::PauseError;
+use crate::snapshot::format::DeviceState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+use vm_superio::serial::SerialState;
 
 /// What an access to an address no device claims reads as: all ones,
 /// like a PC's floating bus.
@@ -36,6 +39,20 @@ impl Bus {
 
     pub fn notify_exits(&self) -> u64 {
         self.notify_exits.load(Ordering::Relaxed)
+    }
+
+    /// For a snapshot, with the vCPUs stopped: pauses every virtio device
+    /// and returns the serial console's state and each slot's.
+    pub fn save(&self) -> Result<(SerialState, Vec<DeviceState>), PauseError> {
+        let mut d = self.lock();
+        let mut devices = Vec::with_capacity(d.virtio.len());
+        for (_, t) in d.virtio.iter_mut() {
+            devices.push(DeviceState {
+                device_type: t.device_type(),
+                transport: t.save()?,
+            });
+        }
+        Ok((d.serial.state(), devices))
     }
 
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {

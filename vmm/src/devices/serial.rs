@@ -2,11 +2,14 @@
 //! COM1 ports 0x3f8-0x3ff and IRQ 4, whose output goes to a log file.
 //!
 //! The interrupt is an eventfd that KVM delivers as GSI 4 (irqfd), so
-//! raising it never needs a round trip through the vCPU thread.
+//! raising it never needs a round trip through the vCPU thread. Its
+//! registers and receive FIFO go into a snapshot (vm-superio's
+//! `SerialState`); a clone writes to a console log of its own.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -24,6 +27,8 @@ pub enum SerialError {
     },
     #[error("serial interrupt eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    #[error("serial state from the snapshot: {0}")]
+    State(String),
 }
 
 /// An eventfd as vm-superio's interrupt trigger.
@@ -56,14 +61,30 @@ pub struct SerialConsole {
 impl SerialConsole {
     /// Creates (truncates) the log file.
     pub fn new(log: &Path) -> Result<Self, SerialError> {
+        Self::from_state(log, &SerialState::default())
+    }
+
+    /// The UART as `state` left it, writing to a new log at `log`. An
+    /// interrupt the state has pending is raised again (vm-superio does).
+    pub fn from_state(log: &Path, state: &SerialState) -> Result<Self, SerialError> {
         let file = File::create(log).map_err(|source| SerialError::Log {
             path: log.into(),
             source,
         })?;
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
-        Ok(SerialConsole {
-            uart: Serial::new(EventFdTrigger(irq), ConsoleLog(file)),
-        })
+        let uart = Serial::from_state(
+            state,
+            EventFdTrigger(irq),
+            vm_superio::serial::NoEvents,
+            ConsoleLog(file),
+        )
+        .map_err(|e| SerialError::State(format!("{e:?}")))?;
+        Ok(SerialConsole { uart })
+    }
+
+    /// Registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> SerialState {
+        self.uart.state()
     }
 
     /// The eventfd to register as irqfd for [`COM1_GSI`].
@@ -117,6 +138,29 @@ mod tests {
         );
         s.pio_write(1, &[0x02]); // IER: THR empty
         assert_eq!(s.irq_evt().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_restored_uart_keeps_its_registers_and_writes_to_its_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SerialConsole::new(&dir.path().join("a.log")).unwrap();
+        s.pio_write(7, &[0x5a]); // scratch
+        s.pio_write(3, &[0x03]); // LCR: 8 bits
+        let state = s.state();
+        let log = dir.path().join("b.log");
+        let mut r = SerialConsole::from_state(&log, &state).unwrap();
+        let mut b = [0u8];
+        r.pio_read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        r.pio_read(3, &mut b);
+        assert_eq!(b[0], 0x03);
+        r.pio_write(0, b"x");
+        assert_eq!(std::fs::read(&log).unwrap(), b"x");
+        assert!(std::fs::read(dir.path().join("a.log")).unwrap().is_empty());
+        let mut full = state;
+        full.in_buffer = vec![0; 65];
+        let e = SerialConsole::from_state(&log, &full).err().unwrap();
+        assert!(e.to_string().contains("serial state"), "{e}");
     }
 
     #[test]

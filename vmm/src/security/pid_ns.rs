@@ -13,9 +13,9 @@
 //! - the parent stays in the launcher's namespace as the pid the launcher
 //!   knows: it closes every inherited descriptor, drops every capability
 //!   (and switches to the VM's identity, if any), installs the
-//!   [`ThreadKind::Waiter`] filter, passes SIGTERM and SIGINT on to the
-//!   child, and exits with the child's status (128 + the signal when a
-//!   signal ended it). Firecracker's jailer's parent exits at once
+//!   [`ThreadKind::Waiter`] filter, passes SIGTERM and SIGINT (and a
+//!   template's SIGUSR1, its snapshot) on to the child, and exits with the
+//!   child's status (128 + the signal when a signal ended it). Firecracker's jailer's parent exits at once
 //!   instead; husk's launcher supervises the pid it spawned, so this one
 //!   stays.
 //!
@@ -50,8 +50,9 @@ fn sys(what: &'static str) -> impl Fn(nix::Error) -> PidNsError {
 /// Forks into a new PID namespace. Returns in the child, the VM's process,
 /// with a pidfd of its parent (None where pidfds are not available); the
 /// parent never returns. Call it while the process has one thread, after
-/// [`identity::set`].
-pub fn enter(mode: SeccompMode) -> Result<Option<OwnedFd>, PidNsError> {
+/// [`identity::set`]. With `snapshot` (a template) the parent passes
+/// SIGUSR1 on too.
+pub fn enter(mode: SeccompMode, snapshot: bool) -> Result<Option<OwnedFd>, PidNsError> {
     // Taken before the fork: in the new namespace the child's getppid()
     // is 0, and it needs proof its parent still lives.
     // SAFETY: pidfd_open takes integers and returns a new fd we own.
@@ -63,6 +64,9 @@ pub fn enter(mode: SeccompMode) -> Result<Option<OwnedFd>, PidNsError> {
     let mut waited = SigSet::empty();
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
         waited.add(sig);
+    }
+    if snapshot {
+        waited.add(Signal::SIGUSR1);
     }
     let mut before = SigSet::empty();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited), Some(&mut before))
@@ -80,7 +84,7 @@ pub fn enter(mode: SeccompMode) -> Result<Option<OwnedFd>, PidNsError> {
         }
         ForkResult::Parent { child } => {
             drop(me);
-            let code = match wait_for(child, waited, mode) {
+            let code = match wait_for(child, waited, mode, snapshot) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("husk-vmm: the PID namespace's parent: {e}");
@@ -97,7 +101,12 @@ pub fn enter(mode: SeccompMode) -> Result<Option<OwnedFd>, PidNsError> {
 
 /// The parent's life: confined, waiting for `child`, passing stop
 /// signals on; the child's exit status.
-fn wait_for(child: Pid, waited: SigSet, mode: SeccompMode) -> Result<i32, HardeningError> {
+fn wait_for(
+    child: Pid,
+    waited: SigSet,
+    mode: SeccompMode,
+    snapshot: bool,
+) -> Result<i32, HardeningError> {
     let pdeathsig = identity::pdeathsig();
     // It needs no file: every descriptor (the TAP, the console) is the
     // child's alone.
@@ -115,6 +124,7 @@ fn wait_for(child: Pid, waited: SigSet, mode: SeccompMode) -> Result<i32, Harden
     seccomp::apply(
         ThreadKind::Waiter {
             child: child.as_raw(),
+            snapshot,
         },
         mode,
     )?;

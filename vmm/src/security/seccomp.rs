@@ -9,11 +9,16 @@
 //! so a missing entry fails them.
 
 use super::identity::{self, IdentityError};
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msrs, kvm_pit_state2, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
+use vmm_sys_util::{ioctl_ior_nr, ioctl_iowr_nr};
 
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
 vmm_sys_util::ioctl_ior_nr!(
@@ -32,8 +37,10 @@ pub enum ThreadKind {
     Vcpu,
     /// Waits for SIGTERM/SIGINT.
     Signals,
-    /// Waits for the VM to end, then stops the vCPUs and tears down.
-    Main,
+    /// Waits for the VM to end, then stops the vCPUs and tears down; in a
+    /// template (`snapshot`) it also reads the VM's state for the snapshot
+    /// and writes it out.
+    Main { snapshot: bool },
     /// A vhost-user device: sets its daemon up over the socket at
     /// activation, then relays the daemon's interrupts.
     VhostUser,
@@ -42,8 +49,9 @@ pub enum ThreadKind {
     DeviceIo,
     /// The first process of a VM run in a new PID namespace
     /// (`--new-pid-ns`): waits for `child`, the VM's process, and passes
-    /// SIGTERM/SIGINT on to it, and to nothing else.
-    Waiter { child: libc::pid_t },
+    /// SIGTERM/SIGINT (and a template's SIGUSR1) on to it, and to nothing
+    /// else.
+    Waiter { child: libc::pid_t, snapshot: bool },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +132,7 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         ThreadKind::Signals => {
             map.insert(libc::SYS_rt_sigtimedwait, Vec::new());
         }
-        ThreadKind::Main => {
+        ThreadKind::Main { snapshot } => {
             // Kicking vCPU threads out of KVM_RUN (pthread_kill): only
             // threads of this process, only with the kick signal. Any
             // other process, or another signal, is refused.
@@ -137,13 +145,28 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
                     arg_eq(2, crate::vcpu::kick_signal() as u64)?,
                 ])?],
             );
+            if snapshot {
+                // Reading the stopped VM's state (nothing that sets it),
+                // and writing the state and memory files out.
+                let reads = snapshot_ioctls()
+                    .into_iter()
+                    .map(|request| SeccompRule::new(vec![arg_eq(1, request)?]))
+                    .collect::<Result<_, _>>()?;
+                map.insert(libc::SYS_ioctl, reads);
+                map.insert(libc::SYS_msync, Vec::new());
+                map.insert(libc::SYS_fdatasync, Vec::new());
+            }
         }
-        ThreadKind::Waiter { child } => {
+        ThreadKind::Waiter { child, snapshot } => {
             map.insert(libc::SYS_wait4, Vec::new());
             map.insert(libc::SYS_rt_sigtimedwait, Vec::new());
+            let mut signals = vec![libc::SIGTERM, libc::SIGINT, libc::SIGKILL];
+            if snapshot {
+                signals.push(libc::SIGUSR1);
+            }
             map.insert(
                 libc::SYS_kill,
-                [libc::SIGTERM, libc::SIGINT, libc::SIGKILL]
+                signals
                     .into_iter()
                     .map(|sig| {
                         SeccompRule::new(vec![arg_eq(0, child as u64)?, arg_eq(1, sig as u64)?])
@@ -180,6 +203,42 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         }
     }
     Ok(map)
+}
+
+// The KVM_GET_* ioctls a template's snapshot makes on the VM and its
+// vCPUs (see `snapshot::capture`), numbered as <linux/kvm.h> (and
+// kvm-ioctls) define them.
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+
+/// Every ioctl a snapshot makes.
+fn snapshot_ioctls() -> [u64; 13] {
+    [
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_GET_MSRS(),
+        KVM_GET_LAPIC(),
+        KVM_GET_CPUID2(),
+        KVM_GET_MP_STATE(),
+        KVM_GET_VCPU_EVENTS(),
+        KVM_GET_DEBUGREGS(),
+        KVM_GET_XSAVE(),
+        KVM_GET_XCRS(),
+        KVM_GET_IRQCHIP(),
+        KVM_GET_PIT2(),
+        KVM_GET_CLOCK(),
+    ]
+    .map(u64::from)
 }
 
 /// Argument `index` (as a 32-bit value) equals `value`.
@@ -317,6 +376,35 @@ mod tests {
     fn ioctl_numbers_are_the_kvm_ones() {
         assert_eq!(KVM_RUN(), 0xae80);
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+        // From <linux/kvm.h> on x86_64, as strace prints them.
+        assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(KVM_GET_MSRS(), 0xc008_ae88);
+        assert_eq!(KVM_GET_LAPIC(), 0x8400_ae8e);
+        assert_eq!(KVM_GET_XSAVE(), 0x9000_aea4);
+        assert_eq!(KVM_GET_IRQCHIP(), 0xc208_ae62);
+        assert_eq!(KVM_GET_CLOCK(), 0x8030_ae7c);
+        assert_eq!(KVM_GET_PIT2(), 0x8070_ae9f);
+    }
+
+    #[test]
+    fn only_a_templates_main_thread_may_read_vm_state() {
+        fn get_sregs() -> i32 {
+            // SAFETY: an ioctl on fd -1: the filter decides, then EBADF.
+            errno_of(unsafe { libc::ioctl(-1, KVM_GET_SREGS() as _, 0) } as i64)
+        }
+        fn set_sregs() -> i32 {
+            // KVM_SET_SREGS: _IOW(KVMIO, 0x84, struct kvm_sregs).
+            // SAFETY: as above.
+            errno_of(unsafe { libc::ioctl(-1, 0x4138_ae84, 0) } as i64)
+        }
+        let (plain, template) = (
+            ThreadKind::Main { snapshot: false },
+            ThreadKind::Main { snapshot: true },
+        );
+        assert_eq!(under_filter(plain, get_sregs), libc::EPERM);
+        assert_eq!(under_filter(template, get_sregs), libc::EBADF);
+        assert_eq!(under_filter(template, set_sregs), libc::EPERM);
+        assert_eq!(under_filter(ThreadKind::Vcpu, get_sregs), libc::EPERM);
     }
 
     #[test]
@@ -368,9 +456,10 @@ mod tests {
                 errno_of(libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) as i64)
             }
         }
+        let main = ThreadKind::Main { snapshot: false };
         assert_eq!(under_filter(ThreadKind::Vcpu, tgkill), libc::EPERM);
-        assert_eq!(under_filter(ThreadKind::Main, tgkill), libc::ESRCH);
-        assert_eq!(under_filter(ThreadKind::Main, sigtimedwait), libc::EPERM);
+        assert_eq!(under_filter(main, tgkill), libc::ESRCH);
+        assert_eq!(under_filter(main, sigtimedwait), libc::EPERM);
         assert_eq!(
             under_filter(ThreadKind::Signals, sigtimedwait),
             libc::EAGAIN
@@ -382,7 +471,7 @@ mod tests {
     /// another signal, and kill(2) not at all.
     #[test]
     fn the_main_thread_signals_only_its_own_threads_with_the_kick() {
-        let refused = under_filter(ThreadKind::Main, || {
+        let refused = under_filter(ThreadKind::Main { snapshot: true }, || {
             // SAFETY: each call is refused by the filter before the kernel
             // sees it (the test asserts it); none reaches a process. Each
             // errno is read right after its call.
@@ -440,7 +529,10 @@ mod tests {
             }
         }
         let got = std::thread::spawn(|| {
-            let kind = ThreadKind::Waiter { child: CHILD };
+            let kind = ThreadKind::Waiter {
+                child: CHILD,
+                snapshot: false,
+            };
             let prog = filter(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
             seccompiler::apply_filter(&prog).unwrap();
             calls()
@@ -459,5 +551,19 @@ mod tests {
                 libc::EPERM
             ]
         );
+        // A template's waiter passes SIGUSR1 (the snapshot) on as well.
+        let usr1 = std::thread::spawn(|| {
+            let kind = ThreadKind::Waiter {
+                child: CHILD,
+                snapshot: true,
+            };
+            let prog = filter(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+            seccompiler::apply_filter(&prog).unwrap();
+            // SAFETY: a signal to a pid no process has.
+            errno_of(unsafe { libc::syscall(libc::SYS_kill, CHILD, libc::SIGUSR1) })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(usr1, libc::ESRCH);
     }
 }

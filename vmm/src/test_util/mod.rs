@@ -1,7 +1,9 @@
 //! For tests and benchmarks only (feature `test-util`): tiny guest
-//! programs ([`guest_image`]) and the constants of the boot protocols and
-//! the virtio-mmio transport they check husk-vmm against.
+//! programs ([`guest_image`], and [`counting`] ones for snapshots) and the
+//! constants of the boot protocols and the virtio-mmio transport they
+//! check husk-vmm against.
 
+pub mod counting;
 pub mod guest_image;
 
 pub use crate::boot::loader::{HDRS_MAGIC, PVH_START_MAGIC};

@@ -1,17 +1,21 @@
 //! One vCPU: its boot state (registers, FPU, MSRs, CPUID, LAPIC) and the
 //! run loop that hands I/O exits to the [`Bus`] until the guest shuts down
-//! or the VMM asks it to stop.
+//! or the VMM asks it to stop; its snapshot state is `state`'s.
 //!
 //! Stopping: the VMM sets the shared stop flag and sends [`kick_signal`] to
 //! the vCPU thread; the signal makes a blocking `KVM_RUN` return EINTR, and
-//! the loop checks the flag before every entry.
+//! the loop checks the flag before every entry. A stopped vCPU completes
+//! the I/O exit it was in (one KVM_RUN with `immediate_exit`), so its
+//! registers are those after the instruction: what a snapshot must hold.
 
 use crate::boot::loader::BootEntry;
 use crate::devices::bus::Bus;
 use crate::memory::GuestMemoryMmap;
 pub(crate) mod regs;
+mod state;
 use kvm_bindings::{CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+pub(crate) use state::msrs_to_save;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,10 @@ pub enum VcpuError {
     },
     #[error("vCPU {index}: {0}", index = .1)]
     Regs(#[source] regs::RegsError, u8),
+    #[error("vCPU {index}: MSR {msr:#x} in the snapshot is not one KVM saves on this host")]
+    UnknownMsr { index: u8, msr: u32 },
+    #[error("vCPU {index}: the snapshot's CPUID does not fit KVM's table")]
+    Cpuid { index: u8 },
 }
 
 /// Why a vCPU's run loop ended.
@@ -133,6 +141,7 @@ impl Vcpu {
     pub fn run(&mut self, bus: &Bus, stop: &AtomicBool) -> VcpuStop {
         loop {
             if stop.load(Ordering::Acquire) {
+                self.complete_pending_io();
                 // Where the guest was is the first question when a boot
                 // hangs and the host gives up on it.
                 tracing::debug!("vCPU {} stopped at {}", self.index, self.rip());
@@ -177,6 +186,22 @@ impl Vcpu {
                 Err(e) => return VcpuStop::Failed(format!("KVM_RUN: {e}")),
             }
         }
+    }
+
+    /// Finishes the instruction of the last I/O exit (an `in` gets its
+    /// value, rip moves past it) without running guest code: KVM_RUN with
+    /// `immediate_exit` set does only that, then returns EINTR.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            other => tracing::warn!(
+                "vCPU {}: completing its last exit: {:?}",
+                self.index,
+                other.map(|exit| format!("{exit:?}"))
+            ),
+        }
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     fn rip(&self) -> String {

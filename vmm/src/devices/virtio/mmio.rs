@@ -7,13 +7,20 @@
 //! features are read-write only between DRIVER and FEATURES_OK, queues
 //! only between FEATURES_OK and DRIVER_OK. Out-of-order writes are
 //! ignored and logged, never trusted; the guest is not.
+//!
+//! For snapshots the transport gives its registers with each queue's
+//! position ([`MmioTransport::save`]) and takes them back in a clone
+//! ([`MmioTransport::restore`]), which checks them as it would the
+//! driver's writes and activates the device where the template's was.
 
-use super::{Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
+use super::{Interrupt, PauseError, Queue, QueuePosition, QueueT, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
+use crate::snapshot::format::{QueueState, TransportState};
 use std::sync::Arc;
 use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::*;
 use vm_memory::GuestAddress;
@@ -85,6 +92,37 @@ enum ActivationFailure {
     #[error(transparent)]
     Device(#[from] super::ActivateError),
 }
+
+/// Why a snapshot's transport state cannot be taken back.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{device}: the snapshot has {found} queues, the device {expected}")]
+    QueueCount {
+        device: &'static str,
+        found: usize,
+        expected: usize,
+    },
+    #[error("{device}: status {status:#x} is not one a driver reaches")]
+    Status { device: &'static str, status: u32 },
+    #[error("{device}: driver features {acked:#x} are not a VERSION_1 subset of the offered {offered:#x}")]
+    Features {
+        device: &'static str,
+        acked: u64,
+        offered: u64,
+    },
+    #[error("{device}: InterruptStatus {bits:#x} has bits no device sets")]
+    InterruptStatus { device: &'static str, bits: u32 },
+    #[error("{device}: activating it as the template had: {why}")]
+    Activate { device: &'static str, why: String },
+}
+
+/// The status bits a driver can have set (virtio 1.2, 2.1).
+const STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_NEEDS_RESET
+    | VIRTIO_CONFIG_S_FAILED;
 
 /// What the driver wrote for one queue. Kept raw and checked only at
 /// DRIVER_OK, so a bad value is reported instead of silently replaced.
@@ -396,22 +434,28 @@ impl MmioTransport {
         self.status = status;
     }
 
-    fn activate(&mut self) {
+    /// Hands the device its ready queues, each from `positions` (by index;
+    /// from the start where none is given).
+    fn activate_device(&mut self, positions: &[QueuePosition]) -> Result<(), ActivationFailure> {
         let device = self.device.name();
-        let ready: Result<Vec<_>, ActivationFailure> = self
+        let ready: Vec<_> = self
             .queues
             .iter()
             .zip(&self.notify)
             .enumerate()
             .filter(|(_, (q, _))| q.ready)
             .map(|(index, (q, e))| {
-                let queue = q
+                let mut queue = q
                     .build(&self.mem)
                     .map_err(|source| ActivationFailure::Queue {
                         device,
                         index,
                         source,
                     })?;
+                if let Some(p) = positions.iter().find(|p| p.index == index) {
+                    queue.set_next_avail(p.next_avail);
+                    queue.set_next_used(p.next_used);
+                }
                 // Shared, not dup'ed: no system call on the vCPU thread.
                 Ok(ReadyQueue {
                     index,
@@ -419,27 +463,165 @@ impl MmioTransport {
                     kick: e.clone(),
                 })
             })
-            .collect();
-        let result = match ready {
-            Err(e) => Err(e),
-            Ok(ready) if ready.is_empty() => Err(ActivationFailure::NoQueue { device }),
-            Ok(ready) => self
-                .device
-                .activate(
-                    self.mem.clone(),
-                    self.driver_features,
-                    ready,
-                    self.interrupt.clone(),
-                )
-                .map_err(ActivationFailure::from),
-        };
-        if let Err(e) = result {
+            .collect::<Result<_, ActivationFailure>>()?;
+        if ready.is_empty() {
+            return Err(ActivationFailure::NoQueue { device });
+        }
+        self.device.activate(
+            self.mem.clone(),
+            self.driver_features,
+            ready,
+            self.interrupt.clone(),
+        )?;
+        Ok(())
+    }
+
+    fn activate(&mut self) {
+        if let Err(e) = self.activate_device(&[]) {
             // 2.1.2: tell the driver it must reset the device.
             tracing::warn!("{e}");
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
             self.config_generation = self.config_generation.wrapping_add(1);
             let _ = self.interrupt.signal_config();
         }
+    }
+
+    /// The device runs: DRIVER_OK, and its activation did not fail.
+    fn active(&self) -> bool {
+        self.has(VIRTIO_CONFIG_S_DRIVER_OK) && !self.has(VIRTIO_CONFIG_S_NEEDS_RESET)
+    }
+
+    /// The device's virtio ID, which a clone's device in this slot must
+    /// have too.
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    /// For a snapshot, with the vCPUs stopped: pauses an active device
+    /// and returns the registers with where it was in each queue. The
+    /// device serves nothing afterwards.
+    pub fn save(&mut self) -> Result<TransportState, PauseError> {
+        let positions = if self.active() {
+            self.device.pause()?
+        } else {
+            Vec::new()
+        };
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let p = positions.iter().find(|p| p.index == i);
+                QueueState {
+                    size: q.size,
+                    ready: q.ready,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                    next_avail: p.map_or(0, |p| p.next_avail),
+                    next_used: p.map_or(0, |p| p.next_used),
+                }
+            })
+            .collect();
+        Ok(TransportState {
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues,
+        })
+    }
+
+    /// In a clone, before any vCPU runs: takes the template's registers
+    /// back, checked as the driver's writes are (a status a driver can
+    /// reach, features offered, valid rings in RAM), and activates the
+    /// device from the queue positions where the template's was active.
+    /// Then it looks at its queues and raises a pending interrupt again,
+    /// in case the template paused between a request and its answer.
+    pub fn restore(&mut self, s: &TransportState) -> Result<(), RestoreError> {
+        let device = self.device.name();
+        if s.queues.len() != self.queues.len() {
+            return Err(RestoreError::QueueCount {
+                device,
+                found: s.queues.len(),
+                expected: self.queues.len(),
+            });
+        }
+        self.check_status(s)?;
+        if s.interrupt_status & !(super::INT_VRING | super::INT_CONFIG) != 0 {
+            return Err(RestoreError::InterruptStatus {
+                device,
+                bits: s.interrupt_status,
+            });
+        }
+        for (q, saved) in self.queues.iter_mut().zip(&s.queues) {
+            *q = QueueSetup {
+                max_size: q.max_size,
+                size: saved.size,
+                ready: saved.ready,
+                desc: saved.desc,
+                avail: saved.avail,
+                used: saved.used,
+            };
+        }
+        self.status = s.status;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.config_generation = s.config_generation;
+        if self.active() {
+            let positions: Vec<_> = (s.queues.iter().enumerate())
+                .map(|(index, q)| QueuePosition {
+                    index,
+                    next_avail: q.next_avail,
+                    next_used: q.next_used,
+                })
+                .collect();
+            self.activate_device(&positions)
+                .map_err(|e| RestoreError::Activate {
+                    device,
+                    why: e.to_string(),
+                })?;
+            for (q, kick) in self.queues.iter().zip(&self.notify) {
+                if q.ready {
+                    let _ = kick.write(1);
+                }
+            }
+        }
+        self.interrupt.ack(u32::MAX);
+        if s.interrupt_status != 0 {
+            self.interrupt.restore(s.interrupt_status);
+        }
+        Ok(())
+    }
+
+    /// A status the 3.1.1 sequence reaches, with the features a
+    /// FEATURES_OK needs.
+    fn check_status(&self, s: &TransportState) -> Result<(), RestoreError> {
+        let device = self.device.name();
+        let status = s.status;
+        let has = |bits: u32| status & bits == bits;
+        let bad = status & !STATUS_BITS != 0
+            || (has(VIRTIO_CONFIG_S_DRIVER_OK) && !has(VIRTIO_CONFIG_S_FEATURES_OK))
+            || (has(VIRTIO_CONFIG_S_FEATURES_OK) && !has(VIRTIO_CONFIG_S_DRIVER));
+        if bad {
+            return Err(RestoreError::Status { device, status });
+        }
+        let offered = self.offered_features();
+        let acked = s.driver_features;
+        let modern = acked & (1 << VIRTIO_F_VERSION_1) != 0;
+        if has(VIRTIO_CONFIG_S_FEATURES_OK) && (acked & !offered != 0 || !modern) {
+            return Err(RestoreError::Features {
+                device,
+                acked,
+                offered,
+            });
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -477,9 +659,14 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         activated: Option<(u64, Vec<QueueSeen>)>,
+        /// (index, next_avail, next_used) of each queue at activation.
+        positions: Vec<(usize, u16, u16)>,
         interrupt: Option<Interrupt>,
         resets: u32,
         config_writes: Vec<(u64, Vec<u8>)>,
+        /// What pause answers, and how often it was asked.
+        pause_with: Vec<QueuePosition>,
+        pauses: u32,
     }
 
     struct TestDevice(Arc<Mutex<Seen>>);
@@ -536,11 +723,20 @@ mod tests {
                 .collect();
             let mut seen = self.0.lock().unwrap();
             seen.activated = Some((features, q));
+            seen.positions = queues
+                .iter()
+                .map(|r| (r.index, r.queue.next_avail(), r.queue.next_used()))
+                .collect();
             seen.interrupt = Some(interrupt);
             Ok(())
         }
         fn reset(&mut self) {
             self.0.lock().unwrap().resets += 1;
+        }
+        fn pause(&mut self) -> Result<Vec<QueuePosition>, PauseError> {
+            let mut seen = self.0.lock().unwrap();
+            seen.pauses += 1;
+            Ok(seen.pause_with.clone())
         }
     }
 
@@ -781,6 +977,122 @@ mod tests {
         negotiate(&mut t, VERSION_1);
         t.write(u64::from(VIRTIO_MMIO_CONFIG) + 2, &[9]);
         assert_eq!(seen.lock().unwrap().config_writes, vec![(2, vec![9])]);
+    }
+
+    /// A transport brought up with queue 1 ready at 2 MiB, its device
+    /// pausing at positions 5/4, saved.
+    fn saved_active() -> TransportState {
+        let (mut t, seen) = transport();
+        negotiate(&mut t, VERSION_1 | TEST_FEATURE);
+        setup_queue(&mut t, 1, 32, 0x20_0000);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0b1111);
+        seen.lock().unwrap().pause_with = vec![QueuePosition {
+            index: 1,
+            next_avail: 5,
+            next_used: 4,
+        }];
+        seen.lock()
+            .unwrap()
+            .interrupt
+            .clone()
+            .unwrap()
+            .signal_used_queue()
+            .unwrap();
+        let state = t.save().unwrap();
+        assert_eq!(seen.lock().unwrap().pauses, 1);
+        state
+    }
+
+    #[test]
+    fn a_saved_active_transport_is_restored_and_its_device_activated_where_it_was() {
+        let state = saved_active();
+        assert_eq!(state.status, 0b1111);
+        assert_eq!(state.driver_features, VERSION_1 | TEST_FEATURE);
+        assert_eq!(state.interrupt_status, INT_VRING);
+        let untouched = QueueState {
+            size: 256, // QueueNum reads as the maximum until written
+            ..Default::default()
+        };
+        assert_eq!(state.queues[0], untouched);
+        let q = state.queues[1];
+        assert_eq!((q.size, q.ready, q.desc), (32, true, 0x20_0000));
+        assert_eq!((q.next_avail, q.next_used), (5, 4));
+
+        let (mut t, seen) = transport();
+        t.restore(&state).unwrap();
+        assert_eq!(r(&t, VIRTIO_MMIO_STATUS), 0b1111);
+        assert_eq!(r(&t, VIRTIO_MMIO_INTERRUPT_STATUS), INT_VRING);
+        assert_eq!(t.interrupt().irqfd().read().unwrap(), 1, "raised again");
+        w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(r(&t, VIRTIO_MMIO_QUEUE_READY), 1);
+        let seen = seen.lock().unwrap();
+        let (features, queues) = seen.activated.clone().unwrap();
+        assert_eq!(features, VERSION_1 | TEST_FEATURE);
+        assert_eq!(queues, vec![(1, 32, 0x20_0000, 0x20_1000, 0x20_2000)]);
+        assert_eq!(seen.positions, vec![(1, 5, 4)]);
+        // The ready queue is kicked, so the device looks at its ring.
+        assert_eq!(t.notify_evts()[1].read().unwrap(), 1);
+        assert!(t.notify_evts()[0].read().is_err());
+        // And a save of the clone gives the same registers back.
+        drop(seen);
+        assert_eq!(t.save().unwrap().status, state.status);
+    }
+
+    #[test]
+    fn an_inactive_device_is_neither_paused_nor_activated() {
+        let (mut t, seen) = transport();
+        negotiate(&mut t, VERSION_1);
+        let state = t.save().unwrap();
+        assert_eq!(seen.lock().unwrap().pauses, 0);
+        assert_eq!(state.status, 0b1011);
+        let (mut t, seen) = transport();
+        t.restore(&state).unwrap();
+        assert!(seen.lock().unwrap().activated.is_none());
+        assert_eq!(r(&t, VIRTIO_MMIO_STATUS), 0b1011);
+        // The driver can go on from there.
+        setup_queue(&mut t, 0, 8, 0x10_0000);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0b1111);
+        assert!(seen.lock().unwrap().activated.is_some());
+    }
+
+    #[test]
+    fn a_tampered_transport_state_is_refused_by_name() {
+        let good = saved_active();
+        let bad = |edit: &dyn Fn(&mut TransportState), want: &str| {
+            let mut s = good.clone();
+            edit(&mut s);
+            let (mut t, seen) = transport();
+            let e = t.restore(&s).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(seen.lock().unwrap().activated.is_none(), "{want}");
+        };
+        bad(
+            &|s| s.queues.truncate(1),
+            "test: the snapshot has 1 queues, the device 2",
+        );
+        bad(
+            &|s| s.status = 0b0101,
+            "status 0x5 is not one a driver reaches",
+        );
+        bad(&|s| s.status = 0x100 | 0b1111, "status 0x10f");
+        bad(
+            &|s| s.driver_features |= 1 << 40,
+            "driver features 0x10100000008",
+        );
+        bad(
+            &|s| s.driver_features = TEST_FEATURE,
+            "are not a VERSION_1 subset",
+        );
+        bad(&|s| s.interrupt_status = 4, "InterruptStatus 0x4");
+        bad(
+            &|s| s.queues[1].desc = 0x4000_0000,
+            "test: activating it as the template had: test: queue 1: rings at desc 0x40000000",
+        );
+        bad(&|s| s.queues[1].size = 33, "size 33 (max 64)");
+        bad(
+            &|s| s.queues[1].ready = false,
+            "DRIVER_OK without a ready queue",
+        );
     }
 
     #[test]

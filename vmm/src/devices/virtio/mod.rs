@@ -67,6 +67,16 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// A snapshot's pending bits, raised again: the irqchip's state may
+    /// predate the template's last interrupt, and a driver reads
+    /// InterruptStatus first, so one more is harmless.
+    pub fn restore(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            tracing::warn!("raising a restored interrupt: {e}");
+        }
+    }
 }
 
 /// A queue the driver made ready, as the transport hands it to the device
@@ -80,6 +90,43 @@ pub struct ReadyQueue {
     pub queue: Queue,
     /// The eventfd the driver's notifications for this queue arrive on.
     pub kick: Arc<EventFd>,
+}
+
+/// Where a device was in one of its queues when it paused for a snapshot:
+/// the next available entry it would take and the next used entry it
+/// would write (virtio 1.2, 2.7.6 and 2.7.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePosition {
+    /// The queue's index on the transport.
+    pub index: usize,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    /// Where `queue` (under `index`) is now.
+    pub fn of(index: usize, queue: &Queue) -> Self {
+        QueuePosition {
+            index,
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+        }
+    }
+}
+
+/// Why a device could not be paused for a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// The device keeps state outside husk-vmm that a snapshot cannot
+    /// hold (a vhost-user daemon's).
+    #[error("{device}: a snapshot cannot hold this device's state")]
+    Unsupported { device: &'static str },
+    #[error("{device}: the device thread did not pause: {source}")]
+    ThreadGone {
+        device: &'static str,
+        #[source]
+        source: ThreadGone,
+    },
 }
 
 pub use mmio::NotifyMismatch;
@@ -137,4 +184,13 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// The driver reset the device (status 0): stop using the queues.
     fn reset(&mut self);
+    /// For a snapshot, with the vCPUs stopped: finish the requests at
+    /// hand, stop using the queues and say where the device was in each
+    /// (none if it is not active). The VM does not run on afterwards.
+    /// Devices whose state lives elsewhere keep this refusal.
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, PauseError> {
+        Err(PauseError::Unsupported {
+            device: self.name(),
+        })
+    }
 }

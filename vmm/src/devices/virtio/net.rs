@@ -16,7 +16,9 @@
 //! see [`husk_vmm_config::tap`]), so a frame is one read or write on both sides.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
+use super::{
+    ActivateError, Interrupt, PauseError, Queue, QueuePosition, QueueT, ReadyQueue, VirtioDevice,
+};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 pub use husk_vmm_config::tap::VNET_HDR_LEN;
@@ -99,10 +101,10 @@ impl Net {
             }
             let mut tap = tap;
             while let Some(act) = end.wait_activation() {
-                match io_loop(&mut tap, act, &end) {
-                    // The queues were dropped with io_loop's frame.
-                    Next::Reset => end.ack_reset(),
-                    _ => return,
+                // The queues were dropped with io_loop's frame.
+                let (next, positions) = io_loop(&mut tap, act, &end);
+                if !end.after_serving(next, positions) {
+                    return;
                 }
             }
         })
@@ -170,13 +172,27 @@ impl VirtioDevice for Net {
             tracing::error!("net: the device thread did not stop in time for the reset");
         }
     }
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, PauseError> {
+        // Frames in the TAP stay there; a clone has a TAP of its own.
+        self.worker
+            .pause()
+            .map_err(|source| PauseError::ThreadGone {
+                device: "net",
+                source,
+            })
+    }
 }
 
-/// Moves frames until the driver resets the device or the device is
-/// dropped (which of the two it returns): guest tx chains to the TAP, TAP
-/// frames into guest rx chains. The TAP is polled only while the guest has
-/// rx buffers, so a full guest does not spin this thread.
-fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next {
+/// Moves frames until the driver resets the device, it pauses or is
+/// dropped (which of these it returns, with where it was in rx and tx):
+/// guest tx chains to the TAP, TAP frames into guest rx chains. The TAP is
+/// polled only while the guest has rx buffers, so a full guest does not
+/// spin this thread.
+fn io_loop(
+    tap: &mut File,
+    act: Activation,
+    end: &WorkerEnd<Activation>,
+) -> (Next, Vec<QueuePosition>) {
     let Activation {
         mem,
         features,
@@ -229,7 +245,8 @@ fn io_loop(tap: &mut File, act: Activation, end: &WorkerEnd<Activation>) -> Next
                 if let Err(e) = set_offloads(tap, 0) {
                     tracing::warn!("net: clearing the TAP's offloads: {e}");
                 }
-                return next;
+                let positions = vec![QueuePosition::of(RX, &rx_q), QueuePosition::of(TX, &tx_q)];
+                return (next, positions);
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {
@@ -366,5 +383,68 @@ mod tests {
         assert_eq!(tap_offloads(VIRTIO_NET_F_GUEST_TSO4), 0);
         // Host-side offloads ask nothing of the TAP.
         assert_eq!(tap_offloads(VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4), 0);
+    }
+
+    /// A paused device reports where it is in rx and tx: here after one
+    /// frame sent. The "TAP" is one end of a datagram socket pair (it
+    /// refuses TUNSETOFFLOAD, which the device only logs).
+    #[test]
+    fn pause_reports_where_rx_and_tx_are() {
+        use crate::memory::create_guest_memory;
+        use std::os::unix::net::UnixDatagram;
+        use std::sync::Arc;
+        use vm_memory::{Bytes, GuestAddress};
+        use vmm_sys_util::eventfd::EventFd;
+        let (tap, host) = UnixDatagram::pair().unwrap();
+        host.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let tap = File::from(std::os::fd::OwnedFd::from(tap));
+        let mut net = Net::new(tap, [2, 0, 0, 0, 0, 1], SeccompMode::Off).unwrap();
+        let mem = create_guest_memory(16).unwrap();
+        let queue = |index: usize| {
+            let base = 0x10_0000 + index as u64 * 0x1_0000;
+            let mut q = Queue::new(256).unwrap();
+            q.try_set_size(16).unwrap();
+            q.try_set_desc_table_address(GuestAddress(base)).unwrap();
+            q.try_set_avail_ring_address(GuestAddress(base + 0x1000))
+                .unwrap();
+            q.try_set_used_ring_address(GuestAddress(base + 0x2000))
+                .unwrap();
+            q.set_ready(true);
+            ReadyQueue {
+                index,
+                queue: q,
+                kick: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            }
+        };
+        let (rx, tx) = (queue(RX), queue(TX));
+        // tx descriptor 0: a 64-byte frame at 0x20_0000, made available.
+        let desc = tx.queue.desc_table();
+        mem.write_obj(0x20_0000u64, GuestAddress(desc)).unwrap();
+        mem.write_obj(64u32, GuestAddress(desc + 8)).unwrap();
+        mem.write_obj(1u16, GuestAddress(tx.queue.avail_ring() + 2))
+            .unwrap();
+        let kick = tx.kick.clone();
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        net.activate(mem, FEATURES, vec![rx, tx], irq).unwrap();
+        kick.write(1).unwrap();
+        let mut frame = [0u8; 128];
+        assert_eq!(host.recv(&mut frame).unwrap(), 64, "the frame was sent");
+        let positions = net.pause().unwrap();
+        assert_eq!(
+            positions,
+            [
+                QueuePosition {
+                    index: RX,
+                    next_avail: 0,
+                    next_used: 0
+                },
+                QueuePosition {
+                    index: TX,
+                    next_avail: 1,
+                    next_used: 1
+                }
+            ]
+        );
     }
 }

@@ -8,7 +8,9 @@
 //! own: a guest cannot make one request drain the host's pool for long.
 
 use super::worker::{Next, Worker, WorkerEnd};
-use super::{ActivateError, Interrupt, Queue, QueueT, ReadyQueue, VirtioDevice};
+use super::{
+    ActivateError, Interrupt, PauseError, Queue, QueuePosition, QueueT, ReadyQueue, VirtioDevice,
+};
 use crate::memory::GuestMemoryMmap;
 use crate::security::seccomp::{self, SeccompMode, ThreadKind};
 use std::os::fd::AsRawFd;
@@ -22,6 +24,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 
 struct Activation {
     mem: GuestMemoryMmap,
+    index: usize,
     queue: Queue,
     kick: Arc<EventFd>,
     interrupt: Interrupt,
@@ -40,9 +43,9 @@ impl Rng {
                 return;
             }
             while let Some(act) = end.wait_activation() {
-                match serve(act, &end) {
-                    Next::Reset => end.ack_reset(),
-                    _ => return,
+                let (next, position) = serve(act, &end);
+                if !end.after_serving(next, vec![position]) {
+                    return;
                 }
             }
         })?;
@@ -73,7 +76,7 @@ impl VirtioDevice for Rng {
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
         let ready = queues.len();
-        let ReadyQueue { queue, kick, .. } = match (queues.pop(), queues.is_empty()) {
+        let ReadyQueue { index, queue, kick } = match (queues.pop(), queues.is_empty()) {
             (Some(q), true) => q,
             _ => {
                 return Err(ActivateError::Queues {
@@ -87,6 +90,7 @@ impl VirtioDevice for Rng {
             "rng",
             Activation {
                 mem,
+                index,
                 queue,
                 kick,
                 interrupt,
@@ -98,12 +102,22 @@ impl VirtioDevice for Rng {
             tracing::error!("rng: the device thread did not stop in time for the reset");
         }
     }
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, PauseError> {
+        self.worker
+            .pause()
+            .map_err(|source| PauseError::ThreadGone {
+                device: "rng",
+                source,
+            })
+    }
 }
 
-/// Answers requests until the driver resets the device or it is dropped.
-fn serve(act: Activation, end: &WorkerEnd<Activation>) -> Next {
+/// Answers requests until the driver resets the device, it pauses or is
+/// dropped; which of these, and where it was in the queue.
+fn serve(act: Activation, end: &WorkerEnd<Activation>) -> (Next, QueuePosition) {
     let Activation {
         mem,
+        index,
         mut queue,
         kick,
         interrupt,
@@ -120,7 +134,7 @@ fn serve(act: Activation, end: &WorkerEnd<Activation>) -> Next {
         if fds[1].revents & libc::POLLIN != 0 {
             match end.next() {
                 Next::Serve => {}
-                stop => return stop,
+                stop => return (stop, QueuePosition::of(index, &queue)),
             }
         }
         let _ = kick.read();

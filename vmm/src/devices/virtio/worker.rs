@@ -8,8 +8,12 @@
 //! rings right after, so the reset returns only once the thread has let go
 //! of them. A wake eventfd beside the thread's own fds makes that prompt,
 //! and lets the thread sleep in poll without a timeout.
+//!
+//! [`Worker::pause`] is the snapshot's: with the vCPUs stopped, the thread
+//! finishes the requests at hand, lets go of the queues and reports where
+//! it was in each ([`QueuePosition`]); the VM does not run on after it.
 
-use super::ActivateError;
+use super::{ActivateError, QueuePosition};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ pub struct ThreadGone;
 enum Control<A> {
     Activate(A),
     Reset,
+    Pause,
 }
 
 /// What the device thread should do after a wake-up.
@@ -40,6 +45,9 @@ pub enum Next {
     /// Let go of the queues, [`WorkerEnd::ack_reset`], and wait for the
     /// next activation.
     Reset,
+    /// Let go of the queues and [`WorkerEnd::ack_pause`] with where the
+    /// device was in them; then wait as after a reset.
+    Pause,
     /// The device was dropped: end the thread.
     Exit,
 }
@@ -49,6 +57,7 @@ pub struct Worker<A> {
     to_thread: Option<Sender<Control<A>>>,
     wake: Arc<EventFd>,
     reset_done: Receiver<()>,
+    paused: Receiver<Vec<QueuePosition>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -57,6 +66,7 @@ pub struct WorkerEnd<A> {
     from_device: Receiver<Control<A>>,
     wake: Arc<EventFd>,
     reset_done: Sender<()>,
+    paused: Sender<Vec<QueuePosition>>,
 }
 
 impl<A: Send + 'static> Worker<A> {
@@ -67,11 +77,13 @@ impl<A: Send + 'static> Worker<A> {
     ) -> std::io::Result<Self> {
         let (to_thread, from_device) = channel();
         let (done_tx, reset_done) = channel();
+        let (paused_tx, paused) = channel();
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let end = WorkerEnd {
             from_device,
             wake: wake.clone(),
             reset_done: done_tx,
+            paused: paused_tx,
         };
         let thread = std::thread::Builder::new()
             .name(name)
@@ -80,6 +92,7 @@ impl<A: Send + 'static> Worker<A> {
             to_thread: Some(to_thread),
             wake,
             reset_done,
+            paused,
             thread: Some(thread),
         })
     }
@@ -118,6 +131,18 @@ impl<A: Send + 'static> Worker<A> {
             Err(RecvTimeoutError::Timeout)
         )
     }
+
+    /// Tells the thread to finish the requests at hand and let go of the
+    /// queues, and waits (up to [`RESET_TIMEOUT`]) for where it was in
+    /// each: none if the device was not active. Err if the thread has
+    /// ended or did not answer.
+    pub fn pause(&self) -> Result<Vec<QueuePosition>, ThreadGone> {
+        while self.paused.try_recv().is_ok() {}
+        self.send(Control::Pause)?;
+        self.paused
+            .recv_timeout(RESET_TIMEOUT)
+            .map_err(|_| ThreadGone)
+    }
 }
 
 impl<A> Drop for Worker<A> {
@@ -141,6 +166,7 @@ impl<A> WorkerEnd<A> {
                 // see. At worst the first poll wakes once for nothing.
                 Ok(Control::Activate(a)) => return Some(a),
                 Ok(Control::Reset) => self.ack_reset(),
+                Ok(Control::Pause) => self.ack_pause(Vec::new()),
                 Err(_) => return None,
             }
         }
@@ -160,6 +186,7 @@ impl<A> WorkerEnd<A> {
             match self.from_device.try_recv() {
                 // What follows a reset is for wait_activation.
                 Ok(Control::Reset) => return Next::Reset,
+                Ok(Control::Pause) => return Next::Pause,
                 Ok(Control::Activate(_)) => {
                     // The transport activates only from a reset state.
                     tracing::warn!("activation of a device already active ignored");
@@ -191,6 +218,22 @@ impl<A> WorkerEnd<A> {
     /// The queues are let go of: the vCPU thread's reset may return.
     pub fn ack_reset(&self) {
         let _ = self.reset_done.send(());
+    }
+
+    /// The queues are let go of, and this is where the device was in them.
+    pub fn ack_pause(&self, positions: Vec<QueuePosition>) {
+        let _ = self.paused.send(positions);
+    }
+
+    /// What a device thread does once its serving loop returned `next`
+    /// with the queues' `positions`: false if it should end.
+    pub fn after_serving(&self, next: Next, positions: Vec<QueuePosition>) -> bool {
+        match next {
+            Next::Reset => self.ack_reset(),
+            Next::Pause => self.ack_pause(positions),
+            Next::Serve | Next::Exit => return false,
+        }
+        true
     }
 }
 
@@ -252,6 +295,36 @@ mod tests {
     }
 
     #[test]
+    fn pause_reports_where_an_active_device_was_and_none_for_an_idle_one() {
+        let w = Worker::spawn("t".into(), |end: WorkerEnd<u16>| {
+            while let Some(at) = end.wait_activation() {
+                let next = end.wait_until_stopped();
+                let positions = vec![QueuePosition {
+                    index: 1,
+                    next_avail: at,
+                    next_used: at - 1,
+                }];
+                if !end.after_serving(next, positions) {
+                    return;
+                }
+            }
+        })
+        .unwrap();
+        assert_eq!(w.pause().unwrap(), [], "not active: nothing to report");
+        w.activate(9).unwrap();
+        let p = w.pause().unwrap();
+        assert_eq!(
+            p,
+            [QueuePosition {
+                index: 1,
+                next_avail: 9,
+                next_used: 8
+            }]
+        );
+        drop(w);
+    }
+
+    #[test]
     fn reset_of_an_ended_thread_returns_at_once() {
         let w = Worker::spawn("t".into(), |_end: WorkerEnd<()>| {}).unwrap();
         while !w.thread.as_ref().unwrap().is_finished() {
@@ -259,5 +332,6 @@ mod tests {
         }
         assert!(w.reset());
         assert!(w.activate(()).is_err());
+        assert!(w.pause().is_err());
     }
 }
