@@ -2,143 +2,17 @@
 //! [`VmmConfig::parse`] reads it, from one list of flags, so the launcher
 //! and the VMM cannot disagree on a name or a format.
 
-use crate::{
-    ConfigError, FsShare, Identity, MacAddr, NetConfig, NetTap, SeccompMode, Snapshot, ValueError,
-    VmmConfig, DEFAULT_MAC, IDENTITY_MAX, IDENTITY_MIN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+use crate::error::{check_range, ConfigError, ValueError};
+use crate::flag::{self, TAP_FD_PREFIX};
+use crate::limits::{
+    DEFAULT_MAC, IDENTITY_MAX, IDENTITY_MIN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
 };
+use crate::snapshot::Snapshot;
+use crate::{FsShare, Identity, MacAddr, NetConfig, NetTap, SeccompMode, VmmConfig};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
-/// The flags, as written on the command line.
-pub(crate) mod flag {
-    pub const KERNEL: &str = "--kernel";
-    pub const INITRD: &str = "--initrd";
-    pub const CMDLINE: &str = "--cmdline";
-    pub const MEMORY_MIB: &str = "--memory-mib";
-    pub const VCPUS: &str = "--vcpus";
-    pub const CONSOLE_LOG: &str = "--console-log";
-    pub const SECCOMP: &str = "--seccomp";
-    pub const VSOCK_SOCKET: &str = "--vsock-socket";
-    pub const FS_SOCKET: &str = "--fs-socket";
-    pub const FS_TAG: &str = "--fs-tag";
-    pub const NET_TAP: &str = "--net-tap";
-    pub const NET_MAC: &str = "--net-mac";
-    pub const RNG: &str = "--rng";
-    pub const JAIL: &str = "--jail";
-    pub const UID: &str = "--uid";
-    pub const GID: &str = "--gid";
-    pub const NEW_PID_NS: &str = "--new-pid-ns";
-    pub const MEMORY_FILE: &str = "--memory-file";
-    pub const SNAPSHOT_TO: &str = "--snapshot-to";
-    pub const RESTORE_FROM: &str = "--restore-from";
-
-    /// Every flag; only `--rng` and `--new-pid-ns` take no value.
-    pub const ALL: [&str; 20] = [
-        KERNEL,
-        INITRD,
-        CMDLINE,
-        MEMORY_MIB,
-        VCPUS,
-        CONSOLE_LOG,
-        SECCOMP,
-        VSOCK_SOCKET,
-        FS_SOCKET,
-        FS_TAG,
-        NET_TAP,
-        NET_MAC,
-        RNG,
-        JAIL,
-        UID,
-        GID,
-        NEW_PID_NS,
-        MEMORY_FILE,
-        SNAPSHOT_TO,
-        RESTORE_FROM,
-    ];
-}
-
-/// `--net-tap fd:N`: a descriptor passed down, not an interface name.
-pub(crate) const TAP_FD_PREFIX: &str = "fd:";
-
-pub const USAGE: &str = "usage: husk-vmm --kernel PATH [--initrd PATH] [--cmdline STRING] \
-[--memory-mib N] [--vcpus N] --console-log PATH [--seccomp kill|log|off] \
-[--vsock-socket PATH] [--fs-socket PATH --fs-tag TAG] [--net-tap NAME|fd:N [--net-mac MAC]] \
-[--rng] [--jail DIR] [--uid UID --gid GID] [--new-pid-ns] \
-[--memory-file PATH --snapshot-to PATH]
-   or: husk-vmm --memory-file PATH --restore-from PATH [the same options, without \
---kernel, --initrd and --cmdline]";
-
-pub(crate) fn tap_arg(tap: &NetTap) -> String {
-    match tap {
-        NetTap::Fd(fd) => format!("{TAP_FD_PREFIX}{fd}"),
-        NetTap::Name(name) => name.clone(),
-    }
-}
-
 impl VmmConfig {
-    /// Each flag this VM is written with, and its value (None for a
-    /// switch), in the order of [`USAGE`].
-    pub(crate) fn flags(&self) -> Vec<(&'static str, Option<OsString>)> {
-        let value = |v: &dyn AsRef<OsStr>| Some(v.as_ref().to_owned());
-        let mut f = Vec::new();
-        // A clone boots nothing: its kernel is in the template's memory.
-        if !matches!(self.snapshot, Some(Snapshot::Clone { .. })) {
-            f.push((flag::KERNEL, value(&self.kernel)));
-            if let Some(initrd) = &self.initrd {
-                f.push((flag::INITRD, value(initrd)));
-            }
-            f.push((flag::CMDLINE, value(&self.cmdline)));
-        }
-        f.extend([
-            (flag::MEMORY_MIB, value(&self.memory_mib.to_string())),
-            (flag::VCPUS, value(&self.vcpus.to_string())),
-            (flag::CONSOLE_LOG, value(&self.console_log)),
-            (flag::SECCOMP, value(&self.seccomp.as_str())),
-        ]);
-        if let Some(socket) = &self.vsock_socket {
-            f.push((flag::VSOCK_SOCKET, value(socket)));
-        }
-        if let Some(fs) = &self.fs {
-            f.push((flag::FS_SOCKET, value(&fs.socket)));
-            f.push((flag::FS_TAG, value(&fs.tag)));
-        }
-        if let Some(net) = &self.net {
-            f.push((flag::NET_TAP, value(&tap_arg(&net.tap))));
-            f.push((flag::NET_MAC, value(&net.mac.to_string())));
-        }
-        if self.rng {
-            f.push((flag::RNG, None));
-        }
-        if let Some(jail) = &self.jail {
-            f.push((flag::JAIL, value(jail)));
-        }
-        if let Some(id) = self.identity {
-            f.push((flag::UID, value(&id.uid.to_string())));
-            f.push((flag::GID, value(&id.gid.to_string())));
-        }
-        if self.new_pid_ns {
-            f.push((flag::NEW_PID_NS, None));
-        }
-        match &self.snapshot {
-            Some(Snapshot::Template {
-                memory_file,
-                state_file,
-            }) => f.extend([
-                (flag::MEMORY_FILE, value(memory_file)),
-                (flag::SNAPSHOT_TO, value(state_file)),
-            ]),
-            Some(Snapshot::Clone {
-                memory_file,
-                state_file,
-            }) => f.extend([
-                (flag::MEMORY_FILE, value(memory_file)),
-                (flag::RESTORE_FROM, value(state_file)),
-            ]),
-            None => {}
-        }
-        f
-    }
-
     /// husk-vmm's arguments for this VM (without the program name); every
     /// field is written, defaults included. [`parse`](Self::parse) of them
     /// gives this configuration back.
@@ -159,11 +33,7 @@ impl VmmConfig {
     {
         let mut args = args.into_iter().map(Into::into);
         let mut seen: Vec<&'static str> = Vec::new();
-        let (mut kernel, mut console_log) = (None, None);
-        let mut config = VmmConfig::new("", "");
-        let (mut fs_socket, mut fs_tag, mut net_tap, mut net_mac) = (None, None, None, None);
-        let (mut uid, mut gid) = (None, None);
-        let (mut memory_file, mut snapshot_to, mut restore_from) = (None, None, None);
+        let mut parsed = Parsed::new();
         while let Some(arg) = args.next() {
             let name = arg.to_str().unwrap_or_default();
             if name == "--help" || name == "-h" {
@@ -179,72 +49,118 @@ impl VmmConfig {
             }
             seen.push(flag);
             match flag {
-                flag::RNG => {
-                    config.rng = true;
-                    continue;
+                flag::RNG => parsed.config.rng = true,
+                flag::NEW_PID_NS => parsed.config.new_pid_ns = true,
+                _ => {
+                    let value = args.next().ok_or(ConfigError::MissingValue { flag })?;
+                    parsed.value(flag, value)?;
                 }
-                flag::NEW_PID_NS => {
-                    config.new_pid_ns = true;
-                    continue;
-                }
-                _ => {}
-            }
-            let value = args.next().ok_or(ConfigError::MissingValue { flag })?;
-            match flag {
-                flag::KERNEL => kernel = Some(PathBuf::from(value)),
-                flag::INITRD => config.initrd = Some(value.into()),
-                flag::CMDLINE => config.cmdline = text(flag, &value)?.into(),
-                flag::MEMORY_MIB => {
-                    let (min, max) = (MIN_MEMORY_MIB.into(), MAX_MEMORY_MIB.into());
-                    config.memory_mib = number(flag, &value, min, max)? as u32;
-                }
-                flag::VCPUS => {
-                    config.vcpus = number(flag, &value, 1, MAX_VCPUS.into())? as u8;
-                }
-                flag::CONSOLE_LOG => console_log = Some(PathBuf::from(value)),
-                flag::SECCOMP => {
-                    let v = text(flag, &value)?;
-                    config.seccomp = v
-                        .parse::<SeccompMode>()
-                        .map_err(|e| ConfigError::value(flag, v, e))?;
-                }
-                flag::VSOCK_SOCKET => config.vsock_socket = Some(value.into()),
-                flag::FS_SOCKET => fs_socket = Some(PathBuf::from(value)),
-                flag::FS_TAG => fs_tag = Some(text(flag, &value)?.to_owned()),
-                flag::NET_TAP => net_tap = Some(tap(flag, &value)?),
-                flag::NET_MAC => {
-                    let v = text(flag, &value)?;
-                    let mac = v
-                        .parse::<MacAddr>()
-                        .map_err(|e| ConfigError::value(flag, v, e.into()))?;
-                    net_mac = Some(mac);
-                }
-                flag::JAIL => config.jail = Some(value.into()),
-                flag::UID | flag::GID => {
-                    let (min, max) = (IDENTITY_MIN.into(), IDENTITY_MAX.into());
-                    let id = Some(number(flag, &value, min, max)? as u32);
-                    match flag {
-                        flag::UID => uid = id,
-                        _ => gid = id,
-                    }
-                }
-                flag::MEMORY_FILE => memory_file = Some(PathBuf::from(value)),
-                flag::SNAPSHOT_TO => snapshot_to = Some(PathBuf::from(value)),
-                flag::RESTORE_FROM => restore_from = Some(PathBuf::from(value)),
-                _ => unreachable!("every flag of flag::ALL is matched"),
             }
         }
-        config.snapshot = Snapshot::from_flags(memory_file, snapshot_to, restore_from)?;
+        let config = parsed.assemble()?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// What the flags said so far: the fields that stand alone in `config`,
+/// the ones that only make sense together apart until [`Parsed::assemble`].
+struct Parsed {
+    config: VmmConfig,
+    kernel: Option<PathBuf>,
+    console_log: Option<PathBuf>,
+    fs_socket: Option<PathBuf>,
+    fs_tag: Option<String>,
+    net_tap: Option<NetTap>,
+    net_mac: Option<MacAddr>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    memory_file: Option<PathBuf>,
+    snapshot_to: Option<PathBuf>,
+    restore_from: Option<PathBuf>,
+}
+
+impl Parsed {
+    fn new() -> Self {
+        Parsed {
+            config: VmmConfig::new("", ""),
+            kernel: None,
+            console_log: None,
+            fs_socket: None,
+            fs_tag: None,
+            net_tap: None,
+            net_mac: None,
+            uid: None,
+            gid: None,
+            memory_file: None,
+            snapshot_to: None,
+            restore_from: None,
+        }
+    }
+
+    /// Takes the value of one flag that has one.
+    fn value(&mut self, flag: &'static str, value: OsString) -> Result<(), ConfigError> {
+        let config = &mut self.config;
+        match flag {
+            flag::KERNEL => self.kernel = Some(PathBuf::from(value)),
+            flag::INITRD => config.initrd = Some(value.into()),
+            flag::CMDLINE => config.cmdline = text(flag, &value)?.into(),
+            flag::MEMORY_MIB => {
+                let (min, max) = (MIN_MEMORY_MIB.into(), MAX_MEMORY_MIB.into());
+                config.memory_mib = number(flag, &value, min, max)? as u32;
+            }
+            flag::VCPUS => config.vcpus = number(flag, &value, 1, MAX_VCPUS.into())? as u8,
+            flag::CONSOLE_LOG => self.console_log = Some(PathBuf::from(value)),
+            flag::SECCOMP => {
+                let v = text(flag, &value)?;
+                config.seccomp = v
+                    .parse::<SeccompMode>()
+                    .map_err(|e| ConfigError::value(flag, v, e))?;
+            }
+            flag::VSOCK_SOCKET => config.vsock_socket = Some(value.into()),
+            flag::FS_SOCKET => self.fs_socket = Some(PathBuf::from(value)),
+            flag::FS_TAG => self.fs_tag = Some(text(flag, &value)?.to_owned()),
+            flag::NET_TAP => self.net_tap = Some(tap(flag, &value)?),
+            flag::NET_MAC => {
+                let v = text(flag, &value)?;
+                let mac = v
+                    .parse::<MacAddr>()
+                    .map_err(|e| ConfigError::value(flag, v, e.into()))?;
+                self.net_mac = Some(mac);
+            }
+            flag::JAIL => config.jail = Some(value.into()),
+            flag::UID | flag::GID => {
+                let (min, max) = (IDENTITY_MIN.into(), IDENTITY_MAX.into());
+                let id = Some(number(flag, &value, min, max)? as u32);
+                match flag {
+                    flag::UID => self.uid = id,
+                    _ => self.gid = id,
+                }
+            }
+            flag::MEMORY_FILE => self.memory_file = Some(PathBuf::from(value)),
+            flag::SNAPSHOT_TO => self.snapshot_to = Some(PathBuf::from(value)),
+            flag::RESTORE_FROM => self.restore_from = Some(PathBuf::from(value)),
+            _ => unreachable!("every flag of flag::ALL that takes a value is matched"),
+        }
+        Ok(())
+    }
+
+    /// Puts the flags that go together into the configuration, or says
+    /// which one is missing its partner.
+    fn assemble(self) -> Result<VmmConfig, ConfigError> {
+        let mut config = self.config;
+        config.snapshot =
+            Snapshot::from_flags(self.memory_file, self.snapshot_to, self.restore_from)?;
         // A clone has no kernel of its own (validate refuses one).
-        if !matches!(config.snapshot, Some(Snapshot::Clone { .. })) {
-            config.kernel = kernel.ok_or(ConfigError::Required { flag: flag::KERNEL })?;
-        } else if let Some(k) = kernel {
-            config.kernel = k;
+        match (&config.snapshot, self.kernel) {
+            (Some(Snapshot::Clone { .. }), Some(k)) => config.kernel = k,
+            (Some(Snapshot::Clone { .. }), None) => {}
+            (_, k) => config.kernel = k.ok_or(ConfigError::Required { flag: flag::KERNEL })?,
         }
-        config.console_log = console_log.ok_or(ConfigError::Required {
+        config.console_log = self.console_log.ok_or(ConfigError::Required {
             flag: flag::CONSOLE_LOG,
         })?;
-        config.fs = match (fs_socket, fs_tag) {
+        config.fs = match (self.fs_socket, self.fs_tag) {
             (Some(socket), Some(tag)) => Some(FsShare { socket, tag }),
             (None, None) => None,
             _ => {
@@ -254,7 +170,7 @@ impl VmmConfig {
                 })
             }
         };
-        config.net = match (net_tap, net_mac) {
+        config.net = match (self.net_tap, self.net_mac) {
             (Some(tap), mac) => Some(NetConfig {
                 tap,
                 mac: mac.unwrap_or(DEFAULT_MAC),
@@ -267,7 +183,7 @@ impl VmmConfig {
                 })
             }
         };
-        config.identity = match (uid, gid) {
+        config.identity = match (self.uid, self.gid) {
             (Some(uid), Some(gid)) => Some(Identity { uid, gid }),
             (None, None) => None,
             _ => {
@@ -277,7 +193,6 @@ impl VmmConfig {
                 })
             }
         };
-        config.validate()?;
         Ok(config)
     }
 }
@@ -294,7 +209,7 @@ fn number(flag: &'static str, value: &OsStr, min: u64, max: u64) -> Result<u64, 
     let n = v.parse::<u64>().map_err(|source| {
         ConfigError::value(flag, v, ValueError::NotANumber { min, max, source })
     })?;
-    crate::check_range(flag, n, min, max).map(|()| n)
+    check_range(flag, n, min, max).map(|()| n)
 }
 
 fn tap(flag: &'static str, value: &OsStr) -> Result<NetTap, ConfigError> {

@@ -71,7 +71,7 @@ pub enum ValueError {
     OutOfRange { min: u64, max: u64 },
     #[error("expected kill, log or off")]
     SeccompMode,
-    #[error("virtio-fs tags are 1 to {} bytes", crate::FS_TAG_MAX)]
+    #[error("virtio-fs tags are 1 to {} bytes", crate::limits::FS_TAG_MAX)]
     FsTag,
     #[error("expected fd:N with N a file descriptor number, or a TAP name not starting with fd:")]
     Descriptor,
@@ -79,4 +79,22 @@ pub enum ValueError {
     Tap(#[from] TapError),
     #[error(transparent)]
     Mac(#[from] MacError),
+}
+
+/// `value` of `flag` within `min..=max`.
+pub(crate) fn check_range(
+    flag: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::value(
+            flag,
+            &value.to_string(),
+            ValueError::OutOfRange { min, max },
+        ))
+    }
 }

@@ -3,8 +3,8 @@
 //! on SIGUSR1) or with `--restore-from` (a clone of it), and which other
 //! flags each allows. docs/husk-vmm.md, "Snapshot and restore", says why.
 
-use crate::args::flag;
-use crate::{ConfigError, VmmConfig};
+use crate::error::ConfigError;
+use crate::flag;
 use std::path::{Path, PathBuf};
 
 /// The role of a VM in a template: where its RAM lives and where its
@@ -28,12 +28,6 @@ pub enum Snapshot {
     },
 }
 
-/// Why a clone has no `--kernel`, `--initrd` or `--cmdline`.
-const CLONE_BOOTS_NOTHING: &str = "a clone runs the template's kernel, already in its memory";
-/// Why templates and clones have no vhost-user devices.
-const NO_VHOST_USER: &str = "vhost-user daemons map guest RAM themselves, and a clone's RAM is \
-a private copy-on-write mapping they cannot see (docs/husk-vmm.md)";
-
 impl Snapshot {
     pub fn memory_file(&self) -> &Path {
         match self {
@@ -52,7 +46,7 @@ impl Snapshot {
     }
 
     /// The flag that made this role, for errors.
-    fn flag(&self) -> &'static str {
+    pub(crate) fn flag(&self) -> &'static str {
         match self {
             Snapshot::Template { .. } => flag::SNAPSHOT_TO,
             Snapshot::Clone { .. } => flag::RESTORE_FROM,
@@ -94,35 +88,4 @@ impl Snapshot {
             }),
         }
     }
-}
-
-/// What `config`'s role forbids: a clone boots no kernel, and neither a
-/// template nor a clone has vhost-user devices.
-pub(crate) fn check(config: &VmmConfig) -> Result<(), ConfigError> {
-    let Some(role) = &config.snapshot else {
-        return Ok(());
-    };
-    let conflict = |flag, why| ConfigError::Conflict {
-        flag,
-        with: role.flag(),
-        why,
-    };
-    if let Snapshot::Clone { .. } = role {
-        if !config.kernel.as_os_str().is_empty() {
-            return Err(conflict(flag::KERNEL, CLONE_BOOTS_NOTHING));
-        }
-        if config.initrd.is_some() {
-            return Err(conflict(flag::INITRD, CLONE_BOOTS_NOTHING));
-        }
-        if !config.cmdline.is_empty() {
-            return Err(conflict(flag::CMDLINE, CLONE_BOOTS_NOTHING));
-        }
-    }
-    if config.vsock_socket.is_some() {
-        return Err(conflict(flag::VSOCK_SOCKET, NO_VHOST_USER));
-    }
-    if config.fs.is_some() {
-        return Err(conflict(flag::FS_SOCKET, NO_VHOST_USER));
-    }
-    Ok(())
 }

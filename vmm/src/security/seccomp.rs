@@ -132,48 +132,8 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         ThreadKind::Signals => {
             map.insert(libc::SYS_rt_sigtimedwait, Vec::new());
         }
-        ThreadKind::Main { snapshot } => {
-            // Kicking vCPU threads out of KVM_RUN (pthread_kill): only
-            // threads of this process, only with the kick signal. Any
-            // other process, or another signal, is refused.
-            // SAFETY: getpid takes nothing and cannot fail.
-            let tgid = unsafe { libc::getpid() };
-            map.insert(
-                libc::SYS_tgkill,
-                vec![SeccompRule::new(vec![
-                    arg_eq(0, tgid as u64)?,
-                    arg_eq(2, crate::vcpu::kick_signal() as u64)?,
-                ])?],
-            );
-            if snapshot {
-                // Reading the stopped VM's state (nothing that sets it),
-                // and writing the state and memory files out.
-                let reads = snapshot_ioctls()
-                    .into_iter()
-                    .map(|request| SeccompRule::new(vec![arg_eq(1, request)?]))
-                    .collect::<Result<_, _>>()?;
-                map.insert(libc::SYS_ioctl, reads);
-                map.insert(libc::SYS_msync, Vec::new());
-                map.insert(libc::SYS_fdatasync, Vec::new());
-            }
-        }
-        ThreadKind::Waiter { child, snapshot } => {
-            map.insert(libc::SYS_wait4, Vec::new());
-            map.insert(libc::SYS_rt_sigtimedwait, Vec::new());
-            let mut signals = vec![libc::SIGTERM, libc::SIGINT, libc::SIGKILL];
-            if snapshot {
-                signals.push(libc::SIGUSR1);
-            }
-            map.insert(
-                libc::SYS_kill,
-                signals
-                    .into_iter()
-                    .map(|sig| {
-                        SeccompRule::new(vec![arg_eq(0, child as u64)?, arg_eq(1, sig as u64)?])
-                    })
-                    .collect::<Result<_, _>>()?,
-            );
-        }
+        ThreadKind::Main { snapshot } => main_rules(&mut map, snapshot)?,
+        ThreadKind::Waiter { child, snapshot } => waiter_rules(&mut map, child, snapshot)?,
         ThreadKind::DeviceIo => {
             map.insert(libc::SYS_poll, Vec::new());
             map.insert(libc::SYS_ppoll, Vec::new());
@@ -203,6 +163,58 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         }
     }
     Ok(map)
+}
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// The main thread: kicking vCPU threads out of KVM_RUN (pthread_kill):
+/// only threads of this process, only with the kick signal; any other
+/// process, or another signal, is refused. A template also reads the
+/// stopped VM's state (nothing that sets it) and writes the state and
+/// memory files out.
+fn main_rules(map: &mut Rules, snapshot: bool) -> Result<(), seccompiler::BackendError> {
+    // SAFETY: getpid takes nothing and cannot fail.
+    let tgid = unsafe { libc::getpid() };
+    map.insert(
+        libc::SYS_tgkill,
+        vec![SeccompRule::new(vec![
+            arg_eq(0, tgid as u64)?,
+            arg_eq(2, crate::vcpu::kick_signal() as u64)?,
+        ])?],
+    );
+    if snapshot {
+        let reads = snapshot_ioctls()
+            .into_iter()
+            .map(|request| SeccompRule::new(vec![arg_eq(1, request)?]))
+            .collect::<Result<_, _>>()?;
+        map.insert(libc::SYS_ioctl, reads);
+        map.insert(libc::SYS_msync, Vec::new());
+        map.insert(libc::SYS_fdatasync, Vec::new());
+    }
+    Ok(())
+}
+
+/// The PID-namespace parent: waiting for its one child and passing it
+/// TERM, INT or KILL (and a template's USR1), nothing else, no one else.
+fn waiter_rules(
+    map: &mut Rules,
+    child: libc::pid_t,
+    snapshot: bool,
+) -> Result<(), seccompiler::BackendError> {
+    map.insert(libc::SYS_wait4, Vec::new());
+    map.insert(libc::SYS_rt_sigtimedwait, Vec::new());
+    let mut signals = vec![libc::SIGTERM, libc::SIGINT, libc::SIGKILL];
+    if snapshot {
+        signals.push(libc::SIGUSR1);
+    }
+    map.insert(
+        libc::SYS_kill,
+        signals
+            .into_iter()
+            .map(|sig| SeccompRule::new(vec![arg_eq(0, child as u64)?, arg_eq(1, sig as u64)?]))
+            .collect::<Result<_, _>>()?,
+    );
+    Ok(())
 }
 
 // The KVM_GET_* ioctls a template's snapshot makes on the VM and its

@@ -16,7 +16,7 @@
 //! MTRRs (which KVM does not list; QEMU saves them by hand too), less
 //! those this vCPU cannot read. A clone accepts only MSRs of that set.
 
-use super::{Vcpu, VcpuError};
+use super::run::{Vcpu, VcpuError};
 use crate::snapshot::format::{VcpuState, MAX_MSRS};
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_MAX_MSR_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};

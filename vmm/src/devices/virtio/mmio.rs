@@ -13,7 +13,7 @@
 //! ([`MmioTransport::restore`]), which checks them as it would the
 //! driver's writes and activates the device where the template's was.
 
-use super::{Interrupt, PauseError, Queue, QueuePosition, QueueT, ReadyQueue, VirtioDevice};
+use super::device::{Interrupt, PauseError, QueuePosition, ReadyQueue, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 use crate::snapshot::format::{QueueState, TransportState};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -90,7 +91,7 @@ enum ActivationFailure {
     #[error("{device}: DRIVER_OK without a ready queue")]
     NoQueue { device: &'static str },
     #[error(transparent)]
-    Device(#[from] super::ActivateError),
+    Device(#[from] super::device::ActivateError),
 }
 
 /// Why a snapshot's transport state cannot be taken back.
@@ -551,7 +552,7 @@ impl MmioTransport {
             });
         }
         self.check_status(s)?;
-        if s.interrupt_status & !(super::INT_VRING | super::INT_CONFIG) != 0 {
+        if s.interrupt_status & !(super::device::INT_VRING | super::device::INT_CONFIG) != 0 {
             return Err(RestoreError::InterruptStatus {
                 device,
                 bits: s.interrupt_status,

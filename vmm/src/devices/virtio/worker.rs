@@ -13,7 +13,7 @@
 //! finishes the requests at hand, lets go of the queues and reports where
 //! it was in each ([`QueuePosition`]); the VM does not run on after it.
 
-use super::{ActivateError, QueuePosition};
+use super::device::{ActivateError, QueuePosition, ThreadGone};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
@@ -25,11 +25,6 @@ use vmm_sys_util::eventfd::EventFd;
 /// rings is one request and reply per queue; a daemon slower than this
 /// is logged, and the reset goes on.
 pub const RESET_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The device thread has ended (its hardening failed, or it was dropped).
-#[derive(Debug, thiserror::Error)]
-#[error("the device thread has ended")]
-pub struct ThreadGone;
 
 enum Control<A> {
     Activate(A),
