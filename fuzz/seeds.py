@@ -7,7 +7,7 @@ and set-up of each of husk-vmm's devices, the 8250 driver's console set-up,
 descriptor chains as the Linux virtio-rng and virtio-net drivers post
 them, the handshake lines vhost-device-vsock and the agent's forwarder
 send, the agent's replies as gRPC frames, and what containerd 1.6-2.3 write
-on a shim's stdin. scripts/fuzz.sh merges these into fuzz/corpus/ (which
+on a shim's stdin. tests/tools/fuzz.sh merges these into fuzz/corpus/ (which
 is what is committed, minimized); run this again only when an input
 format changes: python3 fuzz/seeds.py
 

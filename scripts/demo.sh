@@ -4,7 +4,7 @@
 # image, and run a container in a husk micro-VM through containerd.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bash "$repo/scripts/setup.sh" --no-tests
+bash "$repo/scripts/setup.sh"
 
 sock=/run/containerd/containerd.sock
 if ! ctr --address "$sock" version >/dev/null 2>&1; then

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The test command: sets the host up (scripts/setup.sh), then runs the
+# The test command: sets the host up (scripts/setup.sh, then the test
+# fixtures and tools of tests/setup.sh), then runs the
 # format and lint checks and every test of the workspace, VM tests included,
 # on the system's containerd (Debian 12: 1.6); then the ctr suite and a CRI
-# subset again on containerd 1.7 and 2.1 (fetched by setup.sh). The restart
+# subset again on containerd 1.7 and 2.1 (fetched by tests/setup.sh). The restart
 # tests (tests/tests/restart.rs) cover all three lines themselves.
 set -euo pipefail
 # One build per run: incremental state would only add gigabytes to target/.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup.sh"
+bash "$repo/tests/setup.sh"
 cd "$repo"
 echo "== the .deb and the DaemonSet image (tests/tests/install.rs installs them on a throwaway node)"
 bash scripts/build-deb.sh && bash scripts/build-deploy-image.sh
@@ -16,6 +18,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The replaced agent, a test fixture behind its feature.
+cargo clippy --locked -p husk-agent --features fake-agent --bins -- -D warnings
+echo "== no file-level import circle"
+python3 tests/tools/import_cycles.py shim/src hypervisor/src vmm/src vmm/config/src \
+    config/src container/src agent/src proto/src tests/src
 echo "== cargo test, every suite, on $(containerd --version)"
 # Two tests at a time: each end-to-end test boots TCG VMs, and more than
 # two at once on a 2-core machine only makes every guest slower.
@@ -50,4 +57,4 @@ done
 # Every host parser of guest input, and the agent's planner, fuzzed for a
 # bounded time from the committed corpus (docs/fuzzing.md).
 echo "== fuzz targets, 20 s each"
-bash scripts/fuzz.sh 20
+bash tests/tools/fuzz.sh 20

@@ -42,7 +42,7 @@ fn shared() -> &'static Path {
     })
 }
 
-/// A rootfs with the links an image can carry, in $TMPDIR (scripts/fuzz.sh
+/// A rootfs with the links an image can carry, in $TMPDIR (tests/tools/fuzz.sh
 /// points it at a directory it removes); made the same by every process.
 fn rootfs() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();

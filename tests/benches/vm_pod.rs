@@ -6,7 +6,7 @@
 //!   start (StartContainer), to cloud-init's "finished" line in the CRI log
 //!   and to sshd's banner at the pod IP;
 //! - by bare `qemu-system-x86_64` with the same devices, tb-size and size
-//!   (scripts/bench-vm-image.py; user networking instead of the pod's TAP),
+//!   (tests/fixtures/bench-vm-image.py; user networking instead of the pod's TAP),
 //!   from QEMU's start to the same two points.
 //!
 //! Runs alternate (bare, husk, bare, husk, ...) so both see the same host
@@ -29,7 +29,7 @@ const IMAGE: &str = "docker.io/husk/debian-vm:test";
 const MEMORY_MIB: i64 = 1024;
 const TB_SIZE_MIB: u32 = 256;
 const TIMEOUT: Duration = Duration::from_secs(1200);
-/// The user-data scripts/bench-vm-image.py gives the bare VM.
+/// The user-data tests/fixtures/bench-vm-image.py gives the bare VM.
 const USER_DATA: &str = "#cloud-config
 runcmd:
   - [sh, -c, \"mkdir -p /srv/www && hostname > /srv/www/index.html\"]
@@ -240,7 +240,7 @@ fn main() {
         .filter(|&n| n > 0)
         .unwrap_or(2);
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let script = repo.join("scripts/bench-vm-image.py");
+    let script = repo.join("tests/fixtures/bench-vm-image.py");
     let archive =
         husk_tests::installed_archive("HUSK_VM_IMAGE", "/usr/local/share/husk/debian-vm-oci.tar");
     let mut cri = Cri::start();

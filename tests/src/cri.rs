@@ -25,9 +25,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-/// The sandbox image, built by scripts/build-pause-image.sh.
+/// The sandbox image, built by tests/fixtures/build-pause-image.sh.
 pub const PAUSE_IMAGE: &str = "docker.io/husk/pause:test";
-/// The container image, built by scripts/build-test-image.sh.
+/// The container image, built by tests/fixtures/build-test-image.sh.
 pub const BUSYBOX_IMAGE: &str = crate::ctr::IMAGE;
 /// The containerd namespace the CRI plugin works in.
 pub const K8S_NAMESPACE: &str = "k8s.io";

@@ -1,6 +1,6 @@
 //! Which containerd a test runs. Nodes run containerd 1.6, 1.7 and 2.x;
 //! the system's own (Debian 12: 1.6) is on PATH, and
-//! scripts/fetch-containerd.sh unpacks Debian 13's 1.7 and unstable's 2.x
+//! tests/tools/fetch-containerd.sh unpacks Debian 13's 1.7 and unstable's 2.x
 //! into `$HUSK_CACHE/containerd/<name>/usr/bin`, where `<name>` is the
 //! release line (`1.7`, `2.1`) or the Debian suite (`trixie`, `unstable`).
 //! `HUSK_CONTAINERD` picks the one a whole test run uses (default: the
@@ -67,7 +67,7 @@ impl Release {
             }
         };
         let release = Release::at(&bin_dir).map_err(|e| {
-            format!("{e}: run `sudo bash scripts/fetch-containerd.sh` (it fetches 1.7 and 2.x)")
+            format!("{e}: run `sudo bash tests/tools/fetch-containerd.sh` (it fetches 1.7 and 2.x)")
         })?;
         if name.contains('.') && !name.starts_with('/') && release.line() != name {
             return Err(format!(
@@ -142,7 +142,7 @@ impl std::fmt::Display for Release {
     }
 }
 
-/// Where scripts/fetch-containerd.sh unpacks other releases.
+/// Where tests/tools/fetch-containerd.sh unpacks other releases.
 fn cache_dir() -> PathBuf {
     std::env::var_os("HUSK_CACHE")
         .map(PathBuf::from)

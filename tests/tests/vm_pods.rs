@@ -1,5 +1,5 @@
 //! husk-vm end to end through CRI: a KubeVirt
-//! containerDisk (the Debian test image, scripts/build-vm-image.sh) booted
+//! containerDisk (the Debian test image, tests/fixtures/build-vm-image.sh) booted
 //! as a pod under `runtimeClassName: husk-vm`, driven as kubelet drives
 //! it. A full Debian boot under TCG takes minutes, so one test boots as
 //! few VMs as the assertions allow and runs two at a time:
@@ -51,7 +51,7 @@ fn harness() -> Option<Cri> {
     Some(Cri::start())
 }
 
-/// A test image archive setup.sh installed (scripts/build-vm-image.sh).
+/// A test image archive setup.sh installed (tests/fixtures/build-vm-image.sh).
 fn vm_archive(file: &str) -> PathBuf {
     let dir = std::env::var("HUSK_VM_IMAGE_DIR").unwrap_or_else(|_| "/usr/local/share/husk".into());
     husk_tests::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))

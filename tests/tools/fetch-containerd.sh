@@ -5,7 +5,7 @@
 #   trixie   (Debian 13): containerd 1.7.x
 #   unstable (sid):       containerd 2.x
 #
-#   scripts/fetch-containerd.sh [SUITE...]     (default: trixie unstable)
+#   tests/tools/fetch-containerd.sh [SUITE...]     (default: trixie unstable)
 #
 # Each suite's `containerd` .deb is downloaded with `apt-get download`
 # through a private sources list and a private apt state directory (the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds husk's fuzz targets (fuzz/, cargo fuzz with AddressSanitizer,
 # debug assertions and overflow checks) and runs each for a bounded time:
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#   tests/tools/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 # (default 20 s each, every target). Each run starts from the committed
 # corpus (fuzz/corpus/<target>) and seeds (fuzz/seeds/<target>, made by
 # fuzz/seeds.py, with fuzz/dict/<target>.dict where there is one); what it
@@ -14,7 +14,7 @@
 # toolchain accepts them with RUSTC_BOOTSTRAP=1, which this script sets
 # for its own cargo runs only.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-20}
 shift || true
 cd "$repo"

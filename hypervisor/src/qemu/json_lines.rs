@@ -158,9 +158,16 @@ mod tests {
             read_message(&mut r, 8).await,
             Err(LineError::TooLong(8))
         ));
-        for bad in [&b"[1]\n"[..], b"{\"id\":\"seven\"}\n", b"{\"error\":{\"class\":1}}\n"] {
+        for bad in [
+            &b"[1]\n"[..],
+            b"{\"id\":\"seven\"}\n",
+            b"{\"error\":{\"class\":1}}\n",
+        ] {
             let mut r = bad;
-            assert!(matches!(read_message(&mut r, 64).await, Err(LineError::Json(_))));
+            assert!(matches!(
+                read_message(&mut r, 64).await,
+                Err(LineError::Json(_))
+            ));
         }
         let mut r: &[u8] = b"{\"unterminated\"";
         assert!(matches!(

@@ -351,10 +351,14 @@ mod tests {
     #[test]
     fn exec_status_fields_are_checked() {
         let e = exec_status(json!({"exited": "yes"})).unwrap_err();
-        assert!(e.to_string().contains("exited") || e.to_string().contains("boolean"), "{e}");
+        assert!(
+            e.to_string().contains("exited") || e.to_string().contains("boolean"),
+            "{e}"
+        );
         let e = exec_status(json!({"exited": true, "out-data": "%%%"})).unwrap_err();
         assert!(e.to_string().contains("base64"), "{e}");
-        let s = exec_status(json!({"exited": true, "signal": 9, "other": [[1], {"x": 2}]})).unwrap();
+        let s =
+            exec_status(json!({"exited": true, "signal": 9, "other": [[1], {"x": 2}]})).unwrap();
         assert_eq!((s.exit_code, s.signal), (None, Some(9)));
         let e = exec_status(json!({"exitcode": 1})).unwrap_err();
         assert!(e.to_string().contains("exited"), "{e}");
@@ -370,6 +374,9 @@ mod tests {
         assert!(is_sync_reply(msg("{\"return\": 5}"), 5));
         assert!(!is_sync_reply(msg("{\"return\": 6}"), 5));
         assert!(!is_sync_reply(msg("{\"return\": {\"pid\": 5}}"), 5));
-        assert!(!is_sync_reply(msg("{\"error\": {\"class\": \"x\", \"desc\": \"y\"}}"), 5));
+        assert!(!is_sync_reply(
+            msg("{\"error\": {\"class\": \"x\", \"desc\": \"y\"}}"),
+            5
+        ));
     }
 }

@@ -61,8 +61,8 @@ impl AnswerBudget {
 
     /// Whether one more answer may go at `now`.
     pub fn take(&mut self, now: std::time::Instant) -> bool {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64()
-            * f64::from(ANSWERS_PER_SEC);
+        let refill =
+            now.saturating_duration_since(self.last).as_secs_f64() * f64::from(ANSWERS_PER_SEC);
         self.tokens = (self.tokens + refill).min(f64::from(ANSWER_BURST));
         self.last = now;
         if self.tokens >= 1.0 {
@@ -455,7 +455,10 @@ pub fn serve(
             };
             if !budget.take(std::time::Instant::now()) {
                 if budget.dropped.is_power_of_two() {
-                    tracing::warn!(dropped = budget.dropped, "DHCP: the VM asks faster than it is answered; requests dropped");
+                    tracing::warn!(
+                        dropped = budget.dropped,
+                        "DHCP: the VM asks faster than it is answered; requests dropped"
+                    );
                 }
                 continue;
             }
@@ -529,7 +532,10 @@ mod tests {
         let later = (0..100).filter(|_| b.take(t10)).count();
         assert_eq!(later, ANSWER_BURST as usize);
         let t11 = t10 + std::time::Duration::from_secs(1);
-        assert_eq!((0..100).filter(|_| b.take(t11)).count(), ANSWERS_PER_SEC as usize);
+        assert_eq!(
+            (0..100).filter(|_| b.take(t11)).count(),
+            ANSWERS_PER_SEC as usize
+        );
         // A clock that goes back refills nothing.
         assert!(!b.take(t0));
     }
