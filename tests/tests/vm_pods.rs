@@ -403,8 +403,12 @@ fn uefi_firmware_runs_and_attach_types_into_the_console() {
     let qemu = husk_tests::containerd::processes_mentioning(&format!("husk-vm-{id},"));
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", qemu[0])).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    // The firmware and its variables are flash devices on descriptors
+    // QEMU was handed: it opens no path of the image or its rootfs.
     assert!(
-        cmdline.contains("-M q35") && cmdline.contains("if=pflash,unit=0,format=raw,readonly=on"),
+        cmdline.contains("-M q35,pflash0=fw-code,pflash1=fw-vars")
+            && cmdline.contains("filename=/dev/fdset/1,node-name=fw-code-file,read-only=on")
+            && !cmdline.contains(&rootfs(&cri, &id).display().to_string()),
         "{cmdline}"
     );
     println!("OVMF's shell after {shell:?}");
