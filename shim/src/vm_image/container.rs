@@ -102,7 +102,7 @@ async fn seed_and_dhcp(
     let guest = leftovers.network.as_ref().map(|n| n.guest.clone());
     let facts = pod_facts(&p.bundle, id, guest)?;
     let seed_files = cloud_init::seed_files(&facts);
-    tracing::info!(pod_id = %ctx.pod_id, container_id = id, files = ?seed_files.iter().map(|(n, d)| (*n, d.len())).collect::<Vec<_>>(), "cloud-init seed");
+    tracing::info!(pod_id = %ctx.pod_id, container_id = id, files = %seed_summary(&seed_files), "cloud-init seed");
     let seed = seed::create_seed(files, &seed_files).await?;
     if let Some(n) = &leftovers.network {
         match super::dhcp::Lease::of_pod(&n.guest, &facts.dns, &facts.hostname) {
@@ -115,6 +115,17 @@ async fn seed_and_dhcp(
         }
     }
     Ok(seed)
+}
+
+/// What the log says of the seed: each file's name and size, never its
+/// content (user-data holds secrets, network-config the user's own
+/// settings).
+fn seed_summary(files: &cloud_init::SeedFiles) -> String {
+    files
+        .iter()
+        .map(|(name, data)| format!("{name} ({} bytes)", data.len()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The guest NIC's MAC: the pod interface's, which the TAP took over.
@@ -202,6 +213,7 @@ impl VmContainer {
                 .map(HostCgroup::procs_files)
                 .unwrap_or_default(),
             oom_score_adj: p.bundle.oom_score_adj(),
+            max_file_bytes: Some(seed::overlay_bound(files, p.disk.virtual_size)?),
         };
         let vm = VmImage::start(&ctx.config, spec).await?;
         tracing::info!(pod_id = %ctx.pod_id, container_id = id, pid = vm.pid(), "VM container created");
@@ -435,4 +447,20 @@ async fn watch_exit(
     );
     leftovers.remove().await;
     exit.send_replace(Some(ended.status));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_is_logged_by_name_and_size_only() {
+        let files: cloud_init::SeedFiles = vec![
+            ("user-data", b"#cloud-config\npassword: hunter2\n".to_vec()),
+            ("network-config", b"version: 2\nethernets: {}\n".to_vec()),
+        ];
+        let line = seed_summary(&files);
+        assert_eq!(line, "user-data (32 bytes), network-config (25 bytes)");
+        assert!(!line.contains("hunter2") && !line.contains("ethernets"));
+    }
 }
