@@ -6,8 +6,11 @@
 //!
 //! - stdout is the serial console, stdin its input; stderr is QEMU's own
 //!   messages and husk's note of a guest panic;
-//! - SIGTERM (and SIGINT, SIGPWR) press the ACPI power button (QMP
-//!   `system_powerdown`); SIGKILL ends QEMU (137);
+//! - SIGTERM (and SIGINT, SIGPWR) stop the guest as KubeVirt does: the
+//!   ACPI power button (QMP `system_powerdown`) and, where the guest's
+//!   qemu-guest-agent answers, its `guest-shutdown`, which a guest that
+//!   ignores the button (no logind, no acpid) still obeys; SIGKILL ends
+//!   QEMU (137), which containerd sends at the grace period's end;
 //! - the exit is QEMU's: 0 when the guest powered off, 1 after a guest
 //!   kernel panic (pvpanic, said on stderr), 137 when killed;
 //! - pause and resume stop and continue the vCPUs (QMP `stop`, `cont`);
@@ -21,7 +24,7 @@ use super::cloud_init;
 use super::context::{chain, PodContext};
 use super::error::VmError;
 use super::exec::GuestExecs;
-use super::guest_agent::GuestAgentSlot;
+use super::guest_agent::{on_agent, GuestAgentSlot};
 use super::launch::{block_devices, boot_of, pod_facts, Prepared};
 use super::seed;
 use crate::host::cgroup::HostCgroup;
@@ -63,6 +66,8 @@ pub struct VmContainer {
     /// The exit status, once QEMU exited and what it held is undone.
     exit: watch::Receiver<Option<u32>>,
     execs: GuestExecs,
+    /// The QEMU guest agent's connection, shared with the execs.
+    guest_agent: Arc<GuestAgentSlot>,
     call_timeout: Duration,
 }
 
@@ -257,7 +262,8 @@ impl VmContainer {
             id: id.to_owned(),
             pid: vm.pid(),
             rootfs: p.rootfs.clone(),
-            execs: GuestExecs::new(id, guest_agent, vm_exit_rx, ctx.timeouts.agent_call),
+            execs: GuestExecs::new(id, guest_agent.clone(), vm_exit_rx, ctx.timeouts.agent_call),
+            guest_agent,
             vm,
             console_in: tokio::sync::Mutex::new(console_in),
             outputs: Arc::new(Mutex::new([Some(console_rx), Some(diag_rx)])),
@@ -330,6 +336,7 @@ impl VmContainer {
                     return Ok(());
                 }
                 tracing::info!(container_id = %self.id, signal, "pressing the VM's power button");
+                self.ask_guest_agent_to_shut_down();
                 self.qmp_call("system_powerdown").await
             }
             other => Err(AgentError::Status {
@@ -340,6 +347,26 @@ impl VmContainer {
                 ),
             }),
         }
+    }
+
+    /// Asks the guest's qemu-guest-agent, if one answers, for an orderly
+    /// power-off, in the background: the kill call returns at once, and a
+    /// guest without the agent costs only the sync's deadline.
+    fn ask_guest_agent_to_shut_down(&self) {
+        let (agent, id, t) = (self.guest_agent.clone(), self.id.clone(), self.call_timeout);
+        tokio::spawn(async move {
+            let wait = Duration::from_secs(2).min(t);
+            match on_agent!(agent, t, |a| a.shutdown(wait)) {
+                Ok(()) => {
+                    tracing::info!(container_id = %id, "the guest agent is shutting the guest down")
+                }
+                Err(e) => tracing::info!(
+                    container_id = %id,
+                    "no guest-agent shutdown ({}): the power button alone",
+                    chain(e)
+                ),
+            }
+        });
     }
 
     /// Ends QEMU at once (its exit reads 137).
