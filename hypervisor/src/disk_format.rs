@@ -93,6 +93,31 @@ pub fn probe(path: &Path) -> Result<DiskInfo, DiskFormatError> {
     classify(&head, len).map_err(|e| e.at(path))
 }
 
+/// Tells apart a disk read some other way than [`probe`] (a volume, a
+/// block device): `head` is what was read of its start (up to 1 MiB: more
+/// than [`HEAD`] lets a refusal name more), `len` its size.
+pub fn classify_head(path: &Path, head: &[u8], len: u64) -> Result<DiskInfo, DiskFormatError> {
+    classify(head, len).map_err(|e| e.at(path))
+}
+
+/// What a start that is no disk holds, where it is something common, so
+/// a refusal can say what was found.
+fn found(head: &[u8]) -> Option<&'static str> {
+    let known: [(usize, &[u8], &str); 7] = [
+        (0, b"XFSB", "an XFS file system"),
+        (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+        (4086, b"SWAPSPACE2", "Linux swap space"),
+        (4086, b"SWAP-SPACE", "Linux swap space"),
+        (65600, b"_BHRfS_M", "a btrfs file system"),
+        (32769, b"CD001", "an ISO 9660 file system"),
+        (0, b"\x1f\x8b", "gzip-compressed data"),
+    ];
+    known
+        .iter()
+        .find(|(at, magic, _)| head.get(*at..at + magic.len()) == Some(*magic))
+        .map(|k| k.2)
+}
+
 /// What is wrong, before the path is known.
 #[derive(Debug, PartialEq, Eq)]
 enum Refusal {
@@ -162,11 +187,14 @@ fn classify(head: &[u8], len: u64) -> Result<DiskInfo, Refusal> {
             virtual_size: len,
         });
     }
-    Err(Refusal::NotADisk(
-        "neither qcow2 nor a raw disk (no partition table's boot signature at byte 510, \
+    let what = match found(head) {
+        Some(thing) => format!("it holds {thing}: "),
+        None => String::new(),
+    };
+    Err(Refusal::NotADisk(format!(
+        "{what}neither qcow2 nor a raw disk (no partition table's boot signature at byte 510, \
          no ext filesystem)"
-            .into(),
-    ))
+    )))
 }
 
 /// A qcow2 header that QEMU can open without any other file.
@@ -301,6 +329,30 @@ mod tests {
             Err(Refusal::NotADisk(r)) if r.contains("boot signature")
         ));
         assert!(matches!(classify(b"", 0), Err(Refusal::NotADisk(r)) if r.contains("empty")));
+    }
+
+    #[test]
+    fn what_a_non_disk_holds_is_named() {
+        let mut xfs = vec![0u8; 1 << 20];
+        xfs[..4].copy_from_slice(b"XFSB");
+        let e = classify_head(Path::new("/dev/loop9"), &xfs, 1 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/loop9") && e.contains("an XFS file system"),
+            "{e}"
+        );
+        let mut btrfs = vec![0u8; 1 << 20];
+        btrfs[65600..65608].copy_from_slice(b"_BHRfS_M");
+        assert!(matches!(
+            classify(&btrfs, 1 << 30),
+            Err(Refusal::NotADisk(r)) if r.contains("btrfs")
+        ));
+        // Only what was read is looked at.
+        assert!(matches!(
+            classify(&btrfs[..4096], 1 << 30),
+            Err(Refusal::NotADisk(r)) if !r.contains("btrfs")
+        ));
     }
 
     #[test]
