@@ -3,7 +3,9 @@
 //! - [`Qemu`] (`micro_vm`): the micro-VM backend of the [`crate::Hypervisor`]
 //!   trait (`-M microvm`, husk's kernel and agent, vhost-user devices);
 //! - [`vm_image`]: the command line of a VM image (a whole OS booted from
-//!   its disk, `-M pc`/`q35`), which [`crate::VmImage`] spawns;
+//!   its disk, `-M pc`/`q35`), which [`crate::VmImage`] spawns, and
+//!   [`vm_volume`]: its root disk on a persistent volume, and the import
+//!   of the image's disk into it;
 //! - [`qmp`]: QEMU's monitor protocol; [`qga`]: the QEMU guest agent in a
 //!   VM image's guest; both over [`json_lines`], one bounded JSON object
 //!   per line.
@@ -14,5 +16,6 @@ mod micro_vm;
 pub mod qga;
 pub mod qmp;
 pub mod vm_image;
+pub mod vm_volume;
 
 pub use micro_vm::Qemu;

@@ -1,0 +1,410 @@
+//! A VM image's root disk on a persistent volume (docs/vm-pods.md, "The
+//! root disk on a volume"): the volume's nodes on QEMU's command line and,
+//! where the volume holds no disk yet, the nodes and block jobs that import
+//! the image's disk into it before the guest first runs.
+//!
+//! The volume is a block device (`host_device`) or the disk file of a
+//! filesystem volume (`file`), handed to QEMU as a descriptor like every
+//! disk, with a raw or qcow2 node over it as the volume holds. The guest
+//! writes it and nothing else keeps a copy: no overlay; a block device is
+//! opened `cache.direct=on` (O_DIRECT, `aio=threads`, as the pod's other
+//! block volumes), so QEMU's writes go to the device and not to the host's
+//! page cache; a disk file keeps QEMU's write-back cache (not every file
+//! system takes O_DIRECT), which passes the guest's flushes on as
+//! fdatasync. QEMU's own image locking stays on (`locking=auto`).
+//!
+//! Import (QEMU's docs/interop/live-block-operations.rst,
+//! "blockdev-backup"): QEMU starts paused (`-S`, as every VM image does)
+//! with the image's disk read-only beside the volume, and [`import`] runs
+//! the jobs of [`import_jobs`] over QMP before the vCPUs ever run:
+//! `blockdev-backup` (`sync: full`: every byte, zeros included, so what a
+//! volume held before is overwritten) from a raw window of the image's
+//! disk into the same window of the volume, first everything past the
+//! first MiB, then the first MiB. Until the last job ends the volume's
+//! first MiB stays as it was, all zero (the caller imports only into a
+//! volume that reads so), so an import cut short leaves a volume that
+//! reads as blank and is imported again, never one that looks like a
+//! disk. QEMU parses the image (qcow2); the host only reads the volume's
+//! first MiB. The guest's device shares write access (`share-rw=on`)
+//! only in such a boot: a job's target must be writable beside it.
+//! Tried with QEMU 7.2: the jobs run while the VM is paused.
+
+use super::qmp::{Qmp, QmpError};
+use crate::disk_format::DiskFormat;
+use serde::Deserialize;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The window written last: the volume looks like a disk (an MBR, a GPT, a
+/// filesystem's superblock) only once it is written.
+pub const IMPORT_HEAD: u64 = 1 << 20;
+
+/// The root disk on a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDisk {
+    /// The block device, or the disk file in a filesystem volume.
+    pub path: PathBuf,
+    pub block_device: bool,
+    /// What the volume holds (an import writes raw).
+    pub format: DiskFormat,
+    /// The image's disk, to be imported before the guest runs.
+    pub import: Option<ImportSource>,
+}
+
+/// The image's disk an import copies from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSource {
+    pub image: PathBuf,
+    pub format: DiskFormat,
+    /// The disk's size as the guest sees it: what is copied.
+    pub virtual_size: u64,
+}
+
+/// One `blockdev-backup` of an import: the window `[offset, offset+len)`
+/// of the image's disk into the same window of the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportJob {
+    pub id: &'static str,
+    pub source: &'static str,
+    pub target: &'static str,
+    pub offset: u64,
+    pub len: u64,
+}
+
+const TAIL: (&str, &str, &str) = ("import-tail", "import-tail-src", "import-tail-dst");
+const HEAD: (&str, &str, &str) = ("import-head", "import-head-src", "import-head-dst");
+
+/// The import's jobs, in the order they must run: the tail (past the
+/// first MiB), then the head. A disk of one MiB or less has only a head.
+pub fn import_jobs(virtual_size: u64) -> Vec<ImportJob> {
+    let head = virtual_size.min(IMPORT_HEAD);
+    let mut jobs = Vec::new();
+    if virtual_size > IMPORT_HEAD {
+        jobs.push(ImportJob {
+            id: TAIL.0,
+            source: TAIL.1,
+            target: TAIL.2,
+            offset: IMPORT_HEAD,
+            len: virtual_size - IMPORT_HEAD,
+        });
+    }
+    jobs.push(ImportJob {
+        id: HEAD.0,
+        source: HEAD.1,
+        target: HEAD.2,
+        offset: 0,
+        len: head,
+    });
+    jobs
+}
+
+/// The nodes an import adds, in the order they can be removed once it is
+/// done (each before the node it sits on), which closes the image's disk.
+pub fn import_nodes(virtual_size: u64) -> Vec<&'static str> {
+    let mut nodes: Vec<&str> = import_jobs(virtual_size)
+        .iter()
+        .flat_map(|j| [j.source, j.target])
+        .collect();
+    nodes.extend(["image", "image-file"]);
+    nodes
+}
+
+/// `-blockdev` options of the volume (node `root-file`, and `root` over
+/// it) on fd set `volume_set`, and of an import's nodes (the image's disk
+/// on fd set `image_set`).
+pub fn blockdev_args(v: &VolumeDisk, image_set: Option<u32>, volume_set: u32) -> Vec<String> {
+    let driver = if v.block_device {
+        "host_device"
+    } else {
+        "file"
+    };
+    let direct = if v.block_device { "on" } else { "off" };
+    let mut a = vec![
+        "-blockdev".to_owned(),
+        format!(
+            "driver={driver},filename=/dev/fdset/{volume_set},node-name=root-file,\
+             cache.direct={direct},aio=threads,discard=unmap"
+        ),
+        "-blockdev".to_owned(),
+        format!(
+            "driver={},file=root-file,node-name=root,cache.direct={direct},discard=unmap",
+            v.format.as_str()
+        ),
+    ];
+    if let (Some(i), Some(set)) = (&v.import, image_set) {
+        a.push("-blockdev".to_owned());
+        a.push(format!(
+            "driver=file,filename=/dev/fdset/{set},node-name=image-file,read-only=on"
+        ));
+        a.push("-blockdev".to_owned());
+        a.push(format!(
+            "driver={},file=image-file,node-name=image,read-only=on",
+            i.format.as_str()
+        ));
+        for j in import_jobs(i.virtual_size) {
+            let window = format!("offset={},size={}", j.offset, j.len);
+            a.push("-blockdev".to_owned());
+            a.push(format!(
+                "driver=raw,file=image,node-name={},read-only=on,{window}",
+                j.source
+            ));
+            a.push("-blockdev".to_owned());
+            a.push(format!(
+                "driver=raw,file=root-file,node-name={},{window}",
+                j.target
+            ));
+        }
+    }
+    a
+}
+
+/// Options the guest's device adds: write shared while an import's jobs
+/// need the volume too.
+pub fn device_options(v: &VolumeDisk) -> &'static str {
+    if v.import.is_some() {
+        ",share-rw=on"
+    } else {
+        ""
+    }
+}
+
+/// How often an import's jobs are looked at.
+const JOB_POLL: Duration = Duration::from_millis(500);
+/// The most of a job's error text QEMU's answer is kept of.
+const MAX_JOB_ERROR: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("importing the image's disk: QEMU's job {job} failed: {error}")]
+    Failed { job: &'static str, error: String },
+    #[error("importing the image's disk: QEMU's job {0} is gone")]
+    Gone(&'static str),
+}
+
+/// One entry of `query-jobs`.
+#[derive(Debug, Deserialize)]
+struct JobInfo {
+    id: String,
+    status: String,
+    #[serde(rename = "current-progress")]
+    current: u64,
+    #[serde(rename = "total-progress")]
+    total: u64,
+    error: Option<String>,
+}
+
+/// Runs the import's jobs (QEMU paused, the command line of
+/// [`blockdev_args`]), one after the other, then removes the import's
+/// nodes. `progress` is told the bytes done of `virtual_size` as they
+/// move; each QMP call has `timeout`, the import as a whole none (QEMU's
+/// exit ends it: its calls fail). On error the volume's first MiB may be
+/// half written only if the head job itself failed; the caller must not
+/// boot the VM.
+pub async fn import(
+    qmp: &Qmp,
+    virtual_size: u64,
+    timeout: Duration,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<(), ImportError> {
+    let mut done = 0;
+    for j in import_jobs(virtual_size) {
+        let arguments = json!({
+            "job-id": j.id, "device": j.source, "target": j.target,
+            "sync": "full", "auto-dismiss": false,
+        });
+        qmp.execute("blockdev-backup", Some(arguments), timeout)
+            .await?;
+        loop {
+            tokio::time::sleep(JOB_POLL).await;
+            let jobs: Vec<JobInfo> = qmp.call("query-jobs", None, timeout).await?;
+            let info = jobs
+                .iter()
+                .find(|i| i.id == j.id)
+                .ok_or(ImportError::Gone(j.id))?;
+            progress(done + info.current.min(info.total).min(j.len));
+            if info.status == "concluded" || info.status == "null" {
+                let failed = info.error.as_ref().map(|e| bounded(e));
+                qmp.execute("job-dismiss", Some(json!({"id": j.id})), timeout)
+                    .await?;
+                if let Some(error) = failed {
+                    return Err(ImportError::Failed { job: j.id, error });
+                }
+                break;
+            }
+        }
+        done += j.len;
+        progress(done);
+    }
+    for node in import_nodes(virtual_size) {
+        let arguments = json!({ "node-name": node });
+        if let Err(e) = qmp.execute("blockdev-del", Some(arguments), timeout).await {
+            // The import is whole; a node left open only holds the image.
+            tracing::warn!(node, %e, "cannot remove an import's node");
+        }
+    }
+    Ok(())
+}
+
+/// QEMU's text, cut to a line of bounded length.
+fn bounded(text: &str) -> String {
+    text.chars()
+        .take(MAX_JOB_ERROR)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(import: bool) -> VolumeDisk {
+        VolumeDisk {
+            path: "/dev/loop7".into(),
+            block_device: true,
+            format: DiskFormat::Raw,
+            import: import.then(|| ImportSource {
+                image: "/b/rootfs/disk/disk.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                virtual_size: 3 << 20,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_head_is_imported_last() {
+        let jobs = import_jobs(3 << 20);
+        assert_eq!(
+            jobs.iter().map(|j| (j.offset, j.len)).collect::<Vec<_>>(),
+            [(1 << 20, 2 << 20), (0, 1 << 20)]
+        );
+        let small = import_jobs(4096);
+        assert_eq!((small.len(), small[0].offset, small[0].len), (1, 0, 4096));
+        assert_eq!(
+            import_nodes(4096),
+            ["import-head-src", "import-head-dst", "image", "image-file"]
+        );
+    }
+
+    #[test]
+    fn a_volume_is_its_descriptor_and_the_image_only_read() {
+        let plain = blockdev_args(&volume(false), None, 4).join(" ");
+        assert_eq!(
+            plain,
+            "-blockdev driver=host_device,filename=/dev/fdset/4,node-name=root-file,\
+             cache.direct=on,aio=threads,discard=unmap \
+             -blockdev driver=raw,file=root-file,node-name=root,cache.direct=on,discard=unmap"
+        );
+        assert_eq!(device_options(&volume(false)), "");
+        let import = blockdev_args(&volume(true), Some(3), 4).join(" ");
+        for part in [
+            "driver=file,filename=/dev/fdset/3,node-name=image-file,read-only=on",
+            "driver=qcow2,file=image-file,node-name=image,read-only=on",
+            "driver=raw,file=image,node-name=import-tail-src,read-only=on,offset=1048576,size=2097152",
+            "driver=raw,file=root-file,node-name=import-tail-dst,offset=1048576,size=2097152",
+            "driver=raw,file=root-file,node-name=import-head-dst,offset=0,size=1048576",
+        ] {
+            assert!(import.contains(part), "{part:?} missing in {import}");
+        }
+        assert_eq!(device_options(&volume(true)), ",share-rw=on");
+        let mut file = volume(false);
+        file.block_device = false;
+        file.format = DiskFormat::Qcow2;
+        let line = blockdev_args(&file, None, 4).join(" ");
+        assert!(line.contains("driver=file,filename=/dev/fdset/4"), "{line}");
+        assert!(line.contains("driver=qcow2,file=root-file"), "{line}");
+        assert!(line.contains("cache.direct=off"), "{line}");
+    }
+
+    /// A 3 MiB qcow2 image (0xab at 0, 0xcd at 2 MiB, 64 KiB each) and a
+    /// 4 MiB volume of old bytes (0x77) but a blank first MiB, in `dir`.
+    fn image_and_volume(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let (image, vol) = (dir.join("disk.qcow2"), dir.join("vol.raw"));
+        let run = |cmd: &str, args: &[&str]| {
+            let out = std::process::Command::new(cmd).args(args).output().unwrap();
+            assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+        };
+        let img = image.to_str().unwrap();
+        run("qemu-img", &["create", "-q", "-f", "qcow2", img, "3M"]);
+        let writes = ["write -P 0xab 0 64k", "write -P 0xcd 2M 64k"];
+        run(
+            "qemu-io",
+            &["-f", "qcow2", "-c", writes[0], "-c", writes[1], img],
+        );
+        let mut old = vec![0x77u8; 4 << 20];
+        old[..1 << 20].fill(0);
+        std::fs::write(&vol, &old).unwrap();
+        (image, vol)
+    }
+
+    /// The import against QEMU itself (no confinement, paths for the
+    /// descriptors): the volume ends up holding the image's disk, its old
+    /// bytes overwritten, what lies past the disk untouched.
+    #[tokio::test]
+    async fn qemu_imports_the_image_into_the_volume() {
+        let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
+        let tools = ["/usr/bin/qemu-img", "/usr/bin/qemu-io"];
+        if !qemu.exists() || !tools.iter().all(|t| std::path::Path::new(t).exists()) {
+            eprintln!("SKIPPED: QEMU (qemu-system-x86_64, qemu-img, qemu-io) is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (image, vol) = image_and_volume(dir.path());
+        let img = image.to_str().unwrap();
+        let v = VolumeDisk {
+            path: vol.clone(),
+            block_device: false,
+            format: DiskFormat::Raw,
+            import: Some(ImportSource {
+                image: image.clone(),
+                format: DiskFormat::Qcow2,
+                virtual_size: 3 << 20,
+            }),
+        };
+        let sock = dir.path().join("qmp.sock");
+        let args: Vec<String> = blockdev_args(&v, Some(1), 2)
+            .into_iter()
+            .map(|a| {
+                a.replace("/dev/fdset/1", img)
+                    .replace("/dev/fdset/2", vol.to_str().unwrap())
+            })
+            .collect();
+        let mut child = tokio::process::Command::new(qemu)
+            .args(["-M", "none", "-S", "-nodefaults", "-display", "none"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .args(&args)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let t = Duration::from_secs(20);
+        let qmp = Qmp::connect(&sock, t).await.unwrap();
+        let mut seen = Vec::new();
+        import(&qmp, 3 << 20, t, &mut |done| seen.push(done))
+            .await
+            .unwrap();
+        assert_eq!(seen.last(), Some(&(3 << 20)));
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        // The image's nodes are gone: only the volume's are left.
+        let nodes: serde_json::Value = qmp.call("query-named-block-nodes", None, t).await.unwrap();
+        let names: Vec<&str> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["node-name"].as_str())
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with("root")), "{names:?}");
+        let _ = qmp.execute("quit", None, t).await;
+        let _ = child.wait().await;
+        let got = std::fs::read(&vol).unwrap();
+        assert!(got[..64 << 10].iter().all(|b| *b == 0xab));
+        assert!(got[64 << 10..2 << 20].iter().all(|b| *b == 0));
+        assert!(got[2 << 20..(2 << 20) + (64 << 10)]
+            .iter()
+            .all(|b| *b == 0xcd));
+        assert!(got[(2 << 20) + (64 << 10)..3 << 20].iter().all(|b| *b == 0));
+        assert!(got[3 << 20..].iter().all(|b| *b == 0x77));
+    }
+}
