@@ -14,7 +14,10 @@
 //! - the exit is QEMU's: 0 when the guest powered off, 1 after a guest
 //!   kernel panic (pvpanic, said on stderr), 137 when killed;
 //! - pause and resume stop and continue the vCPUs (QMP `stop`, `cont`);
-//! - stats are QEMU's CPU time and memory on the host.
+//! - stats are QEMU's CPU time and memory on the host;
+//! - a root disk on a volume that is blank gets the image's disk imported
+//!   at start, before the vCPUs run, its progress on stderr
+//!   ([`root_volume`]); the VM is locked to the volume until QEMU exits.
 //!
 //! When QEMU exits, one task detaches the pod network and removes the
 //! cgroup, then publishes the exit, so a container created after it (a
@@ -25,17 +28,21 @@ use super::context::{chain, PodContext};
 use super::error::VmError;
 use super::exec::GuestExecs;
 use super::guest_agent::{on_agent, GuestAgentSlot};
+use super::import::{import_then_boot, PendingImport};
 use super::launch::{block_devices, boot_of, pod_facts, Prepared};
+use super::root_volume::{self, RootVolume, ROOT_DISK_ANNOTATION};
 use super::seed;
 use crate::host::cgroup::HostCgroup;
+use crate::host::disk_lock::DiskLock;
 use crate::host::network::{self, PodNetwork};
 use crate::task::agent::{sanitize, AgentError, InputStream};
 use husk_hypervisor::qemu::qmp::GuestEvents;
-use husk_hypervisor::qemu::vm_image::{RootDisk, VmImageLaunch};
+use husk_hypervisor::qemu::vm_image::{ImageBoot, RootDisk, VmImageLaunch};
 use husk_hypervisor::vm_image::{VmImage, VmImageSpec};
 use husk_proto::agent::ContainerStatsResponse;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -69,6 +76,10 @@ pub struct VmContainer {
     /// The QEMU guest agent's connection, shared with the execs.
     guest_agent: Arc<GuestAgentSlot>,
     call_timeout: Duration,
+    /// The import a blank root volume waits for, until start takes it.
+    import: Mutex<Option<PendingImport>>,
+    /// An import runs: the vCPUs must not be let run.
+    importing: Arc<AtomicBool>,
 }
 
 /// What the exit watch undoes once QEMU is gone.
@@ -78,6 +89,8 @@ struct Leftovers {
     dhcp: Option<tokio::task::JoinHandle<()>>,
     network: Option<PodNetwork>,
     cgroup: Option<HostCgroup>,
+    /// The root volume's lock, held until QEMU is gone.
+    disk_lock: Option<DiskLock>,
 }
 
 impl Leftovers {
@@ -91,6 +104,7 @@ impl Leftovers {
         if let Some(c) = self.cgroup {
             c.remove();
         }
+        drop(self.disk_lock);
     }
 }
 
@@ -144,6 +158,56 @@ fn nic_mac(network: Option<&PodNetwork>) -> Result<Option<husk_hypervisor::MacAd
         .transpose()
 }
 
+/// The disk the VM boots: the root volume the container's annotation
+/// names (locked into `leftovers`), or else a new overlay on the image's
+/// disk; the largest file QEMU may write; the container path of a root
+/// block device, which is no further disk.
+async fn root_disk(
+    id: &str,
+    p: &Prepared,
+    ctx: &PodContext,
+    files: &Path,
+    boot: &ImageBoot,
+    leftovers: &mut Leftovers,
+) -> Result<(RootDisk, Option<u64>, Option<String>), VmError> {
+    let volume =
+        root_volume::root_volume(&p.bundle.spec, p.bundle.annotation(ROOT_DISK_ANNOTATION))?;
+    let Some(volume) = volume else {
+        let vm_config = &ctx.config.vm;
+        let overlay = seed::create_overlay(&vm_config.qemu_img_path, files, &p.disk).await?;
+        let root = RootDisk::Overlay {
+            overlay,
+            base: p.disk.disk.clone(),
+            base_format: p.disk.format,
+        };
+        let bound = seed::overlay_bound(files, p.disk.virtual_size)?;
+        return Ok((root, Some(bound), None));
+    };
+    let pod_name = p
+        .bundle
+        .annotation("io.kubernetes.cri.sandbox-name")
+        .unwrap_or("?");
+    let holder = format!("pod {pod_name} ({}), container {id}", ctx.pod_id);
+    let kernel_boot = matches!(boot, ImageBoot::Kernel { .. });
+    let runtime_dir = ctx.config.hypervisor.runtime_dir.clone();
+    let image = p.disk.clone();
+    let v = volume.clone();
+    let on = tokio::task::spawn_blocking(move || {
+        root_volume::prepare(&v, &image, kernel_boot, &runtime_dir, &holder)
+    })
+    .await
+    .map_err(|e| VmError::Invalid(format!("preparing the root volume: {e}")))??;
+    leftovers.disk_lock = Some(on.lock);
+    let disk = on.disk;
+    let (path, what) = match &volume {
+        RootVolume::Block { path, .. } => (path, "block device"),
+        RootVolume::Dir { path, .. } => (path, "directory"),
+    };
+    tracing::info!(pod_id = %ctx.pod_id, container_id = id, volume = %path, kind = what, disk = %disk.path.display(), format = disk.format.as_str(), import = disk.import.is_some(), "root disk on a volume");
+    let device = disk.block_device.then(|| path.clone());
+    Ok((RootDisk::Volume(disk), on.max_file_bytes, device))
+}
+
 /// The container's cgroup (a cgroupfs path or systemd's
 /// `slice:prefix:name`, as for micro-VMs), made for QEMU to start in.
 fn make_cgroup(spec_path: &str) -> Result<HostCgroup, VmError> {
@@ -182,7 +246,13 @@ impl VmContainer {
         leftovers: &mut Leftovers,
     ) -> Result<Self, VmError> {
         let vm_config = &ctx.config.vm;
-        let overlay = seed::create_overlay(&vm_config.qemu_img_path, files, &p.disk).await?;
+        let boot = boot_of(p, vm_config, files)?;
+        let (root, max_file_bytes, root_device) =
+            root_disk(id, p, ctx, files, &boot, leftovers).await?;
+        let import = match &root {
+            RootDisk::Volume(v) => v.import.as_ref().map(|i| i.virtual_size),
+            RootDisk::Overlay { .. } => None,
+        };
         if let Some(ns) = &p.netns {
             let ns = ns.clone();
             leftovers.network = tokio::task::spawn_blocking(move || network::attach(&ns))
@@ -199,14 +269,10 @@ impl VmContainer {
             vcpus: p.vcpus,
             memory_mib: p.memory_mib,
             tcg_tb_size_mib: vm_config.tcg_tb_size_mib,
-            boot: boot_of(p, vm_config, files)?,
-            root: RootDisk::Overlay {
-                overlay,
-                base: p.disk.disk.clone(),
-                base_format: p.disk.format,
-            },
+            boot,
+            root,
             seed: Some(seed),
-            block_devices: block_devices(&p.bundle.spec)?,
+            block_devices: block_devices(&p.bundle.spec, root_device.as_deref())?,
             nic: nic_mac(leftovers.network.as_ref())?,
         };
         let spec = VmImageSpec {
@@ -218,11 +284,17 @@ impl VmContainer {
                 .map(HostCgroup::procs_files)
                 .unwrap_or_default(),
             oom_score_adj: p.bundle.oom_score_adj(),
-            max_file_bytes: Some(seed::overlay_bound(files, p.disk.virtual_size)?),
+            max_file_bytes,
         };
         let vm = VmImage::start(&ctx.config, spec).await?;
         tracing::info!(pod_id = %ctx.pod_id, container_id = id, pid = vm.pid(), "VM container created");
-        Ok(Self::watched(id, p, ctx, vm, std::mem::take(leftovers)))
+        Ok(Self::watched(
+            id,
+            p,
+            ctx,
+            vm,
+            (std::mem::take(leftovers), import),
+        ))
     }
 
     /// The container around a running QEMU: relays for its console and
@@ -233,13 +305,17 @@ impl VmContainer {
         p: &Prepared,
         ctx: &PodContext,
         vm: VmImage,
-        leftovers: Leftovers,
+        (leftovers, import): (Leftovers, Option<u64>),
     ) -> Self {
         let vm = Arc::new(vm);
         let (console_tx, console_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (diag_tx, diag_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (exit_tx, exit_rx) = watch::channel(None);
         let (vm_exit_tx, vm_exit_rx) = watch::channel(false);
+        let import = import.map(|virtual_size| PendingImport {
+            virtual_size,
+            stderr: diag_tx.clone(),
+        });
         let stdio = vm.take_stdio();
         let console_in = stdio.map(|s| {
             tokio::spawn(relay_pipe(s.console_out, console_tx, None));
@@ -269,6 +345,8 @@ impl VmContainer {
             outputs: Arc::new(Mutex::new([Some(console_rx), Some(diag_rx)])),
             exit: exit_rx,
             call_timeout: ctx.timeouts.agent_call,
+            import: Mutex::new(import),
+            importing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -284,6 +362,13 @@ impl VmContainer {
                 .iter_mut()
                 .for_each(|o| drop(o.take()));
         });
+        let import = self.import.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(import) = import {
+            self.importing.store(true, Ordering::SeqCst);
+            let (vm, importing, t) = (self.vm.clone(), self.importing.clone(), self.call_timeout);
+            tokio::spawn(import_then_boot(vm, import, importing, t, self.id.clone()));
+            return Ok(());
+        }
         self.qmp_call("cont").await
     }
 
@@ -330,9 +415,15 @@ impl VmContainer {
                 self.kill();
                 Ok(())
             }
-            // SIGINT, SIGTERM, SIGPWR: the ACPI power button.
+            // SIGINT, SIGTERM, SIGPWR: the ACPI power button; a VM whose
+            // disk is being imported has no guest yet to press it for.
             2 | 15 | 30 => {
                 if self.exited() {
+                    return Ok(());
+                }
+                if self.importing.load(Ordering::SeqCst) {
+                    tracing::info!(container_id = %self.id, signal, "stopped during its import: the VM is ended, the volume stays blank");
+                    self.kill();
                     return Ok(());
                 }
                 tracing::info!(container_id = %self.id, signal, "pressing the VM's power button");
@@ -377,6 +468,12 @@ impl VmContainer {
     }
 
     pub async fn set_paused(&self, pause: bool) -> Result<(), AgentError> {
+        if self.importing.load(Ordering::SeqCst) {
+            return Err(AgentError::Status {
+                code: tonic::Code::FailedPrecondition,
+                message: "the VM's root disk is being imported; it runs once that is done".into(),
+            });
+        }
         self.qmp_call(if pause { "stop" } else { "cont" }).await
     }
 
