@@ -19,12 +19,14 @@
 //! the jobs of [`import_jobs`] over QMP before the vCPUs ever run:
 //! `blockdev-backup` (`sync: full`: every byte, zeros included, so what a
 //! volume held before is overwritten) from a raw window of the image's
-//! disk into the same window of the volume, first everything past the
-//! first MiB, then the first MiB. Until the last job ends the volume's
-//! first MiB stays as it was, all zero (the caller imports only into a
-//! volume that reads so), so an import cut short leaves a volume that
-//! reads as blank and is imported again, never one that looks like a
-//! disk. QEMU parses the image (qcow2); the host only reads the volume's
+//! disk into the same window of the volume: first everything past the
+//! first MiB, then the rest of the first MiB, then its first 4 KiB, where
+//! every signature of a disk lies, in one write. Until the second job
+//! starts the volume's first MiB stays as it was, all zero (the caller
+//! imports only into a volume that reads so), so an import cut short
+//! reads as blank and is imported again; one cut short in the
+//! milliseconds of the second job reads as no disk and is refused; none
+//! ever looks like a disk before it is whole. QEMU parses the image (qcow2); the host only reads the volume's
 //! first MiB. The guest's device shares write access (`share-rw=on`)
 //! only in such a boot: a job's target must be writable beside it.
 //! Tried with QEMU 7.2: the jobs run while the VM is paused.
@@ -36,9 +38,12 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The window written last: the volume looks like a disk (an MBR, a GPT, a
-/// filesystem's superblock) only once it is written.
+/// The window a blank volume has all zero: an import writes it last.
 pub const IMPORT_HEAD: u64 = 1 << 20;
+/// The window written very last, in one write: where every signature that
+/// makes a volume look like a disk lies (an MBR at 0, a GPT header at 512,
+/// an ext superblock at 1024).
+pub const IMPORT_FIRST: u64 = 4096;
 
 /// The root disk on a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,30 +78,29 @@ pub struct ImportJob {
 }
 
 const TAIL: (&str, &str, &str) = ("import-tail", "import-tail-src", "import-tail-dst");
-const HEAD: (&str, &str, &str) = ("import-head", "import-head-src", "import-head-dst");
+const REST: (&str, &str, &str) = ("import-rest", "import-rest-src", "import-rest-dst");
+const FIRST: (&str, &str, &str) = ("import-first", "import-first-src", "import-first-dst");
 
 /// The import's jobs, in the order they must run: the tail (past the
-/// first MiB), then the head. A disk of one MiB or less has only a head.
+/// first MiB), the rest of the first MiB, then its first 4 KiB. A small
+/// disk has fewer.
 pub fn import_jobs(virtual_size: u64) -> Vec<ImportJob> {
-    let head = virtual_size.min(IMPORT_HEAD);
-    let mut jobs = Vec::new();
-    if virtual_size > IMPORT_HEAD {
-        jobs.push(ImportJob {
-            id: TAIL.0,
-            source: TAIL.1,
-            target: TAIL.2,
-            offset: IMPORT_HEAD,
-            len: virtual_size - IMPORT_HEAD,
-        });
-    }
-    jobs.push(ImportJob {
-        id: HEAD.0,
-        source: HEAD.1,
-        target: HEAD.2,
-        offset: 0,
-        len: head,
-    });
-    jobs
+    let windows = [
+        (TAIL, IMPORT_HEAD, virtual_size),
+        (REST, IMPORT_FIRST, virtual_size.min(IMPORT_HEAD)),
+        (FIRST, 0, virtual_size.min(IMPORT_FIRST)),
+    ];
+    windows
+        .into_iter()
+        .filter(|(_, start, end)| end > start)
+        .map(|((id, source, target), offset, end)| ImportJob {
+            id,
+            source,
+            target,
+            offset,
+            len: end - offset,
+        })
+        .collect()
 }
 
 /// The nodes an import adds, in the order they can be removed once it is
@@ -274,17 +278,29 @@ mod tests {
     }
 
     #[test]
-    fn the_head_is_imported_last() {
-        let jobs = import_jobs(3 << 20);
+    fn the_head_is_imported_last_and_its_first_4k_at_the_very_end() {
+        let windows = |size| {
+            import_jobs(size)
+                .iter()
+                .map(|j| (j.offset, j.len))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            jobs.iter().map(|j| (j.offset, j.len)).collect::<Vec<_>>(),
-            [(1 << 20, 2 << 20), (0, 1 << 20)]
+            windows(3 << 20),
+            [(1 << 20, 2 << 20), (4096, (1 << 20) - 4096), (0, 4096)]
         );
-        let small = import_jobs(4096);
-        assert_eq!((small.len(), small[0].offset, small[0].len), (1, 0, 4096));
+        assert_eq!(windows(1 << 20), [(4096, (1 << 20) - 4096), (0, 4096)]);
+        assert_eq!(windows(8192), [(4096, 4096), (0, 4096)]);
+        assert_eq!(windows(4096), [(0, 4096)]);
+        assert_eq!(windows(512), [(0, 512)]);
         assert_eq!(
             import_nodes(4096),
-            ["import-head-src", "import-head-dst", "image", "image-file"]
+            [
+                "import-first-src",
+                "import-first-dst",
+                "image",
+                "image-file"
+            ]
         );
     }
 
@@ -304,7 +320,8 @@ mod tests {
             "driver=qcow2,file=image-file,node-name=image,read-only=on",
             "driver=raw,file=image,node-name=import-tail-src,read-only=on,offset=1048576,size=2097152",
             "driver=raw,file=root-file,node-name=import-tail-dst,offset=1048576,size=2097152",
-            "driver=raw,file=root-file,node-name=import-head-dst,offset=0,size=1048576",
+            "driver=raw,file=root-file,node-name=import-rest-dst,offset=4096,size=1044480",
+            "driver=raw,file=root-file,node-name=import-first-dst,offset=0,size=4096",
         ] {
             assert!(import.contains(part), "{part:?} missing in {import}");
         }

@@ -8,7 +8,9 @@
 //! - a volume that reads as blank (its first MiB all zero; a directory
 //!   without `disk.img`) gets the image's disk imported first (raw), by
 //!   QEMU (`husk_hypervisor::qemu::vm_volume`), which writes that first
-//!   MiB last: an import cut short reads as blank again and is redone;
+//!   MiB last, and its first 4 KiB (every disk signature) after it: an
+//!   import cut short reads as blank again and is redone, or, cut in its
+//!   last milliseconds, as no disk, refused with how to redo it;
 //! - a volume that holds a disk is booted as it is, read-write;
 //! - anything else is refused, naming what was found; nothing is written.
 //!
@@ -22,7 +24,7 @@ use super::error::VmError;
 use crate::bundle::container_disk::ContainerDisk;
 use crate::host::disk_lock::{DiskKey, DiskLock};
 use husk_hypervisor::disk_format::{self, DiskFormat, DiskInfo};
-use husk_hypervisor::qemu::vm_volume::{ImportSource, VolumeDisk};
+use husk_hypervisor::qemu::vm_volume::{ImportSource, VolumeDisk, IMPORT_FIRST};
 use serde_json::Value;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -145,9 +147,23 @@ pub fn classify(path: &Path, head: &[u8], len: u64, kernel_boot: bool) -> Result
         return Ok(Content::Blank);
     }
     let info = disk_format::classify_head(path, head, len).map_err(|e| {
+        // An import cut short in its last milliseconds: all but the
+        // first 4 KiB of the first MiB written.
+        let first = IMPORT_FIRST as usize;
+        let cut_short = head.len() > first && head[..first].iter().all(|b| *b == 0);
+        let hint = if cut_short {
+            format!(
+                " (its first 4 KiB are zero: if an import into it was cut short, zero its \
+                 first MiB, e.g. dd if=/dev/zero of={} bs=1M count=1 conv=notrunc, and it is \
+                 imported again)",
+                path.display()
+            )
+        } else {
+            String::new()
+        };
         VmError::Invalid(format!(
             "{ROOT_DISK_ANNOTATION}: the volume holds something that is not a disk, and \
-             husk-vm does not overwrite it: {e}"
+             husk-vm does not overwrite it: {e}{hint}"
         ))
     })?;
     let partitioned = head.get(510..512) == Some(&[0x55, 0xaa]);
@@ -428,7 +444,10 @@ mod tests {
         let mut junk = vec![0u8; 1 << 20];
         junk[700_000] = 1;
         let e = classify(p, &junk, 1 << 30, false).unwrap_err().to_string();
-        assert!(e.contains("not a disk"), "{e}");
+        assert!(e.contains("not a disk") && e.contains("cut short"), "{e}");
+        junk[0] = 1;
+        let e = classify(p, &junk, 1 << 30, false).unwrap_err().to_string();
+        assert!(e.contains("not a disk") && !e.contains("cut short"), "{e}");
         // A bare ext file system: a disk for a kernel boot only.
         let mut ext = vec![0u8; 4096];
         ext[1080..1082].copy_from_slice(&[0x53, 0xef]);
