@@ -424,4 +424,63 @@ mod tests {
         assert!(got[(2 << 20) + (64 << 10)..3 << 20].iter().all(|b| *b == 0));
         assert!(got[3 << 20..].iter().all(|b| *b == 0x77));
     }
+
+    /// A fake QEMU whose first job fails (or vanishes): each command it
+    /// was sent, by name.
+    async fn failing_qemu(listener: tokio::net::UnixListener, gone: bool) -> Vec<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let greeting = b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n";
+        write.write_all(greeting).await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let cmd: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let name = cmd["execute"].as_str().unwrap().to_owned();
+            let ret = match (name.as_str(), gone) {
+                ("query-jobs", true) => json!([]),
+                ("query-jobs", false) => json!([{
+                    "id": "import-tail", "type": "backup", "status": "concluded",
+                    "current-progress": 5, "total-progress": 10,
+                    "error": "Input/output error\u{1b}[2J"
+                }]),
+                _ => json!({}),
+            };
+            let answer = json!({"return": ret, "id": cmd["id"]});
+            write
+                .write_all(format!("{answer}\n").as_bytes())
+                .await
+                .unwrap();
+            seen.push(name);
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_vanished_job_ends_the_import_before_the_head() {
+        for gone in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("qmp.sock");
+            let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+            let server = tokio::spawn(failing_qemu(listener, gone));
+            let t = Duration::from_secs(5);
+            let qmp = Qmp::connect(&sock, t).await.unwrap();
+            let e = import(&qmp, 3 << 20, t, &mut |_| {}).await.unwrap_err();
+            drop(qmp);
+            let seen = server.await.unwrap();
+            let backups = seen.iter().filter(|c| *c == "blockdev-backup").count();
+            assert_eq!(backups, 1, "a later job ran: {seen:?}");
+            assert!(!seen.iter().any(|c| c == "blockdev-del"), "{seen:?}");
+            match e {
+                ImportError::Failed { job, error } => {
+                    assert!(!gone);
+                    assert_eq!(job, "import-tail");
+                    assert_eq!(error, "Input/output error [2J");
+                }
+                ImportError::Gone(job) => assert!(gone && job == "import-tail"),
+                other => panic!("{other}"),
+            }
+        }
+    }
 }
