@@ -11,7 +11,9 @@
 //! block volumes), so QEMU's writes go to the device and not to the host's
 //! page cache; a disk file keeps QEMU's write-back cache (not every file
 //! system takes O_DIRECT), which passes the guest's flushes on as
-//! fdatasync. QEMU's own image locking stays on (`locking=auto`).
+//! fdatasync. QEMU's own image locking stays on (`locking=auto`), but
+//! it locks no second writer out of a boot that imports (its device
+//! shares write); the shim's lock (`host::disk_lock`) is what does.
 //!
 //! Import (QEMU's docs/interop/live-block-operations.rst,
 //! "blockdev-backup"): QEMU starts paused (`-S`, as every VM image does)
