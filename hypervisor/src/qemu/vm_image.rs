@@ -314,7 +314,6 @@ fn disk_args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
         _ => ",bootindex=0",
     };
     let mut a = Vec::new();
-    let mut device = String::new();
     match &l.root {
         RootDisk::Overlay { base_format, .. } => {
             a.extend(files.node("file", "base", Access::ReadOnly, ""));
@@ -335,12 +334,11 @@ fn disk_args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
             let image = v.import.as_ref().map(|_| files.add_fd());
             let volume = files.add_fd();
             a.extend(vm_volume::blockdev_args(v, image, volume));
-            device = vm_volume::device_options(v).to_owned();
         }
     }
     a.extend(strs(&[
         "-device",
-        &format!("virtio-blk-pci,drive=root{bootindex}{device}"),
+        &format!("virtio-blk-pci,drive=root{bootindex}"),
     ]));
     if l.seed.is_some() {
         a.extend(files.node("file", "seed", Access::ReadOnly, ""));
@@ -551,7 +549,8 @@ mod tests {
             "-add-fd fd=6,set=1 -add-fd fd=7,set=2 -add-fd fd=8,set=3",
             "driver=file,filename=/dev/fdset/1,node-name=image-file,read-only=on",
             "driver=host_device,filename=/dev/fdset/2,node-name=root-file,cache.direct=on",
-            "-device virtio-blk-pci,drive=root,bootindex=0,share-rw=on",
+            "-device virtio-blk-pci,drive=root,bootindex=0 ",
+            "node-name=import-file",
             "driver=file,filename=/dev/fdset/3,node-name=seed-file,read-only=on",
         ] {
             assert!(args.contains(part), "{part:?} missing in {args}");
@@ -560,6 +559,9 @@ mod tests {
             !args.contains("/b/rootfs") && !args.contains("/dev/loop3"),
             "{args}"
         );
+        // The import writes through a node of its own: the guest's device
+        // never shares write.
+        assert!(!args.contains("share-rw"), "{args}");
         let f = files(&l);
         assert_eq!(
             f.iter()

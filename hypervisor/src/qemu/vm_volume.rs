@@ -11,9 +11,8 @@
 //! block volumes), so QEMU's writes go to the device and not to the host's
 //! page cache; a disk file keeps QEMU's write-back cache (not every file
 //! system takes O_DIRECT), which passes the guest's flushes on as
-//! fdatasync. QEMU's own image locking stays on (`locking=auto`), but
-//! it locks no second writer out of a boot that imports (its device
-//! shares write); the shim's lock (`host::disk_lock`) is what does.
+//! fdatasync. QEMU's own image locking stays on (`locking=auto`); the
+//! shim's lock (`host::disk_lock`) is the one that names the holder.
 //!
 //! Import (QEMU's docs/interop/live-block-operations.rst,
 //! "blockdev-backup"): QEMU starts paused (`-S`, as every VM image does)
@@ -28,10 +27,13 @@
 //! imports only into a volume that reads so), so an import cut short
 //! reads as blank and is imported again; one cut short in the
 //! milliseconds of the second job reads as no disk and is refused; none
-//! ever looks like a disk before it is whole. QEMU parses the image (qcow2); the host only reads the volume's
-//! first MiB. The guest's device shares write access (`share-rw=on`)
-//! only in such a boot: a job's target must be writable beside it.
-//! Tried with QEMU 7.2: the jobs run while the VM is paused.
+//! ever looks like a disk before it is whole. QEMU parses the image
+//! (qcow2); the host only reads the volume's first MiB. The jobs write
+//! the volume through a file node of their own (`import-file`) on the
+//! same descriptor, removed with them, so the guest's device never shares
+//! write (no `share-rw`): QEMU's image locks (OFD, per open file
+//! description, which the two nodes share) hold as in any boot. Tried with
+//! QEMU 7.2: the jobs run while the VM is paused.
 
 use super::qmp::{Qmp, QmpError};
 use crate::disk_format::DiskFormat;
@@ -79,6 +81,8 @@ pub struct ImportJob {
     pub len: u64,
 }
 
+/// The volume's node the import's jobs write through.
+const IMPORT_FILE: &str = "import-file";
 const TAIL: (&str, &str, &str) = ("import-tail", "import-tail-src", "import-tail-dst");
 const REST: (&str, &str, &str) = ("import-rest", "import-rest-src", "import-rest-dst");
 const FIRST: (&str, &str, &str) = ("import-first", "import-first-src", "import-first-dst");
@@ -112,7 +116,7 @@ pub fn import_nodes(virtual_size: u64) -> Vec<&'static str> {
         .iter()
         .flat_map(|j| [j.source, j.target])
         .collect();
-    nodes.extend(["image", "image-file"]);
+    nodes.extend([IMPORT_FILE, "image", "image-file"]);
     nodes
 }
 
@@ -126,12 +130,15 @@ pub fn blockdev_args(v: &VolumeDisk, image_set: Option<u32>, volume_set: u32) ->
         "file"
     };
     let direct = if v.block_device { "on" } else { "off" };
+    let file = |node: &str| {
+        format!(
+            "driver={driver},filename=/dev/fdset/{volume_set},node-name={node},\
+             cache.direct={direct},aio=threads,discard=unmap"
+        )
+    };
     let mut a = vec![
         "-blockdev".to_owned(),
-        format!(
-            "driver={driver},filename=/dev/fdset/{volume_set},node-name=root-file,\
-             cache.direct={direct},aio=threads,discard=unmap"
-        ),
+        file("root-file"),
         "-blockdev".to_owned(),
         format!(
             "driver={},file=root-file,node-name=root,cache.direct={direct},discard=unmap",
@@ -139,6 +146,10 @@ pub fn blockdev_args(v: &VolumeDisk, image_set: Option<u32>, volume_set: u32) ->
         ),
     ];
     if let (Some(i), Some(set)) = (&v.import, image_set) {
+        // The jobs write the volume through a node of their own on the
+        // same descriptor, so the guest's device need not share write.
+        a.push("-blockdev".to_owned());
+        a.push(file(IMPORT_FILE));
         a.push("-blockdev".to_owned());
         a.push(format!(
             "driver=file,filename=/dev/fdset/{set},node-name=image-file,read-only=on"
@@ -157,22 +168,12 @@ pub fn blockdev_args(v: &VolumeDisk, image_set: Option<u32>, volume_set: u32) ->
             ));
             a.push("-blockdev".to_owned());
             a.push(format!(
-                "driver=raw,file=root-file,node-name={},{window}",
+                "driver=raw,file={IMPORT_FILE},node-name={},{window}",
                 j.target
             ));
         }
     }
     a
-}
-
-/// Options the guest's device adds: write shared while an import's jobs
-/// need the volume too.
-pub fn device_options(v: &VolumeDisk) -> &'static str {
-    if v.import.is_some() {
-        ",share-rw=on"
-    } else {
-        ""
-    }
 }
 
 /// How often an import's jobs are looked at.
@@ -300,6 +301,7 @@ mod tests {
             [
                 "import-first-src",
                 "import-first-dst",
+                "import-file",
                 "image",
                 "image-file"
             ]
@@ -315,19 +317,18 @@ mod tests {
              cache.direct=on,aio=threads,discard=unmap \
              -blockdev driver=raw,file=root-file,node-name=root,cache.direct=on,discard=unmap"
         );
-        assert_eq!(device_options(&volume(false)), "");
         let import = blockdev_args(&volume(true), Some(3), 4).join(" ");
         for part in [
             "driver=file,filename=/dev/fdset/3,node-name=image-file,read-only=on",
             "driver=qcow2,file=image-file,node-name=image,read-only=on",
             "driver=raw,file=image,node-name=import-tail-src,read-only=on,offset=1048576,size=2097152",
-            "driver=raw,file=root-file,node-name=import-tail-dst,offset=1048576,size=2097152",
-            "driver=raw,file=root-file,node-name=import-rest-dst,offset=4096,size=1044480",
-            "driver=raw,file=root-file,node-name=import-first-dst,offset=0,size=4096",
+            "driver=host_device,filename=/dev/fdset/4,node-name=import-file,cache.direct=on",
+            "driver=raw,file=import-file,node-name=import-tail-dst,offset=1048576,size=2097152",
+            "driver=raw,file=import-file,node-name=import-rest-dst,offset=4096,size=1044480",
+            "driver=raw,file=import-file,node-name=import-first-dst,offset=0,size=4096",
         ] {
             assert!(import.contains(part), "{part:?} missing in {import}");
         }
-        assert_eq!(device_options(&volume(true)), ",share-rw=on");
         let mut file = volume(false);
         file.block_device = false;
         file.format = DiskFormat::Qcow2;
@@ -358,11 +359,13 @@ mod tests {
         (image, vol)
     }
 
-    /// The import against QEMU itself (no confinement, paths for the
-    /// descriptors): the volume ends up holding the image's disk, its old
-    /// bytes overwritten, what lies past the disk untouched.
+    /// The import against QEMU itself (not confined, but as a VM is
+    /// spawned: the files as descriptors in fd sets, the guest's device on
+    /// the volume, paused): the volume ends up holding the image's disk,
+    /// its old bytes overwritten, what lies past the disk untouched.
     #[tokio::test]
     async fn qemu_imports_the_image_into_the_volume() {
+        use std::os::fd::AsRawFd;
         let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
         let tools = ["/usr/bin/qemu-img", "/usr/bin/qemu-io"];
         if !qemu.exists() || !tools.iter().all(|t| std::path::Path::new(t).exists()) {
@@ -371,7 +374,6 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let (image, vol) = image_and_volume(dir.path());
-        let img = image.to_str().unwrap();
         let v = VolumeDisk {
             path: vol.clone(),
             block_device: false,
@@ -383,21 +385,49 @@ mod tests {
             }),
         };
         let sock = dir.path().join("qmp.sock");
-        let args: Vec<String> = blockdev_args(&v, Some(1), 2)
-            .into_iter()
-            .map(|a| {
-                a.replace("/dev/fdset/1", img)
-                    .replace("/dev/fdset/2", vol.to_str().unwrap())
-            })
-            .collect();
-        let mut child = tokio::process::Command::new(qemu)
-            .args(["-M", "none", "-S", "-nodefaults", "-display", "none"])
+        // As QEMU is spawned for a VM: both files as descriptors (3, 4).
+        let image_fd = std::fs::File::open(&image).unwrap();
+        let vol_fd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&vol)
+            .unwrap();
+        let fds = [image_fd.as_raw_fd(), vol_fd.as_raw_fd()];
+        let mut command = tokio::process::Command::new(qemu);
+        command
+            .args([
+                "-M",
+                "pc",
+                "-accel",
+                "tcg",
+                "-S",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .args(&args)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .args(["-add-fd", "fd=3,set=1", "-add-fd", "fd=4,set=2"])
+            .args(blockdev_args(&v, Some(1), 2))
+            // The guest's device, as a VM has it: not sharing write.
+            .args(["-device", "virtio-blk-pci,drive=root"])
+            .kill_on_drop(true);
+        // SAFETY: between fork and exec only async-signal-safe calls:
+        // fcntl(F_DUPFD) moves both descriptors above 4 first, so neither
+        // dup2 overwrites the other; dup2's copies are not close-on-exec.
+        unsafe {
+            command.pre_exec(move || {
+                let high = fds.map(|fd| libc::fcntl(fd, libc::F_DUPFD, 10));
+                for (fd, to) in high.into_iter().zip([3, 4]) {
+                    if fd < 0 || libc::dup2(fd, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        drop((image_fd, vol_fd));
         let t = Duration::from_secs(20);
         let qmp = Qmp::connect(&sock, t).await.unwrap();
         let mut seen = Vec::new();
