@@ -183,10 +183,15 @@ async fn root_disk(
         let bound = seed::overlay_bound(files, p.disk.virtual_size)?;
         return Ok((root, Some(bound), None));
     };
-    let pod_name = p
-        .bundle
-        .annotation("io.kubernetes.cri.sandbox-name")
-        .unwrap_or("?");
+    let annotation = |k| p.bundle.annotation(k).filter(|v| !v.is_empty());
+    let pod_name = match (
+        annotation("io.kubernetes.cri.sandbox-namespace"),
+        annotation("io.kubernetes.cri.sandbox-name"),
+    ) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name.to_owned(),
+        _ => "?".to_owned(),
+    };
     let holder = format!("pod {pod_name} ({}), container {id}", ctx.pod_id);
     let kernel_boot = matches!(boot, ImageBoot::Kernel { .. });
     let runtime_dir = ctx.config.hypervisor.runtime_dir.clone();
