@@ -181,6 +181,7 @@ impl MicroVm {
             accelerator: self.accelerator,
             vcpus: h.vcpus,
             memory_mib: h.memory_mib,
+            tcg_tb_size_mib: h.tcg_tb_size_mib,
             kernel: h.kernel.clone(),
             initrd: h.initrd.clone(),
             cmdline: kernel_cmdline(&h.kernel_params),

@@ -8,6 +8,7 @@
 //!   VM image's guest; both over [`json_lines`], one bounded JSON object
 //!   per line.
 
+mod accel;
 pub mod json_lines;
 mod micro_vm;
 pub mod qga;

@@ -217,14 +217,8 @@ fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
         ImageBoot::Uefi { .. } => "q35,pflash0=fw-code,pflash1=fw-vars",
         _ => "pc",
     };
-    let accel = match (l.accelerator, l.tcg_tb_size_mib) {
-        (Accelerator::Tcg, 0) | (Accelerator::Kvm, _) => l.accelerator.as_str().to_owned(),
-        (Accelerator::Tcg, mib) => format!("tcg,tb-size={mib}"),
-    };
-    let cpu = match l.accelerator {
-        Accelerator::Kvm => "host",
-        Accelerator::Tcg => "max",
-    };
+    let accel = super::accel::accel(l.accelerator, l.tcg_tb_size_mib);
+    let cpu = super::accel::cpu(l.accelerator);
     let mut a = strs(&[
         "-name",
         &format!("husk-vm-{},debug-threads=on", l.id),
