@@ -6,8 +6,12 @@
 //! each policy is bound with Deny and fails closed; its CEL names the
 //! fields and the names the rest of the repository uses (the
 //! ServiceAccount, husk-deploy.sh's label, config/runtimeclass.yaml's
-//! classes) and is balanced. The CEL is not compiled or evaluated here:
-//! that needs an API server (Kubernetes 1.30 or later).
+//! classes) and is balanced. Where cel-python is installed (the Python
+//! named by HUSK_CEL_PYTHON, else python3), tests/tools/vap_cel.py also
+//! evaluates each policy's CEL against sample requests; else SKIPPED.
+//! cel-python is not the API server's cel-go (no typed objects, no cost
+//! limits): that the policies compile and act so on a real API server
+//! (Kubernetes 1.30 or later) is not tested here.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -220,6 +224,27 @@ fn host_network_pods_of_husk_runtime_classes_are_refused() {
     assert!(cel.contains("!has(object.spec.hostNetwork) || !object.spec.hostNetwork"));
     assert!(cel.contains("!has(object.spec.runtimeClassName)"));
     assert!(cel.contains("!(object.spec.runtimeClassName in variables.huskRuntimeClasses)"));
+}
+
+#[test]
+fn the_policies_admit_and_refuse_sample_requests_under_cel_python() {
+    let python = std::env::var("HUSK_CEL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg("tests/tools/vap_cel.py")
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(2) {
+        println!("SKIPPED: {python} has no cel-python (set HUSK_CEL_PYTHON to one that has)");
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "a request was not admitted or refused as it should be"
+    );
+    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 20);
 }
 
 #[test]
