@@ -162,6 +162,8 @@ RUNC_V2='[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
 # --all for every handler, else husk's names only. husk's drop-in is not
 # read: install writes it.
 handlers_of() {
+    # $1 unquoted: empty, it is no argument.
+    # shellcheck disable=SC2086
     "$husk" containerd-config handlers $1 --root "$root" --as "$(node_path "$main")" \
         --skip "$DROP_IN_NODE" "$2" ||
         die "could not read containerd's configuration (above): nothing changed"
@@ -267,7 +269,7 @@ unchanged() {
 install_handler() {
     [ -f "$V2_SNIPPET" ] && [ -f "$V3_DROP_IN" ] || die "missing $V2_SNIPPET or $V3_DROP_IN"
     find_husk
-    local major schema base new drop= check
+    local major schema base new drop='' check
     major=$(containerd_major)
     make_dir "$etc"
     new_file "$main"
