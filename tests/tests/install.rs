@@ -2,7 +2,11 @@
 //! `containerd-config.sh` writing and taking back the handler on every
 //! containerd line; the .deb installed with apt on a node that has QEMU;
 //! and the DaemonSet's pod (husk-deploy.sh in the deploy image) installing,
-//! labelling and cleaning up. The last two run in a throwaway overlay of
+//! labelling and cleaning up; and deploy/husk-deploy.sh from the
+//! repository against a node's containerd, with /host the node
+//! (tests/node/deploy-config.sh: the handler written through chroot,
+//! checked with the default `ctr version`, taken back, and rolled back when
+//! containerd does not answer). The last three run in a throwaway overlay of
 //! this machine (tests/node/sandbox.sh) in a private mount namespace, with
 //! containerd chrooted into it: this machine's own husk and containerd are
 //! not touched. What needs a cluster (the API server, kubelet sending
@@ -183,4 +187,19 @@ fn the_daemonset_pod_installs_labels_and_takes_it_all_back_on_sigterm() {
         return;
     };
     node_scenario("deploy.sh", &[&image, &husk_tests::ctr::image_archive()]);
+}
+
+#[test]
+fn the_deploy_script_writes_the_handler_through_host_and_rolls_back() {
+    let bins = husk_tests::containerd::build_bin_dir();
+    for bin in ["husk", "containerd-shim-husk-v2"] {
+        if !bins.join(bin).exists() {
+            println!(
+                "SKIPPED: {} is not built (cargo build -p husk-shim --bins)",
+                bins.join(bin).display()
+            );
+            return;
+        }
+    }
+    node_scenario("deploy-config.sh", &[&bins]);
 }
