@@ -265,6 +265,7 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+pub mod config_sh;
 pub mod containerd;
 pub mod cri;
 pub mod cri_config;
