@@ -7,7 +7,7 @@
 //! reads them), and every command has a deadline, so a wedged or
 //! taken-over QEMU cannot hang the shim or make it hold an untyped tree.
 
-use super::json_lines::{printable, read_message, LineError, Message, Outcome};
+use super::json_lines::{from_object, printable, read_message, LineError, Message, Outcome};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -337,7 +337,7 @@ fn guest_event(message: &Message) -> Option<GuestEvent> {
         Some("SHUTDOWN") => message
             .data
             .as_ref()
-            .and_then(|d| serde_json::from_str::<ShutdownData>(d.get()).ok())
+            .and_then(|d| from_object::<ShutdownData>(d.get().as_bytes()).ok())
             .is_some_and(|d| d.guest)
             .then_some(GuestEvent::ShutdownByGuest),
         _ => None,
@@ -453,12 +453,14 @@ mod tests {
             Incoming::of(message(r#"{"event": "SHUTDOWN", "data": {"guest": true}}"#)),
             Incoming::Event(Some(GuestEvent::ShutdownByGuest))
         ));
-        assert!(matches!(
-            Incoming::of(message(
-                r#"{"event": "SHUTDOWN", "data": {"guest": false}}"#
-            )),
-            Incoming::Event(None)
-        ));
+        for data in [r#"{"guest": false}"#, "[true]"] {
+            assert!(matches!(
+                Incoming::of(message(&format!(
+                    r#"{{"event": "SHUTDOWN", "data": {data}}}"#
+                ))),
+                Incoming::Event(None)
+            ));
+        }
         assert!(matches!(
             Incoming::of(message(r#"{"event": "GUEST_PANICKED", "id": 3}"#)),
             Incoming::Event(Some(GuestEvent::Panicked))
