@@ -182,7 +182,13 @@ pub fn qemu(program: &Path, l: &crate::VmLaunch) -> Result<Confinement, Error> {
     if !l.console_log.starts_with("/proc") {
         jail.writable(&l.console_log);
     }
-    Ok(qemu_confinement(identity, groups, jail, kvm, l.oom_score_adj))
+    Ok(qemu_confinement(
+        identity,
+        groups,
+        jail,
+        kvm,
+        l.oom_score_adj,
+    ))
 }
 
 /// A VM image's QEMU (VM-image pods): as a micro-VM's QEMU — the VM's
