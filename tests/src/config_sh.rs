@@ -7,6 +7,7 @@
 //! sh, the deploy image's shell.
 
 use crate::release::Release;
+use crate::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -15,13 +16,6 @@ pub struct NodeEtc {
     dir: tempfile::TempDir,
     /// The directory whose `containerd` the script runs.
     pub bin_dir: PathBuf,
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the repository")
-        .to_owned()
 }
 
 /// None, with the reason, where this cannot run: no /etc/containerd to
@@ -98,7 +92,7 @@ impl NodeEtc {
     pub fn run(&self, args: &[&str]) -> Output {
         let script = format!(
             "mount --bind \"$1\" /etc/containerd && shift && exec busybox sh {} \"$@\"",
-            repo().join("scripts/containerd-config.sh").display()
+            repo_root().join("scripts/containerd-config.sh").display()
         );
         let path = format!(
             "{}:{}",

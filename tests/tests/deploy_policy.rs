@@ -13,20 +13,13 @@
 //! limits): that the policies compile and act so on a real API server
 //! (Kubernetes 1.30 or later) is not tested here.
 
+use husk_tests::repo_root;
 use serde::Deserialize;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
 
 /// Every document of a YAML file of the repository.
 fn documents(rel: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo().join(rel)).unwrap();
+    let text = std::fs::read_to_string(repo_root().join(rel)).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel}: {e}")))
         .filter(|v| !v.is_null())
@@ -116,7 +109,7 @@ fn policy<'a>(docs: &'a [Value], name: &str) -> (&'a Value, String) {
 
 /// husk-deploy.sh's LABEL= value.
 fn deploy_label() -> String {
-    let script = std::fs::read_to_string(repo().join("deploy/husk-deploy.sh")).unwrap();
+    let script = std::fs::read_to_string(repo_root().join("deploy/husk-deploy.sh")).unwrap();
     script
         .lines()
         .find_map(|l| l.strip_prefix("LABEL="))
@@ -231,7 +224,7 @@ fn the_policies_admit_and_refuse_sample_requests_under_cel_python() {
     let python = std::env::var("HUSK_CEL_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(&python)
         .arg("tests/tools/vap_cel.py")
-        .current_dir(repo())
+        .current_dir(repo_root())
         .output()
         .unwrap_or_else(|e| panic!("{python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);

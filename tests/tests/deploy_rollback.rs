@@ -13,6 +13,8 @@
 //! is tests/tests/containerd_config.rs's. Run under busybox sh, the deploy
 //! image's shell.
 
+use husk_tests::ctr::text;
+use husk_tests::repo_root;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,17 +23,6 @@ use std::time::{Duration, Instant};
 
 const NODE_CONFIG: &str = "version = 2\n# the node's own settings\n";
 const HUSK_LINE: &str = "# husk handler (stand-in)";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The stand-in API server, killed when dropped.
 struct FakeApi {
@@ -50,7 +41,7 @@ impl FakeApi {
         let log = dir.join("api.log");
         std::fs::write(&log, "").unwrap();
         let child = Command::new("python3")
-            .arg(repo().join("tests/node/fake-api.py"))
+            .arg(repo_root().join("tests/node/fake-api.py"))
             .arg(port.to_string())
             .arg(&log)
             .arg("containerd://1.7.24")
@@ -170,7 +161,7 @@ impl Node {
         let d = self.dir.path();
         let mut cmd = Command::new("busybox");
         cmd.arg("sh")
-            .arg(repo().join("deploy/husk-deploy.sh"))
+            .arg(repo_root().join("deploy/husk-deploy.sh"))
             .arg(verb)
             .env("HUSK_LINE", HUSK_LINE)
             .env("NODE_NAME", "test-node")

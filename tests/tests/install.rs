@@ -13,20 +13,11 @@
 //! SIGTERM, a registry) is stood in for and said so in docs/operations.md.
 
 use husk_tests::config_sh::{self, NodeEtc};
+use husk_tests::ctr::text;
 use husk_tests::release::{Release, LINES};
+use husk_tests::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The dump's CRI runtime handlers, and its default one's name.
 fn handlers(dump: &str, release: &Release) -> (toml::Table, String) {
@@ -148,7 +139,7 @@ fn containerd_config_writes_and_takes_back_the_handler_on_every_line() {
 fn node_scenario(script: &str, args: &[&Path]) {
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "bash"])
-        .arg(repo().join("tests/node").join(script))
+        .arg(repo_root().join("tests/node").join(script))
         .args(args)
         .env_remove(husk_config::CONFIG_ENV)
         .output()
@@ -160,7 +151,7 @@ fn node_scenario(script: &str, args: &[&Path]) {
 }
 
 fn built(name: &str, how: &str) -> Option<PathBuf> {
-    let path = repo().join("target/husk").join(name);
+    let path = repo_root().join("target/husk").join(name);
     if path.exists() {
         Some(path)
     } else {
