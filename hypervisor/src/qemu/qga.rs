@@ -226,7 +226,11 @@ pub fn reply_value<T: DeserializeOwned>(
 ) -> Result<T, GuestAgentError> {
     let bad = |what: String| GuestAgentError::BadReply { command, what };
     match reply.outcome() {
-        Outcome::Return(r) => serde_json::from_str(r.get()).map_err(|e| bad(e.to_string())),
+        // serde's message quotes the value it refused: the guest's, of
+        // any length.
+        Outcome::Return(r) => {
+            serde_json::from_str(r.get()).map_err(|e| bad(printable(&e.to_string(), 200)))
+        }
         Outcome::Error(e) => {
             let (class, desc) = e.printable();
             Err(GuestAgentError::Command {
@@ -386,6 +390,9 @@ mod tests {
         assert_eq!((s.exit_code, s.signal), (None, Some(9)));
         let e = exec_status(json!({"exitcode": 1})).unwrap_err();
         assert!(e.to_string().contains("exited"), "{e}");
+        // The value refused is quoted, but not at any length.
+        let e = exec_status(json!({"exited": "\u{1b}".repeat(10_000)})).unwrap_err();
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
     }
 
     #[test]
