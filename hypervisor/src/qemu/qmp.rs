@@ -65,6 +65,9 @@ pub struct GuestEvents {
     /// Becomes true when QEMU closed the connection (it exited): every
     /// event it sent has been recorded by then.
     closed: tokio::sync::watch::Sender<bool>,
+    /// Told at each JOB_STATUS_CHANGE (a block job moved on), so a
+    /// caller waiting for a job need not poll on a timer alone.
+    job_changed: tokio::sync::Notify,
 }
 
 impl Default for GuestEvents {
@@ -73,6 +76,7 @@ impl Default for GuestEvents {
             panicked: AtomicBool::new(false),
             shutdown_by_guest: AtomicBool::new(false),
             closed: tokio::sync::watch::channel(false).0,
+            job_changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -83,6 +87,12 @@ impl GuestEvents {
     pub async fn wait_closed(&self, timeout: Duration) {
         let mut rx = self.closed.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await;
+    }
+
+    /// Waits until a block job's status changes (one that changed since
+    /// the last wait counts) or `timeout` passes, whichever is first.
+    pub async fn job_changed(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.job_changed.notified()).await;
     }
 
     /// GUEST_PANICKED came (the guest kernel reported a panic by pvpanic).
@@ -284,6 +294,8 @@ pub enum GuestEvent {
     Panicked,
     /// SHUTDOWN with `guest: true`.
     ShutdownByGuest,
+    /// JOB_STATUS_CHANGE: a block job (an import's) moved on.
+    JobStatusChanged,
 }
 
 /// What the client makes of one message from QEMU after the greeting.
@@ -327,6 +339,8 @@ impl GuestEvents {
                 self.panicked.store(true, Ordering::SeqCst);
             }
             GuestEvent::ShutdownByGuest => self.shutdown_by_guest.store(true, Ordering::SeqCst),
+            // notify_one keeps a permit when no one waits yet.
+            GuestEvent::JobStatusChanged => self.job_changed.notify_one(),
         }
     }
 }
@@ -334,6 +348,7 @@ impl GuestEvents {
 fn guest_event(message: &Message) -> Option<GuestEvent> {
     match message.event.as_deref() {
         Some("GUEST_PANICKED") => Some(GuestEvent::Panicked),
+        Some("JOB_STATUS_CHANGE") => Some(GuestEvent::JobStatusChanged),
         Some("SHUTDOWN") => message
             .data
             .as_ref()
@@ -390,6 +405,13 @@ mod tests {
                         .unwrap();
                     json!({"return": {}, "id": id})
                 }
+                "blockdev-backup" => {
+                    write
+                        .write_all(b"{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"id\": \"j\", \"status\": \"concluded\"}}\n")
+                        .await
+                        .unwrap();
+                    json!({"return": {}, "id": id})
+                }
                 "nope" => {
                     json!({"error": {"class": "CommandNotFound", "desc": "no nope"}, "id": id})
                 }
@@ -430,6 +452,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_block_job_change_wakes_its_waiter_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let server = tokio::spawn(fake_qemu(UnixListener::bind(&path).unwrap()));
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let t = Duration::from_secs(5);
+        // No change yet: the wait lasts its timeout.
+        let began = std::time::Instant::now();
+        qmp.events().job_changed(Duration::from_millis(100)).await;
+        assert!(began.elapsed() >= Duration::from_millis(100));
+        // A change that came before the wait began is not missed.
+        qmp.execute("blockdev-backup", None, t).await.unwrap();
+        let began = std::time::Instant::now();
+        qmp.events().job_changed(Duration::from_secs(30)).await;
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            began.elapsed()
+        );
+        drop(qmp);
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn a_missing_socket_is_named_after_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("none.sock");
@@ -464,6 +510,10 @@ mod tests {
         assert!(matches!(
             Incoming::of(message(r#"{"event": "GUEST_PANICKED", "id": 3}"#)),
             Incoming::Event(Some(GuestEvent::Panicked))
+        ));
+        assert!(matches!(
+            Incoming::of(message(r#"{"event": "JOB_STATUS_CHANGE", "data": {}}"#)),
+            Incoming::Event(Some(GuestEvent::JobStatusChanged))
         ));
         match Incoming::of(message(
             r#"{"id": 4, "error": {"class": "C", "desc": "d\u001b"}}"#,

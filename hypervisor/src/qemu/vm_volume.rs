@@ -225,7 +225,9 @@ pub async fn import(
         qmp.execute("blockdev-backup", Some(arguments), timeout)
             .await?;
         loop {
-            tokio::time::sleep(JOB_POLL).await;
+            // A job's end comes as an event at once; progress at least
+            // every JOB_POLL.
+            qmp.events().job_changed(JOB_POLL).await;
             let jobs: Vec<JobInfo> = qmp.call("query-jobs", None, timeout).await?;
             let info = jobs
                 .iter()

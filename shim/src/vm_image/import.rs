@@ -60,9 +60,12 @@ pub async fn import_then_boot(
     importing.store(false, Ordering::SeqCst);
     match result {
         Ok(()) => {
-            let secs = began.elapsed().as_secs();
+            let secs = began.elapsed().as_secs_f64();
+            let rate = size as f64 / f64::from(1 << 20) / secs.max(0.001);
             tracing::info!(container_id = %id, seconds = secs, "root volume imported; the VM runs");
-            tell(format!("husk-vm: import done in {secs} s; booting\n"));
+            tell(format!(
+                "husk-vm: import done in {secs:.1} s ({rate:.0} MiB/s of the disk's size); booting\n"
+            ));
         }
         Err(e) => {
             let e = chain(e);
