@@ -208,6 +208,18 @@ impl GuestAgent {
             Ok(Ok(reply)) => reply_value::<Value>("guest-shutdown", reply).map(drop),
         }
     }
+
+    /// [`shutdown`](Self::shutdown) after a fresh sync (up to `sync`): on
+    /// a connection made earlier (for an exec) the agent may have gone
+    /// since, and a request to no one would read as going ahead.
+    pub async fn synced_shutdown(
+        &mut self,
+        sync: Duration,
+        wait: Duration,
+    ) -> Result<(), GuestAgentError> {
+        self.sync(sync).await?;
+        self.shutdown(wait).await
+    }
 }
 
 /// Whether `reply` is the answer to `guest-sync-delimited` `id` (an
@@ -312,6 +324,8 @@ mod tests {
                 }
                 "guest-exec" if cmd["arguments"]["path"] == "/nonexistent" => json!({"error": {"class": "GenericError", "desc": "Guest agent command failed, error was 'Failed to execute child process \u{1b}[31m'"}}).to_string(),
                 "guest-exec" => json!({"return": {"pid": 42}}).to_string(),
+                // Goes ahead: no reply (the schema's success).
+                "guest-shutdown" => continue,
                 "guest-exec-status" => {
                     polls += 1;
                     if polls == 1 {
@@ -424,6 +438,42 @@ mod tests {
             write.write_all(format!("{e}\n").as_bytes()).await.unwrap();
         }
         cmd
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_to_an_agent_gone_silent_is_not_taken_as_going_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Accepts and reads, never answers: an agent that stopped.
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut lines = BufReader::new(stream).split(b'\n');
+            let mut seen = Vec::new();
+            while let Ok(Some(l)) = lines.next_segment().await {
+                seen.push(String::from_utf8_lossy(&l).into_owned());
+            }
+            seen
+        });
+        let mut ga = GuestAgent::connect(&path).await.unwrap();
+        let t = Duration::from_millis(200);
+        let e = ga.synced_shutdown(t, t).await.unwrap_err();
+        assert!(
+            matches!(e, GuestAgentError::Timeout("guest-sync-delimited")),
+            "{e}"
+        );
+        drop(ga);
+        let seen = server.await.unwrap();
+        assert!(
+            seen.iter().all(|l| !l.contains("guest-shutdown")),
+            "asked for a shutdown without a sync: {seen:?}"
+        );
+        // A live agent: synced, then the shutdown goes ahead.
+        let path = dir.path().join("qga-live.sock");
+        let server = tokio::spawn(fake_agent(UnixListener::bind(&path).unwrap()));
+        let mut ga = GuestAgent::connect(&path).await.unwrap();
+        assert!(ga.synced_shutdown(Duration::from_secs(5), t).await.is_ok());
+        server.abort();
     }
 
     #[tokio::test]

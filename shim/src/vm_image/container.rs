@@ -452,7 +452,7 @@ impl VmContainer {
         let (agent, id, t) = (self.guest_agent.clone(), self.id.clone(), self.call_timeout);
         tokio::spawn(async move {
             let wait = Duration::from_secs(2).min(t);
-            match on_agent!(agent, t, |a| a.shutdown(wait)) {
+            match on_agent!(agent, t, |a| a.synced_shutdown(t, wait)) {
                 Ok(()) => {
                     tracing::info!(container_id = %id, "the guest agent is shutting the guest down")
                 }
