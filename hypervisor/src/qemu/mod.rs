@@ -3,7 +3,9 @@
 //! - [`Qemu`] (`micro_vm`): the micro-VM backend of the [`crate::Hypervisor`]
 //!   trait (`-M microvm`, husk's kernel and agent, vhost-user devices);
 //! - [`vm_image`]: the command line of a VM image (a whole OS booted from
-//!   its disk, `-M pc`/`q35`), which [`crate::VmImage`] spawns;
+//!   its disk, `-M pc`/`q35`), which [`crate::VmImage`] spawns, and
+//!   [`vm_extras`], what it may get beyond disks and NIC (Secure Boot,
+//!   a TPM, a display, the exec tools);
 //! - [`qmp`]: QEMU's monitor protocol; [`qga`]: the QEMU guest agent in a
 //!   VM image's guest; both over [`json_lines`], one bounded JSON object
 //!   per line.
@@ -12,6 +14,7 @@ pub mod json_lines;
 mod micro_vm;
 pub mod qga;
 pub mod qmp;
+pub mod vm_extras;
 pub mod vm_image;
 
 pub use micro_vm::Qemu;

@@ -192,6 +192,7 @@ impl VmContainer {
             seed: Some(seed),
             block_devices: block_devices(&p.bundle.spec)?,
             nic: nic_mac(leftovers.network.as_ref())?,
+            extras: Default::default(),
         };
         let spec = VmImageSpec {
             launch,
