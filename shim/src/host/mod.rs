@@ -1,10 +1,12 @@
 //! Host plumbing both pod kinds use: the pod's network namespace connected
 //! to its VM ([`network`]), the pod's cgroup on the host ([`cgroup`]),
 //! mount points made and undone without following the guest ([`mounts`]),
-//! and small files read from a pod's volumes without being led out of
+//! host services in the pod's namespace reachable at the pod's address
+//! beside the VM ([`pod_ports`]), and small files read from a pod's volumes without being led out of
 //! them ([`files`]).
 
 pub mod cgroup;
 pub mod files;
 pub mod mounts;
 pub mod network;
+pub mod pod_ports;

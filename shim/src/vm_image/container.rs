@@ -177,13 +177,15 @@ impl VmContainer {
         if let Some(path) = p.bundle.cgroups_path.as_deref() {
             leftovers.cgroup = Some(make_cgroup(path)?);
         }
+        let boot = boot_of(p, vm_config, files)?;
+        let extras = super::extras::of(p, &boot)?;
         let launch = VmImageLaunch {
             id: id.to_owned(),
             accelerator: ctx.accelerator,
             vcpus: p.vcpus,
             memory_mib: p.memory_mib,
             tcg_tb_size_mib: vm_config.tcg_tb_size_mib,
-            boot: boot_of(p, vm_config, files)?,
+            boot,
             root: RootDisk::Overlay {
                 overlay,
                 base: p.disk.disk.clone(),
@@ -192,7 +194,7 @@ impl VmContainer {
             seed: Some(seed),
             block_devices: block_devices(&p.bundle.spec)?,
             nic: nic_mac(leftovers.network.as_ref())?,
-            extras: Default::default(),
+            extras: extras.launch.clone(),
         };
         let spec = VmImageSpec {
             launch,
@@ -204,7 +206,13 @@ impl VmContainer {
                 .unwrap_or_default(),
             oom_score_adj: p.bundle.oom_score_adj(),
         };
-        let vm = VmImage::start(&ctx.config, spec).await?;
+        let vm = Arc::new(VmImage::start(&ctx.config, spec).await?);
+        let network = leftovers.network.as_ref();
+        if let Err(e) = super::extras::start(&extras, &vm, network, ctx.timeouts.agent_call).await {
+            vm.kill();
+            vm.wait().await;
+            return Err(e);
+        }
         tracing::info!(pod_id = %ctx.pod_id, container_id = id, pid = vm.pid(), "VM container created");
         Ok(Self::watched(id, p, ctx, vm, std::mem::take(leftovers)))
     }
@@ -216,10 +224,9 @@ impl VmContainer {
         id: &str,
         p: &Prepared,
         ctx: &PodContext,
-        vm: VmImage,
+        vm: Arc<VmImage>,
         leftovers: Leftovers,
     ) -> Self {
-        let vm = Arc::new(vm);
         let (console_tx, console_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (diag_tx, diag_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (exit_tx, exit_rx) = watch::channel(None);

@@ -13,7 +13,10 @@
 //! - [`seed`], [`cloud_init`]: the overlay and the NoCloud seed; [`dhcp`]:
 //!   the pod's address for a guest that asks;
 //! - [`exec`] over [`guest_agent`]: `kubectl exec` through the QEMU guest
-//!   agent.
+//!   agent;
+//! - [`extras`]: what a VM gets beyond disks and NIC: the state volume's
+//!   firmware variables and TPM ([`state`]), Secure Boot, the graphical
+//!   console ([`vnc`]).
 //!
 //! The manager gives containerd every task semantic on top (events, Wait,
 //! Delete, deadlines, the kill grace).
@@ -25,11 +28,14 @@ pub mod context;
 pub mod dhcp;
 pub mod error;
 mod exec;
+pub mod extras;
 mod guest_agent;
 pub mod launch;
 pub mod members;
 pub mod pod;
 pub mod seed;
+pub mod state;
+pub mod vnc;
 
 pub use agent::VmAgent;
 pub use container::PANICKED;
