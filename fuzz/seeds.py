@@ -6,10 +6,15 @@ the top of each fuzz_targets/*.rs): the Linux virtio-mmio driver's probe
 and set-up of each of husk-vmm's devices, the 8250 driver's console set-up,
 descriptor chains as the Linux virtio-rng and virtio-net drivers post
 them, the handshake lines vhost-device-vsock and the agent's forwarder
-send, the agent's replies as gRPC frames, and what containerd 1.6-2.3 write
-on a shim's stdin. tests/tools/fuzz.sh merges these into fuzz/corpus/ (which
-is what is committed, minimized); run this again only when an input
-format changes: python3 fuzz/seeds.py
+send, the agent's replies as gRPC frames, what containerd 1.6-2.3 write
+on a shim's stdin, QMP and guest agent lines as QEMU 7.2 writes them, DHCP
+requests as Debian 12's clients send them, disk headers as qemu-img,
+sfdisk and mke2fs write them, kubelet's and users' files for cloud-init,
+and a VM's console and /proc files. tests/tools/fuzz.sh merges these
+into fuzz/corpus/ (which is what is committed, minimized); run this again
+only when an input format changes: python3 fuzz/seeds.py (the disk
+headers need qemu-img, sfdisk and mke2fs; without them those seeds stay
+as committed)
 
 Not written here: seeds/snapshot_state/, real husk-vmm state files
 (docs/fuzzing.md says how they were made).
@@ -385,6 +390,319 @@ links = dict(base, mounts=[{"destination": d, "type": "tmpfs", "source": "tmpfs"
 spec_seed("symlinked_destinations", links)
 spec_seed("symlink_loop", dict(base, mounts=[{"destination": "/ping/x", "type": "tmpfs", "source": "tmpfs"}]))
 
+# ---- QMP and the QEMU guest agent (qemu_lines) ------------------------
+# Lines as QEMU 7.2 (Debian 12) writes them on QMP, ending in CRLF, and as
+# qemu-guest-agent 7.2 writes them, ending in LF; the sync reply starts
+# with 0xFF. Input: u16 line bound, u32 sync id, 4 read sizes, stream.
+
+
+def qemu_lines(name, stream, max_line=4095, sync_id=0, sizes=(255, 255, 255, 255)):
+    seed("qemu_lines", name, struct.pack("<HI", max_line, sync_id) + bytes(sizes) + stream)
+
+
+def ts(s, us):
+    return '"timestamp": {"seconds": %d, "microseconds": %d}' % (s, us)
+
+
+GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, '
+            b'"package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}\r\n')
+qmp_session = (
+    GREETING
+    + b'{"return": {}, "id": 1}\r\n'
+    + b'{"return": {}, "id": 2}\r\n'
+    + ("{%s, \"event\": \"RESUME\"}\r\n" % ts(1764487201, 533012)).encode()
+    + ("{%s, \"event\": \"NIC_RX_FILTER_CHANGED\", \"data\": {\"path\": "
+       "\"/machine/peripheral-anon/device[1]/virtio-backend\"}}\r\n" % ts(1764487215, 84217)).encode()
+    + b'{"return": {"status": "running", "singlestep": false, "running": true}, "id": 3}\r\n'
+    + b'{"return": {}, "id": 4}\r\n'
+    + ("{%s, \"event\": \"POWERDOWN\"}\r\n" % ts(1764487290, 112873)).encode()
+    + ("{%s, \"event\": \"SHUTDOWN\", \"data\": {\"guest\": true, \"reason\": \"guest-shutdown\"}}\r\n"
+       % ts(1764487293, 901244)).encode()
+)
+qemu_lines("qmp_session", qmp_session)
+qemu_lines("qmp_session_in_pieces", qmp_session, sizes=(1, 7, 64, 3))
+qemu_lines("qmp_panic", GREETING + b'{"return": {}, "id": 1}\r\n'
+           + ("{%s, \"event\": \"GUEST_PANICKED\", \"data\": {\"action\": \"pause\", \"info\": "
+              "{\"core\": 0, \"psw-mask\": 0, \"type\": \"hyper-v\", \"arg1\": 0}}}\r\n" % ts(1764487300, 1)).encode()
+           + ("{%s, \"event\": \"STOP\"}\r\n" % ts(1764487300, 2)).encode())
+qemu_lines("qmp_errors", GREETING
+           + b'{"id": 5, "error": {"class": "CommandNotFound", "desc": "The command nope has not been found"}}\r\n'
+           + b'{"id": 6, "error": {"class": "GenericError", "desc": "Parameter \'id\' expects \\u001b[31m"}}\r\n'
+           + ("{%s, \"event\": \"SHUTDOWN\", \"data\": {\"guest\": false, \"reason\": \"host-qmp-quit\"}}\r\n"
+              % ts(1764487400, 5)).encode())
+qemu_lines("qmp_line_over_bound", GREETING + b'{"return": {"x": "' + b"y" * 300 + b'"}, "id": 1}\r\n',
+           max_line=256)
+# qemu-guest-agent: a stale reply, the sync reply, guest-exec and its
+# status polls (base64 output, as `sh -c 'echo hello; echo oops >&2'`
+# leaves it), a failed exec, a truncated one.
+qga = (
+    b'{"return": {"pid": 812}}\n'
+    + b"\xff" + b'{"return": 1234567}\n'
+    + b'{"return": {"pid": 913}}\n'
+    + b'{"return": {"exited": false}}\n'
+    + b'{"return": {"exitcode": 0, "out-data": "aGVsbG8K", "err-data": "b29wcwo=", "exited": true}}\n'
+    + b'{"return": {"exitcode": 137, "signal": 9, "exited": true}}\n'
+    + b'{"error": {"class": "GenericError", "desc": "Guest agent command failed, error was '
+    + b"'Failed to execute child process \\u201c/nonexistent\\u201d (No such file or directory)'\"}}\n"
+    + b'{"return": {"exitcode": 0, "out-data": "' + b"QUFB" * 200 + b'", "out-truncated": true, "exited": true}}\n'
+)
+qemu_lines("qga_session", qga, sync_id=1234567)
+qemu_lines("qga_session_in_pieces", qga, sync_id=1234567, sizes=(2, 9, 1, 40))
+qemu_lines("qga_partial_before_sync", b'{"return": {"exitc' + b"\xff" + b'{"return": 42}\n', sync_id=42)
+qemu_lines("qga_bad_base64", b'{"return": {"exited": true, "out-data": "%%%\\u0007"}}\n'
+           b'{"return": {"exited": "yes"}}\n', sync_id=7)
+
+# ---- DHCP (dhcp_frames) -----------------------------------------------
+# Requests as Debian 12's clients send them on boot: systemd-networkd 252
+# (sd-dhcp-client: IP TOS CS6, client id 0xff + IAID + DUID-EN, max
+# message size, parameter request list, no padding) and ISC dhclient
+# 4.4.3 (TOS low-delay, padded to BOOTP's 300 bytes); each built from the
+# clients' defaults with a UDP checksum. Input: mode byte (bit 0: the
+# lease's MAC is the frame's), lease, frame.
+
+VM_MAC = bytes.fromhex("0a580afa0305")
+
+
+def inet_sum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def dhcp_frame(options, mac=VM_MAC, xid=0x3903F326, secs=0, flags=0, tos=0xC0, pad_to=0, chaddr=None):
+    bootp = struct.pack("!BBBBIHH", 1, 1, 6, 0, xid, secs, flags) + bytes(16)
+    bootp += (chaddr or mac) + bytes(10) + bytes(64 + 128) + bytes([99, 130, 83, 99])
+    bootp += b"".join(bytes([c, len(v)]) + v for c, v in options) + b"\xff"
+    bootp += bytes(max(0, pad_to - len(bootp)))
+    udp_len = 8 + len(bootp)
+    src, dst = bytes(4), b"\xff" * 4
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", 68, 67, udp_len, 0) + bootp
+    csum = inet_sum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + udp_len, 0, 0, 64, 17, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", inet_sum(ip)) + ip[12:]
+    return b"\xff" * 6 + mac + b"\x08\x00" + ip + udp
+
+
+def ip_le(text):
+    """An IPv4 address as the target's u32 (little-endian) reads it."""
+    return bytes(reversed([int(x) for x in text.split(".")]))
+
+
+def lease_bytes(address, prefix, gateway, mtu, dns, hostname, search):
+    out = ip_le(address) + bytes([prefix])
+    out += (b"\x01" + ip_le(gateway)) if gateway else b"\x00"
+    out += struct.pack("<HB", mtu, len(dns)) + b"".join(ip_le(d) for d in dns)
+    out += bytes([len(hostname)]) + hostname + bytes([len(search)]) + search
+    return out
+
+
+POD_LEASE = lease_bytes("10.250.3.5", 24, "10.250.3.1", 1450, ["10.96.0.10"], b"vm-1",
+                        b"default.svc.cluster.local svc.cluster.local cluster.local")
+CALICO_LEASE = lease_bytes("192.168.45.7", 32, "169.254.1.1", 1480, ["10.96.0.10"], b"web-0",
+                           b"prod.svc.cluster.local svc.cluster.local cluster.local")
+duid = bytes.fromhex("ff") + bytes.fromhex("5bd3f0a1") + bytes.fromhex("0002000082bd") + bytes.fromhex("8a7cbe5e4ff2b9c01a6d")
+networkd_prl = bytes([1, 3, 6, 12, 15, 28, 42, 119, 121, 249])
+networkd_discover = dhcp_frame([(53, b"\x01"), (61, duid), (57, struct.pack("!H", 1472)), (12, b"vm-1"),
+                                (55, networkd_prl)])
+networkd_request = dhcp_frame([(53, b"\x03"), (61, duid), (57, struct.pack("!H", 1472)), (12, b"vm-1"),
+                               (50, bytes([10, 250, 3, 5])), (54, bytes([10, 250, 3, 1])), (55, networkd_prl)],
+                              secs=1)
+dhclient_prl = bytes([1, 28, 2, 3, 15, 6, 119, 12, 44, 47, 26, 121, 42])
+dhclient_discover = dhcp_frame([(53, b"\x01"), (12, b"debian"), (55, dhclient_prl)], xid=0x5A1E0C27,
+                               tos=0x10, pad_to=300)
+dhclient_request = dhcp_frame([(53, b"\x03"), (54, bytes([10, 250, 3, 1])), (50, bytes([10, 250, 3, 5])),
+                               (12, b"debian"), (55, dhclient_prl)], xid=0x5A1E0C27, tos=0x10, pad_to=300)
+seed("dhcp_frames", "networkd_discover", b"\x01" + POD_LEASE + networkd_discover)
+seed("dhcp_frames", "networkd_request", b"\x01" + POD_LEASE + networkd_request)
+seed("dhcp_frames", "networkd_discover_calico", b"\x01" + CALICO_LEASE + networkd_discover)
+seed("dhcp_frames", "dhclient_discover", b"\x01" + POD_LEASE + dhclient_discover)
+seed("dhcp_frames", "dhclient_request_calico", b"\x01" + CALICO_LEASE + dhclient_request)
+# Not the VM's: another MAC in chaddr, a RELEASE, an option that runs
+# past the end, a frame cut short.
+seed("dhcp_frames", "other_chaddr", b"\x01" + POD_LEASE
+     + dhcp_frame([(53, b"\x01")], chaddr=bytes.fromhex("020000000001")))
+seed("dhcp_frames", "release", b"\x01" + POD_LEASE + dhcp_frame([(53, b"\x07"), (54, bytes([10, 250, 3, 1]))]))
+seed("dhcp_frames", "option_past_end", b"\x01" + POD_LEASE + networkd_discover[:-1] + b"\x0c\xc8vm")
+seed("dhcp_frames", "cut_short", b"\x01" + POD_LEASE + networkd_discover[:200])
+# A lease with many DNS servers and long search domains, and a frame
+# from a MAC given apart from it.
+many = lease_bytes("10.0.0.2", 8, "10.0.0.1", 9000, ["10.0.0.%d" % i for i in range(70)], b"h" * 255,
+                   b" ".join(b"n%d.io" % i for i in range(35)))
+seed("dhcp_frames", "long_lease_values", b"\x00" + VM_MAC + many + networkd_discover)
+# The answer budget: a DISCOVER storm, then a retry every few seconds,
+# the clock stepping back once.
+seed("dhcp_frames", "budget_storm", b"\x02" + b"".join(struct.pack("<H", s) for s in
+                                                        [0] * 12 + [100] * 10 + [2000, 500, 0x8000 | 3000, 4000]))
+
+# ---- disk headers (disk_headers) --------------------------------------
+# Made with the tools a user makes a containerDisk with, where the machine
+# has them (run as root on the build machine; each is the first 4 KiB of
+# the file and the file's length, trailing zeros dropped): qemu-img 7.2's
+# qcow2 v3 (compat=1.1) and v2 (compat=0.10), with a backing file, with an
+# external data file; an MBR disk (sfdisk), a GPT disk, a bare ext4
+# (mke2fs, fixed UUID and time), and the first 4 KiB of the Debian 12
+# genericcloud image husk's tests boot (HUSK_TEST_IMAGE). Where a tool is
+# missing, the committed seed stays.
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+
+
+def disk_seed(name, path):
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    # A VMDK descriptor's random content id, fixed.
+    head = re.sub(rb"\nCID=[0-9a-f]{8}", b"\nCID=6b0d7c43", head)
+    size = os.path.getsize(path)
+    seed("disk_headers", name, b"\x00" + struct.pack("<Q", size) + head.rstrip(b"\0"))
+
+
+def disk_seeds():
+    with tempfile.TemporaryDirectory() as d:
+        # Relative names: a backing or data file's name is in the header.
+        def run(*args, env=None, stdin=None):
+            subprocess.run(args, check=True, cwd=d, input=stdin, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
+
+        p = lambda n: os.path.join(d, n)
+        if shutil.which("qemu-img"):
+            run("qemu-img", "create", "-f", "qcow2", p("v3.qcow2"), "2G")
+            disk_seed("qcow2_v3", p("v3.qcow2"))
+            run("qemu-img", "create", "-f", "qcow2", "-o", "compat=0.10", p("v2.qcow2"), "10G")
+            disk_seed("qcow2_v2", p("v2.qcow2"))
+            run("qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", "v3.qcow2", "backed.qcow2")
+            disk_seed("qcow2_backing_file", p("backed.qcow2"))
+            run("qemu-img", "create", "-f", "qcow2", "-o", "data_file=data.raw", "ext.qcow2", "1G")
+            disk_seed("qcow2_external_data", p("ext.qcow2"))
+            run("qemu-img", "create", "-f", "vmdk", p("d.vmdk"), "1G")
+            disk_seed("vmdk", p("d.vmdk"))
+        if shutil.which("sfdisk"):
+            for label, name in (("dos", "mbr_disk"), ("gpt", "gpt_disk")):
+                with open(p(name), "wb") as f:
+                    f.truncate(64 << 20)
+                script = "label: %s\nlabel-id: %s\ntype=L%s\n" % (
+                    label, "0x1234abcd" if label == "dos" else "5B3E3C2A-0D5C-4C1E-9E1F-6B1E4B8C2D11",
+                    "" if label == "dos" else ", uuid=0FC63DAF-8483-4772-8E79-3D69D8477DE5")
+                run("sfdisk", "-q", name, stdin=script.encode())
+                disk_seed(name, p(name))
+        if shutil.which("mke2fs"):
+            with open(p("ext4"), "wb") as f:
+                f.truncate(16 << 20)
+            run("mke2fs", "-q", "-t", "ext4", "-U", "6b0d7c43-6a2b-4b9e-9c1d-2f4f3b0e9a11",
+                "-E", "hash_seed=6b0d7c43-6a2b-4b9e-9c1d-2f4f3b0e9a12", p("ext4"),
+                env={"E2FSPROGS_FAKE_TIME": "1764487200"})
+            disk_seed("ext4_bare", p("ext4"))
+    image = os.environ.get("HUSK_TEST_IMAGE", "/usr/local/share/husk/debian-vm.qcow2")
+    if os.path.exists(image):
+        disk_seed("debian12_genericcloud", image)
+
+
+disk_seeds()
+# Crafted: a corrupt v3, a v3 cut after the version, a header claiming
+# 2^64-1 bytes, raw of a size that is not whole sectors.
+QCOW2_V3 = (b"QFI\xfb" + struct.pack(">IQIIQIIQQIIQQQQII", 3, 0, 0, 16, 2 << 30, 0, 4, 0x30000, 0x10000, 1, 0, 0,
+                                      2, 0, 0, 4, 112))
+seed("disk_headers", "qcow2_corrupt", b"\x00" + struct.pack("<Q", 196616) + QCOW2_V3)
+seed("disk_headers", "qcow2_truncated", b"\x01QFI\xfb\x00\x00\x00\x03")
+seed("disk_headers", "qcow2_huge", b"\x00" + struct.pack("<Q", 196616)
+     + QCOW2_V3[:24] + b"\xff" * 8 + QCOW2_V3[32:])
+seed("disk_headers", "raw_odd_size", b"\x00" + struct.pack("<Q", (1 << 20) + 3) + bytes(510) + b"\x55\xaa")
+
+# ---- cloud-init inputs (cloud_init_inputs) ----------------------------
+# kubelet's files for a pod (resolv.conf for ClusterFirst, with the node's
+# search domains after the cluster's; for dnsPolicy Default, the node's
+# own; a dnsConfig with an IPv6 server), its hostname file, authorized_keys
+# as users write them (options, comments, CRLF from an editor on Windows),
+# cloud-init files a user puts in a ConfigMap, and the pod network as CNI
+# made it (bridge with a /24 and a gateway; Calico's /32 with 169.254.1.1;
+# dual stack). Input: flags byte, then NUL-separated parts.
+
+
+def cloud(name, flags, resolv=b"", hostname=b"", keys=b"", instance=b"", meta=b"", netcfg=b"", userdata=b"",
+          net=b""):
+    seed("cloud_init_inputs", name, bytes([flags]) + b"\0".join(
+        [resolv, hostname, keys, instance, meta, netcfg, userdata, net]))
+
+
+CLUSTER_FIRST = (b"search default.svc.cluster.local svc.cluster.local cluster.local "
+                 b"europe-west1-b.c.my-project.internal c.my-project.internal google.internal\n"
+                 b"nameserver 10.96.0.10\noptions ndots:5\n")
+NODE_RESOLV = b"nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
+DNS_CONFIG = (b"search ns1.svc.cluster-domain.example my.dns.search.suffix\n"
+              b"nameserver 192.0.2.1\nnameserver 2001:db8::53\noptions ndots:2 edns0\n")
+KEYS = (b"# alice's laptop\n"
+        b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9xZ3J0dW9hZ2ZrM2xqZjkwMjNrbGZqYXNkZjkwMjM alice@laptop\n"
+        b"\n"
+        b"from=\"10.0.0.0/8\",no-agent-forwarding,no-X11-forwarding ssh-rsa "
+        b"AAAAB3NzaC1yc2EAAAADAQABAAABgQC7" + b"x" * 64 + b"== ci@build\r\n"
+        b"ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBE= bob \"quoted\" comment\n")
+UID = b"6b0d7c43-6a2b-4b9e-9c1d-2f4f3b0e9a11"
+BRIDGE = b"nic 0A:58:0A:FA:03:05 eth0 1450\naddr 10.250.3.5/24\nroute - 10.250.3.1\n"
+CALICO = b"nic ee:ee:ee:ee:ee:ee eth0 1480\naddr 192.168.45.7/32\nroute - 169.254.1.1\n"
+DUAL = (b"nic 0a:58:0a:f4:00:0c eth0 1500\naddr 10.244.0.12/24\naddr fd00:10:244::c/64\n"
+        b"route - 10.244.0.1\nroute ::/0 fd00:10:244::1\nroute 10.96.0.0/12 -\n")
+cloud("cluster_first_bridge", 8, CLUSTER_FIRST, b"vm-pod\n", KEYS, UID, net=BRIDGE)
+cloud("node_dns_calico", 8, NODE_RESOLV, b"web-0.nginx.default.svc.cluster.local\n", b"", UID, net=CALICO)
+cloud("dns_config_dual_stack", 8, DNS_CONFIG, b"db-1\n", KEYS, UID, net=DUAL)
+cloud("user_files", 0b1111, CLUSTER_FIRST, b"vm-pod\n", KEYS, UID,
+      b"instance-id: mine\nlocal-hostname: custom\n",
+      b"version: 2\nethernets:\n  id0:\n    match:\n      name: e*\n    dhcp4: true\n",
+      b"#cloud-config\npackages: [nginx]\nruncmd:\n  - [systemctl, enable, --now, nginx]\n", BRIDGE)
+cloud("no_network", 0, CLUSTER_FIRST, b"vm-pod\n", KEYS, UID)
+# Hostile: quotes and a YAML document marker in a key's comment, control
+# characters and C1 codes, a hostname that is not one, search domains
+# that are not names.
+cloud("hostile_strings", 8, b"search a..b -x.y " + b"l" * 64 + b".example ok.example\nnameserver 10.0.0.1%eth0\n",
+      b"bad..name\n", b"ssh-ed25519 AAAA x\"\n---\npublic-keys: [evil]\x7f\xc2\x85\xe2\x80\xa8\n",
+      b"id\"\ninstance-id: evil", net=b"nic 0a:58:0a:fa:03:05 eth0\"\\n 1450\naddr 10.0.0.2/33\nroute 0.0.0.0/0 x\n")
+
+# ---- the console and /proc (console_and_proc) --------------------------
+# The console in the shape husk's guest prints it on ttyS0 (the kernel's
+# lines end in CRLF on a serial console; the agent's marker line), cut
+# where a 20 ms batch of a TCG guest's UART would cut it; and a VMM's
+# /proc files with the command names QEMU and husk-vmm have and ones a
+# guest that took the VMM over could set (PR_SET_NAME takes 15 bytes).
+
+MARKER = b"husk-agent: listening on vsock"
+boot_log = (b"[    0.000000] Linux version 6.1.119-husk (root@build) (gcc (Debian 12.2.0-14) 12.2.0) #1 SMP\r\n"
+            b"[    0.000000] Command line: console=ttyS0 reboot=k panic=1 quiet\r\n"
+            b"[    0.412233] virtio_blk virtio1: [vda] 2097152 512-byte logical blocks\r\n"
+            b"[    0.731902] Run /init as init process\r\n"
+            + MARKER + b"\r\n"
+            b"[    1.020011] random: crng init done\r\n")
+
+
+def console_seed(name, stream, cuts=(), gap_ms=20):
+    seed("console_and_proc", name, bytes([0, len(cuts)]) + b"".join(struct.pack("<H", c) for c in cuts)
+         + struct.pack("<H", gap_ms) + stream)
+
+
+console_seed("boot", boot_log, cuts=(64, 200, 250, 300))
+console_seed("marker_cut_in_three", b"x\n" + MARKER + b"\n", cuts=(5, 17, 31))
+console_seed("marker_in_a_long_line", b"say " + MARKER + b"\n" + MARKER + b" and more\n")
+console_seed("flood", b"\x1b[2J\x1b[31m" + b"A" * 6000 + b"\xff\xfe\xc2\x85\n", cuts=(4096,), gap_ms=1000)
+
+
+def proc_seed(name, comm, ticks=100, utime=250, stime=50, threads=7, kb=(524288, 600000, 400000, 100000, 24288),
+              raw=None):
+    head = bytes([1 if raw is None else 3, len(comm)]) + comm + struct.pack("<HQQH", ticks, utime, stime, threads)
+    head += struct.pack("<5I", *kb)
+    seed("console_and_proc", name, head + (raw or b""))
+
+
+proc_seed("qemu", b"qemu-system-x86")
+proc_seed("husk_vmm", b"husk-vmm", ticks=100, utime=10 ** 9, stime=3, threads=4)
+proc_seed("name_with_parens", b"x) R 1 2 3 4 (")
+proc_seed("name_with_newline", b"q\nVmRSS:\t9 kB")
+proc_seed("name_not_utf8", b"\xffqemu\xc0\\")
+proc_seed("raw_files", b"", raw=b"1 (a) S" + b"\0" + b"VmRSS:\t-5 kB\nVmHWM: x\n")
+
 # ---- dictionaries (libFuzzer -dict) -----------------------------------
 
 
@@ -420,6 +738,20 @@ dictionary("oci_plan", [w for w in words if len(w) <= 64])
 keys = list(cpu) + list(mem) + list(events)
 dictionary("agent_replies", [field(1, k) for k in keys] + [k.encode() for k in keys]
            + [b"grpc-status", b"grpc-message", b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"])
+
+# QAPI's keys and the values husk acts on; BOOTP/DHCP's fixed bytes and
+# the options a server reads; the words of resolv.conf, authorized_keys
+# and the target's network lines.
+dictionary("qemu_lines", [b'"return"', b'"error"', b'"event"', b'"id"', b'"QMP"', b'"data"', b'"class"',
+                          b'"desc"', b'"guest"', b'"GUEST_PANICKED"', b'"SHUTDOWN"', b'"exited"', b'"exitcode"',
+                          b'"signal"', b'"out-data"', b'"err-data"', b'"out-truncated"', b'"err-truncated"',
+                          b"true", b"false", b"null", b"\xff", b"\r\n", b"\\u001b", b"\\ud800", b"1e999", b"-0"])
+dictionary("dhcp_frames", [bytes([99, 130, 83, 99]), b"\x35\x01\x01", b"\x35\x01\x03", b"\x35\x01\x07",
+                           b"\x08\x00\x45", b"\x00\x44\x00\x43", b"\x01\x01\x06\x00", b"\xff\xff\xff\xff"])
+dictionary("cloud_init_inputs", [b"nameserver ", b"search ", b"options ndots:5", b"domain ", b"ssh-ed25519 ",
+                                 b"ssh-rsa ", b"# ", b"\r\n", b"nic ", b"addr ", b"route ", b" - ", b"/32", b"/128",
+                                 b"::", b"fe80::1%eth0", b"\xc2\x85", b"\xe2\x80\xa8", b"\x7f", b"\xef\xbb\xbf",
+                                 b"\xef\xbf\xbe", b"\""])
 
 if __name__ == "__main__":
     print("seeds written under", ROOT, file=sys.stderr)

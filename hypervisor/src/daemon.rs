@@ -27,10 +27,15 @@ pub struct Daemon {
 }
 
 /// Where a VM's processes start: the `cgroup.procs` files of the pod's
-/// cgroup (one per hierarchy on cgroup v1; none to stay in the shim's).
+/// cgroup (one per hierarchy on cgroup v1; none to stay in the shim's),
+/// and how large a file they may write.
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
     pub cgroup_procs: Vec<PathBuf>,
+    /// RLIMIT_FSIZE: no file the process writes grows past it (a write
+    /// beyond fails with EFBIG; SIGXFSZ is ignored, so the process lives
+    /// on). None: no limit of husk's.
+    pub max_file_bytes: Option<u64>,
 }
 
 /// Most TAPs one VMM process takes.
@@ -84,12 +89,24 @@ pub(crate) fn prepare_spawn(
     let cgroups = open_cgroup_procs(&placement.cgroup_procs)?;
     join_cgroups_before_exec(command, &cgroups);
     pass_fds(command, fds, crate::PASSED_FDS_START);
-    // SAFETY: prctl and umask are async-signal-safe and touch no memory
-    // of the parent. PDEATHSIG ends the child if the process that
-    // spawned it dies, even by SIGKILL.
+    let max_file = placement.max_file_bytes;
+    // SAFETY: prctl, umask, signal and setrlimit are async-signal-safe and
+    // touch no memory of the parent (the limit is a copied integer).
+    // PDEATHSIG ends the child if the process that spawned it dies, even
+    // by SIGKILL. An ignored signal stays ignored across exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             nix::libc::umask(0o077);
+            if let Some(bytes) = max_file {
+                let limit = nix::libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                nix::libc::signal(nix::libc::SIGXFSZ, nix::libc::SIG_IGN);
+            }
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
         });
     }
@@ -329,6 +346,31 @@ mod tests {
         }
     }
 
+    /// A file the process writes stops at the limit: the write fails
+    /// (EFBIG) and the process goes on (SIGXFSZ ignored).
+    #[tokio::test]
+    async fn files_stop_growing_at_the_limit_and_the_process_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("big");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "head -c 3145728 /dev/zero > {}; echo status $?",
+            out.display()
+        ));
+        let placement = Placement {
+            max_file_bytes: Some(1 << 20),
+            ..Placement::default()
+        };
+        let log = dir.path().join("d.log");
+        let file = RotatingFile::create(&log, 1 << 20).unwrap();
+        let mut d = Daemon::spawn("sh", cmd, file, limits(), &placement, Vec::new()).unwrap();
+        assert!(d.wait().await.unwrap().success());
+        d.log.finish(DRAIN).await;
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 1 << 20);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("status 1"), "{text}");
+    }
+
     #[tokio::test]
     async fn output_goes_through_the_pump_and_the_umask_is_private() {
         let dir = tempfile::tempdir().unwrap();
@@ -430,6 +472,7 @@ mod tests {
         let file = RotatingFile::create(&log, 1 << 20).unwrap();
         let placement = Placement {
             cgroup_procs: vec![cg.dir.join("cgroup.procs")],
+            max_file_bytes: None,
         };
         let mut d = Daemon::spawn("cat", cmd, file, limits(), &placement, Vec::new()).unwrap();
         assert!(d.wait().await.unwrap().success());
@@ -443,6 +486,7 @@ mod tests {
         // A cgroup that cannot be joined fails the spawn, naming it.
         let placement = Placement {
             cgroup_procs: vec![cg.dir.join("missing/cgroup.procs")],
+            max_file_bytes: None,
         };
         let file = RotatingFile::create(&log, 1 << 20).unwrap();
         let e = Daemon::spawn(

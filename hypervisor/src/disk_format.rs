@@ -25,7 +25,7 @@ const SECTOR: u64 = 512;
 const EXT_MAGIC_OFFSET: usize = 1024 + 56;
 const EXT_MAGIC: [u8; 2] = [0x53, 0xef];
 /// What is read of the file's start to tell it apart.
-const HEAD: usize = 4096;
+pub const HEAD: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
@@ -90,12 +90,38 @@ pub fn probe(path: &Path) -> Result<DiskInfo, DiskFormatError> {
         .take(HEAD as u64)
         .read_to_end(&mut head)
         .map_err(io)?;
-    classify(&head, len).map_err(|e| e.at(path))
+    probe_head(&head, len).map_err(|e| e.at(path))
 }
 
-/// What is wrong, before the path is known.
+/// Tells apart a disk read some other way than [`probe`] (a volume, a
+/// block device): `head` is what was read of its start (up to 1 MiB: more
+/// than [`HEAD`] lets a refusal name more), `len` its size.
+pub fn classify_head(path: &Path, head: &[u8], len: u64) -> Result<DiskInfo, DiskFormatError> {
+    probe_head(head, len).map_err(|e| e.at(path))
+}
+
+/// What a start that is no disk holds, where it is something common, so
+/// a refusal can say what was found.
+fn found(head: &[u8]) -> Option<&'static str> {
+    let known: [(usize, &[u8], &str); 7] = [
+        (0, b"XFSB", "an XFS file system"),
+        (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+        (4086, b"SWAPSPACE2", "Linux swap space"),
+        (4086, b"SWAP-SPACE", "Linux swap space"),
+        (65600, b"_BHRfS_M", "a btrfs file system"),
+        (32769, b"CD001", "an ISO 9660 file system"),
+        (0, b"\x1f\x8b", "gzip-compressed data"),
+    ];
+    known
+        .iter()
+        .find(|(at, magic, _)| head.get(*at..at + magic.len()) == Some(*magic))
+        .map(|k| k.2)
+}
+
+/// What is wrong with a disk file, before its path is known
+/// ([`DiskFormatError`] says each with the path).
 #[derive(Debug, PartialEq, Eq)]
-enum Refusal {
+pub enum Refusal {
     Other(&'static str),
     NotADisk(String),
     Backing,
@@ -124,7 +150,9 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-fn classify(head: &[u8], len: u64) -> Result<DiskInfo, Refusal> {
+/// [`probe`] of a file of `len` bytes that starts with `head`: its first
+/// `len` bytes, up to [`HEAD`].
+pub fn probe_head(head: &[u8], len: u64) -> Result<DiskInfo, Refusal> {
     if head.starts_with(QCOW2_MAGIC) {
         return qcow2(head);
     }
@@ -162,11 +190,14 @@ fn classify(head: &[u8], len: u64) -> Result<DiskInfo, Refusal> {
             virtual_size: len,
         });
     }
-    Err(Refusal::NotADisk(
-        "neither qcow2 nor a raw disk (no partition table's boot signature at byte 510, \
+    let what = match found(head) {
+        Some(thing) => format!("it holds {thing}: "),
+        None => String::new(),
+    };
+    Err(Refusal::NotADisk(format!(
+        "{what}neither qcow2 nor a raw disk (no partition table's boot signature at byte 510, \
          no ext filesystem)"
-            .into(),
-    ))
+    )))
 }
 
 /// A qcow2 header that QEMU can open without any other file.
@@ -230,46 +261,49 @@ mod tests {
 
     #[test]
     fn the_virtual_size_comes_from_a_checked_header() {
-        assert_eq!(classify(&qcow2_header(3, 0, 0), 1 << 20), qcow2(2 << 30));
+        assert_eq!(probe_head(&qcow2_header(3, 0, 0), 1 << 20), qcow2(2 << 30));
         for bad in [0u64, 511, u64::MAX, MAX_VIRTUAL_SIZE + 512] {
             let mut h = qcow2_header(3, 0, 0);
             h[24..32].copy_from_slice(&bad.to_be_bytes());
             assert!(
-                matches!(classify(&h, 1 << 20), Err(Refusal::NotADisk(r)) if r.contains("bytes")),
+                matches!(probe_head(&h, 1 << 20), Err(Refusal::NotADisk(r)) if r.contains("bytes")),
                 "{bad}"
             );
         }
         let mut mbr = vec![0u8; 4096];
         mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
-        assert_eq!(classify(&mbr, 3 << 20).map(|d| d.virtual_size), Ok(3 << 20));
+        assert_eq!(
+            probe_head(&mbr, 3 << 20).map(|d| d.virtual_size),
+            Ok(3 << 20)
+        );
     }
 
     #[test]
     fn qcow2_is_taken_only_when_it_needs_no_other_file() {
-        assert_eq!(classify(&qcow2_header(3, 0, 0), 1 << 20), qcow2(2 << 30));
-        assert_eq!(classify(&qcow2_header(2, 0, 0), 1 << 20), qcow2(2 << 30));
+        assert_eq!(probe_head(&qcow2_header(3, 0, 0), 1 << 20), qcow2(2 << 30));
+        assert_eq!(probe_head(&qcow2_header(2, 0, 0), 1 << 20), qcow2(2 << 30));
         assert_eq!(
-            classify(&qcow2_header(3, 512, 0), 1 << 20),
+            probe_head(&qcow2_header(3, 512, 0), 1 << 20),
             Err(Refusal::Backing)
         );
         assert_eq!(
-            classify(&qcow2_header(2, 512, 0), 1 << 20),
+            probe_head(&qcow2_header(2, 512, 0), 1 << 20),
             Err(Refusal::Backing)
         );
         assert_eq!(
-            classify(&qcow2_header(3, 0, QCOW2_EXTERNAL_DATA), 1 << 20),
+            probe_head(&qcow2_header(3, 0, QCOW2_EXTERNAL_DATA), 1 << 20),
             Err(Refusal::ExternalData)
         );
         assert_eq!(
-            classify(&qcow2_header(3, 0, QCOW2_CORRUPT), 1 << 20),
+            probe_head(&qcow2_header(3, 0, QCOW2_CORRUPT), 1 << 20),
             Err(Refusal::Corrupt)
         );
         assert!(matches!(
-            classify(&qcow2_header(4, 0, 0), 1 << 20),
+            probe_head(&qcow2_header(4, 0, 0), 1 << 20),
             Err(Refusal::NotADisk(r)) if r.contains("version 4")
         ));
         assert!(matches!(
-            classify(&QCOW2_MAGIC[..], 4),
+            probe_head(&QCOW2_MAGIC[..], 4),
             Err(Refusal::NotADisk(r)) if r.contains("truncated")
         ));
     }
@@ -280,41 +314,65 @@ mod tests {
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
         assert_eq!(
-            classify(&mbr, 1 << 30).map(|d| d.format),
+            probe_head(&mbr, 1 << 30).map(|d| d.format),
             Ok(DiskFormat::Raw)
         );
         let mut ext = vec![0u8; 4096];
         ext[EXT_MAGIC_OFFSET] = 0x53;
         ext[EXT_MAGIC_OFFSET + 1] = 0xef;
         assert_eq!(
-            classify(&ext, 1 << 30).map(|d| d.format),
+            probe_head(&ext, 1 << 30).map(|d| d.format),
             Ok(DiskFormat::Raw)
         );
         // Not whole sectors: the test image's text file.
         let text = b"This is not a disk image.\n";
         assert!(matches!(
-            classify(text, text.len() as u64),
+            probe_head(text, text.len() as u64),
             Err(Refusal::NotADisk(r)) if r.contains("26 bytes")
         ));
         assert!(matches!(
-            classify(&vec![0u8; 4096], 1 << 20),
+            probe_head(&vec![0u8; 4096], 1 << 20),
             Err(Refusal::NotADisk(r)) if r.contains("boot signature")
         ));
-        assert!(matches!(classify(b"", 0), Err(Refusal::NotADisk(r)) if r.contains("empty")));
+        assert!(matches!(probe_head(b"", 0), Err(Refusal::NotADisk(r)) if r.contains("empty")));
+    }
+
+    #[test]
+    fn what_a_non_disk_holds_is_named() {
+        let mut xfs = vec![0u8; 1 << 20];
+        xfs[..4].copy_from_slice(b"XFSB");
+        let e = classify_head(Path::new("/dev/loop9"), &xfs, 1 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/loop9") && e.contains("an XFS file system"),
+            "{e}"
+        );
+        let mut btrfs = vec![0u8; 1 << 20];
+        btrfs[65600..65608].copy_from_slice(b"_BHRfS_M");
+        assert!(matches!(
+            probe_head(&btrfs, 1 << 30),
+            Err(Refusal::NotADisk(r)) if r.contains("btrfs")
+        ));
+        // Only what was read is looked at.
+        assert!(matches!(
+            probe_head(&btrfs[..4096], 1 << 30),
+            Err(Refusal::NotADisk(r)) if !r.contains("btrfs")
+        ));
     }
 
     #[test]
     fn other_image_formats_are_named() {
         assert_eq!(
-            classify(b"KDMV\x01\0\0\0", 1 << 20),
+            probe_head(b"KDMV\x01\0\0\0", 1 << 20),
             Err(Refusal::Other("VMDK"))
         );
         assert_eq!(
-            classify(b"vhdxfile....", 1 << 20),
+            probe_head(b"vhdxfile....", 1 << 20),
             Err(Refusal::Other("VHDX"))
         );
         assert_eq!(
-            classify(b"<<< Oracle VM VirtualBox Disk Image >>>\n", 1 << 20),
+            probe_head(b"<<< Oracle VM VirtualBox Disk Image >>>\n", 1 << 20),
             Err(Refusal::Other("VDI"))
         );
     }

@@ -19,6 +19,8 @@ pub struct VmLaunch {
     pub accelerator: Accelerator,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// Under TCG, the translation cache in MiB (0: the VMM's default).
+    pub tcg_tb_size_mib: u32,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,

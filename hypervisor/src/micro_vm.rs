@@ -140,6 +140,7 @@ impl MicroVm {
             logs,
             placement: Placement {
                 cgroup_procs: spec.cgroup_procs.clone(),
+                max_file_bytes: None,
             },
             console: None,
             fs: None,
@@ -180,6 +181,7 @@ impl MicroVm {
             accelerator: self.accelerator,
             vcpus: h.vcpus,
             memory_mib: h.memory_mib,
+            tcg_tb_size_mib: h.tcg_tb_size_mib,
             kernel: h.kernel.clone(),
             initrd: h.initrd.clone(),
             cmdline: kernel_cmdline(&h.kernel_params),
@@ -770,6 +772,23 @@ mod tests {
             kernel_cmdline(" loglevel=7 "),
             "console=ttyS0 reboot=t panic=-1 no_timer_check quiet loglevel=7"
         );
+    }
+
+    /// `<runtime_dir>/vms` is root's only whichever kind of VM makes it
+    /// first, and however an older husk or a person made it.
+    #[test]
+    fn the_vms_directory_is_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let vms = dir.path().join("vms");
+        std::fs::create_dir(&vms).unwrap();
+        std::fs::set_permissions(&vms, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run = create_run_dir(&vms.join("a")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&vms), mode(&run)), (0o700, 0o700));
+        let fresh = dir.path().join("r2/vms/b");
+        create_run_dir(&fresh).unwrap();
+        assert_eq!(mode(fresh.parent().unwrap()), 0o700);
     }
 
     #[test]

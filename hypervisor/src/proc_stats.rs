@@ -19,13 +19,19 @@ pub struct ProcStats {
 
 /// Reads `pid`'s figures; a field that cannot be read is zero.
 pub fn read(pid: u32) -> ProcStats {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let status = std::fs::read(format!("/proc/{pid}/status")).unwrap_or_default();
+    parse(&stat, &status, clock_ticks())
+}
+
+/// The figures in a process's `stat` and `status` files as read, with
+/// `ticks` clock ticks a second. The command name in both is any bytes
+/// (prctl(PR_SET_NAME), which a guest that took over its VMM may call):
+/// not being UTF-8 hides no figure.
+pub fn parse(stat: &[u8], status: &[u8], ticks: u64) -> ProcStats {
     let mut s = ProcStats::default();
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        parse_stat(&stat, clock_ticks(), &mut s);
-    }
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        parse_status(&status, &mut s);
-    }
+    parse_stat(&String::from_utf8_lossy(stat), ticks, &mut s);
+    parse_status(&String::from_utf8_lossy(status), &mut s);
     s
 }
 
@@ -84,6 +90,14 @@ mod tests {
         parse_stat("no parenthesis", 100, &mut z);
         parse_stat("1 (x) S", 0, &mut z);
         assert_eq!(z, ProcStats::default());
+    }
+
+    #[test]
+    fn a_command_name_that_is_not_utf8_hides_no_figure() {
+        let stat = b"42 (q\xffemu\xc3) S 1 42 42 0 -1 0 0 0 0 0 250 50 0 0 20 0 7 0";
+        let status = b"Name:\tq\xffemu\xc3\nVmRSS:\t  1024 kB\n";
+        let s = parse(stat, status, 100);
+        assert_eq!((s.user_usec, s.threads, s.rss), (2_500_000, 7, 1 << 20));
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Swtpm {
         .apply(&mut command)?;
         let placement = Placement {
             cgroup_procs: spec.cgroup_procs.clone(),
+            max_file_bytes: None,
         };
         let cgroups = prepare_spawn(
             &mut command,

@@ -11,6 +11,7 @@ pub fn launch(accelerator: Accelerator) -> VmLaunch {
         accelerator,
         vcpus: 2,
         memory_mib: 128,
+        tcg_tb_size_mib: 16,
         kernel: "/k/vmlinux".into(),
         initrd: "/k/initrd".into(),
         cmdline: "console=ttyS0 reboot=t".into(),

@@ -72,6 +72,9 @@ pub struct VmImageSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// QEMU's `oom_score_adj` (the container's `process.oomScoreAdj`).
     pub oom_score_adj: Option<i32>,
+    /// The largest file QEMU may write (RLIMIT_FSIZE): the overlay's
+    /// bound, whatever the image says its disk is.
+    pub max_file_bytes: Option<u64>,
 }
 
 /// QEMU's stdio: the serial console's input and output, and QEMU's own
@@ -166,6 +169,7 @@ impl VmImage {
         policy::vm_image(qemu, l, run_dir, identity, spec.oom_score_adj)?.apply(&mut command)?;
         let placement = Placement {
             cgroup_procs: spec.cgroup_procs.clone(),
+            max_file_bytes: spec.max_file_bytes,
         };
         let cgroups = prepare_spawn(&mut command, &placement, fds)?;
         let spawned = command.spawn();

@@ -4,7 +4,7 @@
 //!
 //! - [`host`]: host plumbing both pod kinds use — the pod network
 //!   ([`host::network`]), the pod's cgroup ([`host::cgroup`]), mounts
-//!   ([`host::mounts`]);
+//!   ([`host::mounts`]), one writer per disk ([`host::disk_lock`]);
 //! - [`bundle`]: what both pod kinds read from a container's bundle (its
 //!   spec, annotations, limits, namespaces; the rootfs mount);
 //! - [`task`]: the containerd face — the shim's actions

@@ -61,6 +61,7 @@ step "husk-deploy.sh run (NODE_NAME=test-node, containerd $version)"
 chroot "$C" env -i PATH=/usr/bin:/bin NODE_NAME=test-node HUSK_HOST_ROOT=/host \
     HUSK_KUBE_API="http://127.0.0.1:$port" \
     HUSK_RESTART_CONTAINERD="PATH=$NODE_PATH chroot /host /bin/sh /run/restart-containerd.sh" \
+    HUSK_CONTAINERD_READY="PATH=$NODE_PATH chroot /host ctr version" \
     /husk-deploy/husk-deploy.sh run > "$NODE_TMP/deploy.log" 2>&1 &
 deploy_pid=$!
 for _ in $(seq 1200); do

@@ -5,6 +5,14 @@
 use husk_config::Config;
 use std::path::{Path, PathBuf};
 
+/// The repository's root (the tests crate is one level below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository")
+        .to_owned()
+}
+
 /// The configuration for a test: `HUSK_CONFIG` or the defaults (which point
 /// at what scripts/setup.sh installs), with a private runtime directory so
 /// that a test can check it is empty afterwards, and the VM logs in its
@@ -265,6 +273,7 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+pub mod config_sh;
 pub mod containerd;
 pub mod cri;
 pub mod cri_config;

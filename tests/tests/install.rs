@@ -2,56 +2,22 @@
 //! `containerd-config.sh` writing and taking back the handler on every
 //! containerd line; the .deb installed with apt on a node that has QEMU;
 //! and the DaemonSet's pod (husk-deploy.sh in the deploy image) installing,
-//! labelling and cleaning up. The last two run in a throwaway overlay of
+//! labelling and cleaning up; and deploy/husk-deploy.sh from the
+//! repository against a node's containerd, with /host the node
+//! (tests/node/deploy-config.sh: the handler written through chroot,
+//! checked with the default `ctr version`, taken back, and rolled back when
+//! containerd does not answer). The last three run in a throwaway overlay of
 //! this machine (tests/node/sandbox.sh) in a private mount namespace, with
 //! containerd chrooted into it: this machine's own husk and containerd are
 //! not touched. What needs a cluster (the API server, kubelet sending
 //! SIGTERM, a registry) is stood in for and said so in docs/operations.md.
 
+use husk_tests::config_sh::{self, NodeEtc};
+use husk_tests::ctr::text;
 use husk_tests::release::{Release, LINES};
+use husk_tests::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `busybox sh scripts/containerd-config.sh ARGS` (busybox: the deploy
-/// image's shell).
-fn containerd_config(args: &[&str]) -> std::process::Output {
-    let out = Command::new("busybox")
-        .arg("sh")
-        .arg(repo().join("scripts/containerd-config.sh"))
-        .args(args)
-        .output()
-        .expect("running containerd-config.sh");
-    println!("{}{}", text(&out.stdout), text(&out.stderr));
-    out
-}
-
-/// `containerd config dump` of `release` with `etc` as its /etc/containerd
-/// (bind-mounted in a private mount namespace: the v3 imports line names
-/// the absolute /etc/containerd/conf.d).
-fn dump_with(release: &Release, etc: &Path) -> String {
-    let script = format!(
-        "mount --bind {} /etc/containerd && exec {} config dump",
-        etc.display(),
-        release.containerd().display()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare");
-    assert!(out.status.success(), "config dump: {}", text(&out.stderr));
-    text(&out.stdout)
-}
 
 /// The dump's CRI runtime handlers, and its default one's name.
 fn handlers(dump: &str, release: &Release) -> (toml::Table, String) {
@@ -74,12 +40,16 @@ fn handlers(dump: &str, release: &Release) -> (toml::Table, String) {
     )
 }
 
-fn husk_handler(dump: &str, release: &Release) -> Option<toml::Value> {
-    handlers(dump, release).0.get("husk").cloned()
+fn handler(dump: &str, release: &Release, name: &str) -> Option<toml::Value> {
+    handlers(dump, release).0.get(name).cloned()
 }
 
 #[test]
 fn containerd_config_writes_and_takes_back_the_handler_on_every_line() {
+    if let Some(why) = config_sh::unavailable() {
+        println!("SKIPPED: {why}");
+        return;
+    }
     for line in LINES {
         let release = match Release::named(line) {
             Ok(r) => r,
@@ -95,26 +65,21 @@ fn containerd_config_writes_and_takes_back_the_handler_on_every_line() {
                 "== containerd {} (config version {schema}), own config.toml: {own}",
                 release.version
             );
-            let root = tempfile::tempdir().unwrap();
-            let etc = root.path().join("etc/containerd");
-            std::fs::create_dir_all(&etc).unwrap();
-            let config = etc.join("config.toml");
+            let node = NodeEtc::new(&release);
             let original = format!("version = {schema}\n# the node's own settings\n");
             if own {
-                std::fs::write(&config, &original).unwrap();
+                node.write("config.toml", &original);
             }
-            let root_arg = root.path().to_str().unwrap();
             let version = release.version.as_str();
-            let args = ["--root", root_arg, "--containerd-version", version];
-            let out = containerd_config(&[&["install"][..], &args].concat());
-            assert!(out.status.success());
+            let install = ["install", "--containerd-version", version];
+            assert!(node.run(&install).status.success());
             // Twice is once.
-            assert!(containerd_config(&[&["install"][..], &args].concat())
-                .status
-                .success());
-            let dump = dump_with(&release, &etc);
-            let handler = husk_handler(&dump, &release)
-                .unwrap_or_else(|| panic!("containerd {line} does not see the husk handler"));
+            let before = node.snapshot();
+            let again = node.run(&install);
+            assert!(again.status.success());
+            assert!(text(&again.stdout).contains("unchanged"));
+            assert_eq!(node.snapshot(), before, "a second install changed a file");
+            let dump = node.dump();
             // containerd's default handler is still there (its CRI plugin
             // does not load without it).
             let (all, default) = handlers(&dump, &release);
@@ -122,56 +87,59 @@ fn containerd_config_writes_and_takes_back_the_handler_on_every_line() {
                 all.contains_key(&default),
                 "no {default:?} handler beside husk's"
             );
-            assert_eq!(
-                handler["runtime_type"].as_str(),
-                Some("io.containerd.husk.v2")
-            );
-            assert_eq!(
-                handler["runtime_path"].as_str(),
-                Some("/usr/local/bin/containerd-shim-husk-v2")
-            );
-            let out = containerd_config(&["remove", "--root", root_arg]);
-            assert!(out.status.success());
+            for (name, runtime_type, shim) in [
+                ("husk", "io.containerd.husk.v2", "containerd-shim-husk-v2"),
+                (
+                    "husk-vm",
+                    "io.containerd.husk-vm.v2",
+                    "containerd-shim-husk-vm-v2",
+                ),
+            ] {
+                let h = handler(&dump, &release, name)
+                    .unwrap_or_else(|| panic!("containerd {line} does not see the {name} handler"));
+                assert_eq!(h["runtime_type"].as_str(), Some(runtime_type));
+                let path = format!("/usr/local/bin/{shim}");
+                assert_eq!(h["runtime_path"].as_str(), Some(path.as_str()));
+            }
+            assert!(node.run(&["remove"]).status.success());
             if own {
-                assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+                assert_eq!(node.read("config.toml").as_deref(), Some(original.as_str()));
+                assert!(handler(&node.dump(), &release, "husk").is_none());
             } else {
-                assert!(!config.exists(), "the config.toml husk made is still there");
+                assert!(
+                    node.read("config.toml").is_none(),
+                    "the config.toml husk made is still there"
+                );
             }
-            assert!(!etc.join("conf.d/husk.toml").exists());
-            if own {
-                assert!(husk_handler(&dump_with(&release, &etc), &release).is_none());
-            }
+            assert!(node.read("conf.d/husk.toml").is_none());
+            // Nothing of husk's (no staged file) is left.
+            let left: Vec<_> = node.snapshot().into_iter().map(|(p, _)| p).collect();
+            let want: Vec<_> = if own {
+                vec![node.path("config.toml")]
+            } else {
+                vec![]
+            };
+            assert_eq!(left, want);
         }
     }
     // A version 1 config (no version line) is refused, untouched.
-    let root = tempfile::tempdir().unwrap();
-    let etc = root.path().join("etc/containerd");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(etc.join("config.toml"), "[plugins.cri]\n").unwrap();
-    let out = containerd_config(&[
-        "install",
-        "--root",
-        root.path().to_str().unwrap(),
-        "--containerd-version",
-        "1.6.20",
-    ]);
+    let node = NodeEtc::with_bin_dir("/nonexistent".into());
+    node.write("config.toml", "[plugins.cri]\n");
+    let out = node.run(&["install", "--containerd-version", "1.6.20"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("version = 2 or 3"),
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(
-        std::fs::read_to_string(etc.join("config.toml")).unwrap(),
-        "[plugins.cri]\n"
-    );
+    assert_eq!(node.read("config.toml").as_deref(), Some("[plugins.cri]\n"));
 }
 
 /// Runs a tests/node/ scenario in a private mount namespace.
 fn node_scenario(script: &str, args: &[&Path]) {
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "bash"])
-        .arg(repo().join("tests/node").join(script))
+        .arg(repo_root().join("tests/node").join(script))
         .args(args)
         .env_remove(husk_config::CONFIG_ENV)
         .output()
@@ -183,7 +151,7 @@ fn node_scenario(script: &str, args: &[&Path]) {
 }
 
 fn built(name: &str, how: &str) -> Option<PathBuf> {
-    let path = repo().join("target/husk").join(name);
+    let path = repo_root().join("target/husk").join(name);
     if path.exists() {
         Some(path)
     } else {
@@ -210,4 +178,19 @@ fn the_daemonset_pod_installs_labels_and_takes_it_all_back_on_sigterm() {
         return;
     };
     node_scenario("deploy.sh", &[&image, &husk_tests::ctr::image_archive()]);
+}
+
+#[test]
+fn the_deploy_script_writes_the_handler_through_host_and_rolls_back() {
+    let bins = husk_tests::containerd::build_bin_dir();
+    for bin in ["husk", "containerd-shim-husk-v2"] {
+        if !bins.join(bin).exists() {
+            println!(
+                "SKIPPED: {} is not built (cargo build -p husk-shim --bins)",
+                bins.join(bin).display()
+            );
+            return;
+        }
+    }
+    node_scenario("deploy-config.sh", &[&bins]);
 }

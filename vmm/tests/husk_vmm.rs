@@ -1181,6 +1181,7 @@ fn the_launchers_husk_vmm_command_starts_husk_vmm_with_the_daemons() {
         accelerator: Accelerator::Kvm,
         vcpus: 2,
         memory_mib: 64,
+        tcg_tb_size_mib: 0,
         kernel: g.file("k.elf", &guest_image::elf(&a.code, 0, false)),
         initrd: g.file("initrd", b"initrd"),
         cmdline: "console=ttyS0 reboot=t".into(),

@@ -182,19 +182,13 @@ pub fn qemu(program: &Path, l: &crate::VmLaunch) -> Result<Confinement, Error> {
     if !l.console_log.starts_with("/proc") {
         jail.writable(&l.console_log);
     }
-    if kvm {
-        jail.device(Path::new(KVM));
-    }
-    Ok(Confinement {
+    Ok(qemu_confinement(
         identity,
         groups,
-        drop_capabilities: true,
-        namespaces: own_namespaces() | CloneFlags::CLONE_NEWNET,
-        pid_namespace: false,
-        jail: Some(jail),
-        seccomp: Some(Filter::DenyList),
-        oom_score_adj: l.oom_score_adj,
-    })
+        jail,
+        kvm,
+        l.oom_score_adj,
+    ))
 }
 
 /// A VM image's QEMU (VM-image pods): as a micro-VM's QEMU — the VM's
@@ -225,10 +219,23 @@ pub fn vm_image(
     if let crate::qemu::vm_image::ImageBoot::Kernel { kernel, initrd, .. } = &l.boot {
         jail.read_only(kernel).read_only(initrd);
     }
+    Ok(qemu_confinement(identity, groups, jail, kvm, oom_score_adj))
+}
+
+/// What both kinds of QEMU share: no capability, their own mount, IPC,
+/// UTS and network namespaces, the deny-list filter, and /dev/kvm in the
+/// jail under KVM.
+fn qemu_confinement(
+    identity: Option<Identity>,
+    groups: Vec<u32>,
+    mut jail: Jail,
+    kvm: bool,
+    oom_score_adj: Option<i32>,
+) -> Confinement {
     if kvm {
         jail.device(Path::new(KVM));
     }
-    Ok(Confinement {
+    Confinement {
         identity,
         groups,
         drop_capabilities: true,
@@ -237,7 +244,7 @@ pub fn vm_image(
         jail: Some(jail),
         seccomp: Some(Filter::DenyList),
         oom_score_adj,
-    })
+    }
 }
 
 /// swtpm (a VM image's TPM, [`crate::swtpm`]): the VM's user, no

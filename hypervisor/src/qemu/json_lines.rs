@@ -125,7 +125,16 @@ pub fn parse_message(line: &[u8]) -> Option<Result<Message, serde_json::Error>> 
     if text.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some(serde_json::from_slice(text))
+    Some(from_object(text))
+}
+
+/// `T` from JSON text that is an object: serde's derived structs would
+/// take an array of their fields too (`[1234567, null]` as a reply).
+pub fn from_object<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, serde_json::Error> {
+    match text.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(text),
+        _ => Err(serde::de::Error::custom("not a JSON object")),
+    }
 }
 
 /// The next non-blank line as a [`Message`], at most `max` bytes.
@@ -160,6 +169,7 @@ mod tests {
         ));
         for bad in [
             &b"[1]\n"[..],
+            b"[{\"a\": 1}, null, null, null, null, null]\n",
             b"{\"id\":\"seven\"}\n",
             b"{\"error\":{\"class\":1}}\n",
         ] {

@@ -9,7 +9,7 @@
 //! QEMU's set-up, and `elevateprivileges=deny` (in force from the start)
 //! then kills QEMU at its own setuid.
 
-use crate::{confine, Accelerator, Error, Hypervisor, VmLaunch};
+use crate::{confine, Error, Hypervisor, VmLaunch};
 use std::path::PathBuf;
 use tokio::process::Command;
 
@@ -81,12 +81,6 @@ pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,re
 
 fn base_args(l: &VmLaunch) -> Vec<String> {
     let mem = format!("{}M", l.memory_mib);
-    // -cpu host needs KVM; under TCG, max gives the guest every feature
-    // QEMU can emulate.
-    let cpu = match l.accelerator {
-        Accelerator::Kvm => "host",
-        Accelerator::Tcg => "max",
-    };
     vec![
         "-name".into(),
         format!("husk-{},debug-threads=on", l.id),
@@ -95,9 +89,9 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
         "-M".into(),
         "microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem".into(),
         "-accel".into(),
-        l.accelerator.as_str().into(),
+        super::accel::accel(l.accelerator, l.tcg_tb_size_mib),
         "-cpu".into(),
-        cpu.into(),
+        super::accel::cpu(l.accelerator).into(),
         "-smp".into(),
         l.vcpus.to_string(),
         "-m".into(),
@@ -136,12 +130,12 @@ fn base_args(l: &VmLaunch) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::test_support::{launch, value_after};
-    use crate::NetLaunch;
+    use crate::{Accelerator, NetLaunch};
 
     #[test]
     fn tcg_uses_cpu_max_and_kvm_uses_cpu_host() {
         let tcg = qemu_args(&launch(Accelerator::Tcg));
-        assert_eq!(value_after(&tcg, "-accel"), "tcg");
+        assert_eq!(value_after(&tcg, "-accel"), "tcg,tb-size=16");
         assert_eq!(value_after(&tcg, "-cpu"), "max");
         let kvm = qemu_args(&launch(Accelerator::Kvm));
         assert_eq!(value_after(&kvm, "-accel"), "kvm");

@@ -6,15 +6,19 @@
 //!   its disk, `-M pc`/`q35`), which [`crate::VmImage`] spawns, and
 //!   [`vm_extras`], what it may get beyond disks and NIC (Secure Boot,
 //!   a TPM, a display, the exec tools);
+//!   [`vm_volume`]: its root disk on a persistent volume, and the import
+//!   of the image's disk into it;
 //! - [`qmp`]: QEMU's monitor protocol; [`qga`]: the QEMU guest agent in a
 //!   VM image's guest; both over [`json_lines`], one bounded JSON object
 //!   per line.
 
+mod accel;
 pub mod json_lines;
 mod micro_vm;
 pub mod qga;
 pub mod qmp;
 pub mod vm_extras;
 pub mod vm_image;
+pub mod vm_volume;
 
 pub use micro_vm::Qemu;

@@ -1,7 +1,8 @@
 //! A client of the QEMU guest agent (qemu-guest-agent in the guest, on the
 //! virtio-serial port `org.qemu.guest_agent.0`; QEMU's qga/qapi-schema.json):
-//! the calls husk-vm's exec needs — `guest-sync-delimited` to find the
-//! agent and skip stale replies, `guest-exec` and `guest-exec-status`.
+//! the calls husk-vm needs — `guest-sync-delimited` to find the agent and
+//! skip stale replies, `guest-exec` and `guest-exec-status` for exec, and
+//! `guest-shutdown` for a stop.
 //!
 //! Everything that comes back is the guest's: each reply line is bounded
 //! ([`MAX_REPLY`]) and parsed into the typed reply of its command (fields
@@ -184,6 +185,29 @@ impl GuestAgent {
             .await?;
         r.decode()
     }
+
+    /// `guest-shutdown` in mode `powerdown`: the guest's own orderly
+    /// power-off (qemu-ga runs `shutdown -P`), which works where the ACPI
+    /// button is ignored (no logind or acpid to take it). The agent sends
+    /// no reply when it goes ahead (qga/qapi-schema.json, guest-shutdown);
+    /// an error reply within `wait` says why it will not.
+    pub async fn shutdown(&mut self, wait: Duration) -> Result<(), GuestAgentError> {
+        let mut line = json!({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}})
+            .to_string()
+            .into_bytes();
+        line.push(b'\n');
+        self.write
+            .write_all(&line)
+            .await
+            .map_err(GuestAgentError::Write)?;
+        match tokio::time::timeout(wait, read_message(&mut self.read, MAX_REPLY)).await {
+            // No answer in time, or the port closed as the guest went
+            // down: it is shutting down.
+            Err(_) | Ok(Err(LineError::Closed)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(reply)) => reply_value::<Value>("guest-shutdown", reply).map(drop),
+        }
+    }
 }
 
 /// Whether `reply` is the answer to `guest-sync-delimited` `id` (an
@@ -202,7 +226,11 @@ pub fn reply_value<T: DeserializeOwned>(
 ) -> Result<T, GuestAgentError> {
     let bad = |what: String| GuestAgentError::BadReply { command, what };
     match reply.outcome() {
-        Outcome::Return(r) => serde_json::from_str(r.get()).map_err(|e| bad(e.to_string())),
+        // serde's message quotes the value it refused: the guest's, of
+        // any length.
+        Outcome::Return(r) => {
+            serde_json::from_str(r.get()).map_err(|e| bad(printable(&e.to_string(), 200)))
+        }
         Outcome::Error(e) => {
             let (class, desc) = e.printable();
             Err(GuestAgentError::Command {
@@ -362,6 +390,9 @@ mod tests {
         assert_eq!((s.exit_code, s.signal), (None, Some(9)));
         let e = exec_status(json!({"exitcode": 1})).unwrap_err();
         assert!(e.to_string().contains("exited"), "{e}");
+        // The value refused is quoted, but not at any length.
+        let e = exec_status(json!({"exited": "\u{1b}".repeat(10_000)})).unwrap_err();
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
     }
 
     #[test]
@@ -378,5 +409,40 @@ mod tests {
             msg("{\"error\": {\"class\": \"x\", \"desc\": \"y\"}}"),
             5
         ));
+    }
+
+    /// An agent that takes one `guest-shutdown` and then does `then`:
+    /// close the port (the guest went down) or answer with an error.
+    async fn shutting_agent(listener: UnixListener, refuse: bool) -> Value {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).split(b'\n');
+        let line = lines.next_segment().await.unwrap().unwrap();
+        let cmd: Value = serde_json::from_slice(&line).unwrap();
+        if refuse {
+            let e = json!({"error": {"class": "GenericError", "desc": "shutdown not allowed"}});
+            write.write_all(format!("{e}\n").as_bytes()).await.unwrap();
+        }
+        cmd
+    }
+
+    #[tokio::test]
+    async fn shutdown_asks_for_a_powerdown_and_takes_silence_as_going_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_millis(300);
+        for refuse in [false, true] {
+            let path = dir.path().join(format!("qga-{refuse}.sock"));
+            let server = tokio::spawn(shutting_agent(UnixListener::bind(&path).unwrap(), refuse));
+            let mut ga = GuestAgent::connect(&path).await.unwrap();
+            let result = ga.shutdown(t).await;
+            let cmd = server.await.unwrap();
+            assert_eq!(cmd["execute"], "guest-shutdown");
+            assert_eq!(cmd["arguments"]["mode"], "powerdown");
+            match (refuse, result) {
+                (false, Ok(())) => {}
+                (true, Err(e)) => assert!(e.to_string().contains("not allowed"), "{e}"),
+                (refuse, r) => panic!("refuse={refuse}: {r:?}"),
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! A command may carry a descriptor (SCM_RIGHTS on its first byte), as
 //! `getfd` and `add-fd` take them (qmp-spec, "file descriptor passing").
 
-use super::json_lines::{read_message, LineError, Message, Outcome};
+use super::json_lines::{from_object, printable, read_message, LineError, Message, Outcome};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -146,9 +146,7 @@ impl Qmp {
         })
         .await
         .map_err(|_| QmpError::Timeout("greeting".into()))??;
-        if greeting.greeting.is_none() {
-            return Err(QmpError::Greeting(format!("{greeting:?}")));
-        }
+        check_greeting(&greeting)?;
         let pending: Pending = Arc::default();
         let events = Arc::new(GuestEvents::default());
         let reader = tokio::spawn(read_loop(read, pending.clone(), events.clone()));
@@ -316,19 +314,18 @@ async fn read_loop(
                 break;
             }
         };
-        if message.event.is_some() {
-            record_event(&events, &message);
-            continue;
-        }
-        let Some(id) = message.id else {
-            continue;
-        };
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if let Some(tx) = waiter {
-            let _ = tx.send(reply(message));
+        match Incoming::of(message) {
+            Incoming::Event(Some(event)) => events.record(event),
+            Incoming::Event(None) | Incoming::Other => {}
+            Incoming::Reply { id, result } => {
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(result);
+                }
+            }
         }
     }
     // Waiters left see their sender dropped: "closed before the answer".
@@ -343,23 +340,70 @@ struct ShutdownData {
     guest: bool,
 }
 
-fn record_event(events: &GuestEvents, message: &Message) {
-    match message.event.as_deref() {
-        Some("GUEST_PANICKED") => {
-            tracing::warn!("QMP: GUEST_PANICKED");
-            events.panicked.store(true, Ordering::SeqCst);
+/// An event husk acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEvent {
+    /// GUEST_PANICKED (pvpanic).
+    Panicked,
+    /// SHUTDOWN with `guest: true`.
+    ShutdownByGuest,
+}
+
+/// What the client makes of one message from QEMU after the greeting.
+#[derive(Debug)]
+pub enum Incoming {
+    /// An event, with what it tells of the guest (None: an event husk
+    /// does not act on).
+    Event(Option<GuestEvent>),
+    /// The answer to command `id`: its `return`, or its error's class and
+    /// description, printable.
+    Reply {
+        id: u64,
+        result: Result<Box<RawValue>, (String, String)>,
+    },
+    /// Neither (no `event`, no `id`): dropped.
+    Other,
+}
+
+impl Incoming {
+    /// The reader's decision for `message`, apart from its socket (so a
+    /// fuzz target and the tests reach it).
+    pub fn of(message: Message) -> Self {
+        if message.event.is_some() {
+            return Incoming::Event(guest_event(&message));
         }
-        Some("SHUTDOWN") => {
-            let by_guest = message
-                .data
-                .as_ref()
-                .and_then(|d| serde_json::from_str::<ShutdownData>(d.get()).ok())
-                .is_some_and(|d| d.guest);
-            if by_guest {
-                events.shutdown_by_guest.store(true, Ordering::SeqCst);
+        match message.id {
+            Some(id) => Incoming::Reply {
+                id,
+                result: reply(message),
+            },
+            None => Incoming::Other,
+        }
+    }
+}
+
+impl GuestEvents {
+    fn record(&self, event: GuestEvent) {
+        match event {
+            GuestEvent::Panicked => {
+                tracing::warn!("QMP: GUEST_PANICKED");
+                self.panicked.store(true, Ordering::SeqCst);
             }
+            GuestEvent::ShutdownByGuest => self.shutdown_by_guest.store(true, Ordering::SeqCst),
         }
-        _ => {}
+    }
+}
+
+fn guest_event(message: &Message) -> Option<GuestEvent> {
+    match message.event.as_deref() {
+        Some("GUEST_PANICKED") => Some(GuestEvent::Panicked),
+        Some("SHUTDOWN") => message
+            .data
+            .as_ref()
+            .and_then(|d| from_object::<ShutdownData>(d.get().as_bytes()).ok())
+            .is_some_and(|d| d.guest)
+            .then_some(GuestEvent::ShutdownByGuest),
+        _ => None,
     }
 }
 
@@ -370,6 +414,16 @@ fn reply(message: Message) -> Result<Box<RawValue>, (String, String)> {
         Outcome::Error(e) => Err(e.printable()),
         Outcome::Neither => Err(("?".into(), "neither return nor error".into())),
     }
+}
+
+/// QMP's first message must be its greeting (`{"QMP": ...}`); what came
+/// instead is named in the error, bounded and without control characters
+/// (a raw value's text is kept as it came, tabs and newlines included).
+pub fn check_greeting(message: &Message) -> Result<(), QmpError> {
+    if message.greeting.is_some() {
+        return Ok(());
+    }
+    Err(QmpError::Greeting(printable(&format!("{message:?}"), 300)))
 }
 
 #[cfg(test)]
@@ -498,5 +552,51 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("none.sock"), "{e}");
+    }
+
+    fn message(line: &str) -> Message {
+        crate::qemu::json_lines::parse_message(line.as_bytes())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn messages_are_events_replies_or_neither() {
+        assert!(matches!(
+            Incoming::of(message(r#"{"event": "SHUTDOWN", "data": {"guest": true}}"#)),
+            Incoming::Event(Some(GuestEvent::ShutdownByGuest))
+        ));
+        for data in [r#"{"guest": false}"#, "[true]"] {
+            assert!(matches!(
+                Incoming::of(message(&format!(
+                    r#"{{"event": "SHUTDOWN", "data": {data}}}"#
+                ))),
+                Incoming::Event(None)
+            ));
+        }
+        assert!(matches!(
+            Incoming::of(message(r#"{"event": "GUEST_PANICKED", "id": 3}"#)),
+            Incoming::Event(Some(GuestEvent::Panicked))
+        ));
+        match Incoming::of(message(
+            r#"{"id": 4, "error": {"class": "C", "desc": "d\u001b"}}"#,
+        )) {
+            Incoming::Reply { id: 4, result } => {
+                assert_eq!(result.unwrap_err(), ("C".into(), "d?".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Incoming::of(message(r#"{"return": {}}"#)),
+            Incoming::Other
+        ));
+    }
+
+    #[test]
+    fn what_came_instead_of_the_greeting_is_named_printably() {
+        assert!(check_greeting(&message(r#"{"QMP": {"version": {}}}"#)).is_ok());
+        let line = format!("{{\"return\": {{\"a\":\t[{}]}}}}", "1,".repeat(5000) + "1");
+        let e = check_greeting(&message(&line)).unwrap_err().to_string();
+        assert!(e.len() < 400 && !e.contains('\t'), "{e}");
     }
 }

@@ -23,6 +23,7 @@
 //! resets the VM, as on a PC.
 
 use super::vm_extras::{self, VmExtras};
+use super::vm_volume::{self, VolumeDisk};
 use crate::disk_format::DiskFormat;
 use crate::{Accelerator, MacAddr};
 use std::path::PathBuf;
@@ -55,6 +56,10 @@ pub enum RootDisk {
         base: PathBuf,
         base_format: DiskFormat,
     },
+    /// A persistent volume, booted as it is and written in place
+    /// ([`vm_volume`]); where it holds no disk yet, the image's disk is
+    /// imported into it first.
+    Volume(VolumeDisk),
 }
 
 /// A host block device given to the guest as a further virtio-blk disk.
@@ -145,6 +150,16 @@ pub fn files(l: &VmImageLaunch) -> Vec<PassedFile> {
             f.push(file(base, Access::ReadOnly));
             f.push(file(overlay, Access::ReadWrite));
         }
+        RootDisk::Volume(v) => {
+            if let Some(i) = &v.import {
+                f.push(file(&i.image, Access::ReadOnly));
+            }
+            f.push(PassedFile {
+                path: v.path.clone(),
+                access: Access::ReadWrite,
+                block_device: v.block_device,
+            });
+        }
     }
     if let Some(seed) = &l.seed {
         f.push(file(seed, Access::ReadOnly));
@@ -197,8 +212,18 @@ pub(super) struct Files {
 }
 
 impl Files {
-    /// A `file` (or `host_device`) node named `node` on the next passed
-    /// descriptor, and the format node `format_node` over it.
+    /// The next passed descriptor in an fd set of its own: the set.
+    fn add_fd(&mut self) -> u32 {
+        let (fd, set) = (self.next_fd, self.next_set);
+        self.next_fd += 1;
+        self.next_set += 1;
+        self.args
+            .extend(strs(&["-add-fd", &format!("fd={fd},set={set}")]));
+        set
+    }
+
+    /// A `file` (or `host_device`) node named `<node>-file` on the next
+    /// passed descriptor.
     pub(super) fn node(
         &mut self,
         driver: &str,
@@ -206,11 +231,7 @@ impl Files {
         access: Access,
         extra: &str,
     ) -> Vec<String> {
-        let (fd, set) = (self.next_fd, self.next_set);
-        self.next_fd += 1;
-        self.next_set += 1;
-        self.args
-            .extend(strs(&["-add-fd", &format!("fd={fd},set={set}")]));
+        let set = self.add_fd();
         let ro = match access {
             Access::ReadOnly => ",read-only=on",
             Access::ReadWrite => "",
@@ -230,14 +251,8 @@ fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
         _ => "pc",
     };
     let machine = format!("{machine}{}", vm_extras::machine_options(l));
-    let accel = match (l.accelerator, l.tcg_tb_size_mib) {
-        (Accelerator::Tcg, 0) | (Accelerator::Kvm, _) => l.accelerator.as_str().to_owned(),
-        (Accelerator::Tcg, mib) => format!("tcg,tb-size={mib}"),
-    };
-    let cpu = match l.accelerator {
-        Accelerator::Kvm => "host",
-        Accelerator::Tcg => "max",
-    };
+    let accel = super::accel::accel(l.accelerator, l.tcg_tb_size_mib);
+    let cpu = super::accel::cpu(l.accelerator);
     let mut a = strs(&[
         "-name",
         &format!("husk-vm-{},debug-threads=on", l.id),
@@ -327,6 +342,11 @@ fn disk_args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
                 "-blockdev",
                 "driver=qcow2,file=root-file,backing=base,node-name=root,discard=unmap",
             ]));
+        }
+        RootDisk::Volume(v) => {
+            let image = v.import.as_ref().map(|_| files.add_fd());
+            let volume = files.add_fd();
+            a.extend(vm_volume::blockdev_args(v, image, volume));
         }
     }
     a.extend(strs(&[
@@ -522,6 +542,55 @@ mod tests {
         let args = qemu_args(&l);
         assert_eq!(value_after(&args, "-accel"), "kvm");
         assert_eq!(value_after(&args, "-cpu"), "host");
+    }
+
+    #[test]
+    fn a_root_volume_importing_the_image_gets_both_descriptors() {
+        use crate::qemu::vm_volume::ImportSource;
+        let mut l = launch(ImageBoot::Bios);
+        l.root = RootDisk::Volume(VolumeDisk {
+            path: "/dev/loop3".into(),
+            block_device: true,
+            format: DiskFormat::Raw,
+            import: Some(ImportSource {
+                image: "/b/rootfs/disk/disk.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                virtual_size: 2 << 30,
+            }),
+        });
+        let args = qemu_args(&l).join(" ");
+        for part in [
+            "-add-fd fd=6,set=1 -add-fd fd=7,set=2 -add-fd fd=8,set=3",
+            "driver=file,filename=/dev/fdset/1,node-name=image-file,read-only=on",
+            "driver=host_device,filename=/dev/fdset/2,node-name=root-file,cache.direct=on",
+            "-device virtio-blk-pci,drive=root,bootindex=0 ",
+            "node-name=import-file",
+            "driver=file,filename=/dev/fdset/3,node-name=seed-file,read-only=on",
+        ] {
+            assert!(args.contains(part), "{part:?} missing in {args}");
+        }
+        assert!(
+            !args.contains("/b/rootfs") && !args.contains("/dev/loop3"),
+            "{args}"
+        );
+        // The import writes through a node of its own: the guest's device
+        // never shares write.
+        assert!(!args.contains("share-rw"), "{args}");
+        let f = files(&l);
+        assert_eq!(
+            f.iter()
+                .map(|f| (f.path.clone(), f.access, f.block_device))
+                .collect::<Vec<_>>(),
+            [
+                ("/b/rootfs/disk/disk.qcow2".into(), Access::ReadOnly, false),
+                ("/dev/loop3".into(), Access::ReadWrite, true),
+                (
+                    "/b/rootfs/.husk-vm/seed.img".into(),
+                    Access::ReadOnly,
+                    false
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -94,24 +94,17 @@ pub fn on_thread_in_netns<T: Send + 'static>(
     .map_err(ns_err)
 }
 
-/// A netlink future run by `in_netns` / `in_own_netns`.
-type NetlinkWork<T> = Box<
-    dyn FnOnce(
-            Handle,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetworkError>>>>
-        + Send,
->;
+/// What a netlink job returns: a future the job's own runtime drives.
+type NetlinkFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetworkError>>>>;
+
+/// A netlink job run by `in_netns` / `in_own_netns`.
+type NetlinkWork<T> = Box<dyn FnOnce(Handle) -> NetlinkFuture<T> + Send>;
 
 /// Runs `f` with a netlink handle in the shim's own network namespace, on
 /// a thread and runtime of its own as `in_netns` does.
 fn in_own_netns<T: Send + 'static>(
-    f: impl FnOnce(
-            Handle,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetworkError>>>>
-        + Send
-        + 'static,
+    f: impl FnOnce(Handle) -> NetlinkFuture<T> + Send + 'static,
 ) -> Result<T, NetworkError> {
     let work: NetlinkWork<T> = Box::new(f);
     std::thread::spawn(move || with_netlink(work))
@@ -137,12 +130,7 @@ fn with_netlink<T>(f: NetlinkWork<T>) -> Result<T, NetworkError> {
 /// Runs `f` with a netlink handle inside the network namespace `netns`.
 pub(super) fn in_netns<T: Send + 'static>(
     netns: &Path,
-    f: impl FnOnce(
-            Handle,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetworkError>>>>
-        + Send
-        + 'static,
+    f: impl FnOnce(Handle) -> NetlinkFuture<T> + Send + 'static,
 ) -> Result<T, NetworkError> {
     let work: NetlinkWork<T> = Box::new(f);
     on_thread_in_netns(netns, move || Ok(with_netlink(work)))?

@@ -37,8 +37,10 @@ pub struct Bound {
     path: String,
 }
 
-/// Binds the socket of `address`; EADDRINUSE when something serves it.
+/// Binds the socket of `address`, owner-only (0600: the Task API is
+/// containerd's, which runs as root); EADDRINUSE when something serves it.
 pub fn bind(address: &str) -> std::io::Result<Bound> {
+    use std::os::unix::fs::PermissionsExt;
     let path = address
         .strip_prefix("unix://")
         .unwrap_or(address)
@@ -47,6 +49,11 @@ pub fn bind(address: &str) -> std::io::Result<Bound> {
         std::fs::create_dir_all(parent)?;
     }
     let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    // Before anything can connect: the listener accepts only once served.
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(Bound { listener, path })
 }
 
@@ -113,4 +120,22 @@ pub fn ignore_signals() -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_task_socket_is_the_owners_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s/task.sock");
+        let bound = bind(&format!("unix://{}", path.display())).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = bind(&format!("unix://{}", path.display())).err().unwrap();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        drop(bound);
+    }
 }

@@ -84,10 +84,27 @@ pub fn seed_files(facts: &PodFacts) -> SeedFiles {
     files
 }
 
+/// `v` as pretty JSON that YAML 1.1 (cloud-init reads the seed with
+/// PyYAML) reads as it is: characters it refuses in a stream (DEL, the
+/// C1 controls, U+FFFE, U+FFFF) or folds or drops in a string (NEL,
+/// U+2028, U+2029, a BOM) are written as `\uXXXX`, which both read
+/// back as the same character. They can only be inside strings: the
+/// rest of the text is ASCII.
 fn pretty(v: &Value) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
-    out.push(b'\n');
-    out
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut out = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+        ) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
+    out.into_bytes()
 }
 
 fn meta_data(facts: &PodFacts) -> Value {
@@ -201,7 +218,10 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
                 }
             }
             Some("search") => {
-                dns.search = words.filter(|w| is_domain(w)).map(str::to_owned).collect();
+                dns.search = words
+                    .filter(|w| is_domain(w, true))
+                    .map(str::to_owned)
+                    .collect();
             }
             _ => {}
         }
@@ -209,18 +229,30 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
     dns
 }
 
-fn is_domain(s: &str) -> bool {
+/// A domain name of RFC 1123 host-name labels (1 to 63 letters, digits
+/// and hyphens, no hyphen first or last), at most 253 bytes; a final dot
+/// (a resolv.conf's fully qualified name) is allowed where `final_dot`.
+fn is_domain(s: &str, final_dot: bool) -> bool {
+    let s = match s.strip_suffix('.') {
+        Some(s) if final_dot => s,
+        _ => s,
+    };
     !s.is_empty()
         && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A hostname as `/etc/hostname` holds it: its first line, if it is a
 /// valid host name.
 pub fn parse_hostname(text: &str) -> Option<String> {
     let name = text.lines().next()?.trim();
-    (is_domain(name) && !name.starts_with(['-', '.'])).then(|| name.to_owned())
+    is_domain(name, false).then(|| name.to_owned())
 }
 
 /// The keys of an authorized_keys file: its non-empty, non-comment lines.
@@ -361,6 +393,34 @@ mod tests {
         assert_eq!(parse_hostname("vm-1\n"), Some("vm-1".into()));
         assert_eq!(parse_hostname("bad host\n"), None);
         assert_eq!(parse_hostname("-x"), None);
+        // RFC 1123 labels: none empty, none over 63 bytes, no hyphen last.
+        for bad in ["a..b", "a.", "x-", "a.-b", &"x".repeat(64)] {
+            assert_eq!(parse_hostname(bad), None, "{bad}");
+        }
+        let dns = parse_resolv_conf("search a..b x-.io ok.io. svc.cluster.local\n");
+        assert_eq!(dns.search, ["ok.io.", "svc.cluster.local"]);
+    }
+
+    /// What YAML 1.1 would refuse (DEL, C1 controls) or fold (U+2028)
+    /// in a string is written escaped, and reads back the same.
+    #[test]
+    fn seed_json_is_yaml_as_it_is() {
+        let key = "ssh-ed25519 AAAA a\u{7f}b\u{85}c\u{2028}d\u{feff}e\u{ffff}f é";
+        let facts = PodFacts {
+            instance_id: "id".into(),
+            hostname: "h".into(),
+            ssh_keys: vec![key.into()],
+            ..Default::default()
+        };
+        let meta = &seed_files(&facts)[0].1;
+        let text = std::str::from_utf8(meta).unwrap();
+        assert!(text.chars().all(|c| c == 'é' || c.is_ascii()), "{text}");
+        assert!(
+            text.contains("a\\u007fb\\u0085c\\u2028d\\ufeffe\\uffff"),
+            "{text}"
+        );
+        let meta: Value = serde_json::from_slice(meta).unwrap();
+        assert_eq!(meta["public-keys"][0], key);
     }
 
     #[test]

@@ -6,12 +6,18 @@
 //!
 //! - stdout is the serial console, stdin its input; stderr is QEMU's own
 //!   messages and husk's note of a guest panic;
-//! - SIGTERM (and SIGINT, SIGPWR) press the ACPI power button (QMP
-//!   `system_powerdown`); SIGKILL ends QEMU (137);
+//! - SIGTERM (and SIGINT, SIGPWR) stop the guest as KubeVirt does: the
+//!   ACPI power button (QMP `system_powerdown`) and, where the guest's
+//!   qemu-guest-agent answers, its `guest-shutdown`, which a guest that
+//!   ignores the button (no logind, no acpid) still obeys; SIGKILL ends
+//!   QEMU (137), which containerd sends at the grace period's end;
 //! - the exit is QEMU's: 0 when the guest powered off, 1 after a guest
 //!   kernel panic (pvpanic, said on stderr), 137 when killed;
 //! - pause and resume stop and continue the vCPUs (QMP `stop`, `cont`);
-//! - stats are QEMU's CPU time and memory on the host.
+//! - stats are QEMU's CPU time and memory on the host;
+//! - a root disk on a volume that is blank gets the image's disk imported
+//!   at start, before the vCPUs run, its progress on stderr
+//!   ([`root_volume`]); the VM is locked to the volume until QEMU exits.
 //!
 //! When QEMU exits, one task detaches the pod network and removes the
 //! cgroup, then publishes the exit, so a container created after it (a
@@ -21,18 +27,22 @@ use super::cloud_init;
 use super::context::{chain, PodContext};
 use super::error::VmError;
 use super::exec::GuestExecs;
-use super::guest_agent::GuestAgentSlot;
+use super::guest_agent::{on_agent, GuestAgentSlot};
+use super::import::{import_then_boot, PendingImport};
 use super::launch::{block_devices, boot_of, pod_facts, Prepared};
+use super::root_volume::{self, RootVolume, ROOT_DISK_ANNOTATION};
 use super::seed;
 use crate::host::cgroup::HostCgroup;
+use crate::host::disk_lock::DiskLock;
 use crate::host::network::{self, PodNetwork};
 use crate::task::agent::{sanitize, AgentError, InputStream};
 use husk_hypervisor::qemu::qmp::GuestEvents;
-use husk_hypervisor::qemu::vm_image::{RootDisk, VmImageLaunch};
+use husk_hypervisor::qemu::vm_image::{ImageBoot, RootDisk, VmImageLaunch};
 use husk_hypervisor::vm_image::{VmImage, VmImageSpec};
 use husk_proto::agent::ContainerStatsResponse;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -63,7 +73,13 @@ pub struct VmContainer {
     /// The exit status, once QEMU exited and what it held is undone.
     exit: watch::Receiver<Option<u32>>,
     execs: GuestExecs,
+    /// The QEMU guest agent's connection, shared with the execs.
+    guest_agent: Arc<GuestAgentSlot>,
     call_timeout: Duration,
+    /// The import a blank root volume waits for, until start takes it.
+    import: Mutex<Option<PendingImport>>,
+    /// An import runs: the vCPUs must not be let run.
+    importing: Arc<AtomicBool>,
 }
 
 /// What the exit watch undoes once QEMU is gone.
@@ -73,6 +89,8 @@ struct Leftovers {
     dhcp: Option<tokio::task::JoinHandle<()>>,
     network: Option<PodNetwork>,
     cgroup: Option<HostCgroup>,
+    /// The root volume's lock, held until QEMU is gone.
+    disk_lock: Option<DiskLock>,
 }
 
 impl Leftovers {
@@ -86,6 +104,7 @@ impl Leftovers {
         if let Some(c) = self.cgroup {
             c.remove();
         }
+        drop(self.disk_lock);
     }
 }
 
@@ -102,7 +121,7 @@ async fn seed_and_dhcp(
     let guest = leftovers.network.as_ref().map(|n| n.guest.clone());
     let facts = pod_facts(&p.bundle, id, guest)?;
     let seed_files = cloud_init::seed_files(&facts);
-    tracing::info!(pod_id = %ctx.pod_id, container_id = id, files = ?seed_files.iter().map(|(n, d)| (*n, d.len())).collect::<Vec<_>>(), "cloud-init seed");
+    tracing::info!(pod_id = %ctx.pod_id, container_id = id, files = %seed_summary(&seed_files), "cloud-init seed");
     let seed = seed::create_seed(files, &seed_files).await?;
     if let Some(n) = &leftovers.network {
         match super::dhcp::Lease::of_pod(&n.guest, &facts.dns, &facts.hostname) {
@@ -117,6 +136,17 @@ async fn seed_and_dhcp(
     Ok(seed)
 }
 
+/// What the log says of the seed: each file's name and size, never its
+/// content (user-data holds secrets, network-config the user's own
+/// settings).
+fn seed_summary(files: &cloud_init::SeedFiles) -> String {
+    files
+        .iter()
+        .map(|(name, data)| format!("{name} ({} bytes)", data.len()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The guest NIC's MAC: the pod interface's, which the TAP took over.
 fn nic_mac(network: Option<&PodNetwork>) -> Result<Option<husk_hypervisor::MacAddr>, VmError> {
     network
@@ -126,6 +156,61 @@ fn nic_mac(network: Option<&PodNetwork>) -> Result<Option<husk_hypervisor::MacAd
                 .map_err(|e| VmError::Invalid(format!("the pod interface's MAC {:?}: {e}", n.mac)))
         })
         .transpose()
+}
+
+/// The disk the VM boots: the root volume the container's annotation
+/// names (locked into `leftovers`), or else a new overlay on the image's
+/// disk; the largest file QEMU may write; the container path of a root
+/// block device, which is no further disk.
+async fn root_disk(
+    id: &str,
+    p: &Prepared,
+    ctx: &PodContext,
+    files: &Path,
+    boot: &ImageBoot,
+    leftovers: &mut Leftovers,
+) -> Result<(RootDisk, Option<u64>, Option<String>), VmError> {
+    let volume =
+        root_volume::root_volume(&p.bundle.spec, p.bundle.annotation(ROOT_DISK_ANNOTATION))?;
+    let Some(volume) = volume else {
+        let vm_config = &ctx.config.vm;
+        let overlay = seed::create_overlay(&vm_config.qemu_img_path, files, &p.disk).await?;
+        let root = RootDisk::Overlay {
+            overlay,
+            base: p.disk.disk.clone(),
+            base_format: p.disk.format,
+        };
+        let bound = seed::overlay_bound(files, p.disk.virtual_size)?;
+        return Ok((root, Some(bound), None));
+    };
+    let annotation = |k| p.bundle.annotation(k).filter(|v| !v.is_empty());
+    let pod_name = match (
+        annotation("io.kubernetes.cri.sandbox-namespace"),
+        annotation("io.kubernetes.cri.sandbox-name"),
+    ) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name.to_owned(),
+        _ => "?".to_owned(),
+    };
+    let holder = format!("pod {pod_name} ({}), container {id}", ctx.pod_id);
+    let kernel_boot = matches!(boot, ImageBoot::Kernel { .. });
+    let runtime_dir = ctx.config.hypervisor.runtime_dir.clone();
+    let image = p.disk.clone();
+    let v = volume.clone();
+    let on = tokio::task::spawn_blocking(move || {
+        root_volume::prepare(&v, &image, kernel_boot, &runtime_dir, &holder)
+    })
+    .await
+    .map_err(|e| VmError::Invalid(format!("preparing the root volume: {e}")))??;
+    leftovers.disk_lock = Some(on.lock);
+    let disk = on.disk;
+    let (path, what) = match &volume {
+        RootVolume::Block { path, .. } => (path, "block device"),
+        RootVolume::Dir { path, .. } => (path, "directory"),
+    };
+    tracing::info!(pod_id = %ctx.pod_id, container_id = id, volume = %path, kind = what, disk = %disk.path.display(), format = disk.format.as_str(), import = disk.import.is_some(), "root disk on a volume");
+    let device = disk.block_device.then(|| path.clone());
+    Ok((RootDisk::Volume(disk), on.max_file_bytes, device))
 }
 
 /// The container's cgroup (a cgroupfs path or systemd's
@@ -166,7 +251,13 @@ impl VmContainer {
         leftovers: &mut Leftovers,
     ) -> Result<Self, VmError> {
         let vm_config = &ctx.config.vm;
-        let overlay = seed::create_overlay(&vm_config.qemu_img_path, files, &p.disk).await?;
+        let boot = boot_of(p, vm_config, files)?;
+        let (root, max_file_bytes, root_device) =
+            root_disk(id, p, ctx, files, &boot, leftovers).await?;
+        let import = match &root {
+            RootDisk::Volume(v) => v.import.as_ref().map(|i| i.virtual_size),
+            RootDisk::Overlay { .. } => None,
+        };
         if let Some(ns) = &p.netns {
             let ns = ns.clone();
             leftovers.network = tokio::task::spawn_blocking(move || network::attach(&ns))
@@ -177,7 +268,6 @@ impl VmContainer {
         if let Some(path) = p.bundle.cgroups_path.as_deref() {
             leftovers.cgroup = Some(make_cgroup(path)?);
         }
-        let boot = boot_of(p, vm_config, files)?;
         let extras = super::extras::of(p, &boot)?;
         let launch = VmImageLaunch {
             id: id.to_owned(),
@@ -186,13 +276,9 @@ impl VmContainer {
             memory_mib: p.memory_mib,
             tcg_tb_size_mib: vm_config.tcg_tb_size_mib,
             boot,
-            root: RootDisk::Overlay {
-                overlay,
-                base: p.disk.disk.clone(),
-                base_format: p.disk.format,
-            },
+            root,
             seed: Some(seed),
-            block_devices: block_devices(&p.bundle.spec)?,
+            block_devices: block_devices(&p.bundle.spec, root_device.as_deref())?,
             nic: nic_mac(leftovers.network.as_ref())?,
             extras: extras.launch.clone(),
         };
@@ -205,6 +291,7 @@ impl VmContainer {
                 .map(HostCgroup::procs_files)
                 .unwrap_or_default(),
             oom_score_adj: p.bundle.oom_score_adj(),
+            max_file_bytes,
         };
         let vm = Arc::new(VmImage::start(&ctx.config, spec).await?);
         let network = leftovers.network.as_ref();
@@ -214,7 +301,13 @@ impl VmContainer {
             return Err(e);
         }
         tracing::info!(pod_id = %ctx.pod_id, container_id = id, pid = vm.pid(), "VM container created");
-        Ok(Self::watched(id, p, ctx, vm, std::mem::take(leftovers)))
+        Ok(Self::watched(
+            id,
+            p,
+            ctx,
+            vm,
+            (std::mem::take(leftovers), import),
+        ))
     }
 
     /// The container around a running QEMU: relays for its console and
@@ -225,12 +318,16 @@ impl VmContainer {
         p: &Prepared,
         ctx: &PodContext,
         vm: Arc<VmImage>,
-        leftovers: Leftovers,
+        (leftovers, import): (Leftovers, Option<u64>),
     ) -> Self {
         let (console_tx, console_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (diag_tx, diag_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (exit_tx, exit_rx) = watch::channel(None);
         let (vm_exit_tx, vm_exit_rx) = watch::channel(false);
+        let import = import.map(|virtual_size| PendingImport {
+            virtual_size,
+            stderr: diag_tx.clone(),
+        });
         let stdio = vm.take_stdio();
         let console_in = stdio.map(|s| {
             tokio::spawn(relay_pipe(s.console_out, console_tx, None));
@@ -253,12 +350,15 @@ impl VmContainer {
             id: id.to_owned(),
             pid: vm.pid(),
             rootfs: p.rootfs.clone(),
-            execs: GuestExecs::new(id, guest_agent, vm_exit_rx, ctx.timeouts.agent_call),
+            execs: GuestExecs::new(id, guest_agent.clone(), vm_exit_rx, ctx.timeouts.agent_call),
+            guest_agent,
             vm,
             console_in: tokio::sync::Mutex::new(console_in),
             outputs: Arc::new(Mutex::new([Some(console_rx), Some(diag_rx)])),
             exit: exit_rx,
             call_timeout: ctx.timeouts.agent_call,
+            import: Mutex::new(import),
+            importing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -274,6 +374,13 @@ impl VmContainer {
                 .iter_mut()
                 .for_each(|o| drop(o.take()));
         });
+        let import = self.import.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(import) = import {
+            self.importing.store(true, Ordering::SeqCst);
+            let (vm, importing, t) = (self.vm.clone(), self.importing.clone(), self.call_timeout);
+            tokio::spawn(import_then_boot(vm, import, importing, t, self.id.clone()));
+            return Ok(());
+        }
         self.qmp_call("cont").await
     }
 
@@ -320,12 +427,19 @@ impl VmContainer {
                 self.kill();
                 Ok(())
             }
-            // SIGINT, SIGTERM, SIGPWR: the ACPI power button.
+            // SIGINT, SIGTERM, SIGPWR: the ACPI power button; a VM whose
+            // disk is being imported has no guest yet to press it for.
             2 | 15 | 30 => {
                 if self.exited() {
                     return Ok(());
                 }
+                if self.importing.load(Ordering::SeqCst) {
+                    tracing::info!(container_id = %self.id, signal, "stopped during its import: the VM is ended, the volume stays blank");
+                    self.kill();
+                    return Ok(());
+                }
                 tracing::info!(container_id = %self.id, signal, "pressing the VM's power button");
+                self.ask_guest_agent_to_shut_down();
                 self.qmp_call("system_powerdown").await
             }
             other => Err(AgentError::Status {
@@ -338,6 +452,26 @@ impl VmContainer {
         }
     }
 
+    /// Asks the guest's qemu-guest-agent, if one answers, for an orderly
+    /// power-off, in the background: the kill call returns at once, and a
+    /// guest without the agent costs only the sync's deadline.
+    fn ask_guest_agent_to_shut_down(&self) {
+        let (agent, id, t) = (self.guest_agent.clone(), self.id.clone(), self.call_timeout);
+        tokio::spawn(async move {
+            let wait = Duration::from_secs(2).min(t);
+            match on_agent!(agent, t, |a| a.shutdown(wait)) {
+                Ok(()) => {
+                    tracing::info!(container_id = %id, "the guest agent is shutting the guest down")
+                }
+                Err(e) => tracing::info!(
+                    container_id = %id,
+                    "no guest-agent shutdown ({}): the power button alone",
+                    chain(e)
+                ),
+            }
+        });
+    }
+
     /// Ends QEMU at once (its exit reads 137).
     pub fn kill(&self) {
         if !self.exited() {
@@ -346,6 +480,12 @@ impl VmContainer {
     }
 
     pub async fn set_paused(&self, pause: bool) -> Result<(), AgentError> {
+        if self.importing.load(Ordering::SeqCst) {
+            return Err(AgentError::Status {
+                code: tonic::Code::FailedPrecondition,
+                message: "the VM's root disk is being imported; it runs once that is done".into(),
+            });
+        }
         self.qmp_call(if pause { "stop" } else { "cont" }).await
     }
 
@@ -443,4 +583,20 @@ async fn watch_exit(
     );
     leftovers.remove().await;
     exit.send_replace(Some(ended.status));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_is_logged_by_name_and_size_only() {
+        let files: cloud_init::SeedFiles = vec![
+            ("user-data", b"#cloud-config\npassword: hunter2\n".to_vec()),
+            ("network-config", b"version: 2\nethernets: {}\n".to_vec()),
+        ];
+        let line = seed_summary(&files);
+        assert_eq!(line, "user-data (32 bytes), network-config (25 bytes)");
+        assert!(!line.contains("hunter2") && !line.contains("ethernets"));
+    }
 }

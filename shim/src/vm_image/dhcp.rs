@@ -214,23 +214,41 @@ fn in_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
     u32::from(a) & m == u32::from(b) & m
 }
 
+/// An option whose value fits in one (at most 255 bytes); a longer one
+/// is left out rather than cut: a value cut short is a different name or
+/// a broken address (RFC 3396's long options are not worth it here).
 fn push_option(out: &mut Vec<u8>, code: u8, value: &[u8]) {
-    // Values longer than an option holds are cut (search lists, names).
-    let value = &value[..value.len().min(255)];
+    let Ok(len) = u8::try_from(value.len()) else {
+        return;
+    };
     out.push(code);
-    out.push(value.len() as u8);
+    out.push(len);
     out.extend_from_slice(value);
 }
 
-/// RFC 3397's encoding of a search list (no compression).
+/// Addresses an option holds whole: 63 of them.
+const MAX_DNS_SERVERS: usize = 255 / 4;
+
+/// RFC 3397's encoding of a search list (no compression): whole names
+/// only, of labels of 1 to 63 bytes (a final dot dropped), as many as
+/// fit in one option.
 fn encode_search(domains: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     for d in domains {
-        for label in d.split('.').filter(|l| !l.is_empty() && l.len() < 64) {
-            out.push(label.len() as u8);
-            out.extend_from_slice(label.as_bytes());
+        let d = d.strip_suffix('.').unwrap_or(d);
+        if d.split('.').any(|l| l.is_empty() || l.len() > 63) {
+            continue;
         }
-        out.push(0);
+        let mut name = Vec::with_capacity(d.len() + 2);
+        for label in d.split('.') {
+            name.push(label.len() as u8);
+            name.extend_from_slice(label.as_bytes());
+        }
+        name.push(0);
+        if out.len() + name.len() > 255 {
+            break;
+        }
+        out.extend_from_slice(&name);
     }
     out
 }
@@ -288,12 +306,20 @@ pub fn answer(req: &Request, lease: &Lease) -> Vec<u8> {
         push_option(&mut bootp, 3, &gw.octets());
     }
     if !lease.dns.is_empty() {
-        let dns: Vec<u8> = lease.dns.iter().flat_map(|a| a.octets()).collect();
+        let dns: Vec<u8> = lease
+            .dns
+            .iter()
+            .take(MAX_DNS_SERVERS)
+            .flat_map(|a| a.octets())
+            .collect();
         push_option(&mut bootp, 6, &dns);
     }
     if let Some(first) = lease.search.first() {
         push_option(&mut bootp, 15, first.as_bytes());
-        push_option(&mut bootp, 119, &encode_search(&lease.search));
+        let search = encode_search(&lease.search);
+        if !search.is_empty() {
+            push_option(&mut bootp, 119, &search);
+        }
     }
     if !lease.hostname.is_empty() {
         push_option(&mut bootp, 12, lease.hostname.as_bytes());
@@ -592,6 +618,31 @@ mod tests {
             option(&ack[ETH_HEADER + 28 + BOOTP_FIXED + 4..], 53),
             Some(&[5][..])
         );
+    }
+
+    /// Values longer than an option holds go whole or not at all: never
+    /// an address cut short or a name cut mid-label.
+    #[test]
+    fn long_values_are_never_cut() {
+        let mut l = lease("10.0.0.2", 8, "10.0.0.1");
+        l.dns = (0..70).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        l.search = vec![
+            "x".repeat(300),
+            "a..b".into(),
+            "y".repeat(64),
+            "c.d.".into(),
+        ];
+        l.search.extend((0..40).map(|i| format!("n{i}.example")));
+        l.hostname = "h".repeat(256);
+        let req = parse(&request(1, MAC), &MAC).unwrap();
+        let frame = answer(&req, &l);
+        let options = &frame[ETH_HEADER + 28 + BOOTP_FIXED + 4..];
+        assert_eq!(option(options, 6).unwrap().len(), 63 * 4);
+        assert_eq!(option(options, 12), None, "a hostname over 255 bytes");
+        assert_eq!(option(options, 15), None, "a domain over 255 bytes");
+        let search = option(options, 119).unwrap();
+        assert!(search.starts_with(b"\x01c\x01d\x00\x02n0\x07example\x00"));
+        assert!(search.ends_with(b"\x07example\x00"), "whole names only");
     }
 
     #[test]

@@ -137,8 +137,9 @@ pub fn pod_facts(
 
 /// Raw block volumes (`volumeDevices`): CRI passes them as the spec's
 /// block devices (`linux.devices` of type "b", by major and minor). Each
-/// becomes a virtio-blk disk whose serial is the device path's last name.
-pub fn block_devices(spec: &Value) -> Result<Vec<BlockDevice>, VmError> {
+/// but the root disk's (container path `root`) becomes a virtio-blk disk
+/// whose serial is the device path's last name.
+pub fn block_devices(spec: &Value, root: Option<&str>) -> Result<Vec<BlockDevice>, VmError> {
     let mut out = Vec::new();
     for d in spec
         .pointer("/linux/devices")
@@ -156,6 +157,9 @@ pub fn block_devices(spec: &Value) -> Result<Vec<BlockDevice>, VmError> {
             continue;
         };
         let container_path = d.get("path").and_then(Value::as_str).unwrap_or("");
+        if root == Some(container_path) {
+            continue;
+        }
         let serial: String = Path::new(container_path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -173,7 +177,7 @@ pub fn block_devices(spec: &Value) -> Result<Vec<BlockDevice>, VmError> {
 }
 
 /// The host's device node of block device major:minor, checked to be it.
-fn host_block_device(major: u64, minor: u64) -> Result<PathBuf, VmError> {
+pub(super) fn host_block_device(major: u64, minor: u64) -> Result<PathBuf, VmError> {
     use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::MetadataExt;
     let wanted = nix::sys::stat::makedev(major, minor);
@@ -252,11 +256,12 @@ mod tests {
         let spec = json!({"linux": {"devices": [
             {"path": "/dev/null", "type": "c", "major": 1, "minor": 3}
         ]}});
-        assert!(block_devices(&spec).unwrap().is_empty());
+        assert!(block_devices(&spec, None).unwrap().is_empty());
         let spec = json!({"linux": {"devices": [
             {"path": "/dev/xvdb", "type": "b", "major": 4095, "minor": 4095}
         ]}});
-        let e = block_devices(&spec).unwrap_err().to_string();
+        assert!(block_devices(&spec, Some("/dev/xvdb")).unwrap().is_empty());
+        let e = block_devices(&spec, None).unwrap_err().to_string();
         assert!(e.contains("4095:4095"), "{e}");
     }
 }

@@ -8,7 +8,9 @@
 //! - [`agent`]: [`VmAgent`], the manager's calls answered on the host;
 //! - [`container`]: the one app container, which is the VM: its files,
 //!   its network, its QEMU (husk-hypervisor's `VmImage`); [`launch`]: what
-//!   that VM is, decided from the bundle; [`error`]: why it failed;
+//!   that VM is, decided from the bundle; [`root_volume`]: its root disk
+//!   on a persistent volume, [`import`]: the image's disk written into
+//!   it at the first start; [`error`]: why it failed;
 //! - [`context`]: what every part reads (configuration, deadlines);
 //! - [`seed`], [`cloud_init`]: the overlay and the NoCloud seed; [`dhcp`]:
 //!   the pod's address for a guest that asks;
@@ -30,9 +32,11 @@ pub mod error;
 mod exec;
 pub mod extras;
 mod guest_agent;
+mod import;
 pub mod launch;
 pub mod members;
 pub mod pod;
+pub mod root_volume;
 pub mod seed;
 pub mod state;
 pub mod vnc;

@@ -44,6 +44,45 @@ pub enum SeedError {
     },
     #[error("{0} did not finish within 60 s")]
     ToolTimeout(String),
+    #[error("the file system of the container's writable area ({dir}) has {free} bytes free, less than the {reserve} husk-vm keeps for the node: the VM's overlay has no room")]
+    NoRoom {
+        dir: PathBuf,
+        free: u64,
+        reserve: u64,
+    },
+}
+
+/// The node's share of a file system husk-vm never gives a VM's overlay:
+/// 1 GiB or 5 % of it, whichever is smaller.
+const MAX_RESERVE: u64 = 1 << 30;
+
+/// How large the overlay in `dir` (and any file QEMU writes) may grow:
+/// the disk's virtual size and qcow2's metadata for it (at most 1/64 of it
+/// plus 16 MiB), and never past what the file system has free, less the
+/// node's reserve, however large the image says its disk is. (CRI does not
+/// pass a container's ephemeral-storage limit to the runtime: kubelet
+/// enforces it by eviction.)
+pub fn overlay_bound(dir: &Path, virtual_size: u64) -> Result<u64, SeedError> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| SeedError::Io {
+        context: format!("statvfs of {}", dir.display()),
+        source: e.into(),
+    })?;
+    let block = st.fragment_size();
+    let free = (st.blocks_available() as u64).saturating_mul(block);
+    let size = (st.blocks() as u64).saturating_mul(block);
+    let reserve = MAX_RESERVE.min(size / 20);
+    let used = std::fs::metadata(dir.join(ROOT_DISK)).map_or(0, |m| m.len());
+    if free <= reserve {
+        return Err(SeedError::NoRoom {
+            dir: dir.to_owned(),
+            free,
+            reserve,
+        });
+    }
+    let wanted = virtual_size
+        .saturating_add(virtual_size / 64)
+        .saturating_add(16 << 20);
+    Ok(wanted.min(used + free - reserve))
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SeedError {
@@ -256,6 +295,24 @@ mod tests {
         let backing_len = u32::from_be_bytes(header[16..20].try_into().unwrap()) as usize;
         let at = u64::from_be_bytes(header[8..16].try_into().unwrap()) as usize;
         assert_eq!(&header[at..at + backing_len], b"../disk/absent.qcow2");
+    }
+
+    /// The bound is the disk's size and its metadata where there is room,
+    /// the file system's free space less the reserve where the image asks
+    /// for more than there is.
+    #[test]
+    fn the_overlay_is_bounded_by_the_disk_and_the_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = overlay_bound(dir.path(), 1 << 20).unwrap();
+        assert_eq!(small, (1 << 20) + (1 << 14) + (16 << 20));
+        let st = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        let free = st.blocks_available() as u64 * st.fragment_size();
+        let huge = overlay_bound(dir.path(), 1 << 60).unwrap();
+        assert!(huge < free, "{huge} >= {free}");
+        assert!(
+            huge > free / 2,
+            "the reserve is at most 1 GiB or 5 %: {huge} of {free}"
+        );
     }
 
     /// The seed as cloud-init finds it: label CIDATA, the files by name.

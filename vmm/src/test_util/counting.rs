@@ -30,7 +30,9 @@ pub const COUNTER_ADDR: u32 = 0x30_0000;
 /// [`rng_counter`]'s rings and buffer (guest-physical).
 const RNG_DESC: u32 = 0x20_0000;
 const RNG_AVAIL: u32 = 0x20_1000;
-const RNG_USED: u32 = 0x20_2000;
+/// Where the rng queue's used ring lies; its index (at +2) is the count
+/// of requests the device completed.
+pub const RNG_USED: u32 = 0x20_2000;
 const RNG_BUFFER: u32 = 0x21_0000;
 /// Where the 64-bit guests' IDT handler, IDTR and IDT sit in the image.
 const HANDLER: usize = 0x400;

@@ -7,6 +7,8 @@ mod args;
 mod boot;
 mod check;
 mod console;
+mod containerd_config;
+mod cri_toml;
 mod env;
 mod logs;
 mod metrics;
@@ -31,14 +33,22 @@ const USAGE: &str = "usage: husk <command> [options]
         The logs POD's VM kept (guest console, VMM, device daemons): after
         a failed boot or a VM that died, or always with logs.keep_after_stop.
   boot  Boots one micro-VM, prints what its guest reports, stops it.
+{CONTAINERD_CONFIG}
 
-Every command takes --config FILE (else $HUSK_CONFIG, else
-/etc/husk/configuration.toml, else the built-in defaults).";
+Every command but containerd-config takes --config FILE (else $HUSK_CONFIG,
+else /etc/husk/configuration.toml, else the built-in defaults).";
+
+fn usage() -> String {
+    USAGE.replace("{CONTAINERD_CONFIG}", containerd_config::USAGE)
+}
 
 fn main() {
     let mut args = Args::new(std::env::args().skip(1).collect());
     let command = args.command();
-    let quiet_logs = matches!(command.as_deref(), Some("check" | "env" | "metrics"));
+    let quiet_logs = matches!(
+        command.as_deref(),
+        Some("check" | "env" | "metrics" | "containerd-config")
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -54,12 +64,13 @@ fn main() {
         Some("console") => console::run(args),
         Some("logs") => logs::run(args),
         Some("boot") => boot::run(args),
+        Some("containerd-config") => containerd_config::run(args),
         Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+            println!("{}", usage());
             Ok(0)
         }
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{}", usage());
             Ok(2)
         }
     };

@@ -64,7 +64,9 @@ pub(super) async fn accept(listener: TcpListener, handoff: Arc<Handoff>) {
 }
 
 /// Answers `binary` when the client offers it (noVNC's older versions
-/// ask for it and fail without it).
+/// ask for it and fail without it). The signature is tungstenite's
+/// handshake callback's, error type included.
+#[allow(clippy::result_large_err)]
 fn choose_subprotocol(
     request: &Request,
     mut response: Response,
@@ -85,11 +87,15 @@ fn choose_subprotocol(
     Ok(response)
 }
 
+/// Frames and messages bounded; a client's unmasked frames refused
+/// (RFC 6455 5.1, tungstenite's default kept).
 fn config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.max_message_size = Some(MAX_MESSAGE);
-    c.max_frame_size = Some(MAX_MESSAGE);
-    c
+    WebSocketConfig {
+        max_message_size: Some(MAX_MESSAGE),
+        max_frame_size: Some(MAX_MESSAGE),
+        accept_unmasked_frames: false,
+        ..WebSocketConfig::default()
+    }
 }
 
 /// One client: the upgrade, QEMU's end handed over, then bytes both ways

@@ -2,11 +2,10 @@
 //! --version`), and from `containerd config dump` (the configuration it
 //! would run with, drop-ins merged) whether a CRI runtime handler runs
 //! husk's shim, the cgroup driver of its runc handler, and its CNI set-up.
-//! Config schema 2 (containerd 1.x) keeps CRI under
-//! `io.containerd.grpc.v1.cri`; schema 3 (2.x) under
-//! `io.containerd.cri.v1.runtime` (tests/src/cri_config.rs).
+//! Where each config schema keeps CRI: crate::cri_toml.
 
 use super::{line, ContainerdTarget, Line, Verdict};
+use crate::cri_toml::Cri;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -117,20 +116,10 @@ pub fn parse_version(text: &str) -> Option<(String, u32, u32)> {
 }
 
 fn read_dump(table: &toml::Table, dump: &mut Dump) {
-    let schema = table
-        .get("version")
-        .and_then(|v| v.as_integer())
-        .unwrap_or(1);
-    let plugin_name = if schema >= 3 {
-        "io.containerd.cri.v1.runtime"
-    } else {
-        "io.containerd.grpc.v1.cri"
-    };
-    let disabled = table
-        .get("disabled_plugins")
-        .and_then(|d| d.as_array())
-        .is_some_and(|d| d.iter().any(|p| p.as_str() == Some(plugin_name)));
-    if disabled {
+    let cri = Cri::of(table);
+    let (schema, plugin_name, plugin, runtimes) =
+        (cri.schema, cri.plugin_name, cri.plugin, cri.runtimes);
+    if cri.disabled {
         dump.lines.push(line(
             "handler",
             Verdict::Fail,
@@ -138,22 +127,13 @@ fn read_dump(table: &toml::Table, dump: &mut Dump) {
         ));
         return;
     }
-    let plugin = table.get("plugins").and_then(|p| p.get(plugin_name));
-    let runtimes = plugin
-        .and_then(|p| p.get("containerd"))
-        .and_then(|c| c.get("runtimes"))
-        .and_then(|r| r.as_table());
-    dump.systemd_cgroup = runtimes
-        .and_then(|r| r.get("runc"))
+    dump.systemd_cgroup = cri
+        .handler("runc")
         .and_then(|r| r.get("options"))
         .and_then(|o| o.get("SystemdCgroup"))
         .and_then(|v| v.as_bool());
-    let default = plugin
-        .and_then(|p| p.get("containerd"))
-        .and_then(|c| c.get("default_runtime_name"))
-        .and_then(|d| d.as_str())
-        .unwrap_or("runc");
-    if !runtimes.is_some_and(|r| r.contains_key(default)) {
+    let default = cri.default;
+    if cri.handler(default).is_none() {
         dump.lines.push(line(
             "cri",
             Verdict::Fail,

@@ -1,0 +1,249 @@
+//! husk-vm's root disk on a volume end to end through CRI
+//! (docs/vm-pods.md, "The root disk on a volume"): the Debian test image
+//! (tests/fixtures/build-vm-image.sh) and a raw block volume on a loop
+//! device, passed as kubelet passes a block PVC's `volumeDevices`, named
+//! by the pod annotation `io.husk.vm.root-disk`.
+//!
+//! 1. Refused before any VM runs: a path the container is not given, and
+//!    a volume holding something that is not a disk (left as it was);
+//! 2. the blank volume gets the image imported (progress on the
+//!    container's stderr) and boots; a file written through exec;
+//! 3. a second pod on the same volume is refused, naming the first;
+//! 4. StopContainer, a new container on the volume: no import, and the
+//!    file is there.
+//!
+//! Two Debian boots under TCG: minutes on a loaded host.
+
+use husk_tests::cri::{parse_log_line, ContainerSpec, Cri, Pod, PodSpec, HUSK_VM};
+use k8s_cri::v1 as cri;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const DEBIAN_VM: &str = "docker.io/husk/debian-vm:test";
+const VM_COMMAND: &[&str] = &["/disk"];
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
+const ROOT_DISK: &str = "io.husk.vm.root-disk";
+/// Where the container is given its volume.
+const DEVICE: &str = "/dev/xvda";
+/// The Debian image's disk is 2049 MiB; the volume is larger, as a PVC
+/// usually is.
+const VOLUME_MIB: u64 = 2200;
+
+fn harness() -> Option<Cri> {
+    if let Some(reason) = husk_tests::cri::unsupported_reason() {
+        println!("SKIPPED: {reason}");
+        return None;
+    }
+    Some(Cri::start())
+}
+
+fn vm_archive(file: &str) -> PathBuf {
+    let dir = std::env::var("HUSK_VM_IMAGE_DIR").unwrap_or_else(|_| "/usr/local/share/husk".into());
+    husk_tests::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))
+}
+
+/// A loop device over a sparse file of `mib` MiB whose start is `head`.
+struct LoopDevice {
+    dev: String,
+    file: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    fn new(mib: u64, head: &[u8]) -> Option<Self> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(mib << 20).unwrap();
+        file.write_all(head).unwrap();
+        file.flush().unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            println!(
+                "SKIPPED: losetup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self {
+            dev: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            file,
+        })
+    }
+
+    /// The first `n` bytes, as the volume holds them.
+    fn head(&self, n: usize) -> Vec<u8> {
+        let mut f = std::fs::File::open(self.file.path()).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut b = vec![0u8; n];
+        f.read_exact(&mut b).unwrap();
+        b
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
+    }
+}
+
+/// A husk-vm container on the block volume `dev`.
+fn vm_on(name: &str, dev: &str) -> ContainerSpec {
+    let mut spec = ContainerSpec::new(name, VM_COMMAND);
+    spec.image = DEBIAN_VM.into();
+    spec.resources = Some(cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 100_000,
+        memory_limit_in_bytes: 1024 << 20,
+        ..Default::default()
+    });
+    spec.devices = vec![cri::Device {
+        container_path: DEVICE.into(),
+        host_path: dev.into(),
+        permissions: "rwm".into(),
+    }];
+    spec
+}
+
+/// A pod whose annotation puts the VM's root disk at `path`.
+fn pod_spec(name: &str, path: &str) -> PodSpec {
+    let mut p = PodSpec::new(name);
+    p.annotations.insert(ROOT_DISK.into(), path.into());
+    p
+}
+
+fn stderr_log(pod: &Pod, spec: &ContainerSpec) -> String {
+    let path = pod.log_dir.join(&spec.log_path);
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| parse_log_line(l).ok())
+        .filter(|(s, _, _)| *s == "stderr")
+        .map(|(_, _, t)| format!("{t}\n"))
+        .collect()
+}
+
+/// Waits until exec works (the guest booted and its agent runs).
+fn wait_exec(cri: &Cri, id: &str, since: Instant) -> Duration {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        match cri.try_exec_sync(id, &["true"], 60) {
+            Ok(r) if r.exit_code == 0 => return since.elapsed(),
+            other => assert!(
+                Instant::now() < deadline,
+                "exec in {id} never worked: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// What StartContainer says of a VM that must not start.
+fn refused(cri: &Cri, pod: &Pod, spec: &ContainerSpec) -> String {
+    let id = cri.try_create(pod, spec).unwrap();
+    let e = cri.start_container(&id).expect_err(&spec.name);
+    cri.remove_container(&id);
+    e
+}
+
+/// No QEMU, no run directory left (the lock files stay, by design).
+fn assert_no_vm_left(cri: &Cri) {
+    let runtime = &cri.containerd().husk_runtime;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = husk_tests::containerd::processes_mentioning(&runtime.display().to_string());
+        let vms = husk_tests::entries(&runtime.join("vms"));
+        if procs.is_empty() && vms.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left: processes {procs:?}, run directories {vms:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_root_volume_is_imported_once_kept_across_restarts_and_written_by_one_vm() {
+    let Some(mut cri) = harness() else { return };
+    let started = Instant::now();
+    cri.import_image(&vm_archive("debian-vm-oci.tar"), DEBIAN_VM);
+    let Some(volume) = LoopDevice::new(VOLUME_MIB, &[]) else {
+        return;
+    };
+    let mut xfs = vec![0u8; 4096];
+    xfs[..4].copy_from_slice(b"XFSB");
+    let Some(garbage) = LoopDevice::new(64, &xfs) else {
+        return;
+    };
+
+    // 1. Refused before any VM runs.
+    let pod_a = cri.run_pod(HUSK_VM, &pod_spec("vm-disk-a", DEVICE));
+    let pod_typo = cri.run_pod(HUSK_VM, &pod_spec("vm-disk-typo", "/dev/xvdz"));
+    let e = refused(&cri, &pod_typo, &vm_on("vm", &volume.dev));
+    assert!(
+        e.contains("/dev/xvdz") && e.contains("neither a block device"),
+        "{e}"
+    );
+    let e = refused(&cri, &pod_a, &vm_on("on-garbage", &garbage.dev));
+    assert!(e.contains("XFS") && e.contains("does not overwrite"), "{e}");
+    assert_eq!(garbage.head(4096), xfs, "the refused volume was written");
+
+    // 2. Imported, then booted; a file written in the guest.
+    let spec = vm_on("vm", &volume.dev);
+    let t = Instant::now();
+    let first = cri.create_and_start(&pod_a, &spec);
+    let booted = wait_exec(&cri, &first, t);
+    let log = stderr_log(&pod_a, &spec);
+    assert!(log.contains("the root volume is blank: importing"), "{log}");
+    let done = log
+        .lines()
+        .find(|l| l.contains("import done in"))
+        .unwrap_or_else(|| panic!("{log}"));
+    println!("import: {done}; exec works after {booted:?}");
+    assert_eq!(
+        &volume.head(512)[510..],
+        &[0x55, 0xaa],
+        "no MBR after the import"
+    );
+    let w = cri.exec_sync(
+        &first,
+        &["sh", "-c", "echo kept > /var/tmp/kept && sync"],
+        60,
+    );
+    assert_eq!(w.exit_code, 0, "{w:?}");
+
+    // 3. A second VM on the node that would write the volume is refused,
+    //    naming the first.
+    let pod_b = cri.run_pod(HUSK_VM, &pod_spec("vm-disk-b", DEVICE));
+    let e = refused(&cri, &pod_b, &vm_on("vm", &volume.dev));
+    println!("second writer: {e}");
+    assert!(e.contains("another VM") && e.contains("vm-disk-a"), "{e}");
+
+    // 4. Stopped; a new container boots the volume as it is.
+    cri.stop_container(&first, 120);
+    println!(
+        "first VM stopped: exit {}",
+        cri.container_status(&first).exit_code
+    );
+    cri.remove_container(&first);
+    let spec2 = vm_on("vm-again", &volume.dev);
+    let t = Instant::now();
+    let second = cri.create_and_start(&pod_a, &spec2);
+    let booted = wait_exec(&cri, &second, t);
+    let kept = cri.exec_sync(&second, &["cat", "/var/tmp/kept"], 60);
+    assert_eq!(kept.stdout.trim(), "kept", "{kept:?}");
+    let log = stderr_log(&pod_a, &spec2);
+    assert!(!log.contains("importing"), "imported again: {log}");
+    println!("restarted on the volume: exec works after {booted:?}");
+
+    cri.stop_and_remove(&pod_a);
+    cri.stop_and_remove(&pod_b);
+    cri.stop_and_remove(&pod_typo);
+    assert_no_vm_left(&cri);
+    println!("vm_disks: {:?} in all", started.elapsed());
+}
