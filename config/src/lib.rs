@@ -163,14 +163,14 @@ pub struct VmConfig {
     /// the code (read-only) and the variable store each VM gets a copy of.
     pub ovmf_code: PathBuf,
     pub ovmf_vars: PathBuf,
-    /// Secure Boot firmware for `io.husk.vm.secure-boot: "true"`: OVMF
+    /// Secure Boot firmware (no pod annotation asks for it yet): OVMF
     /// built with Secure Boot (which needs SMM) and a variable store with
     /// Microsoft's keys enrolled (what Windows 11 and shim-signed Linux
     /// boot with).
     pub ovmf_code_secure_boot: PathBuf,
     pub ovmf_vars_secure_boot: PathBuf,
-    /// The TPM 2.0 emulator for VMs with a state volume
-    /// (`io.husk.vm.state`; Debian's swtpm).
+    /// The TPM 2.0 emulator (Debian's swtpm; no pod annotation asks for
+    /// a TPM yet).
     pub swtpm_path: PathBuf,
     /// Kernel command line for images booted directly (an image with
     /// /boot/vmlinuz and /boot/initrd.img); the container annotation

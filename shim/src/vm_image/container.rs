@@ -268,7 +268,7 @@ impl VmContainer {
         if let Some(path) = p.bundle.cgroups_path.as_deref() {
             leftovers.cgroup = Some(make_cgroup(path)?);
         }
-        let extras = super::extras::of(p, &boot)?;
+        let extras = super::extras::of(p)?;
         let launch = VmImageLaunch {
             id: id.to_owned(),
             accelerator: ctx.accelerator,

@@ -31,6 +31,11 @@ pub struct Prepared {
     pub memory_mib: u32,
 }
 
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let context = context.into();
+    move |source| VmError::Io { context, source }
+}
+
 /// How the VM boots: `io.husk.vm.firmware` (bios or uefi) chooses firmware
 /// boot; without it, an image with a kernel and initrd is booted directly,
 /// any other through SeaBIOS.
@@ -42,7 +47,26 @@ pub fn boot_of(
     let annotation = |k: &str| p.bundle.annotation(k);
     match annotation(FIRMWARE_ANNOTATION) {
         Some("bios") => return Ok(ImageBoot::Bios),
-        Some("uefi") => return super::state::uefi_boot(p, vm, files),
+        Some("uefi") => {
+            for (key, path) in [
+                ("vm.ovmf_code", &vm.ovmf_code),
+                ("vm.ovmf_vars", &vm.ovmf_vars),
+            ] {
+                if !path.is_file() {
+                    return Err(VmError::Invalid(format!(
+                        "{FIRMWARE_ANNOTATION}: uefi needs OVMF, and {key} ({}) is not there (apt-get install ovmf)",
+                        path.display()
+                    )));
+                }
+            }
+            let vars = files.join("OVMF_VARS.fd");
+            std::fs::copy(&vm.ovmf_vars, &vars)
+                .map_err(io(format!("copying {}", vm.ovmf_vars.display())))?;
+            return Ok(ImageBoot::Uefi {
+                code: vm.ovmf_code.clone(),
+                vars,
+            });
+        }
         Some(other) => {
             return Err(VmError::Invalid(format!(
                 "{FIRMWARE_ANNOTATION}: {other:?} is neither \"bios\" nor \"uefi\""

@@ -16,8 +16,7 @@
 //!   the pod's address for a guest that asks;
 //! - [`exec`] over [`guest_agent`]: `kubectl exec` through the QEMU guest
 //!   agent;
-//! - [`extras`]: what a VM gets beyond disks and NIC: the state volume's
-//!   firmware variables and TPM ([`state`]), Secure Boot, the graphical
+//! - [`extras`]: what a VM gets beyond disks and NIC: the graphical
 //!   console ([`vnc`]).
 //!
 //! The manager gives containerd every task semantic on top (events, Wait,
@@ -38,7 +37,6 @@ pub mod members;
 pub mod pod;
 pub mod root_volume;
 pub mod seed;
-pub mod state;
 pub mod vnc;
 
 pub use agent::VmAgent;
