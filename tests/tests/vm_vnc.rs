@@ -40,7 +40,7 @@ fn vm_archive(file: &str) -> PathBuf {
     husk_tests::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))
 }
 
-fn vm_container(name: &str, annotations: &[(&str, &str)]) -> ContainerSpec {
+fn vm_container(name: &str) -> ContainerSpec {
     let mut spec = ContainerSpec::new(name, VM_COMMAND);
     spec.image = DEBIAN_VM.into();
     spec.resources = Some(cri::LinuxContainerResources {
@@ -49,6 +49,13 @@ fn vm_container(name: &str, annotations: &[(&str, &str)]) -> ContainerSpec {
         memory_limit_in_bytes: 512 << 20,
         ..Default::default()
     });
+    spec
+}
+
+/// A pod with `annotations` (containerd passes io.husk.* on to the
+/// container, as a user's `metadata.annotations`).
+fn pod_spec(name: &str, annotations: &[(&str, &str)]) -> PodSpec {
+    let mut spec = PodSpec::new(name);
     for (k, v) in annotations {
         spec.annotations.insert((*k).into(), (*v).into());
     }
@@ -140,10 +147,14 @@ fn greeting_through_port_forward(cri: &Cri, pod: &Pod) -> String {
 fn vnc_console_at_the_pod_ip_over_websocket_and_port_forward() {
     let Some(mut cri) = harness() else { return };
     cri.import_image(&vm_archive("debian-vm-oci.tar"), DEBIAN_VM);
-    let pod = cri.run_pod(HUSK_VM, &PodSpec::new("vnc"));
+    let annotations = [
+        ("io.husk.vm.vnc", "5900"),
+        ("io.husk.vm.vnc-websocket", "5700"),
+    ];
+    let pod = cri.run_pod(HUSK_VM, &pod_spec("vnc", &annotations));
 
     // No password and no explicit opt-out: refused, saying what to do.
-    let open = vm_container("open", &[("io.husk.vm.vnc", "5900")]);
+    let open = vm_container("open");
     let id = cri.try_create(&pod, &open).unwrap();
     let e = cri.start_container(&id).unwrap_err();
     println!("no password: {e}");
@@ -156,13 +167,7 @@ fn vnc_console_at_the_pod_ip_over_websocket_and_port_forward() {
     cri.remove_container(&id);
 
     let secret = tempfile::tempdir().unwrap();
-    let mut spec = vm_container(
-        "vm",
-        &[
-            ("io.husk.vm.vnc", "5900"),
-            ("io.husk.vm.vnc-websocket", "5700"),
-        ],
-    );
+    let mut spec = vm_container("vm");
     spec.mounts.push(secret_mount(secret.path()));
     let t = Instant::now();
     let id = cri.create_and_start(&pod, &spec);
@@ -192,12 +197,9 @@ fn vnc_console_at_the_pod_ip_over_websocket_and_port_forward() {
     cri.stop_and_remove(&pod);
 
     // Asked for explicitly, a console without a password: RFB's None.
-    let pod = cri.run_pod(HUSK_VM, &PodSpec::new("vnc-open"));
-    let spec = vm_container(
-        "vm",
-        &[("io.husk.vm.vnc", "5900"), ("io.husk.vm.vnc-auth", "none")],
-    );
-    let id = cri.create_and_start(&pod, &spec);
+    let annotations = [("io.husk.vm.vnc", "5900"), ("io.husk.vm.vnc-auth", "none")];
+    let pod = cri.run_pod(HUSK_VM, &pod_spec("vnc-open", &annotations));
+    let id = cri.create_and_start(&pod, &vm_container("vm"));
     let open = rfb::handshake(&mut connect(pod.ip, VNC_PORT), None).unwrap();
     assert_screen("without a password", &open, 1);
     cri.stop_container(&id, 0);

@@ -37,7 +37,6 @@ use husk_hypervisor::qemu::vm_extras::Display;
 use husk_hypervisor::VmImage;
 use serde_json::json;
 use std::os::fd::BorrowedFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,7 +139,7 @@ pub fn plan(bundle: &BundleSpec) -> Result<Option<VncPlan>, VmError> {
 /// newline dropped), checked to be something VNC authentication uses
 /// whole.
 fn password(bundle: &BundleSpec) -> Result<Option<String>, VmError> {
-    let Some(volume) = mount_source(bundle) else {
+    let Some(volume) = super::launch::mount_source(&bundle.spec, SECRET_MOUNT) else {
         return Ok(None);
     };
     let data =
@@ -164,23 +163,6 @@ fn password(bundle: &BundleSpec) -> Result<Option<String>, VmError> {
         )));
     }
     Ok(Some(text.to_owned()))
-}
-
-fn mount_source(bundle: &BundleSpec) -> Option<PathBuf> {
-    bundle
-        .spec
-        .get("mounts")?
-        .as_array()?
-        .iter()
-        .find(|m| {
-            m.get("destination")
-                .and_then(|d| d.as_str())
-                .map(|d| d.trim_end_matches('/'))
-                == Some(SECRET_MOUNT)
-        })
-        .and_then(|m| m.get("source")?.as_str())
-        .filter(|s| s.starts_with('/'))
-        .map(PathBuf::from)
 }
 
 /// Sets the password, listens in the pod's namespace, lets the ports
