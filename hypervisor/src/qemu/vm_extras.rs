@@ -1,11 +1,12 @@
-//! What a VM image may get beyond its disks and NIC (docs/vm-pods.md,
-//! "Firmware state and TPM", "Graphical console", "exec -it"), as QEMU
-//! options:
+//! What a VM image may get beyond its disks and NIC, as QEMU options. Only
+//! the display is offered to pods (docs/vm-pods.md, "A graphical
+//! console"); Secure Boot, the TPM and the tools of `exec -it` are built
+//! and unit-tested here but no annotation asks for them yet:
 //!
 //! - Secure Boot: OVMF's Secure Boot build needs SMM (`-M q35,smm=on`) and
 //!   its flash locked to SMM (`cfi.pflash01.secure=on`), or a guest could
 //!   write the variable store around the firmware;
-//! - a TPM 2.0: swtpm ([`crate::vm_image::swtpm`]) on the other end of a
+//! - a TPM 2.0: swtpm ([`crate::swtpm`]) on the other end of a
 //!   socket pair whose end QEMU is handed (`-chardev socket,fd=N`, which
 //!   QEMU treats as connected; the emulator's data channel is a further
 //!   socket pair QEMU passes over it), a CRB interface on q35 (what

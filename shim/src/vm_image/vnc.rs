@@ -1,4 +1,4 @@
-//! The VM's graphical console (docs/vm-pods.md, "Graphical console"):
+//! The VM's graphical console (docs/vm-pods.md, "A graphical console"):
 //! `io.husk.vm.vnc: PORT` gives the VM a display and QEMU's VNC server on
 //! PORT in the pod's network namespace, reachable at the pod's IPv4
 //! address ([`crate::host::pod_ports`]) and through `kubectl
