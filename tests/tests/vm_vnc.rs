@@ -5,11 +5,12 @@
 //! RFB 3.8 with VNC authentication (a wrong password is refused) and gets
 //! a FramebufferUpdate, the same through the WebSocket endpoint
 //! (`io.husk.vm.vnc-websocket`, RFB in binary messages as noVNC sends
-//! it), and `kubectl port-forward` reaches the server's greeting; with
-//! `io.husk.vm.vnc-auth: none` and no Secret, RFB's None. QEMU is
-//! handed the clients and has no listener of its own. The display exists
-//! as soon as QEMU runs, so the test needs no finished boot: SeaBIOS's
-//! screen is what it sees. Nothing is left.
+//! it), and `kubectl port-forward` reaches the server's greeting; the
+//! pod's next VM serves the console again; with `io.husk.vm.vnc-auth:
+//! none` and no Secret, RFB's None. QEMU is handed the clients and has no
+//! listener of its own. The display exists as soon as QEMU runs, so the
+//! test needs no finished boot: SeaBIOS's screen is what it sees. Nothing
+//! is left.
 
 use husk_tests::cri::{ContainerSpec, Cri, Pod, PodSpec, HUSK_VM};
 use husk_tests::rfb::{self, Session, WsStream};
@@ -193,6 +194,17 @@ fn vnc_console_at_the_pod_ip_over_websocket_and_port_forward() {
     println!("through port-forward: {greeting:?}");
     assert!(greeting.starts_with("RFB 003.00"), "{greeting:?}");
 
+    // The next VM of the pod (a restart) serves the console again: the
+    // ports were let go, and the pass filters came back with its network.
+    cri.stop_container(&id, 0);
+    cri.remove_container(&id);
+    let mut again = vm_container("vm-again");
+    again.mounts.push(secret_mount(secret.path()));
+    let id = cri.create_and_start(&pod, &again);
+    let direct = vnc_at(pod.ip, PASSWORD.as_bytes()).unwrap();
+    assert_screen("the next VM, at the pod IP", &direct, 2);
+    let ws = vnc_over_websocket(pod.ip).unwrap();
+    assert_screen("the next VM, over WebSocket", &ws, 2);
     cri.stop_container(&id, 0);
     cri.stop_and_remove(&pod);
 
