@@ -233,4 +233,91 @@ mod tests {
         assert_eq!(back, Message::Binary(b"\x00\x00\x00\x01".to_vec()));
         server.await.unwrap().unwrap();
     }
+
+    /// Runs `client` against a bridge to a socket pair; returns the
+    /// bridge's end and what reached the QEMU side before it ended.
+    async fn bridge_against(
+        client: impl FnOnce(std::net::TcpStream, String) + Send + 'static,
+    ) -> (Result<(), String>, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut qemu_side, ours) = tokio::net::UnixStream::pair().unwrap();
+        let client = std::thread::spawn(move || {
+            client(
+                std::net::TcpStream::connect(addr).unwrap(),
+                format!("ws://{addr}/"),
+            )
+        });
+        let (s, _) = listener.accept().await.unwrap();
+        let ws =
+            tokio_tungstenite::accept_hdr_async_with_config(s, choose_subprotocol, Some(config()))
+                .await
+                .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), pump(ws, ours))
+            .await
+            .expect("the bridge ends");
+        let mut got = Vec::new();
+        qemu_side.read_to_end(&mut got).await.unwrap();
+        tokio::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        (ended, got)
+    }
+
+    fn upgraded(
+        stream: std::net::TcpStream,
+        url: String,
+    ) -> tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream> {
+        let req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        tokio_tungstenite::tungstenite::client(req, stream)
+            .unwrap()
+            .0
+    }
+
+    /// A message over the bound, a text message and an unmasked frame
+    /// each end the session; nothing of them reaches QEMU.
+    #[tokio::test]
+    async fn what_a_client_may_not_send_ends_its_session() {
+        let (ended, got) = bridge_against(|s, url| {
+            let mut ws = upgraded(s, url);
+            let _ = ws.send(Message::Binary(vec![b'x'; MAX_MESSAGE + 1]));
+            let _ = ws.read();
+        })
+        .await;
+        let e = ended.unwrap_err();
+        assert!(
+            e.contains("from the client") && e.contains("too long"),
+            "{e}"
+        );
+        assert!(got.is_empty(), "{} bytes reached QEMU", got.len());
+
+        let (ended, got) = bridge_against(|s, url| {
+            let mut ws = upgraded(s, url);
+            let _ = ws.send(Message::Text("RFB 003.008\n".into()));
+            let _ = ws.read();
+        })
+        .await;
+        assert!(ended.unwrap_err().contains("text message"));
+        assert!(got.is_empty());
+
+        let (ended, got) = bridge_against(|s, url| {
+            let mut ws = upgraded(s, url);
+            // A binary frame of "RFB" without the mask a client must set
+            // (RFC 6455 5.1), written under tungstenite.
+            use std::io::Write;
+            ws.get_mut()
+                .write_all(&[0x82, 0x03, b'R', b'F', b'B'])
+                .unwrap();
+            let _ = ws.read();
+        })
+        .await;
+        let e = ended.unwrap_err();
+        assert!(
+            e.contains("from the client") && e.contains("unmasked"),
+            "{e}"
+        );
+        assert!(got.is_empty());
+    }
 }
