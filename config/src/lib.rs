@@ -163,6 +163,15 @@ pub struct VmConfig {
     /// the code (read-only) and the variable store each VM gets a copy of.
     pub ovmf_code: PathBuf,
     pub ovmf_vars: PathBuf,
+    /// Secure Boot firmware (no pod annotation asks for it yet): OVMF
+    /// built with Secure Boot (which needs SMM) and a variable store with
+    /// Microsoft's keys enrolled (what Windows 11 and shim-signed Linux
+    /// boot with).
+    pub ovmf_code_secure_boot: PathBuf,
+    pub ovmf_vars_secure_boot: PathBuf,
+    /// The TPM 2.0 emulator (Debian's swtpm; no pod annotation asks for
+    /// a TPM yet).
+    pub swtpm_path: PathBuf,
     /// Kernel command line for images booted directly (an image with
     /// /boot/vmlinuz and /boot/initrd.img); the container annotation
     /// `io.husk.vm.kernel_args` replaces it.
@@ -178,6 +187,9 @@ impl Default for VmConfig {
             qemu_img_path: "/usr/bin/qemu-img".into(),
             ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
             ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            ovmf_code_secure_boot: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd".into(),
+            ovmf_vars_secure_boot: "/usr/share/OVMF/OVMF_VARS_4M.ms.fd".into(),
+            swtpm_path: "/usr/bin/swtpm".into(),
             kernel_args: "root=/dev/vda1 ro console=ttyS0,115200n8".into(),
         }
     }
@@ -666,6 +678,9 @@ impl Config {
             ("vm.qemu_img_path", &v.qemu_img_path),
             ("vm.ovmf_code", &v.ovmf_code),
             ("vm.ovmf_vars", &v.ovmf_vars),
+            ("vm.ovmf_code_secure_boot", &v.ovmf_code_secure_boot),
+            ("vm.ovmf_vars_secure_boot", &v.ovmf_vars_secure_boot),
+            ("vm.swtpm_path", &v.swtpm_path),
         ] {
             if !path.is_absolute() {
                 return Err(invalid(

@@ -33,6 +33,7 @@
 //!   namespaces, jail, seccomp; docs/security.md);
 //! - [`log_pump`], [`log_dir`]: every byte a VM prints, bounded, into its
 //!   log directory;
+//! - [`swtpm`]: a VM image's TPM 2.0, confined as QEMU is;
 //! - [`agent_channel`] (`vsock`): the host end of hybrid vsock;
 //! - [`disk_format`]: what a disk image is, read from its header as
 //!   hostile bytes;
@@ -53,6 +54,7 @@ mod preflight;
 pub mod proc_stats;
 pub mod qemu;
 mod supervisor;
+pub mod swtpm;
 #[cfg(test)]
 mod test_support;
 pub mod vm_image;

@@ -11,7 +11,13 @@
 //!     <id>/                     0700 root: the VM's run directory
 //!         qmp.sock              QMP; QEMU is handed the listening socket
 //!         qga.sock              the QEMU guest agent's channel, likewise
+//!         tools.sock            the exec tools' channel, likewise (with a tools disk)
 //! ```
+//!
+//! With a TPM ([`VmExtras::tpm_state`](crate::qemu::vm_extras::VmExtras)),
+//! swtpm ([`Swtpm`]) starts first, as the VM's user, in the same cgroup,
+//! and is ended and reaped after QEMU, before the VM's ids are given
+//! back.
 //!
 //! QEMU reaches nothing here by name: the sockets and every disk are
 //! descriptors the launcher opened (regular files and block devices
@@ -22,8 +28,10 @@ use crate::confine::{oom, policy, VmIds};
 use crate::daemon::{prepare_spawn, spawn_error, Placement};
 use crate::proc_stats::{self, ProcStats};
 use crate::qemu::qmp::{GuestEvents, Qmp, QmpError};
+use crate::qemu::vm_extras::ExtraFds;
 use crate::qemu::vm_image::{files, qemu_args, Access, PassedFile, VmImageLaunch};
 use crate::supervisor::Pidfd;
+use crate::swtpm::{Swtpm, SwtpmSpec};
 use crate::Error;
 use husk_config::Config;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -40,6 +48,9 @@ use tokio::sync::watch;
 
 const QMP_SOCKET: &str = "qmp.sock";
 const GUEST_AGENT_SOCKET: &str = "qga.sock";
+const TOOLS_SOCKET: &str = "tools.sock";
+/// How long swtpm has to end by itself after QEMU.
+const SWTPM_GRACE: Duration = Duration::from_secs(2);
 /// How long QEMU has to answer on QMP after its spawn.
 const QMP_CONNECT: Duration = Duration::from_secs(30);
 /// What is kept of QEMU's messages when it fails to start.
@@ -112,7 +123,8 @@ impl VmImage {
             n => Some(VmIds::take(c.first_id, n, &c.id_lock)?),
         };
         let run_dir = crate::micro_vm::create_run_dir(&h.runtime_dir.join("vms").join(&l.id))?;
-        match Self::spawn(&h.qemu_path, &spec, &run_dir, ids).await {
+        let swtpm_path = &config.vm.swtpm_path;
+        match Self::spawn(&h.qemu_path, swtpm_path, &spec, &run_dir, ids).await {
             Ok(vm) => Ok(vm),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&run_dir);
@@ -123,6 +135,7 @@ impl VmImage {
 
     async fn spawn(
         qemu: &Path,
+        swtpm_path: &Path,
         spec: &VmImageSpec,
         run_dir: &Path,
         ids: Option<VmIds>,
@@ -137,11 +150,14 @@ impl VmImage {
             .iter()
             .map(open_passed)
             .collect::<Result<Vec<_>, _>>()?;
+        let identity = ids.as_ref().map(VmIds::identity);
+        let (swtpm, extra) = start_extras(swtpm_path, spec, run_dir, identity)?;
         let fds: Vec<RawFd> = listeners
             .iter()
             .map(AsRawFd::as_raw_fd)
             .chain(spec.tap)
             .chain(opened.iter().map(AsRawFd::as_raw_fd))
+            .chain(extra.iter().map(AsRawFd::as_raw_fd))
             .collect();
         let mut command = Command::new(qemu);
         command
@@ -150,7 +166,6 @@ impl VmImage {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let identity = ids.as_ref().map(VmIds::identity);
         policy::vm_image(qemu, l, run_dir, identity, spec.oom_score_adj)?.apply(&mut command)?;
         let placement = Placement {
             cgroup_procs: spec.cgroup_procs.clone(),
@@ -158,7 +173,7 @@ impl VmImage {
         };
         let cgroups = prepare_spawn(&mut command, &placement, fds)?;
         let spawned = command.spawn();
-        drop((cgroups, listeners, opened));
+        drop((cgroups, listeners, opened, extra));
         let mut child = spawned.map_err(|source| spawn_error(qemu, &placement, source))?;
         let pid = child.id().ok_or_else(|| Error::Spawn {
             program: qemu.to_owned(),
@@ -177,7 +192,7 @@ impl VmImage {
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(watch_exit(
             child,
-            ids,
+            (ids, swtpm),
             events.clone(),
             killed.clone(),
             exit_tx,
@@ -219,6 +234,11 @@ impl VmImage {
     /// chardev takes).
     pub fn guest_agent_socket(&self) -> PathBuf {
         self.run_dir.join(GUEST_AGENT_SOCKET)
+    }
+
+    /// The exec tools' channel (with a tools disk), one client at a time.
+    pub fn tools_socket(&self) -> PathBuf {
+        self.run_dir.join(TOOLS_SOCKET)
     }
 
     /// QEMU's stdio, once.
@@ -286,7 +306,7 @@ fn check_launch(spec: &VmImageSpec) -> Result<(), Error> {
             });
         }
     }
-    let passed = 3 + files(l).len();
+    let passed = 3 + files(l).len() + ExtraFds::of(l).count();
     if passed > crate::MAX_PASSED_FDS {
         return Err(Error::InvalidSpec {
             field: "block devices",
@@ -297,6 +317,37 @@ fn check_launch(spec: &VmImageSpec) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// swtpm (with a TPM) and the tools channel's listener (with a tools
+/// disk): the descriptors QEMU gets after its files, in [`ExtraFds`]'s
+/// order.
+fn start_extras(
+    swtpm_path: &Path,
+    spec: &VmImageSpec,
+    run_dir: &Path,
+    identity: Option<crate::confine::Identity>,
+) -> Result<(Option<Swtpm>, Vec<OwnedFd>), Error> {
+    let l = &spec.launch;
+    let mut fds = Vec::new();
+    let mut swtpm = None;
+    if let Some(state) = &l.extras.tpm_state {
+        let (started, qemu_end) = Swtpm::start(&SwtpmSpec {
+            program: swtpm_path,
+            state_dir: state,
+            stage: run_dir,
+            identity,
+            cgroup_procs: spec.cgroup_procs.clone(),
+            oom_score_adj: spec.oom_score_adj,
+            vm_id: &l.id,
+        })?;
+        swtpm = Some(started);
+        fds.push(qemu_end);
+    }
+    if l.extras.tools_disk.is_some() {
+        fds.push(OwnedFd::from(listen(&run_dir.join(TOOLS_SOCKET))?));
+    }
+    Ok((swtpm, fds))
 }
 
 /// A listening Unix socket at `path` for QEMU to accept on, root's only
@@ -379,7 +430,7 @@ async fn did_not_start(
 /// back, and publishes how it ended.
 async fn watch_exit(
     mut child: Child,
-    ids: Option<VmIds>,
+    (ids, swtpm): (Option<VmIds>, Option<Swtpm>),
     events: Arc<GuestEvents>,
     killed: Arc<AtomicBool>,
     exit: watch::Sender<Option<VmImageExit>>,
@@ -406,6 +457,9 @@ async fn watch_exit(
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(vm_id = %id, dir = %run_dir.display(), %e, "cannot remove the VM's run directory");
         }
+    }
+    if let Some(swtpm) = swtpm {
+        swtpm.end(SWTPM_GRACE).await;
     }
     drop(ids);
     exit.send_replace(Some(ended));

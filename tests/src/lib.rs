@@ -280,4 +280,5 @@ pub mod cri_config;
 pub mod ctr;
 pub mod privileges;
 pub mod release;
+pub mod rfb;
 pub mod streaming;

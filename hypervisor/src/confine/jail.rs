@@ -10,16 +10,37 @@
 //! ([`Jail::plan`]). Sources are cloned with `open_tree` before the stage
 //! directory is covered by the tmpfs, and their flags are set on the
 //! detached clone before it is attached (as shim/src/share.rs does).
+//!
+//! A directory a user can change (a pod's volume) is bound from a
+//! descriptor the launcher opened and checked ([`Jail::writable_dir_fd`]),
+//! not by name: a link swapped in after the check is never followed.
+//! Such a source is cloned before the child leaves the launcher's mount
+//! namespace ([`JailPlan::clone_held`]): open_tree refuses to clone a
+//! mount of another namespace, and the descriptor's is the launcher's.
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// One thing the helper sees.
 #[derive(Debug, Clone)]
 enum Entry {
-    Bind { path: PathBuf, access: Access },
-    Link { path: PathBuf, target: PathBuf },
+    Bind {
+        path: PathBuf,
+        access: Access,
+    },
+    /// The directory open at `dir`, attached at `path` in the jail.
+    BindFd {
+        dir: Arc<OwnedFd>,
+        path: PathBuf,
+        access: Access,
+    },
+    Link {
+        path: PathBuf,
+        target: PathBuf,
+    },
 }
 
 /// How a bind is mounted.
@@ -114,6 +135,18 @@ impl Jail {
         self.bind(path, Access::Device)
     }
 
+    /// The directory open at `dir` (opened by the launcher, checked to be
+    /// a directory), writable, nosuid, nodev, noexec, at `path` in the
+    /// jail, which need not exist outside.
+    pub fn writable_dir_fd(&mut self, dir: Arc<OwnedFd>, path: &Path) -> &mut Self {
+        self.entries.push(Entry::BindFd {
+            dir,
+            path: path.to_owned(),
+            access: Access::Writable,
+        });
+        self
+    }
+
     fn bind(&mut self, path: &Path, access: Access) -> &mut Self {
         self.entries.push(Entry::Bind {
             path: path.to_owned(),
@@ -126,9 +159,9 @@ impl Jail {
     /// bind of a path inside one stacks on it, in order).
     fn covers(&self, path: &Path) -> bool {
         self.entries.iter().any(|e| match e {
-            Entry::Bind { path: p, .. } | Entry::Link { path: p, .. } => {
-                path != p && path.starts_with(p)
-            }
+            Entry::Bind { path: p, .. }
+            | Entry::BindFd { path: p, .. }
+            | Entry::Link { path: p, .. } => path != p && path.starts_with(p),
         })
     }
 
@@ -152,11 +185,14 @@ impl Jail {
             sources: Vec::new(),
             fds: Vec::new(),
             steps: Vec::new(),
+            held: Vec::new(),
         };
         let mut made: Vec<PathBuf> = Vec::new();
         for entry in &self.entries {
             let path = match entry {
-                Entry::Bind { path, .. } | Entry::Link { path, .. } => path,
+                Entry::Bind { path, .. }
+                | Entry::BindFd { path, .. }
+                | Entry::Link { path, .. } => path,
             };
             // Each missing ancestor, outermost first.
             let mut dir = PathBuf::from("/");
@@ -177,6 +213,7 @@ impl Jail {
                     let is_dir = std::fs::metadata(path)?.is_dir();
                     plan.sources.push(Source {
                         path: c(path)?,
+                        dir_fd: -1,
                         attr: access.attr(),
                     });
                     made.push(path.clone());
@@ -185,6 +222,21 @@ impl Jail {
                     } else {
                         Step::File(at.clone())
                     });
+                    plan.steps.push(Step::Attach {
+                        source: plan.sources.len() - 1,
+                        at,
+                    });
+                }
+                Entry::BindFd { dir, path, access } => {
+                    let at = staged(path)?;
+                    plan.sources.push(Source {
+                        path: CString::default(),
+                        dir_fd: dir.as_raw_fd(),
+                        attr: access.attr(),
+                    });
+                    plan.held.push(dir.clone());
+                    made.push(path.clone());
+                    plan.steps.push(Step::Dir(at.clone()));
                     plan.steps.push(Step::Attach {
                         source: plan.sources.len() - 1,
                         at,
@@ -203,7 +255,9 @@ fn invalid(message: String) -> std::io::Error {
 
 #[derive(Debug)]
 struct Source {
+    /// The source's path, or empty with `dir_fd` its open directory.
     path: CString,
+    dir_fd: libc::c_int,
     attr: u64,
 }
 
@@ -223,6 +277,9 @@ pub(crate) struct JailPlan {
     /// One slot per source, filled in the child (no allocation there).
     fds: Vec<libc::c_int>,
     steps: Vec<Step>,
+    /// The descriptors of [`Entry::BindFd`] sources, kept open until the
+    /// child has cloned them.
+    held: Vec<Arc<OwnedFd>>,
 }
 
 /// Which step failed, and how.
@@ -270,19 +327,43 @@ impl JailPlan {
         self.pivot()
     }
 
-    /// Clones each source's tree (open_tree) into `self.fds` and sets its
-    /// mount flags, before anything is attached.
+    /// Clones the sources given as descriptors, in the launcher's mount
+    /// namespace (before `unshare`): a detached clone may then be attached
+    /// in the child's new one. System calls only.
+    pub(crate) fn clone_held(&mut self) -> Result<(), StepError> {
+        self.clone_where(|s| s.dir_fd != -1)
+    }
+
+    /// Clones each source's tree (open_tree) not cloned yet into
+    /// `self.fds` and sets its mount flags, before anything is attached.
     fn clone_sources(&mut self) -> Result<(), StepError> {
+        self.clone_where(|_| true)
+    }
+
+    fn clone_where(&mut self, wanted: fn(&Source) -> bool) -> Result<(), StepError> {
         let empty = c"".as_ptr();
         for (slot, source) in self.fds.iter_mut().zip(&self.sources) {
+            if *slot != -1 || !wanted(source) {
+                continue;
+            }
+            // A source given as a descriptor is cloned from it (an empty
+            // path), never looked up by name.
+            let (at, flags) = match source.dir_fd {
+                -1 => (libc::AT_FDCWD, 0),
+                fd => (fd, libc::AT_EMPTY_PATH as u32),
+            };
             // SAFETY: open_tree(2) with a NUL-terminated path owned by the
-            // plan; it returns a new descriptor or -1.
+            // plan (empty with AT_EMPTY_PATH and a descriptor the plan
+            // holds open); it returns a new descriptor or -1.
             let fd = check("cloning a source (open_tree)", unsafe {
                 libc::syscall(
                     libc::SYS_open_tree,
-                    libc::AT_FDCWD,
+                    at,
                     source.path.as_ptr(),
-                    libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+                    libc::OPEN_TREE_CLONE
+                        | libc::OPEN_TREE_CLOEXEC
+                        | libc::AT_RECURSIVE as u32
+                        | flags,
                 )
             })? as libc::c_int;
             *slot = fd;
@@ -421,7 +502,7 @@ mod tests {
                 Step::Link { path, .. } => format!("link {}", path.to_string_lossy()),
                 Step::Attach { source, at } => format!("attach {source} {}", at.to_string_lossy()),
             })
-            .collect();
+            .collect::<Vec<_>>();
         let base = format!("/run/x{}", dir.path().display());
         let mut want: Vec<String> = Vec::new();
         let mut p = String::from("/run/x");

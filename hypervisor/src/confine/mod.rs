@@ -150,6 +150,9 @@ impl Confinement {
                         .map_err(|e| report("a PID namespace and its monitor", e))?;
                     pdeathsig = libc::SIGKILL;
                 }
+                if let Some(plan) = plan.as_mut() {
+                    plan.clone_held().map_err(|(step, e)| report(step, e))?;
+                }
                 if !namespaces.is_empty() && libc::unshare(namespaces.bits()) != 0 {
                     return Err(report("unshare", std::io::Error::last_os_error()));
                 }

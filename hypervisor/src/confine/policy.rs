@@ -247,6 +247,39 @@ fn qemu_confinement(
     }
 }
 
+/// swtpm (a VM image's TPM, [`crate::swtpm`]): the VM's user, no
+/// capability, its own mount, IPC, UTS and network namespaces (its
+/// control channel comes as a descriptor), a root holding /usr,
+/// /dev/urandom and the TPM state directory bound from the descriptor
+/// `state` at [`crate::swtpm::STATE_IN_JAIL`], the deny-list filter under
+/// its own seccomp profile. `stage` is the VM's run directory (root's).
+pub fn swtpm(
+    program: &Path,
+    stage: &Path,
+    state: std::sync::Arc<std::os::fd::OwnedFd>,
+    identity: Option<Identity>,
+    oom_score_adj: Option<i32>,
+) -> Result<Confinement, Error> {
+    let mut jail = Jail::new(stage);
+    jail.system(program)
+        .map_err(|source| Error::Confine {
+            program: program.to_owned(),
+            source,
+        })?
+        .device(Path::new("/dev/urandom"))
+        .writable_dir_fd(state, Path::new(crate::swtpm::STATE_IN_JAIL));
+    Ok(Confinement {
+        identity,
+        groups: Vec::new(),
+        drop_capabilities: true,
+        namespaces: own_namespaces() | CloneFlags::CLONE_NEWNET,
+        pid_namespace: false,
+        jail: Some(jail),
+        seccomp: Some(Filter::DenyList),
+        oom_score_adj,
+    })
+}
+
 /// The identity and groups of a QEMU: the VM's user, and under KVM
 /// /dev/kvm's group too; where /dev/kvm is no group's, uid 0 without
 /// capabilities (see [`kvm_group`]).

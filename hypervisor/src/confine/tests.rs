@@ -310,3 +310,49 @@ async fn a_later_hook_still_places_the_confined_helper_in_a_cgroup() {
     );
     assert_eq!(members, [helper], "monitor {monitor}");
 }
+
+/// swtpm's confinement, on a shell: the VM's ids, no capability, a root
+/// with /usr, /dev/urandom and the TPM state directory at /tpm, bound
+/// from the descriptor opened before the spawn: a link put in the
+/// directory's place afterwards (a pod sharing the volume) changes
+/// nothing.
+#[tokio::test]
+async fn the_tpm_state_is_bound_from_its_descriptor_not_its_name() {
+    if !root() {
+        return;
+    }
+    let stage = tempfile::tempdir().unwrap();
+    let volume = tempfile::tempdir().unwrap();
+    let state = volume.path().join("tpm");
+    std::fs::create_dir(&state).unwrap();
+    let dir = crate::swtpm::open_state_dir(&state, Some(ID)).unwrap();
+    // The name now leads elsewhere; the descriptor still holds the state.
+    let moved = volume.path().join("moved");
+    std::fs::rename(&state, &moved).unwrap();
+    let elsewhere = volume.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &state).unwrap();
+    let c = policy::swtpm(
+        Path::new("/bin/sh"),
+        stage.path(),
+        std::sync::Arc::new(dir),
+        Some(ID),
+        None,
+    )
+    .unwrap();
+    let (status, out, err) = run_in(
+        &c,
+        "id -u; echo state > /tpm/tpm2-00.permall && echo wrote; ls /; \
+         touch /usr/x 2>/dev/null || echo usr-ro",
+    )
+    .await;
+    assert!(status.success(), "{out}\n{err}");
+    assert!(out.starts_with(&format!("{}\nwrote\n", ID.uid)), "{out}");
+    assert!(out.contains("tpm") && out.contains("usr-ro"), "{out}");
+    assert!(!out.contains("etc"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(moved.join("tpm2-00.permall")).unwrap(),
+        "state\n"
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}

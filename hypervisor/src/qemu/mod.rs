@@ -4,6 +4,8 @@
 //!   trait (`-M microvm`, husk's kernel and agent, vhost-user devices);
 //! - [`vm_image`]: the command line of a VM image (a whole OS booted from
 //!   its disk, `-M pc`/`q35`), which [`crate::VmImage`] spawns, and
+//!   [`vm_extras`], what it may get beyond disks and NIC (Secure Boot,
+//!   a TPM, a display, the exec tools);
 //!   [`vm_volume`]: its root disk on a persistent volume, and the import
 //!   of the image's disk into it;
 //! - [`qmp`]: QEMU's monitor protocol; [`qga`]: the QEMU guest agent in a
@@ -15,6 +17,7 @@ pub mod json_lines;
 mod micro_vm;
 pub mod qga;
 pub mod qmp;
+pub mod vm_extras;
 pub mod vm_image;
 pub mod vm_volume;
 

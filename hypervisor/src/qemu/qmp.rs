@@ -6,6 +6,8 @@
 //! into typed messages (results stay raw text until the caller's type
 //! reads them), and every command has a deadline, so a wedged or
 //! taken-over QEMU cannot hang the shim or make it hold an untyped tree.
+//! A command may carry a descriptor (SCM_RIGHTS on its first byte), as
+//! `getfd` and `add-fd` take them (qmp-spec, "file descriptor passing").
 
 use super::json_lines::{from_object, printable, read_message, LineError, Message, Outcome};
 use serde::de::DeserializeOwned;
@@ -13,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -195,6 +198,30 @@ impl Qmp {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Box<RawValue>, QmpError> {
+        self.execute_passing(command, arguments, None, timeout)
+            .await
+    }
+
+    /// Runs `command` with `fd` passed along (QEMU keeps it for the
+    /// command: `getfd` names it), and returns its `return` value, raw.
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, QmpError> {
+        self.execute_passing(command, arguments, Some(fd), timeout)
+            .await
+    }
+
+    async fn execute_passing(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -208,10 +235,15 @@ impl Qmp {
         let mut line = message.to_string().into_bytes();
         line.push(b'\n');
         let result = tokio::time::timeout(timeout, async {
-            self.writer
-                .lock()
-                .await
-                .write_all(&line)
+            let mut writer = self.writer.lock().await;
+            let mut sent = 0;
+            if let Some(fd) = fd {
+                sent = send_with_fd(writer.as_ref(), &line, fd)
+                    .await
+                    .map_err(QmpError::Write)?;
+            }
+            writer
+                .write_all(&line[sent..])
                 .await
                 .map_err(QmpError::Write)?;
             rx.await.map_err(|_| QmpError::Closed(command.to_owned()))
@@ -242,6 +274,37 @@ impl Qmp {
 impl Drop for Qmp {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+/// Sends the start of `line` with `fd` attached (SCM_RIGHTS); returns how
+/// many bytes went (at least one: the descriptor travels with them).
+async fn send_with_fd(
+    stream: &UnixStream,
+    line: &[u8],
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(line)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -449,6 +512,56 @@ mod tests {
         assert!(matches!(e, QmpError::Timeout(_)), "{e}");
         drop(qmp);
         server.abort();
+    }
+
+    /// A descriptor sent with a command arrives with its line.
+    #[tokio::test]
+    async fn a_descriptor_travels_with_its_command() {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            use std::io::Write;
+            s.write_all(b"{\"QMP\": {}}\n{\"return\": {}, \"id\": 1}\n")
+                .unwrap();
+            let mut got = Vec::new();
+            let mut fds = Vec::new();
+            while !got.ends_with(b"}\n") || got.iter().filter(|&&b| b == b'\n').count() < 2 {
+                let mut buf = [0u8; 256];
+                let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let m = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+                    .unwrap();
+                for c in m.cmsgs().unwrap() {
+                    if let ControlMessageOwned::ScmRights(r) = c {
+                        fds.extend(r);
+                    }
+                }
+                let n = m.bytes;
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"{\"return\": {}, \"id\": 2}\n").unwrap();
+            (String::from_utf8(got).unwrap(), fds)
+        });
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsFd;
+        qmp.execute_with_fd(
+            "getfd",
+            Some(json!({"fdname": "vnc-1"})),
+            a.as_fd(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let (lines, fds) = server.join().unwrap();
+        assert!(
+            lines.contains("\"getfd\"") && lines.contains("vnc-1"),
+            "{lines}"
+        );
+        assert_eq!(fds.len(), 1, "{lines}");
     }
 
     #[tokio::test]

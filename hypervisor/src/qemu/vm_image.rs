@@ -22,6 +22,7 @@
 //! panic=exit-failure`) after the GUEST_PANICKED event; a guest reboot
 //! resets the VM, as on a PC.
 
+use super::vm_extras::{self, VmExtras};
 use super::vm_volume::{self, VolumeDisk};
 use crate::disk_format::DiskFormat;
 use crate::{Accelerator, MacAddr};
@@ -87,6 +88,8 @@ pub struct VmImageLaunch {
     pub block_devices: Vec<BlockDevice>,
     /// The NIC's MAC; its TAP comes as a descriptor.
     pub nic: Option<MacAddr>,
+    /// Secure Boot, a TPM, a display, the exec tools ([`vm_extras`]).
+    pub extras: VmExtras,
 }
 
 /// How a file is given to QEMU.
@@ -168,6 +171,7 @@ pub fn files(l: &VmImageLaunch) -> Vec<PassedFile> {
             block_device: true,
         });
     }
+    f.extend(vm_extras::files(l));
     f
 }
 
@@ -181,12 +185,14 @@ pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
     };
     let firmware = firmware_args(l, &mut files);
     let disks = disk_args(l, &mut files);
+    let extras = vm_extras::args(l, &mut files);
     [
         machine_args(l, firmware),
         monitor_args(&fds),
         files.args,
         disks,
         device_args(l, &fds),
+        extras,
         kernel_args(l),
     ]
     .concat()
@@ -198,7 +204,7 @@ fn strs(items: &[&str]) -> Vec<String> {
 
 /// Hands out the passed files' descriptors in the order of [`files`],
 /// one fd set each.
-struct Files {
+pub(super) struct Files {
     next_fd: i32,
     next_set: u32,
     /// The `-add-fd` options.
@@ -218,7 +224,13 @@ impl Files {
 
     /// A `file` (or `host_device`) node named `<node>-file` on the next
     /// passed descriptor.
-    fn node(&mut self, driver: &str, node: &str, access: Access, extra: &str) -> Vec<String> {
+    pub(super) fn node(
+        &mut self,
+        driver: &str,
+        node: &str,
+        access: Access,
+        extra: &str,
+    ) -> Vec<String> {
         let set = self.add_fd();
         let ro = match access {
             Access::ReadOnly => ",read-only=on",
@@ -238,13 +250,14 @@ fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
         ImageBoot::Uefi { .. } => "q35,pflash0=fw-code,pflash1=fw-vars",
         _ => "pc",
     };
+    let machine = format!("{machine}{}", vm_extras::machine_options(l));
     let accel = super::accel::accel(l.accelerator, l.tcg_tb_size_mib);
     let cpu = super::accel::cpu(l.accelerator);
     let mut a = strs(&[
         "-name",
         &format!("husk-vm-{},debug-threads=on", l.id),
         "-M",
-        machine,
+        &machine,
         "-accel",
         &accel,
         "-cpu",
@@ -434,6 +447,7 @@ mod tests {
             seed: Some("/b/rootfs/.husk-vm/seed.img".into()),
             block_devices: Vec::new(),
             nic: Some("02:42:0a:00:00:05".parse().unwrap()),
+            extras: VmExtras::default(),
         }
     }
 

@@ -2,7 +2,8 @@
 //! to its VM ([`network`]), the pod's cgroup on the host ([`cgroup`]),
 //! one writer per disk on the node ([`disk_lock`]),
 //! mount points made and undone without following the guest ([`mounts`]),
-//! and small files read from a pod's volumes without being led out of
+//! host services in the pod's namespace reachable at the pod's address
+//! beside the VM ([`pod_ports`]), and small files read from a pod's volumes without being led out of
 //! them ([`files`]).
 
 pub mod cgroup;
@@ -10,3 +11,4 @@ pub mod disk_lock;
 pub mod files;
 pub mod mounts;
 pub mod network;
+pub mod pod_ports;

@@ -56,7 +56,7 @@ pub enum NetworkError {
     TapVanished(&'static str),
 }
 
-fn netlink(context: &'static str) -> impl Fn(rtnetlink::Error) -> NetworkError {
+pub(super) fn netlink(context: &'static str) -> impl Fn(rtnetlink::Error) -> NetworkError {
     move |source| NetworkError::Netlink { context, source }
 }
 
@@ -128,7 +128,7 @@ fn with_netlink<T>(f: NetlinkWork<T>) -> Result<T, NetworkError> {
 }
 
 /// Runs `f` with a netlink handle inside the network namespace `netns`.
-fn in_netns<T: Send + 'static>(
+pub(super) fn in_netns<T: Send + 'static>(
     netns: &Path,
     f: impl FnOnce(Handle) -> NetlinkFuture<T> + Send + 'static,
 ) -> Result<T, NetworkError> {
@@ -204,7 +204,7 @@ fn refuse_host_namespace(netns: &Path) -> Result<(), NetworkError> {
     Ok(())
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
+pub(super) async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
     handle
         .link()
         .get()
@@ -447,6 +447,11 @@ fn open_tap(name: &str) -> Result<OwnedFd, NetworkError> {
 }
 
 impl PodNetwork {
+    /// The pod interface's index in the pod's namespace.
+    pub fn pod_if_index(&self) -> u32 {
+        self.pod_if_index
+    }
+
     /// Undoes `attach` in the pod's namespace: the pod interface's ingress
     /// qdisc (and with it the redirect) goes, and the TAP with our fd.
     pub fn detach(self) {

@@ -268,6 +268,7 @@ impl VmContainer {
         if let Some(path) = p.bundle.cgroups_path.as_deref() {
             leftovers.cgroup = Some(make_cgroup(path)?);
         }
+        let extras = super::extras::of(p)?;
         let launch = VmImageLaunch {
             id: id.to_owned(),
             accelerator: ctx.accelerator,
@@ -279,6 +280,7 @@ impl VmContainer {
             seed: Some(seed),
             block_devices: block_devices(&p.bundle.spec, root_device.as_deref())?,
             nic: nic_mac(leftovers.network.as_ref())?,
+            extras: extras.launch.clone(),
         };
         let spec = VmImageSpec {
             launch,
@@ -291,7 +293,13 @@ impl VmContainer {
             oom_score_adj: p.bundle.oom_score_adj(),
             max_file_bytes,
         };
-        let vm = VmImage::start(&ctx.config, spec).await?;
+        let vm = Arc::new(VmImage::start(&ctx.config, spec).await?);
+        let network = leftovers.network.as_ref();
+        if let Err(e) = super::extras::start(&extras, &vm, network, ctx.timeouts.agent_call).await {
+            vm.kill();
+            vm.wait().await;
+            return Err(e);
+        }
         tracing::info!(pod_id = %ctx.pod_id, container_id = id, pid = vm.pid(), "VM container created");
         Ok(Self::watched(
             id,
@@ -309,10 +317,9 @@ impl VmContainer {
         id: &str,
         p: &Prepared,
         ctx: &PodContext,
-        vm: VmImage,
+        vm: Arc<VmImage>,
         (leftovers, import): (Leftovers, Option<u64>),
     ) -> Self {
-        let vm = Arc::new(vm);
         let (console_tx, console_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (diag_tx, diag_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (exit_tx, exit_rx) = watch::channel(None);

@@ -93,7 +93,7 @@ pub fn boot_of(
 }
 
 /// The spec's mount whose destination is `dest`: its host source.
-fn mount_source(spec: &Value, dest: &str) -> Option<PathBuf> {
+pub(super) fn mount_source(spec: &Value, dest: &str) -> Option<PathBuf> {
     spec.get("mounts")?
         .as_array()?
         .iter()

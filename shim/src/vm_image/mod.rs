@@ -15,7 +15,9 @@
 //! - [`seed`], [`cloud_init`]: the overlay and the NoCloud seed; [`dhcp`]:
 //!   the pod's address for a guest that asks;
 //! - [`exec`] over [`guest_agent`]: `kubectl exec` through the QEMU guest
-//!   agent.
+//!   agent;
+//! - [`extras`]: what a VM gets beyond disks and NIC: the graphical
+//!   console ([`vnc`]).
 //!
 //! The manager gives containerd every task semantic on top (events, Wait,
 //! Delete, deadlines, the kill grace).
@@ -27,6 +29,7 @@ pub mod context;
 pub mod dhcp;
 pub mod error;
 mod exec;
+pub mod extras;
 mod guest_agent;
 mod import;
 pub mod launch;
@@ -34,6 +37,7 @@ pub mod members;
 pub mod pod;
 pub mod root_volume;
 pub mod seed;
+pub mod vnc;
 
 pub use agent::VmAgent;
 pub use container::PANICKED;

@@ -1,0 +1,47 @@
+//! What a VM gets beyond its disks and NIC, decided from its container's
+//! bundle (docs/vm-pods.md): the graphical console ([`vnc`]); and, once
+//! QEMU runs, the console's listeners. The hypervisor's other extras (a
+//! TPM with its state, Secure Boot, the tools disk of `exec -it`) are
+//! not offered to pods yet: their state volume is unverified and lives on
+//! the branch wip-vm-state.
+
+use super::error::VmError;
+use super::launch::Prepared;
+use super::vnc::{self, VncPlan};
+use crate::host::network::PodNetwork;
+use husk_hypervisor::qemu::vm_extras::VmExtras;
+use husk_hypervisor::VmImage;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The extras of one VM: what QEMU is told, and what the shim serves.
+#[derive(Debug, Default)]
+pub struct Extras {
+    pub launch: VmExtras,
+    pub vnc: Option<VncPlan>,
+}
+
+/// The extras `p` asks for.
+pub fn of(p: &Prepared) -> Result<Extras, VmError> {
+    let vnc = vnc::plan(&p.bundle)?;
+    Ok(Extras {
+        launch: VmExtras {
+            display: vnc.as_ref().map(VncPlan::display),
+            ..VmExtras::default()
+        },
+        vnc,
+    })
+}
+
+/// Starts what the shim serves for a running QEMU (the VNC console).
+pub async fn start(
+    extras: &Extras,
+    vm: &Arc<VmImage>,
+    network: Option<&PodNetwork>,
+    call_timeout: Duration,
+) -> Result<(), VmError> {
+    if let Some(plan) = &extras.vnc {
+        vnc::serve(plan, vm.clone(), network, call_timeout).await?;
+    }
+    Ok(())
+}
