@@ -43,6 +43,17 @@ enum Entry {
     },
 }
 
+impl Entry {
+    /// Where it is in the jail.
+    fn path(&self) -> &Path {
+        match self {
+            Entry::Bind { path, .. } | Entry::BindFd { path, .. } | Entry::Link { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
 /// How a bind is mounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -158,10 +169,9 @@ impl Jail {
     /// Whether `path` is inside a directory already bound or linked (a
     /// bind of a path inside one stacks on it, in order).
     fn covers(&self, path: &Path) -> bool {
-        self.entries.iter().any(|e| match e {
-            Entry::Bind { path: p, .. }
-            | Entry::BindFd { path: p, .. }
-            | Entry::Link { path: p, .. } => path != p && path.starts_with(p),
+        self.entries.iter().any(|e| {
+            let p = e.path();
+            path != p && path.starts_with(p)
         })
     }
 
@@ -189,11 +199,7 @@ impl Jail {
         };
         let mut made: Vec<PathBuf> = Vec::new();
         for entry in &self.entries {
-            let path = match entry {
-                Entry::Bind { path, .. }
-                | Entry::BindFd { path, .. }
-                | Entry::Link { path, .. } => path,
-            };
+            let path = entry.path();
             // Each missing ancestor, outermost first.
             let mut dir = PathBuf::from("/");
             for comp in path.parent().into_iter().flat_map(Path::components).skip(1) {

@@ -163,18 +163,7 @@ impl Confinement {
                     .apply()
                     .map_err(|e| report("dropping credentials", e))?;
                 if pdeathsig != 0 {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig);
-                    let parent_gone = if pid_namespace {
-                        !monitor::parent_alive(monitor_fd)
-                    } else {
-                        libc::getppid() != launcher
-                    };
-                    if parent_gone {
-                        return Err(report(
-                            "the parent died during set-up",
-                            std::io::Error::from_raw_os_error(libc::ESRCH),
-                        ));
-                    }
+                    rearm_parent_death(pdeathsig, pid_namespace, monitor_fd, launcher)?;
                 }
                 if monitor_fd >= 0 {
                     libc::close(monitor_fd);
@@ -190,4 +179,31 @@ impl Confinement {
         }
         Ok(())
     }
+}
+
+/// Sets the parent-death signal again after a change of credentials
+/// cleared it, and fails if the parent (the launcher, or the monitor in
+/// a PID namespace) died before it was set: the signal would never come.
+/// Runs between fork and exec: system calls only.
+fn rearm_parent_death(
+    signal: libc::c_int,
+    pid_namespace: bool,
+    monitor_fd: libc::c_int,
+    launcher: libc::pid_t,
+) -> std::io::Result<()> {
+    // SAFETY: prctl with an integer argument, no pointer.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal) };
+    let parent_gone = if pid_namespace {
+        !monitor::parent_alive(monitor_fd)
+    } else {
+        // SAFETY: getppid takes nothing and cannot fail.
+        unsafe { libc::getppid() != launcher }
+    };
+    if parent_gone {
+        return Err(report(
+            "the parent died during set-up",
+            std::io::Error::from_raw_os_error(libc::ESRCH),
+        ));
+    }
+    Ok(())
 }
