@@ -57,8 +57,11 @@ pub fn args(vcpus: u32, memory_mib: u32, room: Room) -> (String, String, Vec<Str
     let m = format!("{memory_mib}M,maxmem={}M", memory_mib + hot);
     let devices = vec![
         "-object".to_owned(),
-        // reserve=off: no swap space is set aside for memory not plugged.
-        format!("memory-backend-ram,id={HOT_MEMORY}-ram,size={hot}M,reserve=off"),
+        // Not reserve=off: QEMU reads /proc/sys/vm/overcommit_memory for
+        // it, which its jail does not hold. Under the kernel's default
+        // overcommit (0), an untouched mapping costs nothing; under strict
+        // accounting (2) the room counts against the commit limit.
+        format!("memory-backend-ram,id={HOT_MEMORY}-ram,size={hot}M"),
         "-device".to_owned(),
         format!(
             "virtio-mem-pci,id={HOT_MEMORY},memdev={HOT_MEMORY}-ram,requested-size=0,block-size={BLOCK_MIB}M"
@@ -248,7 +251,7 @@ mod tests {
         assert_eq!(m, "1024M,maxmem=4096M");
         assert_eq!(
             devices.join(" "),
-            "-object memory-backend-ram,id=hotmem-ram,size=3072M,reserve=off \
+            "-object memory-backend-ram,id=hotmem-ram,size=3072M \
              -device virtio-mem-pci,id=hotmem,memdev=hotmem-ram,requested-size=0,block-size=2M"
         );
     }

@@ -381,8 +381,7 @@ impl VmContainer {
         if self.importing.load(Ordering::SeqCst) {
             return Err(AgentError::Status {
                 code: tonic::Code::FailedPrecondition,
-                message: "update: the root volume's import runs; the VM is resized once it boots"
-                    .into(),
+                message: "the root volume's import runs; the VM is resized once it boots".into(),
             });
         }
         self.resizer

@@ -68,11 +68,8 @@ fn failed(message: String) -> AgentError {
 
 /// The limits in an OCI LinuxResources (JSON), as the VM's size reads them.
 fn limits(resources: &[u8]) -> Result<VmLimits, AgentError> {
-    let v: Value = serde_json::from_slice(resources).map_err(|e| {
-        refused(format!(
-            "update: the resources are not OCI LinuxResources: {e}"
-        ))
-    })?;
+    let v: Value = serde_json::from_slice(resources)
+        .map_err(|e| refused(format!("the resources are not OCI LinuxResources: {e}")))?;
     let positive = |p: &str| {
         v.pointer(p)
             .and_then(Value::as_i64)
@@ -118,7 +115,7 @@ impl Resizer {
             let cpus = q.div_ceil(p);
             if cpus > u64::from(max_vcpus) {
                 return Err(refused(format!(
-                    "update: {cpus} CPUs asked; the VM was started with room for {max_vcpus} \
+                    "{cpus} CPUs asked; the VM was started with room for {max_vcpus} \
                      (pod.max_vcpus)"
                 )));
             }
@@ -126,7 +123,7 @@ impl Resizer {
         if let Some(b) = l.memory_bytes {
             if b >> 20 > u64::from(max_memory) {
                 return Err(refused(format!(
-                    "update: {} MiB of memory asked; the VM was started with room for \
+                    "{} MiB of memory asked; the VM was started with room for \
                      {max_memory} MiB (pod.max_memory_mib)",
                     b >> 20
                 )));
@@ -135,10 +132,10 @@ impl Resizer {
         let (vcpus, memory_mib) = self
             .config
             .vm_size(&self.annotations, l)
-            .map_err(|e| refused(format!("update: {e}")))?;
+            .map_err(|e| refused(format!("{e}")))?;
         if vcpus < self.boot.vcpus || memory_mib < self.boot.memory_mib {
             return Err(refused(format!(
-                "update: {vcpus} vCPUs and {memory_mib} MiB asked; a running VM cannot go below \
+                "{vcpus} vCPUs and {memory_mib} MiB asked; a running VM cannot go below \
                  the size it booted with ({} vCPUs, {} MiB): restart the container to boot it \
                  smaller",
                 self.boot.vcpus, self.boot.memory_mib
@@ -186,7 +183,7 @@ impl Resizer {
     ) -> Result<(), AgentError> {
         let qmp = vm.qmp();
         let hot_mib = want.memory_mib - self.boot.memory_mib;
-        let qmp_err = |e: ResizeError| failed(format!("update: {e}"));
+        let qmp_err = |e: ResizeError| failed(format!("{e}"));
         if want.memory_mib > before.memory_mib {
             // Up: the guest's driver plugs up to a bound of offline memory
             // at a time, so plugged blocks are brought online as they come.
@@ -200,14 +197,7 @@ impl Resizer {
             vm_resize::plug_vcpus(qmp, want.vcpus, t)
                 .await
                 .map_err(qmp_err)?;
-            let online = on_agent!(agent, t, |a| a.online_vcpus(t))
-                .map_err(|e| no_agent("bring the new vCPUs online", e))?;
-            if online < want.vcpus {
-                return Err(failed(format!(
-                    "update: the guest brought {online} of {} vCPUs online",
-                    want.vcpus
-                )));
-            }
+            online_vcpus(agent, want.vcpus, t).await?;
         } else if want.vcpus < before.vcpus {
             self.shrink_vcpus(vm, agent, want.vcpus, t).await?;
         }
@@ -226,14 +216,14 @@ impl Resizer {
         let want = u64::from(hot_mib) << 20;
         match vm_resize::set_hot_memory(qmp, hot_mib, t, Duration::from_millis(500)).await {
             Ok(()) | Err(ResizeError::Memory { .. }) => {}
-            Err(e) => return Err(failed(format!("update: {e}"))),
+            Err(e) => return Err(failed(format!("{e}"))),
         }
         loop {
             on_agent!(agent, t, |a| a.online_memory(t))
                 .map_err(|e| no_agent("bring the new memory online", e))?;
             let size = vm_resize::hot_memory(qmp, t)
                 .await
-                .map_err(|e| failed(format!("update: {e}")))?;
+                .map_err(|e| failed(format!("{e}")))?;
             if size == want {
                 // What was plugged last is online too.
                 on_agent!(agent, t, |a| a.online_memory(t))
@@ -242,7 +232,7 @@ impl Resizer {
             }
             if began.elapsed() > SETTLE {
                 return Err(failed(format!(
-                    "update: {}",
+                    "{}",
                     ResizeError::Memory {
                         want: want >> 20,
                         reached: size >> 20,
@@ -266,27 +256,27 @@ impl Resizer {
             .map_err(|e| no_agent("take vCPUs offline", e))?;
         let hot = vm_resize::hot_vcpus(qmp, t)
             .await
-            .map_err(|e| failed(format!("update: {e}")))?;
+            .map_err(|e| failed(format!("{e}")))?;
         let now = vm_resize::vcpu_count(qmp, t)
             .await
-            .map_err(|e| failed(format!("update: {e}")))?;
+            .map_err(|e| failed(format!("{e}")))?;
         let extra = now.saturating_sub(keep) as usize;
         for id in hot.iter().take(extra) {
             vm_resize::unplug_vcpu(qmp, id, t)
                 .await
-                .map_err(|e| failed(format!("update: {e}")))?;
+                .map_err(|e| failed(format!("{e}")))?;
         }
         let began = std::time::Instant::now();
         loop {
             let n = vm_resize::vcpu_count(qmp, t)
                 .await
-                .map_err(|e| failed(format!("update: {e}")))?;
+                .map_err(|e| failed(format!("{e}")))?;
             if n <= keep {
                 return Ok(());
             }
             if began.elapsed() > SETTLE {
                 return Err(failed(format!(
-                    "update: the guest still runs {n} vCPUs after {SETTLE:?}, {keep} asked (it did \
+                    "the guest still runs {n} vCPUs after {SETTLE:?}, {keep} asked (it did \
                      not eject the others)"
                 )));
             }
@@ -295,9 +285,28 @@ impl Resizer {
     }
 }
 
+/// Brings the plugged vCPUs online as the guest's kernel adds them (its
+/// ACPI handler runs a moment after the plug), until `want` are.
+async fn online_vcpus(agent: &GuestAgentSlot, want: u32, t: Duration) -> Result<(), AgentError> {
+    let began = std::time::Instant::now();
+    loop {
+        let online = on_agent!(agent, t, |a| a.online_vcpus(t))
+            .map_err(|e| no_agent("bring the new vCPUs online", e))?;
+        if online >= want {
+            return Ok(());
+        }
+        if began.elapsed() > SETTLE {
+            return Err(failed(format!(
+                "the guest brought {online} of {want} vCPUs online in {SETTLE:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn no_agent(what: &str, e: husk_hypervisor::qemu::qga::GuestAgentError) -> AgentError {
     failed(format!(
-        "update: the VM's QEMU guest agent must {what}: {} (a husk-vm VM is resized with \
+        "the VM's QEMU guest agent must {what}: {} (a husk-vm VM is resized with \
          qemu-guest-agent running in the guest)",
         super::context::chain(e)
     ))
