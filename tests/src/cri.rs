@@ -755,6 +755,23 @@ impl Cri {
             .unwrap_or_else(|e| panic!("StopContainer {id}: {e}"));
     }
 
+    /// UpdateContainerResources (what `crictl update` and kubelet's
+    /// in-place resize call): the error's text where it fails.
+    pub fn try_update_resources(
+        &self,
+        id: &str,
+        resources: cri::LinuxContainerResources,
+    ) -> Result<(), String> {
+        let mut client = self.client();
+        let request = cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        self.call(async move { client.update_container_resources(request).await })
+            .map(drop)
+    }
+
     /// CRI's verbose Status `config`: the plugin configuration containerd
     /// actually parsed (runtime handlers, CNI, sandbox image).
     pub fn plugin_config(&self) -> serde_json::Value {

@@ -7,7 +7,8 @@
 //!   [`vm_extras`], what it may get beyond disks and NIC (Secure Boot,
 //!   a TPM, a display, the exec tools);
 //!   [`vm_volume`]: its root disk on a persistent volume, and the import
-//!   of the image's disk into it;
+//!   of the image's disk into it; [`vm_resize`]: the room it boots with
+//!   and the QMP side of a resize;
 //! - [`qmp`]: QEMU's monitor protocol; [`qga`]: the QEMU guest agent in a
 //!   VM image's guest; both over [`json_lines`], one bounded JSON object
 //!   per line.
@@ -19,6 +20,7 @@ pub mod qga;
 pub mod qmp;
 pub mod vm_extras;
 pub mod vm_image;
+pub mod vm_resize;
 pub mod vm_volume;
 
 pub use micro_vm::Qemu;

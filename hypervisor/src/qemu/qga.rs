@@ -27,6 +27,9 @@ use tokio::net::UnixStream;
 /// agent itself keeps up to 16 MiB per stream; a reply longer than this
 /// fails the exec, naming the bound).
 pub const MAX_REPLY: usize = 8 << 20;
+/// Most vCPUs or memory blocks of a guest's list acted on: more than any
+/// VM husk runs has (a guest that lists more is not believed).
+const MAX_GUEST_ITEMS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestAgentError {
@@ -186,6 +189,127 @@ impl GuestAgent {
         r.decode()
     }
 
+    /// Brings every offline vCPU online (`guest-get-vcpus`,
+    /// `guest-set-vcpus`): a hot-plugged CPU stays offline until user
+    /// space onlines it. Returns how many are online.
+    pub async fn online_vcpus(&mut self, timeout: Duration) -> Result<u32, GuestAgentError> {
+        let cpus: Vec<GuestVcpu> = self.call("guest-get-vcpus", json!({}), timeout).await?;
+        let offline: Vec<Value> = cpus
+            .iter()
+            .take(MAX_GUEST_ITEMS)
+            .filter(|c| !c.online)
+            .map(|c| json!({"logical-id": c.logical_id, "online": true}))
+            .collect();
+        let online = cpus.iter().filter(|c| c.online).count() as u32;
+        if offline.is_empty() {
+            return Ok(online);
+        }
+        let done: u32 = self
+            .call("guest-set-vcpus", json!({ "vcpus": offline }), timeout)
+            .await?;
+        Ok(online + done)
+    }
+
+    /// Takes vCPUs offline, the highest first, until `keep` are online;
+    /// returns the logical ids taken offline.
+    pub async fn offline_vcpus(
+        &mut self,
+        keep: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u32>, GuestAgentError> {
+        let mut cpus: Vec<GuestVcpu> = self.call("guest-get-vcpus", json!({}), timeout).await?;
+        cpus.retain(|c| c.online);
+        cpus.sort_by_key(|c| std::cmp::Reverse(c.logical_id));
+        let extra = cpus.len().saturating_sub(keep as usize);
+        let ids: Vec<u32> = cpus.iter().take(extra).map(|c| c.logical_id).collect();
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let changes: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"logical-id": id, "online": false}))
+            .collect();
+        let done: u32 = self
+            .call("guest-set-vcpus", json!({ "vcpus": changes }), timeout)
+            .await?;
+        if done as usize != ids.len() {
+            return Err(GuestAgentError::Command {
+                command: "guest-set-vcpus",
+                class: "Refused".into(),
+                desc: format!(
+                    "took {done} of {} vCPUs offline (the guest keeps the rest busy)",
+                    ids.len()
+                ),
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Brings the guest's offline memory blocks online as movable memory
+    /// (`online_movable` in the block's sysfs `state`, written through
+    /// `guest-file-*`), so that a later shrink can give them back; where
+    /// the agent does not allow files, `guest-set-memory-blocks` (the
+    /// kernel's zone). Returns how many blocks were brought online.
+    pub async fn online_memory(&mut self, timeout: Duration) -> Result<usize, GuestAgentError> {
+        let blocks: Vec<MemoryBlock> = self
+            .call("guest-get-memory-blocks", json!({}), timeout)
+            .await?;
+        // The guest's list: at most as many blocks as a VM may be given.
+        let offline: Vec<u64> = blocks
+            .iter()
+            .filter(|b| !b.online)
+            .map(|b| b.phys_index)
+            .take(MAX_GUEST_ITEMS)
+            .collect();
+        for &index in &offline {
+            let path = format!("/sys/devices/system/memory/memory{index}/state");
+            if self
+                .write_file(&path, b"online_movable", timeout)
+                .await
+                .is_err()
+            {
+                let change = json!([{"phys-index": index, "online": true}]);
+                let _: serde::de::IgnoredAny = self
+                    .call(
+                        "guest-set-memory-blocks",
+                        json!({ "mem-blks": change }),
+                        timeout,
+                    )
+                    .await?;
+            }
+        }
+        Ok(offline.len())
+    }
+
+    /// Writes `data` to the guest's file `path` (`guest-file-open`, `-write`,
+    /// `-close`).
+    async fn write_file(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(), GuestAgentError> {
+        let handle: i64 = self
+            .call(
+                "guest-file-open",
+                json!({"path": path, "mode": "w"}),
+                timeout,
+            )
+            .await?;
+        let buf = base64::engine::general_purpose::STANDARD.encode(data);
+        let written: Result<serde::de::IgnoredAny, _> = self
+            .call(
+                "guest-file-write",
+                json!({"handle": handle, "buf-b64": buf}),
+                timeout,
+            )
+            .await;
+        let closed: Result<serde::de::IgnoredAny, _> = self
+            .call("guest-file-close", json!({ "handle": handle }), timeout)
+            .await;
+        written.and(closed).map(drop)
+    }
+
     /// `guest-shutdown` in mode `powerdown`: the guest's own orderly
     /// power-off (qemu-ga runs `shutdown -P`), which works where the ACPI
     /// button is ignored (no logind or acpid to take it). The agent sends
@@ -220,6 +344,22 @@ impl GuestAgent {
         self.sync(sync).await?;
         self.shutdown(wait).await
     }
+}
+
+/// One entry of `guest-get-vcpus`.
+#[derive(Debug, Deserialize)]
+struct GuestVcpu {
+    #[serde(rename = "logical-id")]
+    logical_id: u32,
+    online: bool,
+}
+
+/// One entry of `guest-get-memory-blocks`.
+#[derive(Debug, Deserialize)]
+struct MemoryBlock {
+    #[serde(rename = "phys-index")]
+    phys_index: u64,
+    online: bool,
 }
 
 /// Whether `reply` is the answer to `guest-sync-delimited` `id` (an

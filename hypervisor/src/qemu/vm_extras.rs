@@ -188,6 +188,7 @@ mod tests {
             accelerator: Accelerator::Tcg,
             vcpus: 1,
             memory_mib: 512,
+            room: Default::default(),
             tcg_tb_size_mib: 256,
             boot,
             root: RootDisk::Overlay {

@@ -78,6 +78,8 @@ pub struct VmImageLaunch {
     pub accelerator: Accelerator,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// How far it may be resized while it runs (none: the boot's size).
+    pub room: super::vm_resize::Room,
     /// TCG's translation cache in MiB (QEMU's default is 1 GiB, most of
     /// its RSS under TCG); 0 keeps QEMU's. Not used under KVM.
     pub tcg_tb_size_mib: u32,
@@ -253,6 +255,7 @@ fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
     let machine = format!("{machine}{}", vm_extras::machine_options(l));
     let accel = super::accel::accel(l.accelerator, l.tcg_tb_size_mib);
     let cpu = super::accel::cpu(l.accelerator);
+    let (smp, memory, hot_memory) = super::vm_resize::args(l.vcpus, l.memory_mib, l.room);
     let mut a = strs(&[
         "-name",
         &format!("husk-vm-{},debug-threads=on", l.id),
@@ -263,9 +266,9 @@ fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
         "-cpu",
         cpu,
         "-smp",
-        &l.vcpus.to_string(),
+        &smp,
         "-m",
-        &format!("{}M", l.memory_mib),
+        &memory,
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -283,6 +286,7 @@ fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
         "chardev:console",
     ]);
     a.extend(firmware);
+    a.extend(hot_memory);
     a
 }
 
@@ -437,6 +441,7 @@ mod tests {
             accelerator: Accelerator::Tcg,
             vcpus: 2,
             memory_mib: 1024,
+            room: Default::default(),
             tcg_tb_size_mib: 256,
             boot,
             root: RootDisk::Overlay {

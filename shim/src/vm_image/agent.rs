@@ -191,12 +191,7 @@ impl AgentApi for VmAgent {
     async fn update(&self, req: UpdateContainerRequest) -> Result<(), AgentError> {
         match self.target(&req.container_id)? {
             Target::Sandbox(_) => Ok(()),
-            Target::Vm(_) => Err(AgentError::Status {
-                code: tonic::Code::FailedPrecondition,
-                message: "a husk-vm VM's size is fixed when it starts: restart the container \
-                          with the new limits"
-                    .into(),
-            }),
+            Target::Vm(vm) => vm.update(&req.resources_json).await,
         }
     }
 

@@ -30,6 +30,7 @@ use super::exec::GuestExecs;
 use super::guest_agent::{on_agent, GuestAgentSlot};
 use super::import::{import_then_boot, PendingImport};
 use super::launch::{block_devices, boot_of, pod_facts, Prepared};
+use super::resize::{Resizer, Size};
 use super::root_volume::{self, RootVolume, ROOT_DISK_ANNOTATION};
 use super::seed;
 use crate::host::cgroup::HostCgroup;
@@ -80,6 +81,8 @@ pub struct VmContainer {
     import: Mutex<Option<PendingImport>>,
     /// An import runs: the vCPUs must not be let run.
     importing: Arc<AtomicBool>,
+    /// Its size, and how it changes while it runs.
+    resizer: Resizer,
 }
 
 /// What the exit watch undoes once QEMU is gone.
@@ -274,6 +277,7 @@ impl VmContainer {
             accelerator: ctx.accelerator,
             vcpus: p.vcpus,
             memory_mib: p.memory_mib,
+            room: super::resize::room(&ctx.config),
             tcg_tb_size_mib: vm_config.tcg_tb_size_mib,
             boot,
             root,
@@ -359,7 +363,30 @@ impl VmContainer {
             call_timeout: ctx.timeouts.agent_call,
             import: Mutex::new(import),
             importing: Arc::new(AtomicBool::new(false)),
+            resizer: Resizer::new(
+                ctx.config.clone(),
+                p.bundle.annotations(),
+                Size {
+                    vcpus: p.vcpus,
+                    memory_mib: p.memory_mib,
+                },
+                super::resize::room(&ctx.config),
+            ),
         }
+    }
+
+    /// New CPU and memory limits (OCI LinuxResources, JSON): the running
+    /// VM grows or shrinks to the size they give ([`Resizer`]).
+    pub async fn update(&self, resources: &[u8]) -> Result<(), AgentError> {
+        if self.importing.load(Ordering::SeqCst) {
+            return Err(AgentError::Status {
+                code: tonic::Code::FailedPrecondition,
+                message: "the root volume's import runs; the VM is resized once it boots".into(),
+            });
+        }
+        self.resizer
+            .update(&self.vm, &self.guest_agent, resources, self.call_timeout)
+            .await
     }
 
     /// Lets the vCPUs run. Output nobody has asked for within

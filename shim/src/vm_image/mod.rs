@@ -35,6 +35,7 @@ mod import;
 pub mod launch;
 pub mod members;
 pub mod pod;
+mod resize;
 pub mod root_volume;
 pub mod seed;
 pub mod vnc;
