@@ -54,7 +54,10 @@ def reexports(files):
     return out
 
 def absolute(m, is_modrs, segs):
-    here = list(m) if is_modrs else list(m[:-1])
+    # A path that starts with a child module's name is relative to the
+    # module itself, whether its file is `x/mod.rs` or `x.rs` beside `x/`
+    # (Rust 2018); `super` is the parent either way.
+    here = list(m)
     root, segs = segs[0], segs[1:]
     if root == 'crate': base = []
     elif root == 'self': base = list(m)
