@@ -24,20 +24,20 @@
 //!
 //! Everything from the network is hostile: the shim parses only the
 //! WebSocket upgrade and frames, under a deadline and size bounds, at most
-//! [`MAX_WEBSOCKETS`] at once; raw VNC clients go to QEMU untouched, and
+//! [`websocket::MAX_WEBSOCKETS`] at once; raw VNC clients go to QEMU untouched, and
 //! QEMU bounds its own clients.
 
+mod handoff;
 mod websocket;
+
+use handoff::Handoff;
 
 use super::error::VmError;
 use crate::bundle::BundleSpec;
 use crate::host::network::PodNetwork;
-use husk_hypervisor::qemu::qmp::QmpError;
 use husk_hypervisor::qemu::vm_extras::Display;
 use husk_hypervisor::VmImage;
 use serde_json::json;
-use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -50,8 +50,6 @@ pub const SECRET_MOUNT: &str = "/vnc";
 const PASSWORD_FILE: &str = "password";
 /// What VNC authentication uses of a password.
 const MAX_PASSWORD: usize = 8;
-/// WebSocket clients bridged at once; more are closed at once.
-pub const MAX_WEBSOCKETS: usize = 4;
 
 /// What the container asked of the console.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,12 +192,8 @@ pub async fn serve(
     let mut ports = vec![plan.port];
     ports.extend(plan.websocket);
     crate::host::pod_ports::pass_to_namespace(network, &ports)?;
-    let handoff = Arc::new(Handoff {
-        vm,
-        call_timeout,
-        next: AtomicU64::new(1),
-    });
-    tokio::spawn(accept_vnc(vnc, handoff.clone()));
+    let handoff = Arc::new(Handoff::new(vm, call_timeout));
+    tokio::spawn(handoff::accept_vnc(vnc, handoff.clone()));
     if let Some(ws) = ws {
         tokio::spawn(websocket::accept(ws, handoff));
     }
@@ -224,75 +218,6 @@ fn listen(network: &PodNetwork, port: u16) -> Result<TcpListener, VmError> {
         context: format!("registering the VNC listener on port {port}"),
         source,
     })
-}
-
-/// Hands connections to QEMU's VNC server.
-pub(super) struct Handoff {
-    vm: Arc<VmImage>,
-    call_timeout: Duration,
-    next: AtomicU64,
-}
-
-impl Handoff {
-    /// Gives QEMU the connected socket `fd` as a VNC client (QEMU asks
-    /// for the password itself).
-    async fn hand_over(&self, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
-        let name = format!("vnc-{}", self.next.fetch_add(1, Ordering::Relaxed));
-        let qmp = self.vm.qmp();
-        qmp.execute_with_fd(
-            "getfd",
-            Some(json!({ "fdname": name })),
-            fd,
-            self.call_timeout,
-        )
-        .await?;
-        let added = qmp
-            .execute(
-                "add_client",
-                Some(json!({"protocol": "vnc", "fdname": name, "skipauth": false})),
-                self.call_timeout,
-            )
-            .await;
-        if added.is_err() {
-            let _ = qmp
-                .execute(
-                    "closefd",
-                    Some(json!({ "fdname": name })),
-                    self.call_timeout,
-                )
-                .await;
-        }
-        added.map(drop)
-    }
-
-    /// Resolves when the VM has exited.
-    async fn vm_exited(&self) {
-        self.vm.wait().await;
-    }
-}
-
-/// Hands each plain VNC connection to QEMU, one at a time, until the VM
-/// exits.
-async fn accept_vnc(listener: TcpListener, handoff: Arc<Handoff>) {
-    use std::os::fd::AsFd;
-    loop {
-        let accepted = tokio::select! {
-            _ = handoff.vm_exited() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(%e, "VNC: accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        match handoff.hand_over(stream.as_fd()).await {
-            Ok(()) => tracing::info!(%peer, "VNC client handed to QEMU"),
-            Err(e) => tracing::warn!(%peer, "VNC: handing the client to QEMU: {e}"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,14 +2,14 @@
 //! what noVNC connects to: the upgrade and the RFC 6455 framing are
 //! tokio-tungstenite's, under husk's bounds (the upgrade within
 //! [`HANDSHAKE`], tungstenite's own 64 KiB cap on its request; frames and
-//! messages at most [`MAX_MESSAGE`]; [`super::MAX_WEBSOCKETS`] clients at
+//! messages at most [`MAX_MESSAGE`]; [`MAX_WEBSOCKETS`] clients at
 //! once, the next closed at once). The RFB bytes inside the binary
 //! messages go to QEMU over a socket pair whose other end it gets as a
 //! VNC client (QEMU's own WebSocket server needs a listener, which QEMU
 //! in its own network namespace cannot have). A client that offers the
 //! `binary` subprotocol (noVNC's older default) gets it.
 
-use super::Handoff;
+use super::handoff::Handoff;
 use futures_util::{SinkExt, StreamExt};
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+/// WebSocket clients bridged at once; more are closed at once.
+pub const MAX_WEBSOCKETS: usize = 4;
 /// How long a client has to finish the upgrade.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Largest frame and message taken from a client (RFB client messages
@@ -30,8 +32,8 @@ const MAX_MESSAGE: usize = 1 << 20;
 const CHUNK: usize = 64 << 10;
 
 /// Bridges WebSocket clients to QEMU until the VM exits.
-pub(super) async fn accept(listener: TcpListener, handoff: Arc<Handoff>) {
-    let slots = Arc::new(Semaphore::new(super::MAX_WEBSOCKETS));
+pub(crate) async fn accept(listener: TcpListener, handoff: Arc<Handoff>) {
+    let slots = Arc::new(Semaphore::new(MAX_WEBSOCKETS));
     loop {
         let accepted = tokio::select! {
             _ = handoff.vm_exited() => return,
@@ -46,7 +48,7 @@ pub(super) async fn accept(listener: TcpListener, handoff: Arc<Handoff>) {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "VNC WebSocket: {} clients already; closed", super::MAX_WEBSOCKETS);
+            tracing::warn!(%peer, "VNC WebSocket: {} clients already; closed", MAX_WEBSOCKETS);
             continue;
         };
         let handoff = handoff.clone();
