@@ -33,8 +33,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::process::{Child, Command};
 
-/// Where the state directory is in swtpm's root.
-pub const STATE_IN_JAIL: &str = "/tpm";
+/// Where the state directory is in swtpm's root (its jail's, which the
+/// policy builds).
+pub use crate::confine::policy::SWTPM_STATE_IN_JAIL as STATE_IN_JAIL;
 /// Most entries the state directory may hold (swtpm makes two or three).
 const MAX_STATE_ENTRIES: usize = 16;
 /// Longest swtpm log line passed on.

@@ -28,7 +28,6 @@ use crate::confine::{oom, policy, VmIds};
 use crate::daemon::{prepare_spawn, spawn_error, Placement};
 use crate::proc_stats::{self, ProcStats};
 use crate::qemu::qmp::{GuestEvents, Qmp, QmpError};
-use crate::qemu::vm_extras::ExtraFds;
 use crate::qemu::vm_image::{files, qemu_args, Access, PassedFile, VmImageLaunch};
 use crate::supervisor::Pidfd;
 use crate::swtpm::{Swtpm, SwtpmSpec};
@@ -306,7 +305,7 @@ fn check_launch(spec: &VmImageSpec) -> Result<(), Error> {
             });
         }
     }
-    let passed = 3 + files(l).len() + ExtraFds::of(l).count();
+    let passed = 3 + files(l).len() + crate::qemu::vm_image::extra_fds(l).count();
     if passed > crate::MAX_PASSED_FDS {
         return Err(Error::InvalidSpec {
             field: "block devices",
@@ -320,7 +319,8 @@ fn check_launch(spec: &VmImageSpec) -> Result<(), Error> {
 }
 
 /// swtpm (with a TPM) and the tools channel's listener (with a tools
-/// disk): the descriptors QEMU gets after its files, in [`ExtraFds`]'s
+/// disk): the descriptors QEMU gets after its files, in
+/// [`ExtraFds`](crate::qemu::vm_extras::ExtraFds)'s
 /// order.
 fn start_extras(
     swtpm_path: &Path,

@@ -247,11 +247,14 @@ fn qemu_confinement(
     }
 }
 
+/// Where swtpm's state directory is in its jail.
+pub const SWTPM_STATE_IN_JAIL: &str = "/tpm";
+
 /// swtpm (a VM image's TPM, [`crate::swtpm`]): the VM's user, no
 /// capability, its own mount, IPC, UTS and network namespaces (its
 /// control channel comes as a descriptor), a root holding /usr,
 /// /dev/urandom and the TPM state directory bound from the descriptor
-/// `state` at [`crate::swtpm::STATE_IN_JAIL`], the deny-list filter under
+/// `state` at [`SWTPM_STATE_IN_JAIL`], the deny-list filter under
 /// its own seccomp profile. `stage` is the VM's run directory (root's).
 pub fn swtpm(
     program: &Path,
@@ -267,7 +270,7 @@ pub fn swtpm(
             source,
         })?
         .device(Path::new("/dev/urandom"))
-        .writable_dir_fd(state, Path::new(crate::swtpm::STATE_IN_JAIL));
+        .writable_dir_fd(state, Path::new(SWTPM_STATE_IN_JAIL));
     Ok(Confinement {
         identity,
         groups: Vec::new(),

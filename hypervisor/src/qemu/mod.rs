@@ -8,7 +8,8 @@
 //!   a TPM, a display, the exec tools);
 //!   [`vm_volume`]: its root disk on a persistent volume, and the import
 //!   of the image's disk into it; [`vm_resize`]: the room it boots with
-//!   and the QMP side of a resize;
+//!   and the QMP side of a resize; [`passed_files`]: the files it is
+//!   handed as descriptors;
 //! - [`qmp`]: QEMU's monitor protocol; [`qga`]: the QEMU guest agent in a
 //!   VM image's guest; both over [`json_lines`], one bounded JSON object
 //!   per line.
@@ -16,6 +17,7 @@
 mod accel;
 pub mod json_lines;
 mod micro_vm;
+pub mod passed_files;
 pub mod qga;
 pub mod qmp;
 pub mod vm_extras;

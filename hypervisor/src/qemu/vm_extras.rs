@@ -27,7 +27,7 @@
 //! places: the passed files (the tools disk is the last), then the TPM's
 //! socket, then the tools channel's listener ([`ExtraFds`]).
 
-use super::vm_image::{Access, Files, ImageBoot, PassedFile, VmImageLaunch};
+use super::passed_files::{Access, Files, PassedFile};
 use std::path::PathBuf;
 
 /// The virtio-serial port the guest helper of `exec -it` opens.
@@ -38,7 +38,7 @@ pub const TOOLS_DISK_SERIAL: &str = "husk-tools";
 /// What a VM image gets beyond its disks and NIC; all off by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmExtras {
-    /// UEFI Secure Boot (with [`ImageBoot::Uefi`] of a Secure Boot OVMF):
+    /// UEFI Secure Boot (with UEFI, a Secure Boot OVMF):
     /// SMM, and the flash only SMM may write.
     pub secure_boot: bool,
     /// A TPM 2.0 whose state swtpm keeps in this directory (opened by the
@@ -69,17 +69,18 @@ pub struct ExtraFds {
 }
 
 impl ExtraFds {
-    pub fn of(l: &VmImageLaunch) -> Self {
-        let layout = super::vm_image::FdLayout::of(l);
-        let mut next = layout.first_file + super::vm_image::files(l).len() as i32;
+    /// The extras' descriptors from `first` on (after every passed file:
+    /// [`super::vm_image::extra_fds`]).
+    pub fn after(extras: &VmExtras, first: i32) -> Self {
+        let mut next = first;
         let mut take = |wanted: bool| {
             wanted.then(|| {
                 next += 1;
                 next - 1
             })
         };
-        let tpm = take(l.extras.tpm_state.is_some());
-        let tools = take(l.extras.tools_disk.is_some());
+        let tpm = take(extras.tpm_state.is_some());
+        let tools = take(extras.tools_disk.is_some());
         ExtraFds { tpm, tools }
     }
 
@@ -90,8 +91,8 @@ impl ExtraFds {
 }
 
 /// The extras' files QEMU is handed, after the VM's own ([`super::vm_image::files`]).
-pub fn files(l: &VmImageLaunch) -> Vec<PassedFile> {
-    l.extras
+pub fn files(extras: &VmExtras) -> Vec<PassedFile> {
+    extras
         .tools_disk
         .iter()
         .map(|path| PassedFile {
@@ -103,8 +104,8 @@ pub fn files(l: &VmImageLaunch) -> Vec<PassedFile> {
 }
 
 /// What the machine option gains (`smm=on` for Secure Boot).
-pub fn machine_options(l: &VmImageLaunch) -> &'static str {
-    if l.extras.secure_boot && matches!(l.boot, ImageBoot::Uefi { .. }) {
+pub fn machine_options(extras: &VmExtras, uefi: bool) -> &'static str {
+    if extras.secure_boot && uefi {
         ",smm=on"
     } else {
         ""
@@ -115,21 +116,18 @@ fn strs(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// The extras' options; `files` hands out the tools disk's descriptor.
-pub(super) fn args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
-    let fds = ExtraFds::of(l);
+/// The extras' options for a VM booting UEFI or not, their descriptors
+/// at `fds`; `files` hands out the tools disk's descriptor.
+pub(super) fn args(extras: &VmExtras, uefi: bool, fds: ExtraFds, files: &mut Files) -> Vec<String> {
     let mut a = Vec::new();
-    if l.extras.secure_boot && matches!(l.boot, ImageBoot::Uefi { .. }) {
+    if extras.secure_boot && uefi {
         a.extend(strs(&[
             "-global",
             "driver=cfi.pflash01,property=secure,value=on",
         ]));
     }
     if let Some(fd) = fds.tpm {
-        let model = match l.boot {
-            ImageBoot::Uefi { .. } => "tpm-crb",
-            _ => "tpm-tis",
-        };
+        let model = if uefi { "tpm-crb" } else { "tpm-tis" };
         a.extend(strs(&[
             "-chardev",
             &format!("socket,id=tpm-ctrl,fd={fd}"),
@@ -139,7 +137,7 @@ pub(super) fn args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
             &format!("{model},tpmdev=tpm0"),
         ]));
     }
-    if let Some(display) = l.extras.display {
+    if let Some(display) = extras.display {
         let vnc = match display.password {
             true => "none,password=on",
             false => "none",
@@ -155,7 +153,7 @@ pub(super) fn args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
             "usb-tablet,bus=usb.0",
         ]));
     }
-    if l.extras.tools_disk.is_some() {
+    if extras.tools_disk.is_some() {
         a.extend(files.node("file", "tools", Access::ReadOnly, ""));
         a.extend(strs(&[
             "-blockdev",
@@ -179,7 +177,7 @@ pub(super) fn args(l: &VmImageLaunch, files: &mut Files) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::disk_format::DiskFormat;
-    use crate::qemu::vm_image::{qemu_args, RootDisk};
+    use crate::qemu::vm_image::{extra_fds, qemu_args, ImageBoot, RootDisk, VmImageLaunch};
     use crate::Accelerator;
 
     fn launch(boot: ImageBoot, extras: VmExtras) -> VmImageLaunch {
@@ -233,7 +231,7 @@ mod tests {
         // Descriptors: QMP 3, QGA 4, code 5, vars 6, base 7, overlay 8,
         // seed 9; the TPM's socket next.
         assert_eq!(
-            ExtraFds::of(&l),
+            extra_fds(&l),
             ExtraFds {
                 tpm: Some(10),
                 tools: None
@@ -315,7 +313,7 @@ mod tests {
         );
         // QMP 3, QGA 4, base 5, overlay 6, seed 7, tools disk 8.
         assert_eq!(
-            ExtraFds::of(&l),
+            extra_fds(&l),
             ExtraFds {
                 tpm: Some(9),
                 tools: Some(10)

@@ -22,7 +22,9 @@
 //! panic=exit-failure`) after the GUEST_PANICKED event; a guest reboot
 //! resets the VM, as on a PC.
 
-use super::vm_extras::{self, VmExtras};
+use super::passed_files::Files;
+pub use super::passed_files::{Access, PassedFile};
+use super::vm_extras::{self, ExtraFds, VmExtras};
 use super::vm_volume::{self, VolumeDisk};
 use crate::disk_format::DiskFormat;
 use crate::{Accelerator, MacAddr};
@@ -94,23 +96,6 @@ pub struct VmImageLaunch {
     pub extras: VmExtras,
 }
 
-/// How a file is given to QEMU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    ReadOnly,
-    ReadWrite,
-}
-
-/// A file QEMU gets as a descriptor: opened by the launcher, at the
-/// descriptor `fd` in QEMU, in the fd set `set` (`/dev/fdset/<set>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PassedFile {
-    pub path: PathBuf,
-    pub access: Access,
-    /// Whether it must be a block device (a volume) or a regular file.
-    pub block_device: bool,
-}
-
 /// Where QEMU finds each descriptor it is handed: QMP's and the guest
 /// agent's listening sockets, the TAP, then the files of
 /// [`files`] in order.
@@ -173,25 +158,33 @@ pub fn files(l: &VmImageLaunch) -> Vec<PassedFile> {
             block_device: true,
         });
     }
-    f.extend(vm_extras::files(l));
+    f.extend(vm_extras::files(&l.extras));
     f
+}
+
+/// Where QEMU finds the extras' descriptors: after all of [`files`].
+pub fn extra_fds(l: &VmImageLaunch) -> ExtraFds {
+    ExtraFds::after(
+        &l.extras,
+        FdLayout::of(l).first_file + files(l).len() as i32,
+    )
+}
+
+fn uefi(l: &VmImageLaunch) -> bool {
+    matches!(l.boot, ImageBoot::Uefi { .. })
 }
 
 /// QEMU's command line for `l` (without the binary).
 pub fn qemu_args(l: &VmImageLaunch) -> Vec<String> {
     let fds = FdLayout::of(l);
-    let mut files = Files {
-        next_fd: fds.first_file,
-        next_set: 1,
-        args: Vec::new(),
-    };
+    let mut files = Files::new(fds.first_file);
     let firmware = firmware_args(l, &mut files);
     let disks = disk_args(l, &mut files);
-    let extras = vm_extras::args(l, &mut files);
+    let extras = vm_extras::args(&l.extras, uefi(l), extra_fds(l), &mut files);
     [
         machine_args(l, firmware),
         monitor_args(&fds),
-        files.args,
+        files.take_args(),
         disks,
         device_args(l, &fds),
         extras,
@@ -204,47 +197,6 @@ fn strs(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Hands out the passed files' descriptors in the order of [`files`],
-/// one fd set each.
-pub(super) struct Files {
-    next_fd: i32,
-    next_set: u32,
-    /// The `-add-fd` options.
-    args: Vec<String>,
-}
-
-impl Files {
-    /// The next passed descriptor in an fd set of its own: the set.
-    fn add_fd(&mut self) -> u32 {
-        let (fd, set) = (self.next_fd, self.next_set);
-        self.next_fd += 1;
-        self.next_set += 1;
-        self.args
-            .extend(strs(&["-add-fd", &format!("fd={fd},set={set}")]));
-        set
-    }
-
-    /// A `file` (or `host_device`) node named `<node>-file` on the next
-    /// passed descriptor.
-    pub(super) fn node(
-        &mut self,
-        driver: &str,
-        node: &str,
-        access: Access,
-        extra: &str,
-    ) -> Vec<String> {
-        let set = self.add_fd();
-        let ro = match access {
-            Access::ReadOnly => ",read-only=on",
-            Access::ReadWrite => "",
-        };
-        strs(&[
-            "-blockdev",
-            &format!("driver={driver},filename=/dev/fdset/{set},node-name={node}-file{ro}{extra}"),
-        ])
-    }
-}
-
 /// The machine (with its firmware's flash), its CPUs and memory, what
 /// QEMU may do, and the console.
 fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
@@ -252,7 +204,10 @@ fn machine_args(l: &VmImageLaunch, firmware: Vec<String>) -> Vec<String> {
         ImageBoot::Uefi { .. } => "q35,pflash0=fw-code,pflash1=fw-vars",
         _ => "pc",
     };
-    let machine = format!("{machine}{}", vm_extras::machine_options(l));
+    let machine = format!(
+        "{machine}{}",
+        vm_extras::machine_options(&l.extras, uefi(l))
+    );
     let accel = super::accel::accel(l.accelerator, l.tcg_tb_size_mib);
     let cpu = super::accel::cpu(l.accelerator);
     let (smp, memory, hot_memory) = super::vm_resize::args(l.vcpus, l.memory_mib, l.room);
