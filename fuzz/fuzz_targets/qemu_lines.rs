@@ -209,6 +209,9 @@ fn message(line: &[u8], sync_id: u64) {
             assert!(event.is_some());
             match e {
                 Some(GuestEvent::Panicked) => assert_eq!(event.as_deref(), Some("GUEST_PANICKED")),
+                Some(GuestEvent::JobStatusChanged) => {
+                    assert_eq!(event.as_deref(), Some("JOB_STATUS_CHANGE"))
+                }
                 Some(GuestEvent::ShutdownByGuest) => {
                     assert_eq!(event.as_deref(), Some("SHUTDOWN"));
                     let data = data.expect("SHUTDOWN's data");
