@@ -56,6 +56,43 @@ pub fn unsupported_reason() -> Option<String> {
     REASON.get_or_init(probe_host).clone()
 }
 
+/// A harness, or None after printing `SKIPPED: <reason>` where the host
+/// cannot run one ([`unsupported_reason`]).
+pub fn harness_or_skip() -> Option<Cri> {
+    if let Some(reason) = unsupported_reason() {
+        println!("SKIPPED: {reason}");
+        return None;
+    }
+    Some(Cri::start())
+}
+
+/// A VM-image test archive setup.sh installed
+/// (tests/fixtures/build-vm-image.sh), or where `HUSK_VM_IMAGE_DIR` says.
+pub fn vm_archive(file: &str) -> PathBuf {
+    let dir = std::env::var("HUSK_VM_IMAGE_DIR").unwrap_or_else(|_| "/usr/local/share/husk".into());
+    crate::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))
+}
+
+/// Waits up to `timeout` until nothing of a husk-vm VM is left under the
+/// harness: no process naming the husk runtime directory (every VM
+/// process does), no run directory; panics naming what is left.
+pub fn assert_no_vm_left(cri: &Cri, timeout: Duration) {
+    let runtime = &cri.containerd().husk_runtime;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let procs = processes_mentioning(&runtime.display().to_string());
+        let vms = crate::entries(&runtime.join("vms"));
+        if procs.is_empty() && vms.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left: processes {procs:?}, run directories {vms:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn probe_host() -> Option<String> {
     if !Path::new("/sys/class/net").exists() {
         return Some("no /sys/class/net: cannot manage network devices".into());

@@ -4,7 +4,9 @@
 //! oracle, wrapped here) and under `husk` (add a wrapper calling it with
 //! `HUSK`). A host that cannot give pods a network prints `SKIPPED: <why>`.
 
-use husk_tests::cri::{parse_log_line, ContainerSpec, Cri, Pod, PodSpec, HUSK, PAUSE_IMAGE, RUNC};
+use husk_tests::cri::{
+    harness_or_skip, parse_log_line, ContainerSpec, Cri, Pod, PodSpec, HUSK, PAUSE_IMAGE, RUNC,
+};
 use k8s_cri::v1 as cri;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -13,14 +15,6 @@ use std::time::{Duration, Instant};
 
 /// A TCP server answering "hi" to every connection, in busybox.
 const SERVER: &[&str] = &["nc", "-ll", "-p", "8080", "-e", "echo", "hi"];
-
-fn harness() -> Option<Cri> {
-    if let Some(reason) = husk_tests::cri::unsupported_reason() {
-        println!("SKIPPED: {reason}");
-        return None;
-    }
-    Some(Cri::start())
-}
 
 fn log_lines(pod: &Pod, spec: &ContainerSpec) -> Vec<String> {
     let path = pod.log_dir.join(&spec.log_path);
@@ -45,7 +39,9 @@ fn logged(pod: &Pod, spec: &ContainerSpec, stream: &str) -> Vec<String> {
 /// The pod gets an address from the harness' private subnet, and a TCP
 /// server in the pod answers the host at that address.
 fn pod_ip_is_reachable_from_the_host(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("reach"));
     assert!(
         cri.net.contains(pod.ip),
@@ -80,7 +76,9 @@ fn pod_ip_is_reachable_from_the_host(handler: &str) {
 /// Two containers of one pod share its network namespace: a client reaches
 /// the other container's server on 127.0.0.1, and exits 0 saying so.
 fn containers_reach_each_other_on_localhost(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("localhost"));
     cri.create_and_start(&pod, &ContainerSpec::new("server", SERVER));
     let client = ContainerSpec::new(
@@ -109,7 +107,9 @@ fn containers_reach_each_other_on_localhost(handler: &str) {
 /// ExecSync gives a command's stdout, stderr and exit code apart; the
 /// container sees the pod's hostname and DNS configuration.
 fn exec_sync_returns_output_and_exit_code(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let spec = PodSpec::new("exec");
     let pod = cri.run_pod(handler, &spec);
     let id = cri.create_and_start(&pod, &ContainerSpec::new("sleeper", &["sleep", "3600"]));
@@ -139,7 +139,9 @@ fn exec_sync_returns_output_and_exit_code(handler: &str) {
 /// A container's log file is where CreateContainer said, one CRI line per
 /// output line, `<RFC3339Nano> <stream> F <text>`, both streams kept apart.
 fn container_log_is_in_cri_format(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("logs"));
     let spec = ContainerSpec::new(
         "talker",
@@ -163,7 +165,9 @@ fn container_log_is_in_cri_format(handler: &str) {
 /// for a running pod; a read-only host mount, environment and a memory
 /// limit from LinuxContainerResources reach the container.
 fn status_stats_mounts_and_resources(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("status"));
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("greeting"), "hello from the host\n").unwrap();
@@ -298,7 +302,9 @@ fn processes_seen_by(cri: &Cri, id: &str) -> Vec<(u32, String, String, u32)> {
 /// container it adopts an orphan and reaps it when it exits (no zombie), and
 /// StopContainer's SIGTERM ends it at once with status 0.
 fn pause_image_reaps_orphans_and_stops_on_sigterm(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("pause"));
     let mut spec = ContainerSpec::new("pause", &[]);
     spec.image = PAUSE_IMAGE.into();
@@ -363,7 +369,9 @@ fn pause_image_reaps_orphans_and_stops_on_sigterm(handler: &str) {
 /// guest's network, which is the pod's; see shim/src/spec.rs.)
 #[test]
 fn pod_network_sysctls_match_runc() {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let read = |handler: &str| {
         let pod = cri.run_pod(handler, &PodSpec::new("sysctl"));
         let id = cri.create_and_start(&pod, &ContainerSpec::new("sleeper", &["sleep", "3600"]));
@@ -395,7 +403,9 @@ fn pod_network_sysctls_match_runc() {
 /// passthrough, the private CNI and (1.x) the pause image.
 #[test]
 fn cri_plugin_config_has_both_handlers() {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let config = cri.plugin_config();
     let runtimes = &config["containerd"]["runtimes"];
     assert_eq!(runtimes[RUNC]["runtimeType"], "io.containerd.runc.v2");
@@ -433,7 +443,9 @@ fn cri_plugin_config_has_both_handlers() {
 /// process, mount, network namespace, bridge, cgroup, shim socket or
 /// directory.
 fn harness_drop_leaves_nothing(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("abandoned"));
     cri.create_and_start(&pod, &ContainerSpec::new("sleeper", &["sleep", "3600"]));
     let dir = cri.containerd().dir.path().to_owned();
@@ -555,7 +567,9 @@ fn husk_harness_drop_leaves_nothing() {
 /// apart from the boot id line.
 #[test]
 fn a_husk_pod_is_one_vm_with_shared_volumes_like_runc() {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let mut outputs = Vec::new();
     for handler in [RUNC, HUSK] {
         let empty_dir = tempfile::tempdir().unwrap();
@@ -608,7 +622,9 @@ fn a_husk_pod_is_one_vm_with_shared_volumes_like_runc() {
 /// RunPodSandbox, with the annotation named, and leaves no pod behind.
 #[test]
 fn husk_refuses_pods_sized_outside_the_bounds() {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     for (key, value) in [("io.husk.vcpus", "0"), ("io.husk.memory_mib", "9999999")] {
         let mut spec = PodSpec::new(&format!("bad-{}", key.rsplit('.').next().unwrap()));
         spec.annotations.insert(key.into(), value.into());
@@ -636,7 +652,9 @@ fn husk_refuses_pods_sized_outside_the_bounds() {
 /// address. (runc runs it; that is what the message recommends.)
 #[test]
 fn husk_refuses_host_network_pods_with_the_reason() {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let mut spec = PodSpec::new("hostnet");
     spec.host_network = true;
     let err = match cri.try_run_pod(HUSK, &spec) {
@@ -663,7 +681,9 @@ fn husk_refuses_host_network_pods_with_the_reason() {
 /// the pod's cgroup on the host where the VM's processes are, too.
 #[test]
 fn husk_stats_count_memory_the_container_allocated() {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(HUSK, &PodSpec::new("stats64"));
     let spec = ContainerSpec::new(
         "filler",
@@ -722,7 +742,9 @@ fn husk_stats_count_memory_the_container_allocated() {
 /// port-forward uses it: bytes sent to a port of the pod come back from an
 /// echo server there.
 fn port_forward_carries_data_both_ways(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("portfwd"));
     cri.create_and_start(
         &pod,
@@ -764,7 +786,9 @@ fn husk_port_forward_carries_data_both_ways() {
 /// kubectl attach use them: separate stdout and stderr, the exit status in
 /// the status frame, and the live output of a running container.
 fn exec_and_attach_stream(handler: &str) {
-    let Some(cri) = harness() else { return };
+    let Some(cri) = harness_or_skip() else {
+        return;
+    };
     let pod = cri.run_pod(handler, &PodSpec::new("streams"));
     let id = cri.create_and_start(
         &pod,

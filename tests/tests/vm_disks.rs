@@ -20,10 +20,12 @@
 //!
 //! Four Debian boots under TCG, one at a time: minutes on a loaded host.
 
-use husk_tests::cri::{parse_log_line, ContainerSpec, Cri, Pod, PodSpec, HUSK_VM};
+use husk_tests::cri::{
+    assert_no_vm_left, harness_or_skip, parse_log_line, vm_archive, ContainerSpec, Cri, Pod,
+    PodSpec, HUSK_VM,
+};
 use k8s_cri::v1 as cri;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,19 +47,6 @@ const FS_VOLUME_MIB: u64 = 2400;
 /// One Debian boot at a time: two under TCG on a small host only slow
 /// each other past their deadlines.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn harness() -> Option<Cri> {
-    if let Some(reason) = husk_tests::cri::unsupported_reason() {
-        println!("SKIPPED: {reason}");
-        return None;
-    }
-    Some(Cri::start())
-}
-
-fn vm_archive(file: &str) -> PathBuf {
-    let dir = std::env::var("HUSK_VM_IMAGE_DIR").unwrap_or_else(|_| "/usr/local/share/husk".into());
-    husk_tests::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))
-}
 
 /// A loop device over a sparse file of `mib` MiB whose start is `head`.
 struct LoopDevice {
@@ -216,28 +205,12 @@ fn refused(cri: &Cri, pod: &Pod, spec: &ContainerSpec) -> String {
     e
 }
 
-/// No QEMU, no run directory left (the lock files stay, by design).
-fn assert_no_vm_left(cri: &Cri) {
-    let runtime = &cri.containerd().husk_runtime;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let procs = husk_tests::containerd::processes_mentioning(&runtime.display().to_string());
-        let vms = husk_tests::entries(&runtime.join("vms"));
-        if procs.is_empty() && vms.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left: processes {procs:?}, run directories {vms:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn a_root_volume_is_imported_once_kept_across_restarts_and_written_by_one_vm() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut cri) = harness() else { return };
+    let Some(mut cri) = harness_or_skip() else {
+        return;
+    };
     let started = Instant::now();
     cri.import_image(&vm_archive("debian-vm-oci.tar"), DEBIAN_VM);
     let Some(volume) = LoopDevice::new(VOLUME_MIB, &[]) else {
@@ -313,14 +286,16 @@ fn a_root_volume_is_imported_once_kept_across_restarts_and_written_by_one_vm() {
     cri.stop_and_remove(&pod_a2);
     cri.stop_and_remove(&pod_b);
     cri.stop_and_remove(&pod_typo);
-    assert_no_vm_left(&cri);
+    assert_no_vm_left(&cri, Duration::from_secs(30));
     println!("vm_disks: {:?} in all", started.elapsed());
 }
 
 #[test]
 fn a_filesystem_volume_cut_short_is_imported_again_and_survives_a_killed_qemu() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut cri) = harness() else { return };
+    let Some(mut cri) = harness_or_skip() else {
+        return;
+    };
     let started = Instant::now();
     cri.import_image(&vm_archive("debian-vm-oci.tar"), DEBIAN_VM);
     let Some(volume) = FsVolume::new(FS_VOLUME_MIB) else {
@@ -396,7 +371,7 @@ fn a_filesystem_volume_cut_short_is_imported_again_and_survives_a_killed_qemu() 
     );
 
     cri.stop_and_remove(&pod2);
-    assert_no_vm_left(&cri);
+    assert_no_vm_left(&cri, Duration::from_secs(30));
     println!(
         "vm_disks (filesystem volume): {:?} in all",
         started.elapsed()

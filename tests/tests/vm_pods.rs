@@ -23,7 +23,9 @@
 //! check that nothing is left: QEMU, run directories, overlays and seeds,
 //! mounts, the pods' network namespaces (and the TAP in them).
 
-use husk_tests::cri::{parse_log_line, ContainerSpec, Cri, Pod, PodSpec, HUSK, HUSK_VM};
+use husk_tests::cri::{
+    harness_or_skip, parse_log_line, vm_archive, ContainerSpec, Cri, Pod, PodSpec, HUSK, HUSK_VM,
+};
 use k8s_cri::v1 as cri;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -43,20 +45,6 @@ const VM_COMMAND: &[&str] = &["/disk"];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 /// The user-data's web server.
 const WEB_PORT: u16 = 8080;
-
-fn harness() -> Option<Cri> {
-    if let Some(reason) = husk_tests::cri::unsupported_reason() {
-        println!("SKIPPED: {reason}");
-        return None;
-    }
-    Some(Cri::start())
-}
-
-/// A test image archive setup.sh installed (tests/fixtures/build-vm-image.sh).
-fn vm_archive(file: &str) -> PathBuf {
-    let dir = std::env::var("HUSK_VM_IMAGE_DIR").unwrap_or_else(|_| "/usr/local/share/husk".into());
-    husk_tests::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))
-}
 
 fn import(cri: &mut Cri, images: &[(&str, &str)]) {
     for (file, name) in images {
@@ -314,7 +302,9 @@ fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// is the call that fails. Nothing is left.
 #[test]
 fn bad_images_and_a_second_vm_fail_with_the_reason() {
-    let Some(mut cri) = harness() else { return };
+    let Some(mut cri) = harness_or_skip() else {
+        return;
+    };
     import(
         &mut cri,
         &[
@@ -372,7 +362,9 @@ fn bad_images_and_a_second_vm_fail_with_the_reason() {
 /// refused naming it.
 #[test]
 fn uefi_firmware_runs_and_attach_types_into_the_console() {
-    let Some(mut cri) = harness() else { return };
+    let Some(mut cri) = harness_or_skip() else {
+        return;
+    };
     if !Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists() {
         panic!("OVMF missing: run `sudo bash scripts/setup.sh` (Debian's ovmf)");
     }
@@ -535,7 +527,9 @@ impl Drop for LoopDevice {
 
 #[test]
 fn vm_pods_boot_serve_exec_stop_and_restart_clean() {
-    let Some(mut cri) = harness() else { return };
+    let Some(mut cri) = harness_or_skip() else {
+        return;
+    };
     let started = Instant::now();
     import(
         &mut cri,

@@ -13,19 +13,13 @@
 //!
 //! One Debian boot under TCG: a few minutes on a loaded host.
 
-use husk_tests::cri::{ContainerSpec, Cri, PodSpec, HUSK_VM};
+use husk_tests::cri::{harness_or_skip, vm_archive, ContainerSpec, Cri, PodSpec, HUSK_VM};
 use k8s_cri::v1 as cri;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const DEBIAN_VM: &str = "docker.io/husk/debian-vm:test";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 const PERIOD: i64 = 100_000;
-
-fn vm_archive(file: &str) -> PathBuf {
-    let dir = std::env::var("HUSK_VM_IMAGE_DIR").unwrap_or_else(|_| "/usr/local/share/husk".into());
-    husk_tests::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))
-}
 
 fn resources(cpus: i64, mib: i64) -> cri::LinuxContainerResources {
     cri::LinuxContainerResources {
@@ -85,11 +79,9 @@ fn qemu_rss_mib(id: &str) -> u64 {
 
 #[test]
 fn a_running_vm_grows_and_shrinks_with_its_limits() {
-    if let Some(reason) = husk_tests::cri::unsupported_reason() {
-        println!("SKIPPED: {reason}");
+    let Some(mut cri) = harness_or_skip() else {
         return;
-    }
-    let mut cri = Cri::start();
+    };
     cri.import_image(&vm_archive("debian-vm-oci.tar"), DEBIAN_VM);
     let pod = cri.run_pod(HUSK_VM, &PodSpec::new("vm-resize"));
     let mut spec = ContainerSpec::new("vm", &["/disk"]);

@@ -12,11 +12,13 @@
 //! test needs no finished boot: SeaBIOS's screen is what it sees. Nothing
 //! is left.
 
-use husk_tests::cri::{ContainerSpec, Cri, Pod, PodSpec, HUSK_VM};
+use husk_tests::cri::{
+    assert_no_vm_left, harness_or_skip, vm_archive, ContainerSpec, Cri, Pod, PodSpec, HUSK_VM,
+};
 use husk_tests::rfb::{self, Session, WsStream};
 use k8s_cri::v1 as cri;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const DEBIAN_VM: &str = "docker.io/husk/debian-vm:test";
@@ -27,19 +29,6 @@ const WS_PORT: u16 = 5700;
 const PASSWORD: &str = "hUsk-vnc";
 /// QEMU under TCG on a loaded 2-core host: generous.
 const DEADLINE: Duration = Duration::from_secs(180);
-
-fn harness() -> Option<Cri> {
-    if let Some(reason) = husk_tests::cri::unsupported_reason() {
-        println!("SKIPPED: {reason}");
-        return None;
-    }
-    Some(Cri::start())
-}
-
-fn vm_archive(file: &str) -> PathBuf {
-    let dir = std::env::var("HUSK_VM_IMAGE_DIR").unwrap_or_else(|_| "/usr/local/share/husk".into());
-    husk_tests::installed_archive("HUSK_VM_IMAGE_UNSET", &format!("{dir}/{file}"))
-}
 
 fn vm_container(name: &str) -> ContainerSpec {
     let mut spec = ContainerSpec::new(name, VM_COMMAND);
@@ -146,7 +135,9 @@ fn greeting_through_port_forward(cri: &Cri, pod: &Pod) -> String {
 
 #[test]
 fn vnc_console_at_the_pod_ip_over_websocket_and_port_forward() {
-    let Some(mut cri) = harness() else { return };
+    let Some(mut cri) = harness_or_skip() else {
+        return;
+    };
     cri.import_image(&vm_archive("debian-vm-oci.tar"), DEBIAN_VM);
     let annotations = [
         ("io.husk.vm.vnc", "5900"),
@@ -216,22 +207,5 @@ fn vnc_console_at_the_pod_ip_over_websocket_and_port_forward() {
     assert_screen("without a password", &open, 1);
     cri.stop_container(&id, 0);
     cri.stop_and_remove(&pod);
-    assert_no_vm_leftovers(&cri);
-}
-
-fn assert_no_vm_leftovers(cri: &Cri) {
-    let runtime = &cri.containerd().husk_runtime;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let procs = husk_tests::containerd::processes_mentioning(&runtime.display().to_string());
-        let vms = husk_tests::entries(&runtime.join("vms"));
-        if procs.is_empty() && vms.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left: processes {procs:?}, run directories {vms:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    assert_no_vm_left(&cri, Duration::from_secs(60));
 }
