@@ -6,11 +6,12 @@
 use husk_hypervisor::qemu::qmp::QmpError;
 use husk_hypervisor::VmImage;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Hands connections to QEMU's VNC server.
 pub(crate) struct Handoff {
@@ -59,6 +60,28 @@ impl Handoff {
         added.map(drop)
     }
 
+    /// The next client of `listener` (`what` names it in logs), or None
+    /// once the VM has exited; a failed accept is logged and retried.
+    pub(crate) async fn next_client(
+        &self,
+        listener: &TcpListener,
+        what: &str,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.vm_exited() => return None,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(%e, "{what}: accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
     /// Resolves when the VM has exited.
     pub(crate) async fn vm_exited(&self) {
         self.vm.wait().await;
@@ -69,19 +92,7 @@ impl Handoff {
 /// exits.
 pub(crate) async fn accept_vnc(listener: TcpListener, handoff: Arc<Handoff>) {
     use std::os::fd::AsFd;
-    loop {
-        let accepted = tokio::select! {
-            _ = handoff.vm_exited() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(%e, "VNC: accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = handoff.next_client(&listener, "VNC").await {
         match handoff.hand_over(stream.as_fd()).await {
             Ok(()) => tracing::info!(%peer, "VNC client handed to QEMU"),
             Err(e) => tracing::warn!(%peer, "VNC: handing the client to QEMU: {e}"),

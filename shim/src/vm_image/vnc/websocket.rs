@@ -34,19 +34,7 @@ const CHUNK: usize = 64 << 10;
 /// Bridges WebSocket clients to QEMU until the VM exits.
 pub(crate) async fn accept(listener: TcpListener, handoff: Arc<Handoff>) {
     let slots = Arc::new(Semaphore::new(MAX_WEBSOCKETS));
-    loop {
-        let accepted = tokio::select! {
-            _ = handoff.vm_exited() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(%e, "VNC WebSocket: accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = handoff.next_client(&listener, "VNC WebSocket").await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "VNC WebSocket: {} clients already; closed", MAX_WEBSOCKETS);
             continue;
