@@ -282,3 +282,4 @@ pub mod privileges;
 pub mod release;
 pub mod rfb;
 pub mod streaming;
+pub mod vm_guest;

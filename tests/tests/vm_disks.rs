@@ -21,9 +21,9 @@
 //! Four Debian boots under TCG, one at a time: minutes on a loaded host.
 
 use husk_tests::cri::{
-    assert_no_vm_left, harness_or_skip, parse_log_line, vm_archive, ContainerSpec, Cri, Pod,
-    PodSpec, HUSK_VM,
+    assert_no_vm_left, harness_or_skip, vm_archive, ContainerSpec, Cri, Pod, PodSpec, HUSK_VM,
 };
+use husk_tests::vm_guest::{stderr_log, wait_exec};
 use k8s_cri::v1 as cri;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::Command;
@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 const DEBIAN_VM: &str = "docker.io/husk/debian-vm:test";
 const VM_COMMAND: &[&str] = &["/disk"];
-const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 const ROOT_DISK: &str = "io.husk.vm.root-disk";
 /// Where the container is given its volume.
 const DEVICE: &str = "/dev/xvda";
@@ -169,32 +168,6 @@ fn pod_spec(name: &str, path: &str) -> PodSpec {
     let mut p = PodSpec::new(name);
     p.annotations.insert(ROOT_DISK.into(), path.into());
     p
-}
-
-fn stderr_log(pod: &Pod, spec: &ContainerSpec) -> String {
-    let path = pod.log_dir.join(&spec.log_path);
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| parse_log_line(l).ok())
-        .filter(|(s, _, _)| *s == "stderr")
-        .map(|(_, _, t)| format!("{t}\n"))
-        .collect()
-}
-
-/// Waits until exec works (the guest booted and its agent runs).
-fn wait_exec(cri: &Cri, id: &str, since: Instant) -> Duration {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        match cri.try_exec_sync(id, &["true"], 60) {
-            Ok(r) if r.exit_code == 0 => return since.elapsed(),
-            other => assert!(
-                Instant::now() < deadline,
-                "exec in {id} never worked: {other:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
 }
 
 /// What StartContainer says of a VM that must not start.

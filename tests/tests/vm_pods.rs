@@ -23,9 +23,8 @@
 //! check that nothing is left: QEMU, run directories, overlays and seeds,
 //! mounts, the pods' network namespaces (and the TAP in them).
 
-use husk_tests::cri::{
-    harness_or_skip, parse_log_line, vm_archive, ContainerSpec, Cri, Pod, PodSpec, HUSK, HUSK_VM,
-};
+use husk_tests::cri::{harness_or_skip, vm_archive, ContainerSpec, Cri, PodSpec, HUSK, HUSK_VM};
+use husk_tests::vm_guest::{console, stderr_log, wait_console, wait_exec, BOOT_TIMEOUT};
 use k8s_cri::v1 as cri;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -41,8 +40,6 @@ const BAD_NOT_DISK: &str = "docker.io/husk/vm-bad-not-disk:test";
 /// specified") before any runtime sees it, and containerDisks have none:
 /// a husk-vm pod names one, which husk-vm does not run.
 const VM_COMMAND: &[&str] = &["/disk"];
-/// A full Debian boot under TCG on a loaded 2-core host, two at a time.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 /// The user-data's web server.
 const WEB_PORT: u16 = 8080;
 
@@ -74,76 +71,8 @@ fn vm_container(name: &str, image: &str, limits: (i64, i64)) -> ContainerSpec {
     spec
 }
 
-/// The console as the CRI log holds it: the text of every stdout line.
-fn console(pod: &Pod, spec: &ContainerSpec) -> String {
-    let path = pod.log_dir.join(&spec.log_path);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let mut out = String::new();
-    for line in text.lines() {
-        let (stream, _, body) = parse_log_line(line).unwrap_or_else(|e| panic!("{e}"));
-        if stream == "stdout" {
-            out.push_str(body);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn stderr_log(pod: &Pod, spec: &ContainerSpec) -> String {
-    let path = pod.log_dir.join(&spec.log_path);
-    std::fs::read_to_string(&path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| parse_log_line(l).ok())
-        .filter(|(s, _, _)| *s == "stderr")
-        .map(|(_, _, t)| format!("{t}\n"))
-        .collect()
-}
-
-/// Waits until a console line holds every one of `needles`; returns
-/// when, since `since`.
-fn wait_console(pod: &Pod, spec: &ContainerSpec, needles: &[&str], since: Instant) -> Duration {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let text = console(pod, spec);
-        if text.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
-            return since.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needles:?} not on the console of {} after {BOOT_TIMEOUT:?}; it ends:\n{}",
-            spec.name,
-            tail(&text, 3000)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// cloud-init's closing line: "Cloud-init v. 22.4.2 finished at ...".
 const CLOUD_INIT_FINISHED: &[&str] = &["Cloud-init v.", " finished at "];
-
-fn tail(s: &str, n: usize) -> &str {
-    let start = s.len().saturating_sub(n);
-    let start = (start..s.len())
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(s.len());
-    &s[start..]
-}
-
-/// Waits until exec works (the guest agent runs); returns when.
-fn wait_exec(cri: &Cri, id: &str, since: Instant) -> Duration {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        match cri.try_exec_sync(id, &["true"], 60) {
-            Ok(r) if r.exit_code == 0 => return since.elapsed(),
-            other => assert!(
-                Instant::now() < deadline,
-                "exec in {id} never worked: {other:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
 
 fn http_get(ip: std::net::Ipv4Addr, port: u16) -> Result<String, String> {
     let addr = SocketAddr::from((ip, port));
