@@ -33,7 +33,7 @@ Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$tree" | cut -f1)
 Depends: qemu-system-x86, libc6, libgcc-s1, libseccomp2, libcap-ng0
-Recommends: containerd, containernetworking-plugins
+Recommends: containerd, containernetworking-plugins, ovmf, swtpm
 Description: container runtime that runs every pod in its own micro-VM
  husk is a containerd shim v2 (containerd-shim-husk-v2) that boots a small
  guest under QEMU (TCG where there is no vmx/svm) or husk-vmm (KVM) for

@@ -38,7 +38,7 @@ fi
 
 # shellcheck source=scripts/packages.sh
 . "$repo/scripts/packages.sh"
-install_packages qemu-system-x86 qemu-utils ovmf dosfstools mtools \
+install_packages qemu-system-x86 qemu-utils ovmf swtpm dosfstools mtools \
     containerd runc containernetworking-plugins iptables iproute2 procps \
     linux-source-6.1 build-essential flex bison bc libelf-dev cpio xz-utils binutils \
     libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config busybox-static

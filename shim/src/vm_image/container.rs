@@ -33,6 +33,7 @@ use super::launch::{block_devices, boot_of, pod_facts, Prepared};
 use super::resize::{Resizer, Size};
 use super::root_volume::{self, RootVolume, ROOT_DISK_ANNOTATION};
 use super::seed;
+use super::state::{self, VmState, STATE_ANNOTATION};
 use crate::host::cgroup::HostCgroup;
 use crate::host::disk_lock::DiskLock;
 use crate::host::network::{self, PodNetwork};
@@ -94,6 +95,8 @@ struct Leftovers {
     cgroup: Option<HostCgroup>,
     /// The root volume's lock, held until QEMU is gone.
     disk_lock: Option<DiskLock>,
+    /// The state volume's lock, likewise.
+    state_lock: Option<DiskLock>,
 }
 
 impl Leftovers {
@@ -107,7 +110,7 @@ impl Leftovers {
         if let Some(c) = self.cgroup {
             c.remove();
         }
-        drop(self.disk_lock);
+        drop((self.disk_lock, self.state_lock));
     }
 }
 
@@ -186,16 +189,7 @@ async fn root_disk(
         let bound = seed::overlay_bound(files, p.disk.virtual_size)?;
         return Ok((root, Some(bound), None));
     };
-    let annotation = |k| p.bundle.annotation(k).filter(|v| !v.is_empty());
-    let pod_name = match (
-        annotation("io.kubernetes.cri.sandbox-namespace"),
-        annotation("io.kubernetes.cri.sandbox-name"),
-    ) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        (None, Some(name)) => name.to_owned(),
-        _ => "?".to_owned(),
-    };
-    let holder = format!("pod {pod_name} ({}), container {id}", ctx.pod_id);
+    let holder = holder(id, p, ctx);
     let kernel_boot = matches!(boot, ImageBoot::Kernel { .. });
     let runtime_dir = ctx.config.hypervisor.runtime_dir.clone();
     let image = p.disk.clone();
@@ -214,6 +208,44 @@ async fn root_disk(
     tracing::info!(pod_id = %ctx.pod_id, container_id = id, volume = %path, kind = what, disk = %disk.path.display(), format = disk.format.as_str(), import = disk.import.is_some(), "root disk on a volume");
     let device = disk.block_device.then(|| path.clone());
     Ok((RootDisk::Volume(disk), on.max_file_bytes, device))
+}
+
+/// Who holds a volume's lock, for the refusal of a second VM: the pod's
+/// namespace and name (from CRI's annotations), its id, the container.
+fn holder(id: &str, p: &Prepared, ctx: &PodContext) -> String {
+    let annotation = |k| p.bundle.annotation(k).filter(|v| !v.is_empty());
+    let pod_name = match (
+        annotation("io.kubernetes.cri.sandbox-namespace"),
+        annotation("io.kubernetes.cri.sandbox-name"),
+    ) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name.to_owned(),
+        _ => "?".to_owned(),
+    };
+    format!("pod {pod_name} ({}), container {id}", ctx.pod_id)
+}
+
+/// The state volume the container's annotation names, if any, locked into
+/// `leftovers`.
+async fn vm_state(
+    id: &str,
+    p: &Prepared,
+    ctx: &PodContext,
+    leftovers: &mut Leftovers,
+) -> Result<Option<VmState>, VmError> {
+    let Some(dir) = state::state_dir(&p.bundle.spec, p.bundle.annotation(STATE_ANNOTATION))? else {
+        return Ok(None);
+    };
+    let holder = holder(id, p, ctx);
+    let swtpm = ctx.config.vm.swtpm_path.clone();
+    let runtime_dir = ctx.config.hypervisor.runtime_dir.clone();
+    let (state, lock) =
+        tokio::task::spawn_blocking(move || state::prepare(&dir, &swtpm, &runtime_dir, &holder))
+            .await
+            .map_err(|e| VmError::Invalid(format!("preparing the state volume: {e}")))??;
+    tracing::info!(pod_id = %ctx.pod_id, container_id = id, dir = %state.dir.display(), "VM state on a volume");
+    leftovers.state_lock = Some(lock);
+    Ok(Some(state))
 }
 
 /// The container's cgroup (a cgroupfs path or systemd's
@@ -254,7 +286,8 @@ impl VmContainer {
         leftovers: &mut Leftovers,
     ) -> Result<Self, VmError> {
         let vm_config = &ctx.config.vm;
-        let boot = boot_of(p, vm_config, files)?;
+        let state = vm_state(id, p, ctx, leftovers).await?;
+        let boot = boot_of(p, vm_config, files, state.as_ref().map(|s| s.dir.as_path()))?;
         let (root, max_file_bytes, root_device) =
             root_disk(id, p, ctx, files, &boot, leftovers).await?;
         let import = match &root {
@@ -271,7 +304,7 @@ impl VmContainer {
         if let Some(path) = p.bundle.cgroups_path.as_deref() {
             leftovers.cgroup = Some(make_cgroup(path)?);
         }
-        let extras = super::extras::of(p)?;
+        let extras = super::extras::of(p, state.as_ref())?;
         let launch = VmImageLaunch {
             id: id.to_owned(),
             accelerator: ctx.accelerator,

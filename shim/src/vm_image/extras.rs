@@ -1,12 +1,13 @@
 //! What a VM gets beyond its disks and NIC, decided from its container's
-//! bundle (docs/vm-pods.md): the graphical console ([`vnc`]); and, once
-//! QEMU runs, the console's listeners. The hypervisor's other extras (a
-//! TPM with its state, Secure Boot, the tools disk of `exec -it`) are
-//! not offered to pods yet: their state volume is unverified and lives on
-//! the branch wip-vm-state.
+//! bundle (docs/vm-pods.md): the graphical console ([`vnc`]), UEFI Secure
+//! Boot (`io.husk.vm.secure-boot`), a TPM 2.0 whose state the state
+//! volume keeps ([`super::state`]); and, once QEMU runs, the console's
+//! listeners. The hypervisor's tools disk of `exec -it` is not offered
+//! to pods yet.
 
 use super::error::VmError;
 use super::launch::Prepared;
+use super::state::VmState;
 use super::vnc::{self, VncPlan};
 use crate::host::network::PodNetwork;
 use husk_hypervisor::qemu::vm_extras::VmExtras;
@@ -21,12 +22,14 @@ pub struct Extras {
     pub vnc: Option<VncPlan>,
 }
 
-/// The extras `p` asks for.
-pub fn of(p: &Prepared) -> Result<Extras, VmError> {
+/// The extras `p` asks for; a TPM where it has a state volume (`state`).
+pub fn of(p: &Prepared, state: Option<&VmState>) -> Result<Extras, VmError> {
     let vnc = vnc::plan(&p.bundle)?;
     Ok(Extras {
         launch: VmExtras {
             display: vnc.as_ref().map(VncPlan::display),
+            secure_boot: super::launch::secure_boot(&p.bundle)?,
+            tpm_state: state.map(|s| s.tpm.clone()),
             ..VmExtras::default()
         },
         vnc,

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 /// Annotations a husk-vm container may carry (containerd passes io.husk.*).
 pub const FIRMWARE_ANNOTATION: &str = "io.husk.vm.firmware";
 pub const KERNEL_ARGS_ANNOTATION: &str = "io.husk.vm.kernel_args";
+/// `"true"`: UEFI Secure Boot (OVMF's Secure Boot build, Microsoft's keys).
+pub const SECURE_BOOT_ANNOTATION: &str = "io.husk.vm.secure-boot";
 /// What containerd's CRI puts on a container: its pod's UID and name.
 const SANDBOX_UID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-uid";
 const SANDBOX_NAME_ANNOTATION: &str = "io.kubernetes.cri.sandbox-name";
@@ -36,22 +38,52 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Io { context, source }
 }
 
+/// Whether the container asks for UEFI Secure Boot (`io.husk.vm.secure-boot`),
+/// which needs `io.husk.vm.firmware: uefi`.
+pub fn secure_boot(bundle: &BundleSpec) -> Result<bool, VmError> {
+    let on = match bundle.annotation(SECURE_BOOT_ANNOTATION) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(VmError::Invalid(format!(
+                "{SECURE_BOOT_ANNOTATION}: {other:?} is neither \"true\" nor \"false\""
+            )))
+        }
+    };
+    if on && bundle.annotation(FIRMWARE_ANNOTATION) != Some("uefi") {
+        return Err(VmError::Invalid(format!(
+            "{SECURE_BOOT_ANNOTATION}: Secure Boot is UEFI's: it needs {FIRMWARE_ANNOTATION}: uefi"
+        )));
+    }
+    Ok(on)
+}
+
 /// How the VM boots: `io.husk.vm.firmware` (bios or uefi) chooses firmware
 /// boot; without it, an image with a kernel and initrd is booted directly,
-/// any other through SeaBIOS.
+/// any other through SeaBIOS. UEFI's variable store is the state volume's
+/// (`state`, kept) or else a copy of OVMF's in the VM's `files`.
 pub fn boot_of(
     p: &Prepared,
     vm: &husk_config::VmConfig,
     files: &Path,
+    state: Option<&Path>,
 ) -> Result<ImageBoot, VmError> {
     let annotation = |k: &str| p.bundle.annotation(k);
     match annotation(FIRMWARE_ANNOTATION) {
         Some("bios") => return Ok(ImageBoot::Bios),
         Some("uefi") => {
-            for (key, path) in [
-                ("vm.ovmf_code", &vm.ovmf_code),
-                ("vm.ovmf_vars", &vm.ovmf_vars),
-            ] {
+            let (code, template) = if secure_boot(&p.bundle)? {
+                (
+                    ("vm.ovmf_code_secure_boot", &vm.ovmf_code_secure_boot),
+                    ("vm.ovmf_vars_secure_boot", &vm.ovmf_vars_secure_boot),
+                )
+            } else {
+                (
+                    ("vm.ovmf_code", &vm.ovmf_code),
+                    ("vm.ovmf_vars", &vm.ovmf_vars),
+                )
+            };
+            for (key, path) in [code, template] {
                 if !path.is_file() {
                     return Err(VmError::Invalid(format!(
                         "{FIRMWARE_ANNOTATION}: uefi needs OVMF, and {key} ({}) is not there (apt-get install ovmf)",
@@ -59,11 +91,18 @@ pub fn boot_of(
                     )));
                 }
             }
-            let vars = files.join("OVMF_VARS.fd");
-            std::fs::copy(&vm.ovmf_vars, &vars)
-                .map_err(io(format!("copying {}", vm.ovmf_vars.display())))?;
+            let template = template.1;
+            let vars = match state {
+                Some(dir) => super::state::vars_file(dir, template)?,
+                None => {
+                    let vars = files.join("OVMF_VARS.fd");
+                    std::fs::copy(template, &vars)
+                        .map_err(io(format!("copying {}", template.display())))?;
+                    vars
+                }
+            };
             return Ok(ImageBoot::Uefi {
-                code: vm.ovmf_code.clone(),
+                code: code.1.clone(),
                 vars,
             });
         }
@@ -74,6 +113,8 @@ pub fn boot_of(
         }
         None => {}
     }
+    // Secure Boot without UEFI: refused, naming both.
+    secure_boot(&p.bundle)?;
     match &p.disk.kernel {
         Some((kernel, initrd)) => {
             let cmdline = annotation(KERNEL_ARGS_ANNOTATION).unwrap_or(&vm.kernel_args);
@@ -273,6 +314,18 @@ mod tests {
             (bare.instance_id.as_str(), bare.hostname.as_str()),
             ("c1", "husk-vm")
         );
+    }
+
+    #[test]
+    fn secure_boot_is_asked_plainly_and_needs_uefi() {
+        let with = |a: Value| secure_boot(&bundle(json!({ "annotations": a })));
+        assert!(!with(json!({})).unwrap());
+        let uefi = json!({SECURE_BOOT_ANNOTATION: "true", FIRMWARE_ANNOTATION: "uefi"});
+        assert!(with(uefi).unwrap());
+        let e = with(json!({SECURE_BOOT_ANNOTATION: "true"})).unwrap_err();
+        assert!(e.to_string().contains("io.husk.vm.firmware: uefi"), "{e}");
+        let e = with(json!({SECURE_BOOT_ANNOTATION: "yes"})).unwrap_err();
+        assert!(e.to_string().contains("\"yes\""), "{e}");
     }
 
     #[test]

@@ -10,14 +10,15 @@
 //!   its network, its QEMU (husk-hypervisor's `VmImage`); [`launch`]: what
 //!   that VM is, decided from the bundle; [`root_volume`]: its root disk
 //!   on a persistent volume, [`import`]: the image's disk written into
-//!   it at the first start; [`error`]: why it failed;
+//!   it at the first start; [`state`]: its UEFI variables and TPM on a
+//!   volume; [`error`]: why it failed;
 //! - [`context`]: what every part reads (configuration, deadlines);
 //! - [`seed`], [`cloud_init`]: the overlay and the NoCloud seed; [`dhcp`]:
 //!   the pod's address for a guest that asks;
 //! - [`exec`] over [`guest_agent`]: `kubectl exec` through the QEMU guest
 //!   agent;
 //! - [`extras`]: what a VM gets beyond disks and NIC: the graphical
-//!   console ([`vnc`]).
+//!   console ([`vnc`]), Secure Boot, a TPM.
 //!
 //! The manager gives containerd every task semantic on top (events, Wait,
 //! Delete, deadlines, the kill grace).
@@ -38,6 +39,7 @@ pub mod pod;
 mod resize;
 pub mod root_volume;
 pub mod seed;
+pub mod state;
 pub mod vnc;
 
 pub use agent::VmAgent;

@@ -78,7 +78,24 @@ pub fn root_volume(spec: &Value, annotation: Option<&str>) -> Result<Option<Root
     let Some(path) = annotation else {
         return Ok(None);
     };
-    let bad = |why: &str| VmError::Invalid(format!("{ROOT_DISK_ANNOTATION}: {path:?} {why}"));
+    let path = container_path(ROOT_DISK_ANNOTATION, path)?;
+    if let Some((major, minor)) = block_device(spec, &path) {
+        let host = super::launch::host_block_device(major, minor)?;
+        return Ok(Some(RootVolume::Block { path, host }));
+    }
+    if let Some(host) = mounted_dir(spec, ROOT_DISK_ANNOTATION, &path)? {
+        return Ok(Some(RootVolume::Dir { path, host }));
+    }
+    Err(VmError::Invalid(format!(
+        "{ROOT_DISK_ANNOTATION}: {path:?} is neither a block device the container is given \
+         (a block PVC in volumeDevices) nor a directory mounted there (a filesystem PVC in \
+         volumeMounts)"
+    )))
+}
+
+/// `path`, the value of the annotation `key`, as a clean absolute path in
+/// the container (no `.`, `..` or empty component; a trailing `/` cut).
+pub(super) fn container_path(key: &str, path: &str) -> Result<String, VmError> {
     let trimmed = path.trim_end_matches('/');
     let clean = path.starts_with('/')
         && trimmed.len() > 1
@@ -88,34 +105,39 @@ pub fn root_volume(spec: &Value, annotation: Option<&str>) -> Result<Option<Root
             .split('/')
             .all(|c| !c.is_empty() && c != "." && c != "..");
     if !clean {
-        return Err(bad("is not a clean absolute path in the container"));
+        return Err(VmError::Invalid(format!(
+            "{key}: {path:?} is not a clean absolute path in the container"
+        )));
     }
-    let path = trimmed.to_owned();
-    if let Some((major, minor)) = block_device(spec, &path) {
-        let host = super::launch::host_block_device(major, minor)?;
-        return Ok(Some(RootVolume::Block { path, host }));
+    Ok(trimmed.to_owned())
+}
+
+/// The host directory mounted read-write at `path` in the container (the
+/// volume the annotation `key` names), if the spec mounts anything there;
+/// a read-only mount, or one of something that is not a directory, is
+/// refused: the VM writes what it keeps there.
+pub(super) fn mounted_dir(spec: &Value, key: &str, path: &str) -> Result<Option<PathBuf>, VmError> {
+    let Some(m) = mount(spec, path) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| VmError::Invalid(format!("{key}: {path:?} {why}"));
+    let source = m.get("source").and_then(Value::as_str).unwrap_or("");
+    let options = m.get("options").and_then(Value::as_array);
+    if options
+        .into_iter()
+        .flatten()
+        .any(|o| o.as_str() == Some("ro"))
+    {
+        return Err(bad(
+            "is mounted read-only; the VM writes what it keeps there",
+        ));
     }
-    if let Some(m) = mount(spec, &path) {
-        let source = m.get("source").and_then(Value::as_str).unwrap_or("");
-        let options = m.get("options").and_then(Value::as_array);
-        if options
-            .into_iter()
-            .flatten()
-            .any(|o| o.as_str() == Some("ro"))
-        {
-            return Err(bad("is mounted read-only; the VM writes its root disk"));
-        }
-        let host = PathBuf::from(source);
-        let is_dir = std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
-        if !host.is_absolute() || !is_dir {
-            return Err(bad("is mounted from something that is not a directory"));
-        }
-        return Ok(Some(RootVolume::Dir { path, host }));
+    let host = PathBuf::from(source);
+    let is_dir = std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
+    if !host.is_absolute() || !is_dir {
+        return Err(bad("is mounted from something that is not a directory"));
     }
-    Err(bad(
-        "is neither a block device the container is given (a block PVC in volumeDevices) \
-         nor a directory mounted there (a filesystem PVC in volumeMounts)",
-    ))
+    Ok(Some(host))
 }
 
 /// The spec's block device at container path `path`: its major and minor.
