@@ -703,6 +703,27 @@ proc_seed("name_with_newline", b"q\nVmRSS:\t9 kB")
 proc_seed("name_not_utf8", b"\xffqemu\xc0\\")
 proc_seed("raw_files", b"", raw=b"1 (a) S" + b"\0" + b"VmRSS:\t-5 kB\nVmHWM: x\n")
 
+# ---- the tools channel (tools_frames) -----------------------------------
+# What husk-vm-tools sends: its hello, a session's start, output, exit and
+# an error; byte 0 is the piece size the stream arrives in.
+
+
+def tools_frame(kind, session, payload):
+    return b"HT" + bytes([kind]) + struct.pack(">II", session, len(payload)) + payload
+
+
+def tools_open(tty, rows, cols, cwd, args, env):
+    out = bytes([1 if tty else 0]) + struct.pack(">HHHH", rows, cols, len(args), len(env))
+    return out + b"".join(s + b"\0" for s in [cwd] + args + env)
+
+
+seed("tools_frames", "session", b"\x07" + tools_frame(1, 0, b"\x01" * 8) + tools_frame(3, 1, struct.pack(">I", 812))
+     + tools_frame(9, 1, b"# tty\r\n/dev/pts/0\r\n") + tools_frame(7, 1, struct.pack(">I", 3)))
+seed("tools_frames", "error", b"\xff" + tools_frame(8, 2, b"/nonexistent: No such file or directory (os error 2)"))
+seed("tools_frames", "open", b"\x00" + tools_frame(2, 5, tools_open(True, 33, 101, b"/", [b"sh", b"-c", b"id"], [b"TERM=xterm"]))
+     + tools_frame(5, 5, struct.pack(">HH", 40, 120)))
+seed("tools_frames", "garbage_then_hello", b"\x03" + b"garbage" + tools_frame(1, 0, b"\x02" * 8))
+
 # ---- dictionaries (libFuzzer -dict) -----------------------------------
 
 

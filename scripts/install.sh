@@ -64,6 +64,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 log "guest initrd (the static agent, and busybox for the debug console)"
 bash "$repo/scripts/build-initrd.sh" "$stage/husk-initrd.cpio"
+log "husk-vm's tools disk (the static guest helper of kubectl exec -it)"
+bash "$repo/scripts/build-vm-tools.sh" "$stage/husk-vm-tools.img"
 
 log "husk binaries (release, static)"
 # Static like the agent: one build runs on any node's libc, which is what
@@ -88,6 +90,7 @@ install -m 0755 "$virtiofsd" "$root/bin/virtiofsd.new"
 install -m 0755 "$vsock" "$root/bin/vhost-device-vsock.new"
 install -m 0644 "$HUSK_CACHE/kernel/current/vmlinux" "$root/share/husk/vmlinux.new"
 install -m 0644 "$stage/husk-initrd.cpio" "$root/share/husk/husk-initrd.cpio.new"
+install -m 0644 "$stage/husk-vm-tools.img" "$root/share/husk/husk-vm-tools.img.new"
 for f in configuration.toml runtimeclass.yaml containerd-cri.toml containerd-husk-v3.toml; do
     install -m 0644 "$repo/config/$f" "$root/share/husk/$f.new"
 done
@@ -102,7 +105,7 @@ done
 # when it runs under this name (docs/vm-pods.md, "Mode selection").
 ln -sfn containerd-shim-husk-v2 "$root/bin/containerd-shim-husk-vm-v2"
 echo "installed: $(cd "$root" && ls bin/containerd-shim-husk-v2 bin/husk bin/husk-vmm bin/virtiofsd \
-    bin/vhost-device-vsock share/husk/vmlinux share/husk/husk-initrd.cpio | tr '\n' ' ')"
+    bin/vhost-device-vsock share/husk/vmlinux share/husk/husk-initrd.cpio share/husk/husk-vm-tools.img | tr '\n' ' ')"
 
 if [ "$containerd_config" = 1 ]; then
     log "containerd's configuration"

@@ -163,15 +163,19 @@ pub struct VmConfig {
     /// the code (read-only) and the variable store each VM gets a copy of.
     pub ovmf_code: PathBuf,
     pub ovmf_vars: PathBuf,
-    /// Secure Boot firmware (no pod annotation asks for it yet): OVMF
+    /// Secure Boot firmware (`io.husk.vm.secure-boot`): OVMF
     /// built with Secure Boot (which needs SMM) and a variable store with
     /// Microsoft's keys enrolled (what Windows 11 and shim-signed Linux
     /// boot with).
     pub ovmf_code_secure_boot: PathBuf,
     pub ovmf_vars_secure_boot: PathBuf,
-    /// The TPM 2.0 emulator (Debian's swtpm; no pod annotation asks for
-    /// a TPM yet).
+    /// The TPM 2.0 emulator (Debian's swtpm) of VMs with a state volume
+    /// (`io.husk.vm.state`).
     pub swtpm_path: PathBuf,
+    /// The read-only disk holding husk-vm-tools, the guest helper of
+    /// `kubectl exec -it` (scripts/build-vm-tools.sh); attached to every VM
+    /// where it exists, unless `io.husk.vm.tools: "false"`.
+    pub tools_disk: PathBuf,
     /// Kernel command line for images booted directly (an image with
     /// /boot/vmlinuz and /boot/initrd.img); the container annotation
     /// `io.husk.vm.kernel_args` replaces it.
@@ -190,6 +194,7 @@ impl Default for VmConfig {
             ovmf_code_secure_boot: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd".into(),
             ovmf_vars_secure_boot: "/usr/share/OVMF/OVMF_VARS_4M.ms.fd".into(),
             swtpm_path: "/usr/bin/swtpm".into(),
+            tools_disk: "/usr/local/share/husk/husk-vm-tools.img".into(),
             kernel_args: "root=/dev/vda1 ro console=ttyS0,115200n8".into(),
         }
     }
@@ -681,6 +686,7 @@ impl Config {
             ("vm.ovmf_code_secure_boot", &v.ovmf_code_secure_boot),
             ("vm.ovmf_vars_secure_boot", &v.ovmf_vars_secure_boot),
             ("vm.swtpm_path", &v.swtpm_path),
+            ("vm.tools_disk", &v.tools_disk),
         ] {
             if !path.is_absolute() {
                 return Err(invalid(

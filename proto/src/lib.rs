@@ -9,6 +9,9 @@ pub mod agent {
     tonic::include_proto!("husk.agent.v1");
 }
 
+/// The tools channel of a VM image: `kubectl exec -it` without an agent.
+pub mod tools;
+
 /// The guest vsock port the agent's gRPC server listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 

@@ -1,7 +1,6 @@
-//! What a VM image may get beyond its disks and NIC, as QEMU options. Only
-//! the display is offered to pods (docs/vm-pods.md, "A graphical
-//! console"); Secure Boot, the TPM and the tools of `exec -it` are built
-//! and unit-tested here but no annotation asks for them yet:
+//! What a VM image may get beyond its disks and NIC, as QEMU options
+//! (docs/vm-pods.md: "A graphical console", "Firmware state and a TPM",
+//! "Interactive exec"):
 //!
 //! - Secure Boot: OVMF's Secure Boot build needs SMM (`-M q35,smm=on`) and
 //!   its flash locked to SMM (`cfi.pflash01.secure=on`), or a guest could
@@ -30,10 +29,9 @@
 use super::passed_files::{Access, Files, PassedFile};
 use std::path::PathBuf;
 
-/// The virtio-serial port the guest helper of `exec -it` opens.
-pub const TOOLS_PORT: &str = "io.husk.tools.0";
-/// The tools disk's serial (the guest's /dev/disk/by-id/virtio-husk-tools).
-pub const TOOLS_DISK_SERIAL: &str = "husk-tools";
+/// The virtio-serial port the guest helper of `exec -it` opens, and the
+/// tools disk's serial (husk-proto's tools channel).
+pub use husk_proto::tools::{DISK_SERIAL as TOOLS_DISK_SERIAL, PORT as TOOLS_PORT};
 
 /// What a VM image gets beyond its disks and NIC; all off by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
