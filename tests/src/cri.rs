@@ -957,19 +957,28 @@ impl Cri {
     /// Exec (streaming) with a terminal when `tty` (`kubectl exec -t`:
     /// stdout only, stderr goes to the terminal).
     pub fn exec_url_with(&self, id: &str, cmd: &[&str], tty: bool) -> String {
+        self.exec_request(id, cmd, tty, false)
+    }
+
+    fn exec_request(&self, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
         let mut client = self.client();
         let request = cri::ExecRequest {
             container_id: id.into(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             tty,
+            stdin,
             stdout: true,
             stderr: !tty,
-            ..Default::default()
         };
         self.call(async move { client.exec(request).await })
             .unwrap_or_else(|e| panic!("Exec {id}: {}", e))
             .into_inner()
             .url
+    }
+
+    /// Exec (streaming) with a terminal and stdin: `kubectl exec -it`.
+    pub fn exec_url_interactive(&self, id: &str, cmd: &[&str]) -> String {
+        self.exec_request(id, cmd, true, true)
     }
 
     /// Attach: the URL a client connects to for a container's output.

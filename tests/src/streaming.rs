@@ -127,20 +127,33 @@ fn read_until(
     mut ws: Socket,
     until: impl Fn(&StreamOutput) -> bool,
 ) -> Result<StreamOutput, String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut out = StreamOutput::default();
-    while Instant::now() < deadline && !until(&out) {
+    read_into(&mut ws, &mut out, until, Duration::from_secs(60))?;
+    let _ = ws.close(None);
+    Ok(out)
+}
+
+/// Adds what arrives on `ws` to `out` until the stream closes (true),
+/// `until` holds or `timeout` passes (false).
+fn read_into(
+    ws: &mut Socket,
+    out: &mut StreamOutput,
+    until: impl Fn(&StreamOutput) -> bool,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !until(out) {
         let msg = match ws.read() {
             Ok(m) => m,
             Err(tungstenite::Error::Io(e)) if retryable(&e) => continue,
             Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
-                break
+                return Ok(true)
             }
             Err(e) => return Err(format!("reading: {e} (after {out:?})")),
         };
         let bytes = match msg {
             Message::Binary(b) => b,
-            Message::Close(_) => break,
+            Message::Close(_) => return Ok(true),
             _ => continue,
         };
         let Some((&channel, payload)) = bytes.split_first() else {
@@ -154,6 +167,51 @@ fn read_until(
             _ => {}
         }
     }
-    let _ = ws.close(None);
-    Ok(out)
+    Ok(false)
+}
+
+/// An interactive exec or attach stream (`kubectl exec -it`): input and
+/// terminal sizes sent, output read as it comes.
+pub struct Interactive {
+    ws: Socket,
+    pub out: StreamOutput,
+    pub closed: bool,
+}
+
+impl Interactive {
+    pub fn connect(url: &str) -> Result<Self, String> {
+        Ok(Self {
+            ws: connect(url)?,
+            out: StreamOutput::default(),
+            closed: false,
+        })
+    }
+
+    /// Sends `input` on stdin (channel 0).
+    pub fn send(&mut self, input: &[u8]) -> Result<(), String> {
+        let frame = [&[0u8][..], input].concat();
+        self.ws
+            .send(Message::Binary(frame))
+            .map_err(|e| format!("sending: {e}"))
+    }
+
+    /// Sends the terminal's size (channel 4, as kubectl does).
+    pub fn resize(&mut self, rows: u16, cols: u16) -> Result<(), String> {
+        let size = format!("{{\"Width\":{cols},\"Height\":{rows}}}");
+        let frame = [&[4u8][..], size.as_bytes()].concat();
+        self.ws
+            .send(Message::Binary(frame))
+            .map_err(|e| format!("sending: {e}"))
+    }
+
+    /// Reads until `until` holds (true), the stream closes or `timeout`
+    /// passes (false).
+    pub fn read_until(
+        &mut self,
+        until: impl Fn(&StreamOutput) -> bool,
+        timeout: Duration,
+    ) -> Result<bool, String> {
+        self.closed |= read_into(&mut self.ws, &mut self.out, &until, timeout)?;
+        Ok(until(&self.out))
+    }
 }

@@ -195,9 +195,25 @@ impl AgentApi for VmAgent {
         }
     }
 
-    async fn resize_pty(&self, _req: ResizePtyRequest) -> Result<(), AgentError> {
-        // The serial console has no window size to set.
-        Ok(())
+    async fn resize_pty(&self, req: ResizePtyRequest) -> Result<(), AgentError> {
+        // The serial console has no window size to set; an exec's terminal
+        // through the tools channel has.
+        if req.exec_id.is_empty() {
+            return Ok(());
+        }
+        let vm = self.vm(&req.container_id, "resize")?;
+        let exec = vm.execs().guest_exec(&req.exec_id)?;
+        let Some(session) = exec.session() else {
+            return Ok(());
+        };
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        session
+            .resize(clamp(req.height), clamp(req.width))
+            .await
+            .map_err(|e| AgentError::Status {
+                code: tonic::Code::Unavailable,
+                message: crate::task::agent::sanitize(&e.to_string()),
+            })
     }
 
     async fn watch_oom(&self, _req: ContainerRequest) -> Result<AgentStream<u64>, AgentError> {
@@ -231,6 +247,14 @@ impl AgentApi for VmAgent {
     ) -> Result<(), AgentError> {
         match self.target(&req.container_id)? {
             Target::Vm(vm) if req.exec_id.is_empty() => vm.write_console(input).await,
+            Target::Vm(vm) => {
+                let exec = vm.execs().guest_exec(&req.exec_id)?;
+                match exec.session() {
+                    Some(session) => session.pump(input).await,
+                    None => while input.recv().await.is_some() {},
+                }
+                Ok(())
+            }
             // Nothing reads it: drained, so the relay ends at its EOF.
             _ => {
                 while input.recv().await.is_some() {}

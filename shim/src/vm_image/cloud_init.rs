@@ -48,6 +48,8 @@ pub struct PodFacts {
     /// The pod network as CNI made it (None: no NIC).
     pub network: Option<ConfigureNetworkRequest>,
     pub dns: Dns,
+    /// The VM has a tools disk: the seed's vendor-data starts its helper.
+    pub tools: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -55,6 +57,16 @@ pub struct Dns {
     pub servers: Vec<IpAddr>,
     pub search: Vec<String>,
 }
+
+/// The seed's vendor-data with a tools disk: cloud-init mounts it and
+/// starts the helper (as a transient systemd unit where there is systemd)
+/// at every boot; a user's own user-data still applies on top. The unit
+/// is queued (`--no-block`), not waited for: it starts after
+/// basic.target, which waits for cloud-init, which would wait for it.
+pub const VENDOR_DATA: &str = "#cloud-config
+bootcmd:
+- [sh, -c, 'd=/run/husk-tools; mkdir -p $d; mountpoint -q $d || mount -o ro,nodev,nosuid /dev/disk/by-id/virtio-husk-tools $d || exit 0; if command -v systemd-run >/dev/null; then systemd-run --no-block --unit=husk-vm-tools --collect $d/husk-vm-tools; else setsid $d/husk-vm-tools </dev/null >/dev/null 2>&1 & fi']
+";
 
 /// The seed's files for `facts`.
 pub fn seed_files(facts: &PodFacts) -> SeedFiles {
@@ -80,6 +92,9 @@ pub fn seed_files(facts: &PodFacts) -> SeedFiles {
         .and_then(|n| network_config(n, &facts.dns))
     {
         files.push(("network-config", pretty(&n)));
+    }
+    if facts.tools {
+        files.push(("vendor-data", VENDOR_DATA.as_bytes().to_vec()));
     }
     files
 }
@@ -308,6 +323,26 @@ mod tests {
                 interface: "eth0".into(),
             }],
         }
+    }
+
+    #[test]
+    fn vendor_data_starts_the_tools_helper_only_with_a_tools_disk() {
+        let names = |tools| {
+            let facts = PodFacts {
+                tools,
+                ..Default::default()
+            };
+            seed_files(&facts)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert!(!names(false).contains(&"vendor-data"));
+        assert!(names(true).contains(&"vendor-data"));
+        let v = VENDOR_DATA;
+        assert!(v.starts_with("#cloud-config\nbootcmd:"));
+        let disk = format!("/dev/disk/by-id/virtio-{}", husk_proto::tools::DISK_SERIAL);
+        assert!(v.contains(&disk) && v.contains(husk_proto::tools::HELPER));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use super::resize::{Resizer, Size};
 use super::root_volume::{self, RootVolume, ROOT_DISK_ANNOTATION};
 use super::seed;
 use super::state::{self, VmState, STATE_ANNOTATION};
+use super::tools::ToolsChannel;
 use crate::host::cgroup::HostCgroup;
 use crate::host::disk_lock::DiskLock;
 use crate::host::network::{self, PodNetwork};
@@ -118,14 +119,14 @@ impl Leftovers {
 /// data) and serves the same address over DHCP on the pod's TAP, for
 /// guests that ask rather than read the seed. Returns the seed's path.
 async fn seed_and_dhcp(
-    id: &str,
-    p: &Prepared,
-    ctx: &PodContext,
+    (id, p, ctx): (&str, &Prepared, &PodContext),
     files: &Path,
+    tools: bool,
     leftovers: &mut Leftovers,
 ) -> Result<PathBuf, VmError> {
     let guest = leftovers.network.as_ref().map(|n| n.guest.clone());
-    let facts = pod_facts(&p.bundle, id, guest)?;
+    let mut facts = pod_facts(&p.bundle, id, guest)?;
+    facts.tools = tools;
     let seed_files = cloud_init::seed_files(&facts);
     tracing::info!(pod_id = %ctx.pod_id, container_id = id, files = %seed_summary(&seed_files), "cloud-init seed");
     let seed = seed::create_seed(files, &seed_files).await?;
@@ -300,11 +301,13 @@ impl VmContainer {
                 .await
                 .map_err(|e| VmError::Invalid(format!("network attach: {e}")))??;
         }
-        let seed = seed_and_dhcp(id, p, ctx, files, leftovers).await?;
+        let tools_disk = super::tools::disk(&p.bundle, vm_config)?;
+        let tools = tools_disk.is_some();
+        let seed = seed_and_dhcp((id, p, ctx), files, tools, leftovers).await?;
         if let Some(path) = p.bundle.cgroups_path.as_deref() {
             leftovers.cgroup = Some(make_cgroup(path)?);
         }
-        let extras = super::extras::of(p, state.as_ref())?;
+        let extras = super::extras::of(p, state.as_ref(), tools_disk)?;
         let launch = VmImageLaunch {
             id: id.to_owned(),
             accelerator: ctx.accelerator,
@@ -343,7 +346,7 @@ impl VmContainer {
             p,
             ctx,
             vm,
-            (std::mem::take(leftovers), import),
+            (std::mem::take(leftovers), import, tools),
         ))
     }
 
@@ -355,7 +358,7 @@ impl VmContainer {
         p: &Prepared,
         ctx: &PodContext,
         vm: Arc<VmImage>,
-        (leftovers, import): (Leftovers, Option<u64>),
+        (leftovers, import, tools): (Leftovers, Option<u64>, bool),
     ) -> Self {
         let (console_tx, console_rx) = mpsc::channel(OUTPUT_QUEUE);
         let (diag_tx, diag_rx) = mpsc::channel(OUTPUT_QUEUE);
@@ -387,7 +390,13 @@ impl VmContainer {
             id: id.to_owned(),
             pid: vm.pid(),
             rootfs: p.rootfs.clone(),
-            execs: GuestExecs::new(id, guest_agent.clone(), vm_exit_rx, ctx.timeouts.agent_call),
+            execs: GuestExecs::new(
+                id,
+                guest_agent.clone(),
+                tools.then(|| Arc::new(ToolsChannel::new(vm.tools_socket()))),
+                vm_exit_rx,
+                ctx.timeouts.agent_call,
+            ),
             guest_agent,
             vm,
             console_in: tokio::sync::Mutex::new(console_in),

@@ -1,16 +1,20 @@
-//! `kubectl exec` and exec probes in a husk-vm container, through the QEMU
-//! guest agent (`guest-exec` with captured output, then
-//! `guest-exec-status` until it exited), as KubeVirt runs exec probes.
-//! What the agent gives is what a container's exec gives: stdout, stderr
-//! and the exit code (128 + n after signal n). What it cannot give is
-//! refused with the reason: a terminal (`-t`: the serial console is the
-//! VM's terminal, `kubectl attach -it`) and stdin (`-i`). The output comes
-//! when the command has ended (the agent holds it until then).
+//! `kubectl exec` and exec probes in a husk-vm container. Without a
+//! terminal or stdin, through the QEMU guest agent (`guest-exec` with
+//! captured output, then `guest-exec-status` until it exited), as KubeVirt
+//! runs exec probes: stdout, stderr and the exit code (128 + n after
+//! signal n), the output when the command has ended (the agent holds it
+//! until then). With a terminal (`-t`) or stdin (`-i`), through husk's
+//! own helper on the VM's tools disk ([`super::tools`]): a PTY, streamed
+//! input and output, window size, signals. Where the VM has no tools
+//! disk, or its guest did not start the helper, `-t` and `-i` are refused
+//! with the reason and what works instead.
 
 use super::context::chain;
 use super::guest_agent::{on_agent, GuestAgentSlot};
+use super::tools::{ToolsChannel, ToolsError, ToolsSession};
 use crate::task::agent::{sanitize, AgentError};
 use husk_hypervisor::qemu::qga::{ExecStatus, GuestAgentError};
+use husk_proto::tools::Open;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,25 +59,57 @@ pub struct GuestExec {
     /// [stdout, stderr] until read_output takes them.
     outputs: Mutex<[Option<mpsc::Receiver<Vec<u8>>>; 2]>,
     exit: watch::Receiver<Option<u32>>,
-    poller: tokio::task::JoinHandle<()>,
+    /// The guest agent's polls (an exec without terminal or stdin).
+    poller: Option<tokio::task::JoinHandle<()>>,
+    /// The tools channel's session (an exec with a terminal or stdin).
+    session: Option<ToolsSession>,
 }
 
 impl Drop for GuestExec {
     fn drop(&mut self) {
-        self.poller.abort();
+        if let Some(p) = &self.poller {
+            p.abort();
+        }
     }
 }
 
-/// The command of an OCI process spec: (path, args, env).
-fn command_of(process: &Value) -> Result<(String, Vec<String>, Vec<String>), AgentError> {
-    if process.get("terminal").and_then(Value::as_bool) == Some(true) {
-        return Err(refused(
-            "exec with a terminal (kubectl exec -t) is not available in a husk-vm container: \
-             the QEMU guest agent runs commands without one. The VM's terminal is its serial \
-             console: kubectl attach -it <pod>; or exec without -t, or ssh into the VM"
-                .into(),
-        ));
-    }
+/// An OCI process spec's command.
+#[derive(Debug, PartialEq, Eq)]
+struct Command {
+    path: String,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    /// `terminal`, and its `consoleSize` (rows, columns; 0 0 unknown).
+    terminal: Option<(u16, u16)>,
+}
+
+/// Why `-t` or `-i` cannot be had, and what works instead.
+fn no_tools(what: &str, why: &str) -> AgentError {
+    refused(format!(
+        "exec with {what} in a husk-vm container needs husk-vm-tools in the guest, and {why}. \
+         The VM's terminal is its serial console: kubectl attach -it <pod>; or exec without \
+         -t and -i (the QEMU guest agent runs it), or ssh into the VM"
+    ))
+}
+
+/// The command of an OCI process spec.
+fn command_of(process: &Value) -> Result<Command, AgentError> {
+    let terminal = (process.get("terminal").and_then(Value::as_bool) == Some(true)).then(|| {
+        let size = |k: &str| {
+            process
+                .pointer(&format!("/consoleSize/{k}"))
+                .and_then(Value::as_u64)
+                .and_then(|v| u16::try_from(v).ok())
+                .unwrap_or(0)
+        };
+        (size("height"), size("width"))
+    });
+    let cwd = process
+        .get("cwd")
+        .and_then(Value::as_str)
+        .unwrap_or("/")
+        .to_owned();
     let strings = |k: &str| -> Vec<String> {
         process
             .get(k)
@@ -91,7 +127,13 @@ fn command_of(process: &Value) -> Result<(String, Vec<String>, Vec<String>), Age
         });
     }
     let path = args.remove(0);
-    Ok((path, args, strings("env")))
+    Ok(Command {
+        path,
+        args,
+        env: strings("env"),
+        cwd,
+        terminal,
+    })
 }
 
 /// A VM container's exec processes, by exec id.
@@ -99,6 +141,8 @@ pub struct GuestExecs {
     /// The container's id, for logs and errors.
     container_id: String,
     agent: Arc<GuestAgentSlot>,
+    /// The tools channel, where the VM has a tools disk.
+    tools: Option<Arc<ToolsChannel>>,
     /// The VM's exit: an exec whose VM is gone is lost.
     vm_exit: watch::Receiver<bool>,
     call_timeout: Duration,
@@ -109,12 +153,14 @@ impl GuestExecs {
     pub fn new(
         container_id: &str,
         agent: Arc<GuestAgentSlot>,
+        tools: Option<Arc<ToolsChannel>>,
         vm_exit: watch::Receiver<bool>,
         call_timeout: Duration,
     ) -> Self {
         Self {
             container_id: container_id.to_owned(),
             agent,
+            tools,
             vm_exit,
             call_timeout,
             execs: Mutex::default(),
@@ -126,7 +172,7 @@ impl GuestExecs {
     }
 
     /// Starts `process_json` (an OCI process) in the guest; returns its
-    /// guest pid. With `stdin`, refused.
+    /// guest pid. With a terminal or `stdin`, through the tools channel.
     pub async fn exec(
         &self,
         exec_id: &str,
@@ -138,18 +184,16 @@ impl GuestExecs {
                 code: tonic::Code::InvalidArgument,
                 message: format!("exec: the process spec is not JSON: {e}"),
             })?;
-        let (path, args, env) = command_of(&process)?;
-        if stdin {
-            return Err(refused(
-                "exec with stdin (kubectl exec -i) is not available in a husk-vm container: the \
-                 QEMU guest agent takes a command's input only whole, before it starts. Pass the \
-                 input in the command, use kubectl attach for the console, or ssh into the VM"
-                    .into(),
-            ));
-        }
+        let command = command_of(&process)?;
         if self.vm_exited() {
             return Err(refused("the VM has exited".into()));
         }
+        if command.terminal.is_some() || stdin {
+            return self.exec_with_tools(exec_id, command, stdin).await;
+        }
+        let Command {
+            path, args, env, ..
+        } = command;
         // The agent may still be booting: a short sync tells that apart
         // from a command that takes long.
         let sync = (self.call_timeout / 3).max(Duration::from_secs(2));
@@ -170,7 +214,8 @@ impl GuestExecs {
             pid,
             outputs: Mutex::new([Some(out_rx), Some(err_rx)]),
             exit: exit_rx,
-            poller,
+            poller: Some(poller),
+            session: None,
         });
         self.execs
             .lock()
@@ -178,6 +223,64 @@ impl GuestExecs {
             .insert(exec_id.to_owned(), exec);
         tracing::info!(container_id = %self.container_id, exec_id, guest_pid = pid, command = %path, "exec started in the guest");
         Ok(u32::try_from(pid).unwrap_or(0))
+    }
+
+    /// Starts `command` through the tools channel (`-t`, `-i`).
+    async fn exec_with_tools(
+        &self,
+        exec_id: &str,
+        command: Command,
+        stdin: bool,
+    ) -> Result<u32, AgentError> {
+        let what = match (command.terminal.is_some(), stdin) {
+            (true, true) => "a terminal and stdin (kubectl exec -it)",
+            (true, false) => "a terminal (kubectl exec -t)",
+            _ => "stdin (kubectl exec -i)",
+        };
+        let Some(tools) = &self.tools else {
+            return Err(no_tools(
+                what,
+                "this VM has no tools disk (io.husk.vm.tools: \"false\", or the node has no \
+                 vm.tools_disk)",
+            ));
+        };
+        let open = Open {
+            tty: command.terminal,
+            cwd: command.cwd,
+            args: std::iter::once(command.path.clone())
+                .chain(command.args)
+                .collect(),
+            env: command.env,
+        };
+        let started = tools
+            .open(&open, self.call_timeout)
+            .await
+            .map_err(|e| match e {
+                ToolsError::NoHelper(_) => no_tools(what, &e.to_string()),
+                ToolsError::Guest(why) => AgentError::Status {
+                    code: tonic::Code::FailedPrecondition,
+                    message: sanitize(&format!("exec {}: {why}", command.path)),
+                },
+                other => AgentError::Status {
+                    code: tonic::Code::Unavailable,
+                    message: sanitize(&other.to_string()),
+                },
+            })?;
+        let [out, err] = started.outputs;
+        let pid = started.pid;
+        let exec = Arc::new(GuestExec {
+            pid: i64::from(pid),
+            outputs: Mutex::new([Some(out), Some(err)]),
+            exit: started.exit,
+            poller: None,
+            session: Some(started.session),
+        });
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(exec_id.to_owned(), exec);
+        tracing::info!(container_id = %self.container_id, exec_id, guest_pid = pid, command = %command.path, terminal = command.terminal.is_some(), stdin, "exec started in the guest through husk-vm-tools");
+        Ok(pid)
     }
 
     pub fn guest_exec(&self, exec_id: &str) -> Result<Arc<GuestExec>, AgentError> {
@@ -199,11 +302,21 @@ impl GuestExecs {
             .remove(exec_id);
     }
 
-    /// Sends `signal` to the exec's command, with the guest's kill(1).
+    /// Sends `signal` to the exec's command: to its process group through
+    /// the tools channel, or with the guest's kill(1).
     pub async fn signal_exec(&self, exec_id: &str, signal: u32) -> Result<(), AgentError> {
         let exec = self.guest_exec(exec_id)?;
         if exec.exit.borrow().is_some() {
             return Ok(());
+        }
+        if let Some(session) = &exec.session {
+            return session
+                .signal(signal)
+                .await
+                .map_err(|e| AgentError::Status {
+                    code: tonic::Code::Unavailable,
+                    message: sanitize(&e.to_string()),
+                });
         }
         let args = vec![format!("-{signal}"), exec.pid.to_string()];
         let t = self.call_timeout;
@@ -214,6 +327,11 @@ impl GuestExecs {
 }
 
 impl GuestExec {
+    /// The tools channel's session (an exec with a terminal or stdin).
+    pub fn session(&self) -> Option<&ToolsSession> {
+        self.session.as_ref()
+    }
+
     pub fn take_output(&self, which: usize) -> Option<mpsc::Receiver<Vec<u8>>> {
         self.outputs.lock().unwrap_or_else(|e| e.into_inner())[which].take()
     }
@@ -286,9 +404,15 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_terminal_is_refused_naming_the_console() {
-        let e = command_of(&json!({"terminal": true, "args": ["sh"]})).unwrap_err();
-        let text = e.to_string();
+    fn a_terminal_and_its_size_are_read() {
+        let c = command_of(&json!({
+            "terminal": true, "args": ["sh"], "consoleSize": {"height": 33, "width": 101}
+        }))
+        .unwrap();
+        assert_eq!((c.terminal, c.cwd.as_str()), (Some((33, 101)), "/"));
+        let c = command_of(&json!({"terminal": true, "args": ["sh"], "cwd": "/root"})).unwrap();
+        assert_eq!((c.terminal, c.cwd.as_str()), (Some((0, 0)), "/root"));
+        let text = no_tools("a terminal (kubectl exec -t)", "why").to_string();
         assert!(
             text.contains("kubectl attach -it") && text.contains("serial"),
             "{text}"
@@ -297,12 +421,13 @@ mod tests {
 
     #[test]
     fn the_command_is_args_and_env() {
-        let (path, args, env) = command_of(&json!({
+        let c = command_of(&json!({
             "args": ["ip", "addr"], "env": ["PATH=/usr/bin", 5], "cwd": "/"
         }))
         .unwrap();
+        assert_eq!(c.terminal, None);
         assert_eq!(
-            (path.as_str(), args, env),
+            (c.path.as_str(), c.args, c.env),
             (
                 "ip",
                 vec!["addr".to_string()],

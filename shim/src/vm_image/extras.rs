@@ -2,8 +2,7 @@
 //! bundle (docs/vm-pods.md): the graphical console ([`vnc`]), UEFI Secure
 //! Boot (`io.husk.vm.secure-boot`), a TPM 2.0 whose state the state
 //! volume keeps ([`super::state`]); and, once QEMU runs, the console's
-//! listeners. The hypervisor's tools disk of `exec -it` is not offered
-//! to pods yet.
+//! listeners; the tools disk of `exec -it` ([`super::tools`]).
 
 use super::error::VmError;
 use super::launch::Prepared;
@@ -22,15 +21,20 @@ pub struct Extras {
     pub vnc: Option<VncPlan>,
 }
 
-/// The extras `p` asks for; a TPM where it has a state volume (`state`).
-pub fn of(p: &Prepared, state: Option<&VmState>) -> Result<Extras, VmError> {
+/// The extras `p` asks for; a TPM where it has a state volume (`state`);
+/// the tools disk of `exec -it` (`tools_disk`, [`super::tools::disk`]).
+pub fn of(
+    p: &Prepared,
+    state: Option<&VmState>,
+    tools_disk: Option<std::path::PathBuf>,
+) -> Result<Extras, VmError> {
     let vnc = vnc::plan(&p.bundle)?;
     Ok(Extras {
         launch: VmExtras {
             display: vnc.as_ref().map(VncPlan::display),
             secure_boot: super::launch::secure_boot(&p.bundle)?,
             tpm_state: state.map(|s| s.tpm.clone()),
-            ..VmExtras::default()
+            tools_disk,
         },
         vnc,
     })

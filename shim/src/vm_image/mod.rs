@@ -16,7 +16,8 @@
 //! - [`seed`], [`cloud_init`]: the overlay and the NoCloud seed; [`dhcp`]:
 //!   the pod's address for a guest that asks;
 //! - [`exec`] over [`guest_agent`]: `kubectl exec` through the QEMU guest
-//!   agent;
+//!   agent, and with `-t`/`-i` through husk's helper on a tools disk
+//!   ([`tools`]);
 //! - [`extras`]: what a VM gets beyond disks and NIC: the graphical
 //!   console ([`vnc`]), Secure Boot, a TPM.
 //!
@@ -40,7 +41,9 @@ mod resize;
 pub mod root_volume;
 pub mod seed;
 pub mod state;
+pub mod tools;
 pub mod vnc;
+mod volume_path;
 
 pub use agent::VmAgent;
 pub use container::PANICKED;

@@ -21,6 +21,7 @@
 //! import into or write one disk.
 
 use super::error::VmError;
+use super::volume_path::{container_path, mounted_dir};
 use crate::bundle::container_disk::ContainerDisk;
 use crate::host::disk_lock::{DiskKey, DiskLock};
 use husk_hypervisor::disk_format::{self, DiskFormat, DiskInfo};
@@ -93,53 +94,6 @@ pub fn root_volume(spec: &Value, annotation: Option<&str>) -> Result<Option<Root
     )))
 }
 
-/// `path`, the value of the annotation `key`, as a clean absolute path in
-/// the container (no `.`, `..` or empty component; a trailing `/` cut).
-pub(super) fn container_path(key: &str, path: &str) -> Result<String, VmError> {
-    let trimmed = path.trim_end_matches('/');
-    let clean = path.starts_with('/')
-        && trimmed.len() > 1
-        && path.len() <= 1024
-        && !path.contains(['\0', '\n'])
-        && trimmed[1..]
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..");
-    if !clean {
-        return Err(VmError::Invalid(format!(
-            "{key}: {path:?} is not a clean absolute path in the container"
-        )));
-    }
-    Ok(trimmed.to_owned())
-}
-
-/// The host directory mounted read-write at `path` in the container (the
-/// volume the annotation `key` names), if the spec mounts anything there;
-/// a read-only mount, or one of something that is not a directory, is
-/// refused: the VM writes what it keeps there.
-pub(super) fn mounted_dir(spec: &Value, key: &str, path: &str) -> Result<Option<PathBuf>, VmError> {
-    let Some(m) = mount(spec, path) else {
-        return Ok(None);
-    };
-    let bad = |why: &str| VmError::Invalid(format!("{key}: {path:?} {why}"));
-    let source = m.get("source").and_then(Value::as_str).unwrap_or("");
-    let options = m.get("options").and_then(Value::as_array);
-    if options
-        .into_iter()
-        .flatten()
-        .any(|o| o.as_str() == Some("ro"))
-    {
-        return Err(bad(
-            "is mounted read-only; the VM writes what it keeps there",
-        ));
-    }
-    let host = PathBuf::from(source);
-    let is_dir = std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
-    if !host.is_absolute() || !is_dir {
-        return Err(bad("is mounted from something that is not a directory"));
-    }
-    Ok(Some(host))
-}
-
 /// The spec's block device at container path `path`: its major and minor.
 fn block_device(spec: &Value, path: &str) -> Option<(u64, u64)> {
     let devices = spec.pointer("/linux/devices")?.as_array()?;
@@ -148,16 +102,6 @@ fn block_device(spec: &Value, path: &str) -> Option<(u64, u64)> {
             && d.get("path").and_then(Value::as_str) == Some(path)
     })?;
     Some((d.get("major")?.as_u64()?, d.get("minor")?.as_u64()?))
-}
-
-/// The spec's mount at container path `path`.
-fn mount<'a>(spec: &'a Value, path: &str) -> Option<&'a Value> {
-    spec.get("mounts")?.as_array()?.iter().find(|m| {
-        m.get("destination")
-            .and_then(Value::as_str)
-            .map(|d| d.trim_end_matches('/'))
-            == Some(path)
-    })
 }
 
 /// What a volume of `len` bytes whose start is `head` holds. `kernel_boot`:

@@ -21,7 +21,7 @@
 //! `husk_hypervisor::swtpm` (regular files only, given to the VM's user).
 
 use super::error::VmError;
-use super::root_volume::{container_path, mounted_dir};
+use super::volume_path::{container_path, mounted_dir};
 use crate::host::disk_lock::{DiskKey, DiskLock};
 use serde_json::Value;
 use std::io::Write;
