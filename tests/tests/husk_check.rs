@@ -195,6 +195,11 @@ fn this_node_can_run_pods_and_a_pvm_kvm_means_tcg() {
         "handler",
         "cni",
         "memory",
+        "vm qemu-img",
+        "vm uefi",
+        "vm secure boot",
+        "vm tpm",
+        "vm tools disk",
     ] {
         assert_eq!(line(&report, ok).0, "ok", "{ok}: {}", line(&report, ok).1);
     }
@@ -214,6 +219,29 @@ fn a_missing_kernel_fails_the_node() {
     assert_eq!(verdict, "fail");
     assert!(
         detail.contains("hypervisor.kernel") && detail.contains("no-vmlinux"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn what_only_some_vm_pods_use_missing_is_a_warning_naming_them() {
+    let mut node = Node::new();
+    node.config.vm.swtpm_path = "/nonexistent/swtpm".into();
+    node.config.vm.tools_disk = node.dir.path().join("no-tools.img");
+    let release = system_containerd();
+    let cc = node.containerd_config(&release, true);
+    let (code, report) = node.check(Some(&release.containerd()), Some(&cc));
+    assert_eq!(code, 0, "{report}");
+    let (verdict, detail) = line(&report, "vm tpm");
+    assert_eq!(verdict, "warn");
+    assert!(
+        detail.contains("io.husk.vm.state") && detail.contains("apt-get install swtpm"),
+        "{detail}"
+    );
+    let (verdict, detail) = line(&report, "vm tools disk");
+    assert_eq!(verdict, "warn");
+    assert!(
+        detail.contains("no-tools.img") && detail.contains("exec -it"),
         "{detail}"
     );
 }

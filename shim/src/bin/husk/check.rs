@@ -127,6 +127,7 @@ fn check(source: &args::Source, target: &ContainerdTarget) -> Report {
         "hypervisor.vsock_backend_path",
         &h.vsock_backend_path,
     ));
+    checks.extend(artifacts::vm_image(&config.vm));
     let dump = containerd::inspect(target);
     checks.extend(dump.lines.clone());
     checks.push(host::cgroups(dump.systemd_cgroup));

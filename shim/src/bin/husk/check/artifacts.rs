@@ -1,6 +1,6 @@
 //! The files `husk check` looks at: the guest kernel and initrd (checked
-//! as `MicroVm::start` checks them, and their versions), and the device
-//! daemons.
+//! as `MicroVm::start` checks them, and their versions), the device
+//! daemons, and what husk-vm pods use beyond QEMU ([`vm_image`]).
 
 use super::{line, Line, Verdict};
 use std::path::Path;
@@ -135,6 +135,65 @@ pub fn daemon(check: &'static str, key: &'static str, path: &Path) -> Line {
             format!("{}: {key} does not run: {e}", path.display()),
         ),
     }
+}
+
+/// What husk-vm pods use beyond QEMU, each needed only by the pods that
+/// ask for it: missing is a warning that names those pods and the fix,
+/// never a failure (micro-VM pods and the other husk-vm pods still run).
+pub fn vm_image(vm: &husk_config::VmConfig) -> Vec<Line> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let file = |p: &Path| p.is_file();
+    let one = |check, ok: bool, path: &Path, what: &str, fix: &str| {
+        if ok {
+            line(check, Verdict::Ok, path.display().to_string())
+        } else {
+            line(
+                check,
+                Verdict::Warn,
+                format!("{} is not there: {what} ({fix})", path.display()),
+            )
+        }
+    };
+    vec![
+        one(
+            "vm qemu-img",
+            runnable(&vm.qemu_img_path),
+            &vm.qemu_img_path,
+            "every husk-vm pod without a root volume fails to start",
+            "apt-get install qemu-utils",
+        ),
+        one(
+            "vm uefi",
+            file(&vm.ovmf_code) && file(&vm.ovmf_vars),
+            &vm.ovmf_code,
+            "husk-vm pods with io.husk.vm.firmware: uefi fail to start",
+            "apt-get install ovmf",
+        ),
+        one(
+            "vm secure boot",
+            file(&vm.ovmf_code_secure_boot) && file(&vm.ovmf_vars_secure_boot),
+            &vm.ovmf_code_secure_boot,
+            "husk-vm pods with io.husk.vm.secure-boot fail to start",
+            "apt-get install ovmf",
+        ),
+        one(
+            "vm tpm",
+            runnable(&vm.swtpm_path),
+            &vm.swtpm_path,
+            "husk-vm pods with a state volume (io.husk.vm.state) fail to start",
+            "apt-get install swtpm",
+        ),
+        one(
+            "vm tools disk",
+            file(&vm.tools_disk),
+            &vm.tools_disk,
+            "kubectl exec -it into husk-vm pods is refused",
+            "scripts/install.sh builds it",
+        ),
+    ]
 }
 
 #[cfg(test)]
