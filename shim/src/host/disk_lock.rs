@@ -32,7 +32,7 @@ const MAX_HOLDER: u64 = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskLockError {
-    #[error("{disk} is written by another VM on this node ({holder}); a disk has one writer")]
+    #[error("{disk} is written by another VM on this node ({holder}); one VM at a time writes it")]
     Held { disk: PathBuf, holder: String },
     #[error("locking {disk} ({lock})")]
     Io {
