@@ -981,6 +981,11 @@ impl Cri {
         self.exec_request(id, cmd, true, true)
     }
 
+    /// Exec (streaming) with stdin and no terminal: `kubectl exec -i`.
+    pub fn exec_url_stdin(&self, id: &str, cmd: &[&str]) -> String {
+        self.exec_request(id, cmd, false, true)
+    }
+
     /// Attach: the URL a client connects to for a container's output.
     pub fn attach_url(&self, id: &str) -> String {
         self.attach_url_with(id, false)

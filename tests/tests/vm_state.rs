@@ -21,7 +21,8 @@
 //! (`io.husk.vm.tools: "false"`), and `exec -it` is refused naming why and
 //! what works instead; the second has one, and `kubectl exec -it`'s
 //! stream gets a shell on a PTY of the size the client sent, which runs
-//! what is typed, and whose exit code the stream reports.
+//! what is typed, and whose exit code the stream reports; `exec -i`'s
+//! input reaches a command on pipes, its stdout and stderr apart.
 //!
 //! Two OVMF boots and two Debian boots under TCG, one at a time: minutes.
 
@@ -166,6 +167,17 @@ fn exec_it(cri: &Cri, id: &str) {
         o.status.contains("ExitCode") && o.status.contains("\"3\""),
         "{o:?}"
     );
+    // `kubectl exec -i` (pipes, no terminal): input reaches the command,
+    // stdout and stderr stay apart.
+    let url = cri.exec_url_stdin(id, &["sh", "-c", "head -c 6; echo to-stderr >&2"]);
+    let mut s = husk_tests::streaming::Interactive::connect(&url).unwrap();
+    s.send(b"piped\n").unwrap();
+    s.read_until(|o| o.stderr.contains("to-stderr"), Duration::from_secs(60))
+        .unwrap();
+    s.read_until(|_| false, Duration::from_secs(3)).unwrap();
+    println!("exec -i: {:?}", s.out);
+    assert_eq!(s.out.stdout, "piped\n", "{:?}", s.out);
+    assert_eq!(s.out.stderr, "to-stderr\n", "{:?}", s.out);
 }
 
 /// Every process whose name holds `comm`.
