@@ -228,9 +228,12 @@ fuzz_target!(|data: &[u8]| {
         user_data: given(4, user_data),
         network: (flags & 8 != 0).then(|| network(&net_text)),
         dns,
+        tools: flags & 16 != 0,
     };
     let files = seed_files(&facts);
     let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    // vendor-data (which starts husk-vm-tools) exactly with a tools disk.
+    assert_eq!(names.contains(&"vendor-data"), facts.tools, "{names:?}");
     let has_nic = facts
         .network
         .as_ref()
