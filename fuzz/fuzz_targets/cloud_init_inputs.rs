@@ -239,14 +239,14 @@ fuzz_target!(|data: &[u8]| {
         .as_ref()
         .is_some_and(|n| !n.interfaces.is_empty());
     let network_config = facts.user_network_config.is_some() || has_nic;
-    assert_eq!(
-        names,
-        if network_config {
-            &["meta-data", "user-data", "network-config"][..]
-        } else {
-            &["meta-data", "user-data"][..]
-        }
-    );
+    let mut expected = vec!["meta-data", "user-data"];
+    if network_config {
+        expected.push("network-config");
+    }
+    if facts.tools {
+        expected.push("vendor-data");
+    }
+    assert_eq!(names, expected);
     match &facts.user_meta_data {
         Some(m) => assert_eq!(&files[0].1, m),
         None => check_meta_data(&files[0].1, &facts),
